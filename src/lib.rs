@@ -1,12 +1,24 @@
 //! spark-edge: the edge runtime behind `sparkd` and `sparkctl`.
 //!
-//! Data flow (see ARCHITECTURE.md): sources → inference → outbox → uplink.
+//! Data flow (see ARCHITECTURE.md): sources → inference → outbox → uplink,
+//! with the control socket reading shared state beside it.
 #![deny(unsafe_code)]
 
 pub mod config;
+pub mod control;
+pub mod daemon;
 pub mod detect;
 pub mod engine;
+pub mod identity;
+pub mod link;
+pub mod logging;
 pub mod model;
+pub mod notify;
 pub mod outbox;
+pub mod pipeline;
 pub mod record;
+pub mod source;
+pub mod state;
+pub mod telemetry;
+pub mod uplink;
 pub mod vision;

@@ -1,0 +1,215 @@
+//! Control protocol, version 1: length-prefixed JSON over a Unix stream.
+//!
+//! A frame is a 4-byte big-endian length followed by that many bytes of JSON.
+//! Requests are bounded ([`MAX_REQUEST_BYTES`]); anything malformed gets an
+//! error response, never a crash. These are the only types, with the wire
+//! records, that derive `Serialize` for the outside world.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+
+use serde::{Deserialize, Serialize};
+
+use crate::state::{EngineState, LinkState};
+
+pub const PROTOCOL_VERSION: u32 = 1;
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Every action the control surface can ask for: one closed enum.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Request {
+    Status,
+    Queue,
+    Link,
+    Engine,
+    /// Wake the uplink now (the drain itself is not affected by the gate).
+    Sync,
+}
+
+impl Request {
+    /// Requests that change the daemon's behaviour (need admin rights).
+    pub fn is_mutating(&self) -> bool {
+        matches!(self, Request::Sync)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestFrame {
+    pub v: u32,
+    pub request: Request,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorCode {
+    BadRequest,
+    UnsupportedVersion,
+    TooLarge,
+    Forbidden,
+    Internal,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Response {
+    Status(StatusReport),
+    Queue(QueueReport),
+    Link(LinkState),
+    Engine(EngineState),
+    SyncStarted { pending: u64 },
+    Error(ErrorBody),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResponseFrame {
+    pub v: u32,
+    pub response: Response,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StreamQueue {
+    pub pending: u64,
+    pub bytes: u64,
+    pub dropped: u64,
+    pub next_seq: u64,
+    pub oldest_age_s: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct QueueReport {
+    pub pending: u64,
+    pub bytes: u64,
+    pub dropped: u64,
+    pub oldest_age_s: Option<f64>,
+    pub published: u64,
+    pub acked: u64,
+    pub streams: BTreeMap<String, StreamQueue>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct InferenceReport {
+    pub total: u64,
+    pub failed: u64,
+    pub frames_captured: u64,
+    pub frames_dropped: u64,
+    pub last_latency_ms: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub device_id: String,
+    pub version: String,
+    pub uptime_s: u64,
+    pub engine: EngineState,
+    pub queue: QueueReport,
+    pub link: LinkState,
+    pub inference: InferenceReport,
+    pub records_lost: u64,
+    pub telemetry_samples: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("connection: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("frame of {size} bytes exceeds the {max}-byte limit")]
+    TooLarge { size: usize, max: usize },
+    #[error("malformed JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Validates a length header against `max`.
+pub fn check_len(header: [u8; 4], max: usize) -> Result<usize, FrameError> {
+    let size = u32::from_be_bytes(header) as usize;
+    if size > max { Err(FrameError::TooLarge { size, max }) } else { Ok(size) }
+}
+
+pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
+    let body = serde_json::to_vec(msg)?;
+    let mut out = Vec::with_capacity(body.len() + 4);
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// Decodes a request body, mapping every failure to the error the client sees.
+pub fn decode_request(body: &[u8]) -> Result<Request, ErrorBody> {
+    // Check the version before the shape so old clients get a useful answer.
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| ErrorBody { code: ErrorCode::BadRequest, message: format!("malformed JSON: {e}") })?;
+    match value.get("v").and_then(|v| v.as_u64()) {
+        Some(v) if v == PROTOCOL_VERSION as u64 => {}
+        Some(v) => {
+            return Err(ErrorBody {
+                code: ErrorCode::UnsupportedVersion,
+                message: format!("protocol version {v} not supported; this daemon speaks {PROTOCOL_VERSION}"),
+            });
+        }
+        None => return Err(ErrorBody { code: ErrorCode::BadRequest, message: "missing protocol version `v`".into() }),
+    }
+    serde_json::from_value::<RequestFrame>(value)
+        .map(|f| f.request)
+        .map_err(|e| ErrorBody { code: ErrorCode::BadRequest, message: format!("bad request: {e}") })
+}
+
+/// Blocking round trip, for the CLI.
+pub fn call<S: Read + Write>(stream: &mut S, request: &Request) -> Result<Response, FrameError> {
+    stream.write_all(&encode(&RequestFrame { v: PROTOCOL_VERSION, request: request.clone() })?)?;
+    let mut header = [0u8; 4];
+    stream.read_exact(&mut header)?;
+    let len = check_len(header, MAX_RESPONSE_BYTES)?;
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body)?;
+    let frame: ResponseFrame = serde_json::from_slice(&body)?;
+    Ok(frame.response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn requests_round_trip_through_json() {
+        for r in [Request::Status, Request::Queue, Request::Link, Request::Engine, Request::Sync] {
+            let bytes = encode(&RequestFrame { v: 1, request: r.clone() }).unwrap();
+            assert_eq!(decode_request(&bytes[4..]).unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn unknown_command_and_version_are_named() {
+        let e = decode_request(br#"{"v":1,"request":{"cmd":"reboot"}}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        assert!(e.message.contains("reboot"), "{}", e.message);
+        let e = decode_request(br#"{"v":7,"request":{"cmd":"status"}}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::UnsupportedVersion);
+    }
+
+    #[test]
+    fn oversized_length_is_refused_before_reading() {
+        assert!(matches!(check_len((1u32 << 31).to_be_bytes(), MAX_REQUEST_BYTES), Err(FrameError::TooLarge { .. })));
+        assert_eq!(check_len(10u32.to_be_bytes(), MAX_REQUEST_BYTES).unwrap(), 10);
+    }
+
+    proptest! {
+        #[test]
+        fn decoder_never_panics_on_random_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode_request(&bytes);
+        }
+
+        #[test]
+        fn decoder_never_panics_on_json_like_input(s in r#"\{"v":[0-9]{1,3},"request":\{"cmd":"[a-z-]{0,12}"[^}]{0,20}\}\}"#) {
+            let _ = decode_request(s.as_bytes());
+        }
+    }
+}

@@ -1,0 +1,318 @@
+//! `sparkd run`: builds every part from the config, runs them, and stops them
+//! in order on SIGTERM.
+//!
+//! Start order: store → engine → control socket → threads → uplink → READY.
+//! Stop order: sources → inference drains its queue → telemetry → uplink
+//! (waits briefly for PUBACKs) → outbox writer commits the rest → exit 0.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+
+use crate::config::{BrokerUrl, CameraSource, Config};
+use crate::control::server::{self, ControlContext};
+use crate::engine::onnx::OnnxEngine;
+use crate::engine::{Engine, EngineKind};
+use crate::model::Model;
+use crate::outbox::{self, Outbox, OutboxOptions};
+use crate::record::Stream;
+use crate::source::{FrameQueue, replay};
+use crate::state::Shared;
+use crate::telemetry::Sampler;
+use crate::uplink::{self, UplinkDeps, UplinkSettings};
+use crate::{identity, link};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Outbox(#[from] outbox::OutboxError),
+    #[error(transparent)]
+    Model(#[from] crate::model::ModelError),
+    #[error("starting the inference engine")]
+    Engine(#[from] crate::engine::EngineError),
+    #[error(transparent)]
+    Replay(#[from] replay::ReplayError),
+    #[error(transparent)]
+    Control(#[from] server::ControlError),
+    #[error("reading the MQTT password file {path}")]
+    Secret {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("device identity: {0}")]
+    Identity(String),
+    #[error("starting a thread or the async runtime")]
+    Runtime(#[source] std::io::Error),
+}
+
+/// Paths resolved from config and the systemd environment.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub state_dir: PathBuf,
+    pub socket: PathBuf,
+}
+
+impl Paths {
+    pub fn resolve(c: &Config) -> Self {
+        let state_dir = if !c.state_dir.as_os_str().is_empty() {
+            c.state_dir.clone()
+        } else if let Some(d) = std::env::var_os("STATE_DIRECTORY").filter(|d| !d.is_empty()) {
+            // systemd may pass several, colon-separated; the first is ours.
+            PathBuf::from(d.to_string_lossy().split(':').next().unwrap_or("/var/lib/sparkd"))
+        } else {
+            PathBuf::from("/var/lib/sparkd")
+        };
+        let socket = if !c.socket_path.as_os_str().is_empty() {
+            c.socket_path.clone()
+        } else if let Some(d) = std::env::var_os("RUNTIME_DIRECTORY").filter(|d| !d.is_empty()) {
+            PathBuf::from(d.to_string_lossy().split(':').next().unwrap_or("/run/sparkd")).join("sparkd.sock")
+        } else {
+            state_dir.join("sparkd.sock")
+        };
+        Self { state_dir, socket }
+    }
+}
+
+/// Reads a secret named in the config: relative names are looked up in
+/// `$CREDENTIALS_DIRECTORY` (systemd `LoadCredential=`) first.
+pub fn read_secret(path: &Path) -> Result<String, StartError> {
+    let candidate = match std::env::var_os("CREDENTIALS_DIRECTORY") {
+        Some(dir) if path.is_relative() && Path::new(&dir).join(path).exists() => Path::new(&dir).join(path),
+        _ => path.to_path_buf(),
+    };
+    std::fs::read_to_string(&candidate)
+        .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
+        .map_err(|source| StartError::Secret { path: candidate, source })
+}
+
+/// Loads the model and builds the engine: the Hailo-8 when available, else
+/// ONNX Runtime on the CPU.
+pub fn build_engine(config: &Config, model: &Model) -> Result<Box<dyn Engine>, StartError> {
+    let bytes = model.read_onnx()?;
+    let engine = OnnxEngine::new(
+        &config.model.onnxruntime_library,
+        &bytes,
+        &model.manifest.input.name,
+        config.model.intra_threads,
+    )?;
+    Ok(Box::new(engine))
+}
+
+struct Threads {
+    source: Option<JoinHandle<()>>,
+    inference: Option<JoinHandle<()>>,
+    telemetry: JoinHandle<()>,
+}
+
+pub fn run(config: Config) -> Result<(), StartError> {
+    let paths = Paths::resolve(&config);
+    let device_id = identity::device_id(&config.device_id).map_err(StartError::Identity)?;
+    tracing::info!(device_id = %device_id, state_dir = %paths.state_dir.display(), "sparkd starting");
+
+    let outbox = Outbox::open(
+        &paths.state_dir.join("outbox"),
+        OutboxOptions {
+            device_id: device_id.clone(),
+            max_bytes: config.store.max_megabytes * 1024 * 1024,
+            drop_order: vec![Stream::Events, Stream::Inference, Stream::Telemetry],
+        },
+    )?;
+    let shared = Arc::new(Shared::new(device_id.clone()));
+
+    // Engine and model first: a broken model is a start failure, not a
+    // half-running daemon.
+    let camera = match config.camera.source {
+        CameraSource::None => None,
+        CameraSource::Replay => {
+            let files = replay::list_images(&config.camera.replay_dir)?;
+            let model = Arc::new(Model::load(&config.model.manifest)?);
+            let engine = build_engine(&config, &model)?;
+            let kind = engine.kind();
+            shared.update_engine(|e| {
+                e.active = Some(kind);
+                e.hailo_present = kind == EngineKind::Hailo;
+                e.model = format!("{} {}", model.manifest.name, model.manifest.version);
+            });
+            tracing::info!(engine = %kind, model = %model.manifest.name, "inference engine ready");
+            Some((files, model, engine))
+        }
+    };
+
+    let password = if config.mqtt.password_file.as_os_str().is_empty() {
+        None
+    } else {
+        Some(read_secret(&config.mqtt.password_file)?)
+    };
+
+    let wake = Arc::new(Notify::new());
+    let on_commit = {
+        let wake = wake.clone();
+        Arc::new(move || wake.notify_one()) as Arc<dyn Fn() + Send + Sync>
+    };
+    let writer = outbox::spawn_writer(outbox.clone(), config.store.commit_batch_max, on_commit)
+        .map_err(StartError::Runtime)?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("sparkd-io")
+        .enable_all()
+        .build()
+        .map_err(StartError::Runtime)?;
+
+    let frames = camera.as_ref().map(|_| FrameQueue::new(config.camera.queue_frames));
+    let listener = {
+        let _guard = runtime.enter();
+        server::bind(&paths.socket)?
+    };
+    tracing::info!(socket = %paths.socket.display(), "control socket listening");
+
+    // Threads: camera → inference; telemetry.
+    let stop_sources = Arc::new(AtomicBool::new(false));
+    let abort_inference = Arc::new(AtomicBool::new(false));
+    let mut threads = Threads { source: None, inference: None, telemetry: spawn_telemetry(&config, &paths, &shared, &writer.appender, &stop_sources)? };
+    if let (Some((files, model, engine)), Some(queue)) = (camera, frames.clone()) {
+        let (q, stop, fps) = (queue.clone(), stop_sources.clone(), config.camera.fps);
+        threads.source = Some(
+            std::thread::Builder::new()
+                .name("camera-replay".into())
+                .spawn(move || replay::run(files, fps, q, stop))
+                .map_err(StartError::Runtime)?,
+        );
+        let (appender, sh, abort) = (writer.appender.clone(), shared.clone(), abort_inference.clone());
+        threads.inference = Some(
+            std::thread::Builder::new()
+                .name("inference".into())
+                .spawn(move || crate::pipeline::run(engine, model, queue, appender, sh, abort))
+                .map_err(StartError::Runtime)?,
+        );
+    }
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let gate = link::spawn_gate(&runtime, &config.link, shared.clone(), shutdown_rx.clone());
+    let broker = BrokerUrl::parse(&config.mqtt.url).map_err(StartError::Identity)?;
+    let settings = UplinkSettings {
+        broker,
+        client_id: if config.mqtt.client_id.is_empty() { format!("sparkd-{device_id}") } else { config.mqtt.client_id.clone() },
+        topic_prefix: config.mqtt.topic_prefix.clone(),
+        device_id: device_id.clone(),
+        keep_alive: Duration::from_secs(config.mqtt.keep_alive_secs),
+        window: config.mqtt.inflight_window,
+        reconnect_min: Duration::from_millis(config.mqtt.reconnect_min_ms),
+        reconnect_max: Duration::from_millis(config.mqtt.reconnect_max_ms),
+        status_interval: Duration::from_secs(config.mqtt.status_interval_secs),
+        username: (!config.mqtt.username.is_empty()).then(|| config.mqtt.username.clone()),
+        password,
+    };
+    let uplink_task = runtime.spawn(uplink::run(
+        settings,
+        UplinkDeps {
+            outbox: outbox.clone(),
+            appender: writer.appender.clone(),
+            shared: shared.clone(),
+            wake: wake.clone(),
+            gate,
+            shutdown: shutdown_rx.clone(),
+        },
+    ));
+    let ctx = Arc::new(ControlContext { shared: shared.clone(), outbox: outbox.clone(), frames, uplink_wake: wake.clone() });
+    let control_task = runtime.spawn(server::serve(listener, ctx, shutdown_rx.clone()));
+
+    crate::notify::ready();
+    let watchdog = runtime.spawn(crate::notify::watchdog_loop(shutdown_rx.clone()));
+
+    runtime.block_on(wait_for_signal());
+    tracing::info!("shutting down");
+    crate::notify::stopping();
+    shared.shutting_down.store(true, Ordering::Relaxed);
+
+    // 1. Sources stop; inference finishes the frames already queued.
+    stop_sources.store(true, Ordering::Relaxed);
+    join_with_deadline(threads.source.take(), "camera", Duration::from_secs(3));
+    if !join_with_deadline(threads.inference.take(), "inference", Duration::from_secs(5)) {
+        abort_inference.store(true, Ordering::Relaxed);
+    }
+    let _ = threads.telemetry.join();
+    // 2. Uplink and control stop (uplink waits briefly for in-flight PUBACKs).
+    let _ = shutdown_tx.send(true);
+    runtime.block_on(async {
+        let _ = tokio::time::timeout(Duration::from_secs(4), uplink_task).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), control_task).await;
+        watchdog.abort();
+    });
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    // 3. Every appender is gone: the writer commits what is queued and stops.
+    writer.join();
+    let _ = std::fs::remove_file(&paths.socket);
+    tracing::info!("sparkd stopped");
+    Ok(())
+}
+
+fn spawn_telemetry(
+    config: &Config,
+    paths: &Paths,
+    shared: &Arc<Shared>,
+    appender: &outbox::Appender,
+    stop: &Arc<AtomicBool>,
+) -> Result<JoinHandle<()>, StartError> {
+    let interval = Duration::from_secs_f64(config.telemetry.interval_secs);
+    let (appender, shared, stop) = (appender.clone(), shared.clone(), stop.clone());
+    let state_dir = paths.state_dir.clone();
+    std::thread::Builder::new()
+        .name("telemetry".into())
+        .spawn(move || {
+            let mut sampler = Sampler::new(&state_dir);
+            let mut next = std::time::Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                let now = std::time::Instant::now();
+                if now < next {
+                    std::thread::sleep((next - now).min(Duration::from_millis(100)));
+                    continue;
+                }
+                next = now + interval;
+                let sample = sampler.sample();
+                let body = serde_json::to_string(&sample).unwrap_or_else(|_| "{}".into());
+                match appender.append(Stream::Telemetry, body) {
+                    Ok(_) => {
+                        shared.telemetry_samples.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        shared.records_lost.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(error = %e, "telemetry record not stored");
+                    }
+                }
+            }
+        })
+        .map_err(StartError::Runtime)
+}
+
+fn join_with_deadline(handle: Option<JoinHandle<()>>, name: &str, deadline: Duration) -> bool {
+    let Some(h) = handle else { return true };
+    let end = std::time::Instant::now() + deadline;
+    while !h.is_finished() {
+        if std::time::Instant::now() >= end {
+            tracing::warn!(thread = name, "did not stop in time");
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = h.join();
+    true
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        // Without signal handlers the daemon could never stop cleanly.
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

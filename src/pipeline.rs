@@ -1,0 +1,133 @@
+//! The inference loop: frames in, inference records out.
+//!
+//! Runs on its own named thread (never on the async runtime): takes frames
+//! from the drop-oldest queue, prepares the tensor, runs the engine, decodes
+//! and appends one record per frame to the outbox. Owns no storage.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::detect::{self, Detection};
+use crate::engine::Engine;
+use crate::model::Model;
+use crate::outbox::Appender;
+use crate::record::Stream;
+use crate::source::{Frame, FrameQueue};
+use crate::state::Shared;
+use crate::vision::{self, Tensor};
+
+#[derive(Debug, Serialize)]
+struct FrameInfo<'a> {
+    origin: &'a str,
+    number: u64,
+    width: u32,
+    height: u32,
+    captured_ts: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct InferenceBody<'a> {
+    engine: &'static str,
+    model: &'a str,
+    model_version: &'a str,
+    /// Top detection's label and score; `null` when nothing was found.
+    label: Option<&'a str>,
+    score: Option<f32>,
+    count: usize,
+    detections: &'a [Detection],
+    latency_ms: f64,
+    frame: FrameInfo<'a>,
+}
+
+/// Result of one frame through the model, for the record and for `sparkctl infer`.
+pub struct Inferred {
+    pub detections: Vec<Detection>,
+    pub engine: crate::engine::EngineKind,
+    pub latency: Duration,
+}
+
+/// Prepares, runs and decodes one frame; `input` is reused between calls.
+pub fn infer_frame(
+    engine: &mut dyn Engine,
+    model: &Model,
+    frame: &image::RgbImage,
+    input: &mut Tensor,
+) -> Result<Inferred, String> {
+    let t0 = Instant::now();
+    let m = &model.manifest;
+    let lb = vision::prepare(frame, &m.input, input);
+    let outputs = engine.run(input).map_err(|e| format!("{:#}", anyhow::Error::new(e)))?;
+    let detections = detect::decode(&m.output, &m.labels, &outputs, &lb).map_err(|e| e.to_string())?;
+    Ok(Inferred { detections, engine: engine.kind(), latency: t0.elapsed() })
+}
+
+/// Builds the record body for one inferred frame.
+pub fn record_body(model: &Model, frame: &Frame, r: &Inferred) -> String {
+    let top = r.detections.iter().max_by(|a, b| a.score.total_cmp(&b.score));
+    let body = InferenceBody {
+        engine: r.engine.as_str(),
+        model: &model.manifest.name,
+        model_version: &model.manifest.version,
+        label: top.map(|d| d.label.as_str()),
+        score: top.map(|d| d.score),
+        count: r.detections.len(),
+        detections: &r.detections,
+        latency_ms: r.latency.as_secs_f64() * 1000.0,
+        frame: FrameInfo {
+            origin: &frame.origin,
+            number: frame.number,
+            width: frame.image.width(),
+            height: frame.image.height(),
+            captured_ts: frame.captured_ms,
+        },
+    };
+    serde_json::to_string(&body).unwrap_or_else(|_| "{}".into())
+}
+
+/// Runs until the queue is closed and drained (graceful stop) or `abort` is set.
+pub fn run(
+    mut engine: Box<dyn Engine>,
+    model: Arc<Model>,
+    queue: Arc<FrameQueue>,
+    appender: Appender,
+    shared: Arc<Shared>,
+    abort: Arc<AtomicBool>,
+) {
+    let mut input = Tensor::zeros(&[1]);
+    let mut last_error_log: Option<Instant> = None;
+    while !abort.load(Ordering::Relaxed) {
+        let Some(frame) = queue.pop(Duration::from_millis(200)) else {
+            if queue.is_closed_and_empty() {
+                break;
+            }
+            continue;
+        };
+        match infer_frame(engine.as_mut(), &model, &frame.image, &mut input) {
+            Ok(r) => {
+                shared.last_latency_us.store(r.latency.as_micros() as u64, Ordering::Relaxed);
+                let body = record_body(&model, &frame, &r);
+                match appender.append(Stream::Inference, body) {
+                    Ok(_) => {
+                        shared.inference_total.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        shared.records_lost.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(error = %e, "inference record not stored");
+                    }
+                }
+            }
+            Err(e) => {
+                shared.inference_failed.fetch_add(1, Ordering::Relaxed);
+                shared.update_engine(|s| s.last_error = Some(e.clone()));
+                // The world can make every frame fail: log at most every 10 s.
+                if last_error_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                    tracing::error!(error = %e, frame = %frame.origin, "inference failed");
+                    last_error_log = Some(Instant::now());
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,364 @@
+//! MQTT uplink: drains the outbox to the broker at QoS 1.
+//!
+//! Owns the broker connection, the in-flight window and the retained status
+//! message. It reads the outbox but writes to it only through acks.
+//!
+//! **Architecture Invariant:** a record is acked in the outbox only after the
+//! broker's PUBACK for the publish that carried it.
+//!
+//! Each connection is an *epoch* with a fresh client and event loop and a
+//! clean MQTT session. rumqttc drops its un-acknowledged publishes when the
+//! broker has no session for it, so nothing is trusted to survive a
+//! disconnect: every epoch re-reads the outbox from the oldest pending record
+//! of each stream. Re-sent records carry their original `seq`; consumers
+//! de-duplicate on it.
+//!
+//! Sharing rule: streams are served round-robin, one read batch each, and
+//! within a stream strictly oldest first, so a long backlog in one stream
+//! never starves the others, and order within a stream always holds.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
+use serde::Serialize;
+use tokio::sync::{Notify, watch};
+
+use crate::config::BrokerUrl;
+use crate::outbox::{Appender, Outbox};
+use crate::record::{Stream, now_ms};
+use crate::state::Shared;
+
+#[derive(Debug, Clone)]
+pub struct UplinkSettings {
+    pub broker: BrokerUrl,
+    pub client_id: String,
+    pub topic_prefix: String,
+    pub device_id: String,
+    pub keep_alive: Duration,
+    pub window: u16,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+    pub status_interval: Duration,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl UplinkSettings {
+    pub fn topic(&self, leaf: &str) -> String {
+        format!("{}/{}/{}", self.topic_prefix, self.device_id, leaf)
+    }
+}
+
+#[derive(Serialize)]
+struct StatusMessage<'a> {
+    online: bool,
+    device_id: &'a str,
+    version: &'a str,
+    ts: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    engine: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pending: Option<u64>,
+}
+
+/// What the uplink needs from the rest of the daemon.
+pub struct UplinkDeps {
+    pub outbox: Outbox,
+    pub appender: Appender,
+    pub shared: Arc<Shared>,
+    /// Notified after every commit that appended records, and by `sparkctl sync`.
+    pub wake: Arc<Notify>,
+    /// `true` while the link gate (VPN) allows draining.
+    pub gate: watch::Receiver<bool>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// One connection epoch's bookkeeping.
+struct Epoch {
+    /// Last seq handed to the client, per stream.
+    cursor: [u64; 3],
+    /// Publishes handed to the client, not yet given a packet id, in order.
+    /// `None` marks a status message (not a stored record).
+    queued: VecDeque<Option<(Stream, u64)>>,
+    /// Packet id → record, awaiting PUBACK.
+    inflight: HashMap<u16, (Stream, u64)>,
+    /// Streams that may have more to send.
+    dirty: [bool; 3],
+    next_stream: usize,
+}
+
+impl Epoch {
+    fn new() -> Self {
+        Self { cursor: [0; 3], queued: VecDeque::new(), inflight: HashMap::new(), dirty: [true; 3], next_stream: 0 }
+    }
+
+    fn in_window(&self) -> usize {
+        self.queued.len() + self.inflight.len()
+    }
+}
+
+pub async fn run(settings: UplinkSettings, mut deps: UplinkDeps) {
+    let mut backoff = settings.reconnect_min;
+    deps.shared.update_link(|l| {
+        l.broker = format!("{}:{}", settings.broker.host, settings.broker.port);
+        l.since_ms = now_ms();
+    });
+    loop {
+        if *deps.shutdown.borrow() {
+            return;
+        }
+        if !*deps.gate.borrow() {
+            tokio::select! {
+                _ = deps.gate.changed() => continue,
+                _ = deps.shutdown.changed() => return,
+            }
+        }
+        let outcome = run_epoch(&settings, &mut deps).await;
+        deps.shared.update_link(|l| {
+            if l.broker_connected {
+                l.since_ms = now_ms();
+            }
+            l.broker_connected = false;
+        });
+        match outcome {
+            EpochEnd::Shutdown => return,
+            EpochEnd::GateClosed => {
+                backoff = settings.reconnect_min;
+                continue;
+            }
+            EpochEnd::Failed { was_connected } => {
+                if was_connected {
+                    backoff = settings.reconnect_min;
+                }
+                // Jitter in [backoff/2, backoff) so a fleet does not reconnect in step.
+                let half = backoff.as_millis() as u64 / 2;
+                let sleep = Duration::from_millis(half + fastrand::u64(0..=half.max(1)));
+                tokio::select! {
+                    _ = tokio::time::sleep(sleep) => {}
+                    _ = deps.shutdown.changed() => return,
+                }
+                backoff = (backoff * 2).min(settings.reconnect_max);
+            }
+        }
+    }
+}
+
+enum EpochEnd {
+    Shutdown,
+    GateClosed,
+    Failed { was_connected: bool },
+}
+
+fn mqtt_options(s: &UplinkSettings) -> MqttOptions {
+    let mut o = MqttOptions::new(&s.client_id, &s.broker.host, s.broker.port);
+    o.set_keep_alive(s.keep_alive);
+    o.set_clean_session(true);
+    o.set_inflight(s.window);
+    o.set_max_packet_size(1024 * 1024, 1024 * 1024);
+    let offline = serde_json::to_vec(&StatusMessage {
+        online: false,
+        device_id: &s.device_id,
+        version: env!("CARGO_PKG_VERSION"),
+        ts: 0,
+        engine: None,
+        pending: None,
+    })
+    .unwrap_or_default();
+    o.set_last_will(LastWill::new(s.topic("status"), offline, QoS::AtLeastOnce, true));
+    if let (Some(u), p) = (&s.username, &s.password) {
+        o.set_credentials(u.clone(), p.clone().unwrap_or_default());
+    }
+    o
+}
+
+async fn run_epoch(s: &UplinkSettings, deps: &mut UplinkDeps) -> EpochEnd {
+    let cap = s.window as usize * 2 + 16;
+    let (client, mut eventloop) = AsyncClient::new(mqtt_options(s), cap);
+    let mut epoch = Epoch::new();
+    let mut connected = false;
+    let mut status_tick = tokio::time::interval_at(tokio::time::Instant::now() + s.status_interval, s.status_interval);
+    status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            ev = eventloop.poll() => match ev {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    connected = true;
+                    tracing::info!(broker = %format!("{}:{}", s.broker.host, s.broker.port), "uplink connected");
+                    deps.shared.update_link(|l| {
+                        l.broker_connected = true;
+                        l.last_error = None;
+                        l.since_ms = now_ms();
+                        l.reconnects += 1;
+                    });
+                    publish_status(s, &client, &mut epoch, deps, true);
+                }
+                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                    if let Some(Some(rec)) = epoch.queued.pop_front() {
+                        epoch.inflight.insert(pkid, rec);
+                        deps.shared.published.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                    if let Some((stream, seq)) = epoch.inflight.remove(&ack.pkid) {
+                        deps.shared.acked.fetch_add(1, Ordering::Relaxed);
+                        let appender = deps.appender.clone();
+                        // A full writer channel blocks briefly; keep it off
+                        // the other tasks' worker.
+                        let sent = tokio::task::block_in_place(|| appender.ack(stream, vec![seq]));
+                        if sent.is_err() {
+                            return EpochEnd::Shutdown; // writer gone: the daemon is stopping
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let msg = e.to_string();
+                    if connected {
+                        tracing::warn!(error = %msg, "uplink disconnected");
+                    } else {
+                        tracing::debug!(error = %msg, "uplink connect failed");
+                    }
+                    deps.shared.update_link(|l| l.last_error = Some(msg));
+                    return EpochEnd::Failed { was_connected: connected };
+                }
+            },
+            _ = deps.wake.notified() => {
+                epoch.dirty = [true; 3];
+            }
+            _ = status_tick.tick() => {
+                if connected {
+                    publish_status(s, &client, &mut epoch, deps, true);
+                }
+            }
+            _ = deps.gate.changed() => {
+                if !*deps.gate.borrow() {
+                    tracing::warn!("link gate closed; uplink paused");
+                    let _ = client.try_disconnect();
+                    return EpochEnd::GateClosed;
+                }
+            }
+            _ = deps.shutdown.changed() => {
+                if connected {
+                    drain_inflight(s, &client, &mut eventloop, &mut epoch, deps).await;
+                }
+                return EpochEnd::Shutdown;
+            }
+        }
+        if connected {
+            fill_window(s, &client, &mut epoch, deps);
+        }
+    }
+}
+
+/// Hands records to the client until the window is full or nothing is left.
+fn fill_window(s: &UplinkSettings, client: &AsyncClient, epoch: &mut Epoch, deps: &UplinkDeps) {
+    let window = s.window as usize;
+    // Refill in chunks: one read transaction per half window, not per ack.
+    if epoch.in_window() > window / 2 {
+        return;
+    }
+    let mut idle_streams = 0;
+    while epoch.in_window() < window && idle_streams < Stream::ALL.len() {
+        let stream = Stream::ALL[epoch.next_stream % Stream::ALL.len()];
+        epoch.next_stream += 1;
+        let i = stream as usize;
+        if !epoch.dirty[i] {
+            idle_streams += 1;
+            continue;
+        }
+        let room = window - epoch.in_window();
+        let batch = match deps.outbox.read_after(stream, epoch.cursor[i], room.min(256)) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "uplink: reading the outbox failed");
+                return;
+            }
+        };
+        if batch.len() < room.min(256) {
+            epoch.dirty[i] = false;
+        }
+        if batch.is_empty() {
+            idle_streams += 1;
+            continue;
+        }
+        idle_streams = 0;
+        let topic = s.topic(stream.as_str());
+        for rec in batch {
+            if client.try_publish(topic.clone(), QoS::AtLeastOnce, false, rec.payload).is_err() {
+                // Channel full: retry from here on the next fill.
+                epoch.dirty[i] = true;
+                return;
+            }
+            epoch.cursor[i] = rec.seq;
+            epoch.queued.push_back(Some((stream, rec.seq)));
+        }
+    }
+}
+
+fn publish_status(s: &UplinkSettings, client: &AsyncClient, epoch: &mut Epoch, deps: &UplinkDeps, online: bool) {
+    let engine = deps.shared.engine().active.map(|k| k.as_str());
+    let pending = deps.outbox.counters().iter().map(|c| c.pending).sum();
+    let body = StatusMessage {
+        online,
+        device_id: &s.device_id,
+        version: env!("CARGO_PKG_VERSION"),
+        ts: now_ms(),
+        engine,
+        pending: Some(pending),
+    };
+    let Ok(payload) = serde_json::to_vec(&body) else { return };
+    if client.try_publish(s.topic("status"), QoS::AtLeastOnce, true, payload).is_ok() {
+        epoch.queued.push_back(None);
+    }
+}
+
+/// On shutdown: stop handing out records, give the broker a moment to ack
+/// what is in flight, mark the device offline and disconnect. Whatever is
+/// not acked stays in the outbox for the next start.
+async fn drain_inflight(
+    s: &UplinkSettings,
+    client: &AsyncClient,
+    eventloop: &mut rumqttc::EventLoop,
+    epoch: &mut Epoch,
+    deps: &UplinkDeps,
+) {
+    publish_status(s, client, epoch, deps, false);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while epoch.in_window() > 0 {
+        let ev = match tokio::time::timeout_at(deadline, eventloop.poll()).await {
+            Ok(Ok(ev)) => ev,
+            _ => break,
+        };
+        match ev {
+            Event::Outgoing(Outgoing::Publish(pkid)) => match epoch.queued.pop_front() {
+                Some(Some(rec)) => {
+                    epoch.inflight.insert(pkid, rec);
+                }
+                _ => {}
+            },
+            Event::Incoming(Packet::PubAck(ack)) => {
+                if let Some((stream, seq)) = epoch.inflight.remove(&ack.pkid) {
+                    deps.shared.acked.fetch_add(1, Ordering::Relaxed);
+                    let _ = tokio::task::block_in_place(|| deps.appender.ack(stream, vec![seq]));
+                }
+            }
+            _ => {}
+        }
+        // Status publishes are not tracked in `inflight`; stop once only
+        // they could remain.
+        if epoch.inflight.is_empty() && epoch.queued.iter().all(Option::is_none) {
+            break;
+        }
+    }
+    let _ = client.try_disconnect();
+    // Let the event loop send the offline status and the DISCONNECT.
+    let end = tokio::time::Instant::now() + Duration::from_millis(500);
+    while let Ok(Ok(ev)) = tokio::time::timeout_at(end, eventloop.poll()).await {
+        if matches!(ev, Event::Outgoing(Outgoing::Disconnect)) {
+            break;
+        }
+    }
+}
