@@ -1,0 +1,340 @@
+//! Test harness: real Mosquitto brokers, the real `sparkd` binary, and an
+//! MQTT consumer that records every message.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn sparkd_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_sparkd"))
+}
+
+pub fn sparkctl_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_sparkctl"))
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// Polls `f` until it returns `Some` or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A Mosquitto broker on a free loopback port, killed on drop.
+pub struct Broker {
+    pub port: u16,
+    child: Child,
+    pub dir: tempfile::TempDir,
+}
+
+impl Broker {
+    pub fn start() -> Self {
+        Self::start_on(free_port())
+    }
+
+    pub fn start_on(port: u16) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conf = dir.path().join("mosquitto.conf");
+        // `user root`: as root, mosquitto would otherwise drop to `mosquitto`
+        // and fail on root-owned files. `max_queued_messages 0`: no broker-side
+        // drops of a fast QoS 1 stream. Persistence keeps consumer sessions
+        // across broker restarts in the fault tests.
+        let mut f = std::fs::File::create(&conf).expect("conf");
+        writeln!(
+            f,
+            "listener {port} 127.0.0.1\nallow_anonymous true\nuser root\nmax_queued_messages 0\n\
+             persistence true\npersistence_location {}/\nautosave_interval 1\nlog_dest none",
+            dir.path().display()
+        )
+        .expect("write conf");
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto not installed: run scripts/setup.sh");
+        let b = Broker { port, child, dir };
+        wait_for(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).ok())
+            .expect("mosquitto did not start");
+        b
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One received message.
+#[derive(Debug, Clone)]
+pub struct Msg {
+    pub topic: String,
+    pub json: serde_json::Value,
+}
+
+/// Subscribes to `spark/#` at QoS 1 with a persistent session and keeps
+/// every message. Reconnects on its own while the broker is down.
+pub struct Consumer {
+    pub msgs: Arc<Mutex<Vec<Msg>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Consumer {
+    pub fn start(port: u16, filter: &str) -> Self {
+        let msgs = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let id = format!("test-consumer-{}", std::process::id() as u64 * 1000 + port as u64);
+        let mut opts = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
+        opts.set_clean_session(false);
+        opts.set_keep_alive(Duration::from_secs(5));
+        opts.set_max_packet_size(4 << 20, 4 << 20);
+        let (client, mut conn) = rumqttc::Client::new(opts, 64);
+        let (m, s, filter) = (msgs.clone(), stop.clone(), filter.to_string());
+        let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let r2 = ready.clone();
+        let thread = std::thread::spawn(move || {
+            for ev in conn.iter() {
+                if s.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                match ev {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                        let _ = client.try_subscribe(filter.clone(), rumqttc::QoS::AtLeastOnce);
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                        r2.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                        if let Ok(json) = serde_json::from_slice(&p.payload) {
+                            m.lock().unwrap().push(Msg { topic: p.topic.clone(), json });
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                }
+            }
+        });
+        wait_for(Duration::from_secs(10), || ready.load(std::sync::atomic::Ordering::Relaxed).then_some(()))
+            .expect("consumer did not subscribe");
+        Consumer { msgs, stop, thread: Some(thread) }
+    }
+
+    pub fn snapshot(&self) -> Vec<Msg> {
+        self.msgs.lock().unwrap().clone()
+    }
+
+    /// Records (not status) of `stream`, in arrival order.
+    pub fn records(&self, stream: &str) -> Vec<serde_json::Value> {
+        self.snapshot()
+            .into_iter()
+            .filter(|m| m.topic.ends_with(&format!("/{stream}")) && m.json.get("seq").is_some())
+            .map(|m| m.json)
+            .collect()
+    }
+
+    pub fn seqs(&self, stream: &str) -> Vec<u64> {
+        self.records(stream).iter().filter_map(|r| r["seq"].as_u64()).collect()
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        // The connection thread ends on its next event (keep-alive at most).
+        if let Some(t) = self.thread.take() {
+            drop(t);
+        }
+    }
+}
+
+/// Asserts every seq in 1..=max is present (duplicates allowed); returns max.
+pub fn assert_no_gaps(seqs: &[u64], what: &str) -> u64 {
+    let set: std::collections::BTreeSet<u64> = seqs.iter().copied().collect();
+    let max = set.iter().next_back().copied().unwrap_or(0);
+    let missing: Vec<u64> = (1..=max).filter(|s| !set.contains(s)).take(20).collect();
+    assert!(missing.is_empty(), "{what}: missing seqs {missing:?} (max {max}, {} received)", seqs.len());
+    max
+}
+
+/// A config for `sparkd` in a temp dir, pointing at `broker_url`.
+pub struct DaemonConfig {
+    pub dir: tempfile::TempDir,
+    pub extra: String,
+    pub broker_url: String,
+    pub fps: f64,
+    pub telemetry_secs: f64,
+    pub images: PathBuf,
+    pub manifest: PathBuf,
+}
+
+impl DaemonConfig {
+    pub fn new(broker_url: &str) -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+            extra: String::new(),
+            broker_url: broker_url.to_string(),
+            fps: 5.0,
+            telemetry_secs: 0.5,
+            images: repo().join("models/demo"),
+            manifest: repo().join("models/centerface.toml"),
+        }
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("sparkd.sock")
+    }
+
+    pub fn write(&self) -> PathBuf {
+        let text = format!(
+            "device_id = \"test-dev\"\nstate_dir = \"{state}\"\nsocket_path = \"{sock}\"\n\
+             [camera]\nreplay_dir = \"{img}\"\nfps = {fps:.3}\n\
+             [model]\nmanifest = \"{man}\"\nonnxruntime_library = \"{ort}\"\nintra_threads = 1\n\
+             [telemetry]\ninterval_secs = {tel:.3}\n\
+             [mqtt]\nurl = \"{url}\"\nreconnect_min_ms = 100\nreconnect_max_ms = 1000\nkeep_alive_secs = 5\n{extra}",
+            state = self.state_dir().display(),
+            sock = self.socket().display(),
+            img = self.images.display(),
+            fps = self.fps,
+            man = self.manifest.display(),
+            ort = repo().join("deps/onnxruntime/libonnxruntime.so").display(),
+            tel = self.telemetry_secs,
+            url = self.broker_url,
+            extra = self.extra,
+        );
+        let p = self.dir.path().join("sparkd.toml");
+        std::fs::write(&p, text).expect("write config");
+        p
+    }
+}
+
+/// A running `sparkd`.
+pub struct Daemon {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    pub fn start(cfg: &DaemonConfig) -> Self {
+        let path = cfg.write();
+        let log = cfg.dir.path().join(format!("sparkd-{}.log", Instant::now().elapsed().as_nanos()));
+        let logf = std::fs::OpenOptions::new().create(true).append(true).open(cfg.dir.path().join("sparkd.log")).expect("log");
+        let child = Command::new(sparkd_bin())
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .env_remove("JOURNAL_STREAM")
+            .stdout(Stdio::null())
+            .stderr(logf)
+            .spawn()
+            .expect("spawn sparkd");
+        let _ = log;
+        let d = Daemon { child, log: cfg.dir.path().join("sparkd.log") };
+        let sock = cfg.socket();
+        wait_for(Duration::from_secs(30), || std::os::unix::net::UnixStream::connect(&sock).ok())
+            .unwrap_or_else(|| panic!("sparkd did not open its socket; log:\n{}", d.log_text()));
+        d
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill").args([&format!("-{sig}"), &self.pid().to_string()]).status();
+    }
+
+    /// SIGTERM and wait (up to `timeout`) for the exit status.
+    pub fn terminate(mut self, timeout: Duration) -> ExitStatus {
+        self.signal("TERM");
+        let end = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st;
+            }
+            if Instant::now() > end {
+                let _ = self.child.kill();
+                panic!("sparkd did not exit within {timeout:?} of SIGTERM; log:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `sparkctl ARGS` against `socket`; (exit code, stdout, stderr).
+pub fn sparkctl(socket: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(sparkctl_bin()).arg("--socket").arg(socket).args(args).output().expect("run sparkctl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+pub fn status_json(socket: &Path) -> serde_json::Value {
+    let (code, out, err) = sparkctl(socket, &["status", "--json"]);
+    assert_eq!(code, 0, "sparkctl status failed: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {out}"))
+}
+
+/// Count of records per stream in a map, for messages.
+pub fn count_by_stream(c: &Consumer) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for msg in c.snapshot() {
+        if let Some(s) = msg.json.get("stream").and_then(|s| s.as_str()) {
+            *m.entry(s.to_string()).or_insert(0) += 1;
+        }
+    }
+    m
+}
