@@ -4,7 +4,6 @@
 //! the inverse mapping of boxes back to frame pixels. No IO.
 
 use image::RgbImage;
-use image::imageops::{self, FilterType};
 
 use crate::model::{ColorOrder, InputSpec, Resize};
 
@@ -43,8 +42,26 @@ impl Letterbox {
     }
 }
 
+/// One axis of a bilinear resize: for each output index, the two source
+/// indices and the weight of the second (half-pixel centres, as OpenCV's
+/// `INTER_LINEAR`, which the reference pre-processing of these models uses).
+fn axis_map(src: usize, dst: usize) -> Vec<(usize, usize, f32)> {
+    let scale = src as f32 / dst as f32;
+    (0..dst)
+        .map(|i| {
+            let s = ((i as f32 + 0.5) * scale - 0.5).max(0.0);
+            let i0 = (s as usize).min(src - 1);
+            let i1 = (i0 + 1).min(src - 1);
+            (i0, i1, s - i0 as f32)
+        })
+        .collect()
+}
+
 /// Resizes `frame` as `spec` says and writes the normalised NCHW tensor into
 /// `out` (reused across frames to avoid an allocation per frame).
+///
+/// Resize, channel order, normalisation and the HWC→CHW transpose happen in
+/// one pass over the output: no intermediate image.
 pub fn prepare(frame: &RgbImage, spec: &InputSpec, out: &mut Tensor) -> Letterbox {
     let (tw, th) = (spec.width, spec.height);
     let (fw, fh) = frame.dimensions();
@@ -57,42 +74,52 @@ pub fn prepare(frame: &RgbImage, spec: &InputSpec, out: &mut Tensor) -> Letterbo
             (nw, nh, nw as f32 / fw as f32, nh as f32 / fh as f32)
         }
     };
-    let resized;
-    let src: &RgbImage = if (nw, nh) == (fw, fh) {
-        frame
-    } else {
-        resized = imageops::resize(frame, nw, nh, FilterType::Triangle);
-        &resized
-    };
     let (w, h) = (tw as usize, th as usize);
     let plane = w * h;
     out.shape.clear();
     out.shape.extend_from_slice(&[1, 3, h, w]);
     out.data.resize(3 * plane, 0.0);
-    let pad: [f32; 3] = std::array::from_fn(|c| (spec.pad_value - spec.mean[c]) / spec.std[c]);
-    let inv_std: [f32; 3] = std::array::from_fn(|c| 1.0 / spec.std[c]);
     // Output channel c takes source channel order[c].
     let order = match spec.color {
-        ColorOrder::Rgb => [0, 1, 2],
-        ColorOrder::Bgr => [2, 1, 0],
+        ColorOrder::Rgb => [0usize, 1, 2],
+        ColorOrder::Bgr => [2usize, 1, 0],
     };
-    let raw = src.as_raw();
-    let (sw, sh) = (nw as usize, nh as usize);
+    let inv_std: [f32; 3] = std::array::from_fn(|c| 1.0 / spec.std[order[c]]);
+    let mean: [f32; 3] = std::array::from_fn(|c| spec.mean[order[c]]);
+    let pad: [f32; 3] = std::array::from_fn(|c| (spec.pad_value - mean[c]) * inv_std[c]);
+    let xs = axis_map(fw as usize, nw as usize);
+    let ys = axis_map(fh as usize, nh as usize);
+    let raw = frame.as_raw();
+    let stride = fw as usize * 3;
+    let (p0, rest) = out.data.split_at_mut(plane);
+    let (p1, p2) = rest.split_at_mut(plane);
+    let planes: [&mut [f32]; 3] = [p0, p1, p2];
+    let [p0, p1, p2] = planes;
     for y in 0..h {
-        for x in 0..w {
-            let o = y * w + x;
-            if y < sh && x < sw {
-                let p = (y * sw + x) * 3;
-                for c in 0..3 {
-                    let v = raw[p + order[c]] as f32;
-                    out.data[c * plane + o] = (v - spec.mean[order[c]]) * inv_std[order[c]];
-                }
-            } else {
-                for c in 0..3 {
-                    out.data[c * plane + o] = pad[c];
-                }
-            }
+        let row = y * w..(y + 1) * w;
+        let (o0, o1, o2) = (&mut p0[row.clone()], &mut p1[row.clone()], &mut p2[row]);
+        if y >= nh as usize {
+            o0.fill(pad[0]);
+            o1.fill(pad[1]);
+            o2.fill(pad[2]);
+            continue;
         }
+        let (y0, y1, wy) = ys[y];
+        let (r0, r1) = (&raw[y0 * stride..(y0 + 1) * stride], &raw[y1 * stride..(y1 + 1) * stride]);
+        for (x, &(x0, x1, wx)) in xs.iter().enumerate() {
+            let (a, b) = (x0 * 3, x1 * 3);
+            let px = |c: usize| {
+                let top = r0[a + c] as f32 + (r0[b + c] as f32 - r0[a + c] as f32) * wx;
+                let bot = r1[a + c] as f32 + (r1[b + c] as f32 - r1[a + c] as f32) * wx;
+                top + (bot - top) * wy
+            };
+            o0[x] = (px(order[0]) - mean[0]) * inv_std[0];
+            o1[x] = (px(order[1]) - mean[1]) * inv_std[1];
+            o2[x] = (px(order[2]) - mean[2]) * inv_std[2];
+        }
+        o0[nw as usize..].fill(pad[0]);
+        o1[nw as usize..].fill(pad[1]);
+        o2[nw as usize..].fill(pad[2]);
     }
     Letterbox { scale_x: sx, scale_y: sy, frame_width: fw, frame_height: fh }
 }
@@ -149,5 +176,21 @@ mod tests {
         let img = RgbImage::new(16, 8);
         let lb = prepare(&img, &spec(8, 8, ColorOrder::Rgb, Resize::Letterbox), &mut t);
         assert_eq!(lb.to_frame([1.0, 1.0, 2.0, 3.0]), [2.0, 2.0, 4.0, 6.0]);
+    }
+
+    #[test]
+    fn downscale_by_two_averages_pixel_pairs() {
+        // 4x1 gradient 0, 100, 200, 250 → 2x1: half-pixel centres land
+        // between source pixels 0|1 and 2|3.
+        let mut img = RgbImage::new(4, 1);
+        for (x, v) in [0u8, 100, 200, 250].into_iter().enumerate() {
+            img.put_pixel(x as u32, 0, image::Rgb([v, v, v]));
+        }
+        let mut s = spec(2, 1, ColorOrder::Rgb, Resize::Stretch);
+        s.mean = [0.0; 3];
+        s.std = [1.0; 3];
+        let mut t = Tensor::zeros(&[1]);
+        prepare(&img, &s, &mut t);
+        assert_eq!(&t.data[0..2], &[50.0, 225.0]);
     }
 }

@@ -5,6 +5,7 @@
 //! [`crate::vision`], decoding in [`crate::detect`], so every engine shares
 //! them and produces identical records for identical outputs.
 
+pub mod hailo;
 pub mod onnx;
 
 use serde::{Deserialize, Serialize};

@@ -1,0 +1,137 @@
+//! Builds the HailoRT test double (`hailort_double.c`) into a shared library
+//! named like the real one (`libhailort.so.4.23.0`) and opens its extra,
+//! non-HailoRT symbols. Shared by tests/hailo_ffi.rs and benches/hailo_ffi.rs
+//! through `#[path]`; needs only the system C compiler (`cc`).
+
+#![allow(dead_code, unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// File name of the built double: the soname HailoRT 4.23.0 installs.
+pub const FILE_NAME: &str = "libhailort.so.4.23.0";
+/// Set by a parent test for its child processes so they reuse its build.
+pub const ENV_PATH: &str = "HAILO_FFI_DOUBLE";
+
+fn manifest_dir() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Path of the built double: `$HAILO_FFI_DOUBLE` when a parent already built
+/// it, otherwise compiled once per process into the target's test temp dir.
+pub fn library() -> PathBuf {
+    if let Some(p) = std::env::var_os(ENV_PATH).filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(build).clone()
+}
+
+fn build() -> PathBuf {
+    let src = manifest_dir().join("tests/hailo-double/hailort_double.c");
+    let include = manifest_dir().join("hailo-sys/include");
+    // One directory per process: parallel test binaries never race on a file.
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("hailo-double-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+    let out = dir.join(FILE_NAME);
+    let result = Command::new("cc")
+        .args(["-std=c11", "-O2", "-g", "-Wall", "-Wextra", "-Werror", "-fPIC", "-shared", "-fvisibility=hidden"])
+        .arg(format!("-I{}", include.display()))
+        .arg("-o")
+        .arg(&out)
+        .arg(&src)
+        .arg(format!("-Wl,-soname,{FILE_NAME}"))
+        .output()
+        .unwrap_or_else(|e| panic!("running cc to build the HailoRT double (is a C compiler installed?): {e}"));
+    assert!(
+        result.status.success(),
+        "cc failed building {}:\n{}",
+        src.display(),
+        String::from_utf8_lossy(&result.stderr)
+    );
+    out
+}
+
+/// The double's extra symbols, opened from the same file (the dynamic loader
+/// hands back the instance hailo_sys::load opened, so counters are shared).
+pub struct Extras {
+    lib: hailo_sys::libloading::Library,
+}
+
+impl Extras {
+    pub fn open(path: &Path) -> Self {
+        // SAFETY: the file is the test double built above; its constructors
+        // have no preconditions.
+        let lib = unsafe { hailo_sys::libloading::Library::new(path) }
+            .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+        Self { lib }
+    }
+
+    /// HEFs, vdevices, network groups and vstreams the double has allocated
+    /// and not yet freed.
+    pub fn live_handles(&self) -> i64 {
+        // SAFETY: the double exports `long hailo_double_live_handles(void)`.
+        unsafe {
+            let f = self
+                .lib
+                .get::<unsafe extern "C" fn() -> std::ffi::c_long>(b"hailo_double_live_handles\0")
+                .unwrap_or_else(|e| panic!("hailo_double_live_handles: {e}"));
+            f() as i64
+        }
+    }
+
+    /// `int hailo_double_direct_loop(uint32_t h, uint32_t w, uint64_t n)`:
+    /// `n` inferences driven from C, without the Rust wrapper. Returns the
+    /// first failing `hailo_status`, or 0.
+    pub fn direct_loop_fn(&self) -> unsafe extern "C" fn(u32, u32, u64) -> std::ffi::c_int {
+        // SAFETY: the double exports the function with exactly this C signature.
+        unsafe {
+            *self
+                .lib
+                .get::<unsafe extern "C" fn(u32, u32, u64) -> std::ffi::c_int>(b"hailo_double_direct_loop\0")
+                .unwrap_or_else(|e| panic!("hailo_double_direct_loop: {e}"))
+        }
+    }
+}
+
+/// The double's HEF format: `HAILODOUBLE-HEF <height> <width>`.
+pub fn hef_bytes(height: u32, width: u32) -> Vec<u8> {
+    format!("HAILODOUBLE-HEF {height} {width}").into_bytes()
+}
+
+/// Output names in HEF order and their channel counts.
+pub const OUTPUTS: [(&str, usize); 4] =
+    [("centerface/heatmap", 1), ("centerface/scale", 2), ("centerface/offset", 2), ("centerface/landmarks", 10)];
+
+/// What the double returns for an NCHW input `[1, 3, h, w]`, as NCHW outputs
+/// in HEF order (see the formula in hailort_double.c).
+pub fn expected_outputs(input: &[f32], h: usize, w: usize) -> Vec<Vec<f32>> {
+    let plane = h * w;
+    let mut s = 0.0f64;
+    for y in 0..h {
+        for x in 0..w {
+            for c in 0..3 {
+                let i = (y * w + x) * 3 + c; // NHWC flat index
+                s += input[c * plane + y * w + x] as f64 * (1 + i % 7) as f64;
+            }
+        }
+    }
+    let (oh, ow) = (h / 4, w / 4);
+    OUTPUTS
+        .iter()
+        .enumerate()
+        .map(|(k, (_, f))| {
+            let mut out = vec![0.0f32; f * oh * ow];
+            for c in 0..*f {
+                for y in 0..oh {
+                    for x in 0..ow {
+                        let j = (y * ow + x) * f + c; // NHWC flat index of the output
+                        out[c * oh * ow + y * ow + x] = (s * 0.001 + (k + 1) as f64 + j as f64 * 0.001) as f32;
+                    }
+                }
+            }
+            out
+        })
+        .collect()
+}
