@@ -34,6 +34,7 @@ pub struct Config {
     pub mqtt: MqttConfig,
     pub link: LinkConfig,
     pub log: LogConfig,
+    pub load: LoadConfig,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
@@ -82,6 +83,20 @@ pub struct StoreConfig {
     pub max_megabytes: u64,
     /// Most appends and acks folded into one durable transaction.
     pub commit_batch_max: usize,
+    /// Retention drops streams in this order when the bound is reached,
+    /// lowest priority first. Must name every stream once.
+    pub drop_order: Vec<String>,
+    pub ttl_secs: StreamTtl,
+}
+
+/// Time-to-live of stored records per stream; 0 keeps them until sent (or
+/// until the byte bound drops them).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamTtl {
+    pub telemetry: u64,
+    pub inference: u64,
+    pub events: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -97,6 +112,11 @@ pub struct MqttConfig {
     pub inflight_window: u16,
     pub reconnect_min_ms: u64,
     pub reconnect_max_ms: u64,
+    /// Records per MQTT message: 1 publishes each record alone; more sends
+    /// `{"records": [...]}` batches of up to this many records of one stream.
+    pub batch_max_records: usize,
+    /// Byte cap of one batched message.
+    pub batch_max_bytes: usize,
     /// How often the retained status message is refreshed.
     pub status_interval_secs: u64,
     pub username: String,
@@ -110,6 +130,26 @@ pub struct MqttConfig {
 pub struct LinkConfig {
     /// WireGuard interface gating the uplink. Empty: no VPN gate.
     pub vpn_interface: String,
+    /// The link counts as down when the latest handshake is older than this.
+    pub handshake_max_age_secs: u64,
+    /// How often the link monitor looks.
+    pub check_interval_ms: u64,
+}
+
+/// Synthetic load generator, for soak tests and benchmarks on a device.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoadConfig {
+    /// Synthetic `events` records per second; 0 turns the generator off.
+    pub events_per_sec: f64,
+    /// Approximate size of each synthetic record's body.
+    pub event_bytes: usize,
+}
+
+impl Default for LoadConfig {
+    fn default() -> Self {
+        Self { events_per_sec: 0.0, event_bytes: 200 }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -133,6 +173,7 @@ impl Default for Config {
             mqtt: MqttConfig::default(),
             link: LinkConfig::default(),
             log: LogConfig::default(),
+            load: LoadConfig::default(),
         }
     }
 }
@@ -166,7 +207,12 @@ impl Default for TelemetryConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self { max_megabytes: 1024, commit_batch_max: 1024 }
+        Self {
+            max_megabytes: 1024,
+            commit_batch_max: 1024,
+            drop_order: vec!["events".into(), "inference".into(), "telemetry".into()],
+            ttl_secs: StreamTtl::default(),
+        }
     }
 }
 
@@ -180,6 +226,8 @@ impl Default for MqttConfig {
             inflight_window: 100,
             reconnect_min_ms: 250,
             reconnect_max_ms: 30_000,
+            batch_max_records: 1,
+            batch_max_bytes: 256 * 1024,
             status_interval_secs: 30,
             username: String::new(),
             password_file: PathBuf::new(),
@@ -189,7 +237,7 @@ impl Default for MqttConfig {
 
 impl Default for LinkConfig {
     fn default() -> Self {
-        Self { vpn_interface: String::new() }
+        Self { vpn_interface: String::new(), handshake_max_age_secs: 180, check_interval_ms: 1000 }
     }
 }
 
@@ -326,6 +374,31 @@ impl Config {
         }
         if self.mqtt.status_interval_secs == 0 {
             bad("mqtt.status_interval_secs", "must be at least 1".into());
+        }
+        let mut order = self.store.drop_order.clone();
+        order.sort();
+        if order != ["events", "inference", "telemetry"] {
+            bad("store.drop_order", "must name telemetry, inference and events once each".into());
+        }
+        if self.mqtt.batch_max_records == 0 || self.mqtt.batch_max_records > 10_000 {
+            bad("mqtt.batch_max_records", "must be 1..=10000".into());
+        }
+        if self.mqtt.batch_max_bytes < 1024 || self.mqtt.batch_max_bytes > 1 << 20 {
+            bad("mqtt.batch_max_bytes", "must be 1024..=1048576".into());
+        }
+        if !self.link.vpn_interface.is_empty()
+            && (self.link.vpn_interface.len() > 15 || !is_topic_segment(&self.link.vpn_interface))
+        {
+            bad("link.vpn_interface", "not a valid interface name".into());
+        }
+        if self.link.check_interval_ms < 100 {
+            bad("link.check_interval_ms", "must be at least 100".into());
+        }
+        if !(self.load.events_per_sec >= 0.0 && self.load.events_per_sec <= 1_000_000.0) {
+            bad("load.events_per_sec", "must be between 0 and 1000000".into());
+        }
+        if self.load.event_bytes > 64 * 1024 {
+            bad("load.event_bytes", "must be at most 65536".into());
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             bad("log.level", format!("not a valid filter: {:?}", self.log.level));

@@ -107,6 +107,7 @@ struct Threads {
     source: Option<JoinHandle<()>>,
     inference: Option<JoinHandle<()>>,
     telemetry: JoinHandle<()>,
+    load: Option<JoinHandle<()>>,
 }
 
 pub fn run(config: Config) -> Result<(), StartError> {
@@ -119,7 +120,12 @@ pub fn run(config: Config) -> Result<(), StartError> {
         OutboxOptions {
             device_id: device_id.clone(),
             max_bytes: config.store.max_megabytes * 1024 * 1024,
-            drop_order: vec![Stream::Events, Stream::Inference, Stream::Telemetry],
+            drop_order: config.store.drop_order.iter().filter_map(|s| Stream::parse(s)).collect(),
+            ttl_ms: [
+                config.store.ttl_secs.telemetry * 1000,
+                config.store.ttl_secs.inference * 1000,
+                config.store.ttl_secs.events * 1000,
+            ],
         },
     )?;
     let shared = Arc::new(Shared::new(device_id.clone()));
@@ -174,7 +180,23 @@ pub fn run(config: Config) -> Result<(), StartError> {
     // Threads: camera → inference; telemetry.
     let stop_sources = Arc::new(AtomicBool::new(false));
     let abort_inference = Arc::new(AtomicBool::new(false));
-    let mut threads = Threads { source: None, inference: None, telemetry: spawn_telemetry(&config, &paths, &shared, &writer.appender, &stop_sources)? };
+    let mut threads = Threads {
+        source: None,
+        inference: None,
+        telemetry: spawn_telemetry(&config, &paths, &shared, &outbox, &writer.appender, &stop_sources)?,
+        load: None,
+    };
+    if config.load.events_per_sec > 0.0 {
+        let (rate, size) = (config.load.events_per_sec, config.load.event_bytes);
+        let (appender, sh, stop) = (writer.appender.clone(), shared.clone(), stop_sources.clone());
+        tracing::warn!(events_per_sec = rate, "synthetic load generator on");
+        threads.load = Some(
+            std::thread::Builder::new()
+                .name("loadgen".into())
+                .spawn(move || crate::loadgen::run(rate, size, appender, sh, stop))
+                .map_err(StartError::Runtime)?,
+        );
+    }
     if let (Some((files, model, engine)), Some(queue)) = (camera, frames.clone()) {
         let (q, stop, fps) = (queue.clone(), stop_sources.clone(), config.camera.fps);
         threads.source = Some(
@@ -205,6 +227,8 @@ pub fn run(config: Config) -> Result<(), StartError> {
         reconnect_min: Duration::from_millis(config.mqtt.reconnect_min_ms),
         reconnect_max: Duration::from_millis(config.mqtt.reconnect_max_ms),
         status_interval: Duration::from_secs(config.mqtt.status_interval_secs),
+        batch_max_records: config.mqtt.batch_max_records,
+        batch_max_bytes: config.mqtt.batch_max_bytes,
         username: (!config.mqtt.username.is_empty()).then(|| config.mqtt.username.clone()),
         password,
     };
@@ -224,6 +248,18 @@ pub fn run(config: Config) -> Result<(), StartError> {
 
     crate::notify::ready();
     let watchdog = runtime.spawn(crate::notify::watchdog_loop(shutdown_rx.clone()));
+    let rate_sampler = {
+        let (shared, mut stop) = (shared.clone(), shutdown_rx.clone());
+        runtime.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => shared.sample_acks(),
+                    _ = stop.changed() => return,
+                }
+            }
+        })
+    };
 
     runtime.block_on(wait_for_signal());
     tracing::info!("shutting down");
@@ -237,12 +273,14 @@ pub fn run(config: Config) -> Result<(), StartError> {
         abort_inference.store(true, Ordering::Relaxed);
     }
     let _ = threads.telemetry.join();
+    join_with_deadline(threads.load.take(), "loadgen", Duration::from_secs(5));
     // 2. Uplink and control stop (uplink waits briefly for in-flight PUBACKs).
     let _ = shutdown_tx.send(true);
     runtime.block_on(async {
         let _ = tokio::time::timeout(Duration::from_secs(4), uplink_task).await;
         let _ = tokio::time::timeout(Duration::from_secs(1), control_task).await;
         watchdog.abort();
+        rate_sampler.abort();
     });
     runtime.shutdown_timeout(Duration::from_secs(1));
     // 3. Every appender is gone: the writer commits what is queued and stops.
@@ -256,11 +294,12 @@ fn spawn_telemetry(
     config: &Config,
     paths: &Paths,
     shared: &Arc<Shared>,
+    store: &Outbox,
     appender: &outbox::Appender,
     stop: &Arc<AtomicBool>,
 ) -> Result<JoinHandle<()>, StartError> {
     let interval = Duration::from_secs_f64(config.telemetry.interval_secs);
-    let (appender, shared, stop) = (appender.clone(), shared.clone(), stop.clone());
+    let (appender, shared, stop, store) = (appender.clone(), shared.clone(), stop.clone(), store.clone());
     let state_dir = paths.state_dir.clone();
     std::thread::Builder::new()
         .name("telemetry".into())
@@ -274,8 +313,13 @@ fn spawn_telemetry(
                     continue;
                 }
                 next = now + interval;
-                let sample = sampler.sample();
-                let body = serde_json::to_string(&sample).unwrap_or_else(|_| "{}".into());
+                let record = crate::telemetry::TelemetryRecord {
+                    sample: sampler.sample(),
+                    outbox: crate::telemetry::OutboxFigures::from_counters(&store.counters()),
+                    inference_total: Shared::count(&shared.inference_total),
+                    records_lost: Shared::count(&shared.records_lost),
+                };
+                let body = serde_json::to_string(&record).unwrap_or_else(|_| "{}".into());
                 match appender.append(Stream::Telemetry, body) {
                     Ok(_) => {
                         shared.telemetry_samples.fetch_add(1, Ordering::Relaxed);

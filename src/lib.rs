@@ -11,6 +11,7 @@ pub mod detect;
 pub mod engine;
 pub mod identity;
 pub mod link;
+pub mod loadgen;
 pub mod logging;
 pub mod model;
 pub mod notify;

@@ -24,6 +24,13 @@ pub struct LinkState {
     /// True when no VPN gate is configured.
     pub vpn_up: bool,
     pub vpn_interface: Option<String>,
+    /// Seconds since the WireGuard peer's latest handshake, when known.
+    pub handshake_age_s: Option<u64>,
+    /// Where the handshake age came from (`netlink`, `uapi`) or why it is unknown.
+    pub handshake_source: Option<String>,
+    /// Unix ms since the VPN gate has been closed; `None` while open.
+    pub vpn_down_since_ms: Option<u64>,
+    pub vpn_last_error: Option<String>,
     pub broker_connected: bool,
     pub broker: String,
     pub last_error: Option<String>,
@@ -41,12 +48,15 @@ pub struct Shared {
     /// Records a producer could not store (commit failed); logged and counted.
     pub records_lost: AtomicU64,
     pub telemetry_samples: AtomicU64,
+    pub events_generated: AtomicU64,
     pub published: AtomicU64,
     pub acked: AtomicU64,
     pub last_latency_us: AtomicU64,
     pub shutting_down: AtomicBool,
     pub engine: Mutex<EngineState>,
     pub link: Mutex<LinkState>,
+    /// (when, acked total) once a second, newest last: the drain rate window.
+    pub ack_history: Mutex<std::collections::VecDeque<(Instant, u64)>>,
 }
 
 impl Shared {
@@ -58,12 +68,14 @@ impl Shared {
             inference_failed: AtomicU64::new(0),
             records_lost: AtomicU64::new(0),
             telemetry_samples: AtomicU64::new(0),
+            events_generated: AtomicU64::new(0),
             published: AtomicU64::new(0),
             acked: AtomicU64::new(0),
             last_latency_us: AtomicU64::new(0),
             shutting_down: AtomicBool::new(false),
             engine: Mutex::new(EngineState::default()),
             link: Mutex::new(LinkState::default()),
+            ack_history: Mutex::new(std::collections::VecDeque::new()),
         }
     }
 
@@ -81,6 +93,24 @@ impl Shared {
 
     pub fn update_link(&self, f: impl FnOnce(&mut LinkState)) {
         f(&mut self.link.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    /// Records the acked total now; keeps the last ten seconds.
+    pub fn sample_acks(&self) {
+        let mut h = self.ack_history.lock().unwrap_or_else(|p| p.into_inner());
+        h.push_back((Instant::now(), self.acked.load(Ordering::Relaxed)));
+        while h.len() > 11 {
+            h.pop_front();
+        }
+    }
+
+    /// Records acknowledged per second over the last ten seconds.
+    pub fn drain_rate(&self) -> f64 {
+        let h = self.ack_history.lock().unwrap_or_else(|p| p.into_inner());
+        match (h.front(), h.back()) {
+            (Some(a), Some(b)) if b.0 > a.0 => (b.1 - a.1) as f64 / (b.0 - a.0).as_secs_f64(),
+            _ => 0.0,
+        }
     }
 
     pub fn count(counter: &AtomicU64) -> u64 {

@@ -26,6 +26,35 @@ pub struct Sample {
     pub process_rss_bytes: Option<u64>,
 }
 
+/// What a telemetry record carries: the system sample plus the daemon's
+/// own health (so the cloud sees retention drops and losses).
+#[derive(Debug, Clone, Serialize)]
+pub struct TelemetryRecord {
+    #[serde(flatten)]
+    pub sample: Sample,
+    pub outbox: OutboxFigures,
+    pub inference_total: u64,
+    pub records_lost: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OutboxFigures {
+    pub pending: u64,
+    pub bytes: u64,
+    /// Records dropped by retention (bound or TTL), per stream.
+    pub dropped: BTreeMap<&'static str, u64>,
+}
+
+impl OutboxFigures {
+    pub fn from_counters(c: &[crate::outbox::StreamCounters; 3]) -> Self {
+        Self {
+            pending: c.iter().map(|x| x.pending).sum(),
+            bytes: c.iter().map(|x| x.bytes).sum(),
+            dropped: crate::record::Stream::ALL.iter().map(|s| (s.as_str(), c[*s as usize].dropped)).collect(),
+        }
+    }
+}
+
 pub struct Sampler {
     sys: Option<System>,
     disks: Option<Disks>,

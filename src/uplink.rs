@@ -42,6 +42,9 @@ pub struct UplinkSettings {
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
     pub status_interval: Duration,
+    /// Records per message (1 = unbatched).
+    pub batch_max_records: usize,
+    pub batch_max_bytes: usize,
     pub username: Option<String>,
     pub password: Option<String>,
 }
@@ -76,15 +79,24 @@ pub struct UplinkDeps {
     pub shutdown: watch::Receiver<bool>,
 }
 
+/// The stored records one MQTT message carries: a contiguous run of one stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Carried {
+    stream: Stream,
+    first: u64,
+    last: u64,
+    count: u64,
+}
+
 /// One connection epoch's bookkeeping.
 struct Epoch {
     /// Last seq handed to the client, per stream.
     cursor: [u64; 3],
     /// Publishes handed to the client, not yet given a packet id, in order.
     /// `None` marks a status message (not a stored record).
-    queued: VecDeque<Option<(Stream, u64)>>,
-    /// Packet id → record, awaiting PUBACK.
-    inflight: HashMap<u16, (Stream, u64)>,
+    queued: VecDeque<Option<Carried>>,
+    /// Packet id → records, awaiting PUBACK.
+    inflight: HashMap<u16, Carried>,
     /// Streams that may have more to send.
     dirty: [bool; 3],
     next_stream: usize,
@@ -196,19 +208,14 @@ async fn run_epoch(s: &UplinkSettings, deps: &mut UplinkDeps) -> EpochEnd {
                     publish_status(s, &client, &mut epoch, deps, true);
                 }
                 Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                    if let Some(Some(rec)) = epoch.queued.pop_front() {
-                        epoch.inflight.insert(pkid, rec);
-                        deps.shared.published.fetch_add(1, Ordering::Relaxed);
+                    if let Some(Some(c)) = epoch.queued.pop_front() {
+                        epoch.inflight.insert(pkid, c);
+                        deps.shared.published.fetch_add(c.count, Ordering::Relaxed);
                     }
                 }
                 Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                    if let Some((stream, seq)) = epoch.inflight.remove(&ack.pkid) {
-                        deps.shared.acked.fetch_add(1, Ordering::Relaxed);
-                        let appender = deps.appender.clone();
-                        // A full writer channel blocks briefly; keep it off
-                        // the other tasks' worker.
-                        let sent = tokio::task::block_in_place(|| appender.ack(stream, vec![seq]));
-                        if sent.is_err() {
+                    if let Some(c) = epoch.inflight.remove(&ack.pkid) {
+                        if acknowledge(deps, c).is_err() {
                             return EpochEnd::Shutdown; // writer gone: the daemon is stopping
                         }
                     }
@@ -253,13 +260,22 @@ async fn run_epoch(s: &UplinkSettings, deps: &mut UplinkDeps) -> EpochEnd {
     }
 }
 
-/// Hands records to the client until the window is full or nothing is left.
+/// Passes a PUBACK on to the outbox as an ack of the records it covers.
+fn acknowledge(deps: &UplinkDeps, c: Carried) -> Result<(), crate::outbox::OutboxError> {
+    deps.shared.acked.fetch_add(c.count, Ordering::Relaxed);
+    // A full writer channel blocks briefly; keep that off the other tasks.
+    tokio::task::block_in_place(|| deps.appender.ack(c.stream, c.first, c.last))
+}
+
+/// Hands records to the client until the window (counted in messages) is
+/// full or nothing is left.
 fn fill_window(s: &UplinkSettings, client: &AsyncClient, epoch: &mut Epoch, deps: &UplinkDeps) {
     let window = s.window as usize;
     // Refill in chunks: one read transaction per half window, not per ack.
     if epoch.in_window() > window / 2 {
         return;
     }
+    let per_msg = s.batch_max_records.max(1);
     let mut idle_streams = 0;
     while epoch.in_window() < window && idle_streams < Stream::ALL.len() {
         let stream = Stream::ALL[epoch.next_stream % Stream::ALL.len()];
@@ -269,33 +285,61 @@ fn fill_window(s: &UplinkSettings, client: &AsyncClient, epoch: &mut Epoch, deps
             idle_streams += 1;
             continue;
         }
-        let room = window - epoch.in_window();
-        let batch = match deps.outbox.read_after(stream, epoch.cursor[i], room.min(256)) {
+        let want = ((window - epoch.in_window()) * per_msg).min(4096);
+        let records = match deps.outbox.read_after(stream, epoch.cursor[i], want) {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(error = %e, "uplink: reading the outbox failed");
                 return;
             }
         };
-        if batch.len() < room.min(256) {
+        if records.len() < want {
             epoch.dirty[i] = false;
         }
-        if batch.is_empty() {
+        if records.is_empty() {
             idle_streams += 1;
             continue;
         }
         idle_streams = 0;
         let topic = s.topic(stream.as_str());
-        for rec in batch {
-            if client.try_publish(topic.clone(), QoS::AtLeastOnce, false, rec.payload).is_err() {
-                // Channel full: retry from here on the next fill.
+        let mut rest = &records[..];
+        while !rest.is_empty() {
+            let (payload, n) = if per_msg == 1 {
+                (rest[0].payload.clone(), 1)
+            } else {
+                batch_payload(rest, per_msg, s.batch_max_bytes)
+            };
+            let c = Carried { stream, first: rest[0].seq, last: rest[n - 1].seq, count: n as u64 };
+            if client.try_publish(topic.clone(), QoS::AtLeastOnce, false, payload).is_err() {
+                // Channel full: the rest goes out on a later fill.
                 epoch.dirty[i] = true;
                 return;
             }
-            epoch.cursor[i] = rec.seq;
-            epoch.queued.push_back(Some((stream, rec.seq)));
+            epoch.cursor[i] = c.last;
+            epoch.queued.push_back(Some(c));
+            rest = &rest[n..];
         }
     }
+}
+
+/// `{"records":[...]}` of as many leading records as fit both caps (at
+/// least one); returns the payload and how many records it holds.
+fn batch_payload(records: &[crate::outbox::Pending], max_records: usize, max_bytes: usize) -> (Vec<u8>, usize) {
+    let mut out = Vec::with_capacity(max_bytes.min(64 * 1024));
+    out.extend_from_slice(b"{\"records\":[");
+    let mut n = 0;
+    for r in records.iter().take(max_records) {
+        if n > 0 && out.len() + r.payload.len() + 3 > max_bytes {
+            break;
+        }
+        if n > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(&r.payload);
+        n += 1;
+    }
+    out.extend_from_slice(b"]}");
+    (out, n)
 }
 
 fn publish_status(s: &UplinkSettings, client: &AsyncClient, epoch: &mut Epoch, deps: &UplinkDeps, online: bool) {
@@ -333,16 +377,14 @@ async fn drain_inflight(
             _ => break,
         };
         match ev {
-            Event::Outgoing(Outgoing::Publish(pkid)) => match epoch.queued.pop_front() {
-                Some(Some(rec)) => {
-                    epoch.inflight.insert(pkid, rec);
+            Event::Outgoing(Outgoing::Publish(pkid)) => {
+                if let Some(Some(c)) = epoch.queued.pop_front() {
+                    epoch.inflight.insert(pkid, c);
                 }
-                _ => {}
-            },
+            }
             Event::Incoming(Packet::PubAck(ack)) => {
-                if let Some((stream, seq)) = epoch.inflight.remove(&ack.pkid) {
-                    deps.shared.acked.fetch_add(1, Ordering::Relaxed);
-                    let _ = tokio::task::block_in_place(|| deps.appender.ack(stream, vec![seq]));
+                if let Some(c) = epoch.inflight.remove(&ack.pkid) {
+                    let _ = acknowledge(deps, c);
                 }
             }
             _ => {}
@@ -360,5 +402,30 @@ async fn drain_inflight(
         if matches!(ev, Event::Outgoing(Outgoing::Disconnect)) {
             break;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::Pending;
+
+    fn rec(seq: u64, body: &str) -> Pending {
+        Pending { stream: Stream::Events, seq, ts_ms: 0, payload: body.as_bytes().to_vec() }
+    }
+
+    #[test]
+    fn batch_is_a_json_array_of_whole_records_within_both_caps() {
+        let recs: Vec<_> = (1..=5).map(|i| rec(i, &format!("{{\"seq\":{i}}}"))).collect();
+        let (p, n) = batch_payload(&recs, 3, 1 << 20);
+        assert_eq!(n, 3);
+        let v: serde_json::Value = serde_json::from_slice(&p).unwrap();
+        assert_eq!(v["records"].as_array().unwrap().len(), 3);
+        assert_eq!(v["records"][2]["seq"], 3);
+        // Byte cap: stops before overflowing, but always carries one.
+        let (p, n) = batch_payload(&recs, 100, 35);
+        assert_eq!(n, 2, "{}", String::from_utf8_lossy(&p));
+        let (_, n) = batch_payload(&recs, 100, 1);
+        assert_eq!(n, 1);
     }
 }

@@ -182,8 +182,8 @@ pub fn load_from(candidates: &[PathBuf]) -> Result<(HailoRt, PathBuf), LoadError
         // call is made.
         match unsafe { HailoRt::new(path) } {
             Ok(lib) => {
-                let found = library_version(&lib)
-                    .map_err(|status| LoadError::VersionQuery { path: path.clone(), status })?;
+                let found =
+                    library_version(&lib).map_err(|status| LoadError::VersionQuery { path: path.clone(), status })?;
                 if !found.is_supported() {
                     return Err(LoadError::VersionMismatch { path: path.clone(), found });
                 }

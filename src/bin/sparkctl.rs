@@ -33,8 +33,14 @@ enum Command {
     Link,
     /// Active inference engine and fallbacks.
     Engine,
-    /// Ask the uplink to drain now.
-    Sync,
+    /// Ask the uplink to drain now; with --wait, show progress until the backlog is empty.
+    Sync {
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this many seconds (exit 1).
+        #[arg(long, default_value_t = 300, value_name = "SECS")]
+        timeout_secs: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -52,7 +58,11 @@ fn main() -> ExitCode {
         Command::Queue => Request::Queue,
         Command::Link => Request::Link,
         Command::Engine => Request::Engine,
-        Command::Sync => Request::Sync,
+        Command::Sync { .. } => Request::Sync,
+    };
+    let wait = match cli.command {
+        Command::Sync { wait: true, timeout_secs } => Some(Duration::from_secs(timeout_secs)),
+        _ => None,
     };
     let response = match client::request(&socket, &request, Duration::from_secs(10)) {
         Ok(r) => r,
@@ -73,6 +83,9 @@ fn main() -> ExitCode {
             eprintln!("sparkctl: daemon refused the request ({:?}): {}", err.code, err.message);
         }
         return ExitCode::from(1);
+    }
+    if let (Some(timeout), Response::SyncStarted { pending }) = (wait, &response) {
+        return sync_wait(&socket, *pending, timeout, cli.json);
     }
     if cli.json {
         let v = match &response {
@@ -100,6 +113,64 @@ fn main() -> ExitCode {
         Response::Error(_) => {}
     }
     ExitCode::SUCCESS
+}
+
+/// Polls the queue until it is empty, drawing a progress bar on a terminal.
+fn sync_wait(socket: &std::path::Path, start_pending: u64, timeout: Duration, json: bool) -> ExitCode {
+    use std::io::{IsTerminal, Write};
+    let tty = std::io::stderr().is_terminal() && !json;
+    let started = std::time::Instant::now();
+    let mut total = start_pending.max(1);
+    loop {
+        let q = match client::request(socket, &Request::Queue, Duration::from_secs(10)) {
+            Ok(Response::Queue(q)) => q,
+            Ok(other) => {
+                eprintln!("sparkctl: unexpected answer {other:?}");
+                return ExitCode::from(1);
+            }
+            Err(e) => {
+                eprintln!("sparkctl: {e}");
+                return ExitCode::from(3);
+            }
+        };
+        total = total.max(q.pending);
+        if tty {
+            let done = total - q.pending.min(total);
+            let width = 30usize;
+            let filled = (done as f64 / total as f64 * width as f64) as usize;
+            let eta = q.eta_s.map(|e| format!("{e:.0} s")).unwrap_or_else(|| "-".into());
+            eprint!(
+                "\r[{}{}] {done}/{total} sent, {:.0} rec/s, ETA {eta}   ",
+                "#".repeat(filled),
+                ".".repeat(width - filled),
+                q.drain_rate_per_s
+            );
+            let _ = std::io::stderr().flush();
+        }
+        if q.pending == 0 {
+            if tty {
+                eprintln!();
+            }
+            if json {
+                println!("{}", serde_json::json!({"synced": true, "pending": 0, "seconds": started.elapsed().as_secs_f64()}));
+            } else {
+                println!("outbox empty: everything sent and acknowledged");
+            }
+            return ExitCode::SUCCESS;
+        }
+        if started.elapsed() > timeout {
+            if tty {
+                eprintln!();
+            }
+            if json {
+                println!("{}", serde_json::json!({"synced": false, "pending": q.pending}));
+            } else {
+                eprintln!("sparkctl: {} records still pending after {} s", q.pending, timeout.as_secs());
+            }
+            return ExitCode::from(1);
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
 fn rows(pairs: &[(&str, String)]) {
@@ -155,12 +226,19 @@ fn print_queue(q: &QueueReport) {
         println!("{:<10} {:>10} {:>12} {:>10} {:>14}", name, s.pending, bytes(s.bytes), s.dropped, age(s.oldest_age_s));
     }
     println!("{:<10} {:>10} {:>12} {:>10} {:>14}", "total", q.pending, bytes(q.bytes), q.dropped, age(q.oldest_age_s));
-    println!("published {} acked {}", q.published, q.acked);
+    let eta = q.eta_s.map(|e| format!("{e:.0} s")).unwrap_or_else(|| "-".into());
+    println!("drain rate {:.0} rec/s, time to empty {eta}; published {} acked {}", q.drain_rate_per_s, q.published, q.acked);
 }
 
 fn print_link(l: &LinkState) {
     rows(&[
         ("vpn", format!("{} ({})", up(l.vpn_up), l.vpn_interface.as_deref().unwrap_or("no gate configured"))),
+        ("handshake", match l.handshake_age_s {
+            Some(a) => format!("{a} s ago ({})", l.handshake_source.as_deref().unwrap_or("?")),
+            None => l.handshake_source.clone().unwrap_or_else(|| "-".into()),
+        }),
+        ("vpn down for", l.vpn_down_since_ms.map(|t| format!("{:.0} s", (spark_edge::record::now_ms().saturating_sub(t)) as f64 / 1000.0)).unwrap_or_else(|| "-".into())),
+        ("vpn error", l.vpn_last_error.clone().unwrap_or_else(|| "-".into())),
         ("broker", format!("{} {}", l.broker, if l.broker_connected { "connected" } else { "disconnected" })),
         ("reconnects", l.reconnects.to_string()),
         ("last error", l.last_error.clone().unwrap_or_else(|| "-".into())),

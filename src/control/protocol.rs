@@ -92,6 +92,10 @@ pub struct QueueReport {
     pub oldest_age_s: Option<f64>,
     pub published: u64,
     pub acked: u64,
+    /// Records acknowledged per second over the last ten seconds.
+    pub drain_rate_per_s: f64,
+    /// `pending / drain_rate`; `None` while nothing drains.
+    pub eta_s: Option<f64>,
     pub streams: BTreeMap<String, StreamQueue>,
 }
 

@@ -197,6 +197,11 @@ pub fn queue_report(ctx: &ControlContext) -> Result<QueueReport, crate::outbox::
         oldest_age_s: age(stats.oldest_ts_ms),
         published: Shared::count(&ctx.shared.published),
         acked: Shared::count(&ctx.shared.acked),
+        drain_rate_per_s: ctx.shared.drain_rate(),
+        eta_s: {
+            let rate = ctx.shared.drain_rate();
+            (rate > 0.0).then(|| stats.pending as f64 / rate)
+        },
         streams: stats
             .streams
             .iter()

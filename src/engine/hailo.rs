@@ -28,7 +28,7 @@
 use std::ffi::{CString, c_char};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use hailo_sys as sys;
 
@@ -455,8 +455,8 @@ impl Hef {
         match source {
             HefSource::File(path) => {
                 use std::os::unix::ffi::OsStrExt;
-                let c = CString::new(path.as_os_str().as_bytes())
-                    .map_err(|_| HailoError::HefPath(path.to_path_buf()))?;
+                let c =
+                    CString::new(path.as_os_str().as_bytes()).map_err(|_| HailoError::HefPath(path.to_path_buf()))?;
                 // SAFETY: `c` is a NUL-terminated path that outlives the call;
                 // `raw` is a valid out-pointer.
                 check(lib, "hailo_create_hef_file", unsafe { lib.hailo_create_hef_file(&mut raw, c.as_ptr()) })?;
@@ -681,6 +681,33 @@ fn temperature(lib: &sys::HailoRt, device: sys::hailo_device) -> Result<ChipTemp
     Ok(ChipTemperature { ts0_celsius: t.ts0_temperature, ts1_celsius: t.ts1_temperature })
 }
 
+/// HailoRT, loaded once per requested path and kept for the life of the
+/// process. Unloading it is never worth the risk: it is a C++ runtime that
+/// may have started threads, and a device that comes back needs a new
+/// vdevice, not a new library. Failures are not cached, so a library
+/// installed later is found on the next attempt.
+fn shared_library(explicit: Option<&Path>) -> Result<(Arc<sys::HailoRt>, PathBuf), HailoError> {
+    type Loaded = (Option<PathBuf>, Arc<sys::HailoRt>, PathBuf);
+    static LOADED: Mutex<Vec<Loaded>> = Mutex::new(Vec::new());
+    let key = explicit.map(Path::to_path_buf);
+    let mut loaded = LOADED.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some((_, lib, path)) = loaded.iter().find(|(k, _, _)| *k == key) {
+        return Ok((Arc::clone(lib), path.clone()));
+    }
+    let (lib, path) = sys::load(explicit)?;
+    let lib = Arc::new(lib);
+    loaded.push((key, Arc::clone(&lib), path.clone()));
+    Ok((lib, path))
+}
+
+fn library_version(lib: &sys::HailoRt) -> Result<sys::LibraryVersion, HailoError> {
+    sys::library_version(lib).map_err(|s| HailoError::Status {
+        call: "hailo_get_library_version",
+        status: HailoStatus(s),
+        message: None,
+    })
+}
+
 /// Ids of the Hailo devices the library can see (PCIe BDF, e.g. `0000:01:00.0`).
 pub fn scan_devices(lib: &sys::HailoRt) -> Result<Vec<String>, HailoError> {
     let mut ids = vec![sys::hailo_device_id_t::default(); MAX_DEVICES];
@@ -695,10 +722,8 @@ pub fn scan_devices(lib: &sys::HailoRt) -> Result<Vec<String>, HailoError> {
 /// Loads HailoRT and reports library, driver, devices and, when a device is
 /// free, its identity and temperature. For `sparkctl engine` and doctor.
 pub fn probe(lib: Option<&Path>) -> Result<HailoInfo, HailoError> {
-    let (lib, library_path) = sys::load(lib)?;
-    let library_version = sys::library_version(&lib)
-        .map_err(|s| HailoError::Status { call: "hailo_get_library_version", status: HailoStatus(s), message: None })?;
-    let lib = Arc::new(lib);
+    let (lib, library_path) = shared_library(lib)?;
+    let library_version = library_version(&lib)?;
     let devices = scan_devices(&lib)?;
     let mut info = HailoInfo {
         library_path,
@@ -756,21 +781,17 @@ pub struct HailoEngine {
 unsafe impl Send for HailoEngine {}
 
 impl HailoEngine {
-    /// Loads HailoRT (see [`hailo_sys::load`] for the search order), takes a
-    /// device, configures the HEF and creates its vstreams.
+    /// Loads HailoRT (see [`hailo_sys::load`] for the search order; once
+    /// loaded it stays loaded for the process), takes a device, configures
+    /// the HEF and creates its vstreams.
     pub fn open(lib: Option<&Path>, hef: HefSource<'_>, opts: &HailoOptions) -> Result<Self, EngineError> {
         Self::try_open(lib, hef, opts).map_err(EngineError::from)
     }
 
     /// [`HailoEngine::open`] with the typed error.
     pub fn try_open(lib: Option<&Path>, hef: HefSource<'_>, opts: &HailoOptions) -> Result<Self, HailoError> {
-        let (lib, library_path) = sys::load(lib)?;
-        let library_version = sys::library_version(&lib).map_err(|s| HailoError::Status {
-            call: "hailo_get_library_version",
-            status: HailoStatus(s),
-            message: None,
-        })?;
-        let lib = Arc::new(lib);
+        let (lib, library_path) = shared_library(lib)?;
+        let library_version = library_version(&lib)?;
         if scan_devices(&lib)?.is_empty() {
             return Err(HailoError::NoDevice { driver: sys::driver_version() });
         }
@@ -990,7 +1011,11 @@ impl Engine for HailoEngine {
     }
 }
 
-fn configure(lib: &sys::HailoRt, vdevice: &VDevice, hef: &Hef) -> Result<sys::hailo_configured_network_group, HailoError> {
+fn configure(
+    lib: &sys::HailoRt,
+    vdevice: &VDevice,
+    hef: &Hef,
+) -> Result<sys::hailo_configured_network_group, HailoError> {
     // About 64 KiB: on the heap.
     let mut params: Box<sys::hailo_configure_params_t> = Box::default();
     // SAFETY: `params` points at a writable hailo_configure_params_t; the HEF

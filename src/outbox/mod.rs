@@ -23,7 +23,7 @@ use serde::Serialize;
 use crate::record::{self, Stream};
 
 mod writer;
-pub use writer::{AppendError, Appender, WriterHandle, spawn_writer};
+pub use writer::{AppendError, Appender, PendingAppend, WriterHandle, spawn_writer};
 
 type BE = heed::byteorder::BigEndian;
 
@@ -61,8 +61,11 @@ pub enum OutboxError {
 pub enum Op {
     /// Store a record; `body` is a serialized JSON object.
     Append { stream: Stream, ts_ms: u64, body: String },
-    /// The broker acknowledged these records: delete them.
-    Ack { stream: Stream, seqs: Vec<u64> },
+    /// The broker acknowledged the records of `stream` with `first..=last`
+    /// (one MQTT message carries a contiguous run of one stream): delete them.
+    Ack { stream: Stream, first: u64, last: u64 },
+    /// Drop records older than their stream's time-to-live (counted as dropped).
+    Expire { now_ms: u64 },
 }
 
 /// Result of one [`Op`] inside a commit, in the same order as the ops.
@@ -70,6 +73,7 @@ pub enum Op {
 pub enum OpResult {
     Appended { seq: u64 },
     Acked { removed: usize },
+    Expired { removed: usize },
     Rejected(String),
 }
 
@@ -116,6 +120,8 @@ pub struct OutboxOptions {
     pub max_bytes: u64,
     /// Retention drops streams in this order, lowest priority first.
     pub drop_order: Vec<Stream>,
+    /// Time-to-live per stream (indexed by `Stream as usize`); 0 = none.
+    pub ttl_ms: [u64; 3],
 }
 
 /// The durable outbox. Cheap to clone; all clones share one LMDB environment.
@@ -265,19 +271,36 @@ impl Outbox {
                 Op::Append { stream, ts_ms, body } => {
                     self.append_in(&mut wtxn, &mut counters, *stream, *ts_ms, body, &mut added_bytes)?
                 }
-                Op::Ack { stream, seqs } => {
+                Op::Ack { stream, first, last } => {
+                    let removed = self.remove_range(&mut wtxn, &mut counters, *stream, *first, *last, false)?;
+                    OpResult::Acked { removed }
+                }
+                Op::Expire { now_ms } => {
                     let mut removed = 0;
-                    for &seq in seqs {
-                        if let Some(v) = inner.records.get(&wtxn, &key(*stream, seq)).map_err(OutboxError::Txn)? {
-                            let size = (KEY_LEN + v.len()) as u64;
-                            inner.records.delete(&mut wtxn, &key(*stream, seq)).map_err(OutboxError::Txn)?;
-                            let c = &mut counters[*stream as usize];
-                            c.pending = c.pending.saturating_sub(1);
-                            c.bytes = c.bytes.saturating_sub(size);
-                            removed += 1;
+                    for s in Stream::ALL {
+                        let ttl = inner.opts.ttl_ms[s as usize];
+                        if ttl == 0 {
+                            continue;
+                        }
+                        let cutoff = now_ms.saturating_sub(ttl);
+                        // Records of a stream are in time order: find the
+                        // last expired seq, then drop the run up to it.
+                        let mut last_old = None;
+                        let (lo, hi) = (key(s, 0), key(s, u64::MAX));
+                        let range = (Bound::Included(&lo[..]), Bound::Included(&hi[..]));
+                        for item in inner.records.range(&wtxn, &range).map_err(OutboxError::Txn)? {
+                            let (k, v) = item.map_err(OutboxError::Txn)?;
+                            let ts = v.get(..TS_LEN).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
+                            match (parse_key(k), ts) {
+                                (Some((_, seq)), Some(ts)) if ts < cutoff => last_old = Some(seq),
+                                _ => break,
+                            }
+                        }
+                        if let Some(last) = last_old {
+                            removed += self.remove_range(&mut wtxn, &mut counters, s, 0, last, true)?;
                         }
                     }
-                    OpResult::Acked { removed }
+                    OpResult::Expired { removed }
                 }
             };
             results.push(r);
@@ -292,6 +315,41 @@ impl Outbox {
         wtxn.commit().map_err(OutboxError::Txn)?;
         *self.lock_counters() = counters;
         Ok(results)
+    }
+
+    /// Deletes the records of `stream` with `first..=last`; `dropped` counts
+    /// them as retention drops rather than acknowledgements.
+    fn remove_range(
+        &self,
+        wtxn: &mut RwTxn<'_>,
+        counters: &mut [StreamCounters; 3],
+        stream: Stream,
+        first: u64,
+        last: u64,
+        dropped: bool,
+    ) -> Result<usize, OutboxError> {
+        if first > last {
+            return Ok(0);
+        }
+        let (lo, hi) = (key(stream, first), key(stream, last));
+        let range = (Bound::Included(&lo[..]), Bound::Included(&hi[..]));
+        let mut removed = 0usize;
+        let mut bytes = 0u64;
+        for item in self.inner.records.range(wtxn, &range).map_err(OutboxError::Txn)? {
+            let (k, v) = item.map_err(OutboxError::Txn)?;
+            removed += 1;
+            bytes += (k.len() + v.len()) as u64;
+        }
+        if removed > 0 {
+            self.inner.records.delete_range(wtxn, &range).map_err(OutboxError::Txn)?;
+            let c = &mut counters[stream as usize];
+            c.pending = c.pending.saturating_sub(removed as u64);
+            c.bytes = c.bytes.saturating_sub(bytes);
+            if dropped {
+                c.dropped += removed as u64;
+            }
+        }
+        Ok(removed)
     }
 
     fn append_in(
@@ -433,6 +491,7 @@ mod tests {
             device_id: "dev".into(),
             max_bytes,
             drop_order: vec![Stream::Events, Stream::Inference, Stream::Telemetry],
+            ttl_ms: [0; 3],
         }
     }
 
@@ -462,10 +521,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let o = Outbox::open(dir.path(), opts(1 << 24)).unwrap();
         o.commit(&[append(Stream::Events, "{}"), append(Stream::Events, "{}"), append(Stream::Events, "{}")]).unwrap();
-        let r = o.commit(&[Op::Ack { stream: Stream::Events, seqs: vec![1, 3, 99] }]).unwrap();
-        assert_eq!(r, vec![OpResult::Acked { removed: 2 }]);
+        let r = o.commit(&[Op::Ack { stream: Stream::Events, first: 1, last: 1 }, Op::Ack { stream: Stream::Events, first: 3, last: 99 }]).unwrap();
+        assert_eq!(r, vec![OpResult::Acked { removed: 1 }, OpResult::Acked { removed: 1 }]);
         let left: Vec<u64> = o.read_after(Stream::Events, 0, 10).unwrap().iter().map(|p| p.seq).collect();
         assert_eq!(left, vec![2]);
+        assert_eq!(o.counters()[Stream::Events as usize].dropped, 0, "acks are not drops");
         assert_eq!(o.counters()[Stream::Events as usize].pending, 1);
         let r = o.commit(&[append(Stream::Events, "{}")]).unwrap();
         assert_eq!(r, vec![OpResult::Appended { seq: 4 }]);
@@ -503,5 +563,21 @@ mod tests {
         assert_eq!(c[Stream::Events as usize].dropped + ev.len() as u64, 10);
         // The survivors are the newest.
         assert_eq!(ev.last().unwrap().seq, 10);
+    }
+
+    #[test]
+    fn ttl_drops_only_expired_records_of_streams_with_a_ttl() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = opts(1 << 24);
+        o.ttl_ms[Stream::Telemetry as usize] = 1000;
+        let o = Outbox::open(dir.path(), o).unwrap();
+        let at = |s, ts| Op::Append { stream: s, ts_ms: ts, body: "{}".into() };
+        o.commit(&[at(Stream::Telemetry, 100), at(Stream::Telemetry, 5000), at(Stream::Events, 100)]).unwrap();
+        let r = o.commit(&[Op::Expire { now_ms: 5500 }]).unwrap();
+        assert_eq!(r, vec![OpResult::Expired { removed: 1 }]);
+        let tel: Vec<u64> = o.read_after(Stream::Telemetry, 0, 10).unwrap().iter().map(|p| p.seq).collect();
+        assert_eq!(tel, vec![2]);
+        assert_eq!(o.counters()[Stream::Telemetry as usize].dropped, 1);
+        assert_eq!(o.counters()[Stream::Events as usize].pending, 1, "no TTL on events");
     }
 }

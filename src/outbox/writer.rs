@@ -65,8 +65,23 @@ fn run(outbox: Outbox, rx: Receiver<Request>, batch_max: usize, on_commit: Arc<d
     let mut batch: Vec<Request> = Vec::with_capacity(batch_max);
     let mut ops: Vec<Op> = Vec::with_capacity(batch_max);
     let mut backoff = Duration::from_millis(50);
-    while let Ok(first) = rx.recv() {
-        batch.push(first);
+    let mut last_expire = std::time::Instant::now();
+    loop {
+        // Wake at least once a second so time-to-live is enforced while idle.
+        let first = match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(r) => Some(r),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+        };
+        if last_expire.elapsed() >= Duration::from_secs(1) {
+            last_expire = std::time::Instant::now();
+            batch.push(Request { op: Op::Expire { now_ms: now_ms() }, reply: None });
+        }
+        match first {
+            Some(r) => batch.push(r),
+            None if batch.is_empty() => continue,
+            None => {}
+        }
         while batch.len() < batch_max {
             match rx.try_recv() {
                 Ok(r) => batch.push(r),
@@ -116,6 +131,36 @@ pub enum AppendError {
     Outbox(#[from] OutboxError),
 }
 
+/// An append queued with [`Appender::submit`].
+pub struct PendingAppend {
+    answer: Receiver<Result<OpResult, String>>,
+}
+
+impl PendingAppend {
+    /// Blocks until the append's transaction committed (or failed).
+    pub fn wait(self) -> Result<u64, AppendError> {
+        Self::outcome(self.answer.recv().map_err(|_| OutboxError::WriterGone)?)
+    }
+
+    /// The outcome if the commit already happened.
+    pub fn try_wait(&self) -> Option<Result<u64, AppendError>> {
+        match self.answer.try_recv() {
+            Ok(r) => Some(Self::outcome(r)),
+            Err(crossbeam_channel::TryRecvError::Empty) => None,
+            Err(crossbeam_channel::TryRecvError::Disconnected) => Some(Err(OutboxError::WriterGone.into())),
+        }
+    }
+
+    fn outcome(r: Result<OpResult, String>) -> Result<u64, AppendError> {
+        match r {
+            Ok(OpResult::Appended { seq }) => Ok(seq),
+            Ok(OpResult::Rejected(why)) => Err(AppendError::Rejected(why)),
+            Ok(other) => Err(AppendError::Commit(format!("unexpected result {other:?}"))),
+            Err(msg) => Err(AppendError::Commit(msg)),
+        }
+    }
+}
+
 impl Appender {
     /// Appends one record and waits for its commit; returns its `seq`.
     pub fn append(&self, stream: Stream, body: String) -> Result<u64, AppendError> {
@@ -123,23 +168,25 @@ impl Appender {
     }
 
     pub fn append_at(&self, stream: Stream, ts_ms: u64, body: String) -> Result<u64, AppendError> {
+        self.submit(stream, ts_ms, body)?.wait()
+    }
+
+    /// Queues an append and returns at once; [`PendingAppend::wait`] gives
+    /// its outcome after the commit. Lets one producer keep many appends in
+    /// one group commit.
+    pub fn submit(&self, stream: Stream, ts_ms: u64, body: String) -> Result<PendingAppend, AppendError> {
         let (reply, answer) = bounded(1);
         self.tx
             .send(Request { op: Op::Append { stream, ts_ms, body }, reply: Some(reply) })
             .map_err(|_| OutboxError::WriterGone)?;
-        match answer.recv().map_err(|_| OutboxError::WriterGone)? {
-            Ok(OpResult::Appended { seq }) => Ok(seq),
-            Ok(OpResult::Rejected(why)) => Err(AppendError::Rejected(why)),
-            Ok(other) => Err(AppendError::Commit(format!("unexpected result {other:?}"))),
-            Err(msg) => Err(AppendError::Commit(msg)),
-        }
+        Ok(PendingAppend { answer })
     }
 
-    /// Queues an acknowledgement without waiting for its commit. Blocks only
-    /// while the writer's channel is full.
-    pub fn ack(&self, stream: Stream, seqs: Vec<u64>) -> Result<(), OutboxError> {
+    /// Queues an acknowledgement of `first..=last` of `stream` without
+    /// waiting for its commit. Blocks only while the writer's channel is full.
+    pub fn ack(&self, stream: Stream, first: u64, last: u64) -> Result<(), OutboxError> {
         self.tx
-            .send(Request { op: Op::Ack { stream, seqs }, reply: None })
+            .send(Request { op: Op::Ack { stream, first, last }, reply: None })
             .map_err(|_| OutboxError::WriterGone)
     }
 }
@@ -154,7 +201,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let o = Outbox::open(
             dir.path(),
-            OutboxOptions { device_id: "d".into(), max_bytes: 1 << 26, drop_order: Stream::ALL.to_vec() },
+            OutboxOptions { device_id: "d".into(), max_bytes: 1 << 26, drop_order: Stream::ALL.to_vec(), ttl_ms: [0; 3] },
         )
         .unwrap();
         let w = spawn_writer(o.clone(), 64, Arc::new(|| {})).unwrap();

@@ -1,0 +1,538 @@
+//! The Hailo path end to end through the production loader
+//! (`hailo_sys::load`, dlopen) against the HailoRT test double
+//! (tests/hailo-double/hailort_double.c, built here with `cc`).
+//!
+//! Each scenario runs in a fresh child process of this test binary with its
+//! own environment: the double reads its failure switches from environment
+//! variables on every call and keeps process-wide counters, so scenarios must
+//! not share a process. The parent asserts that the child ran exactly one
+//! test and passed.
+
+#[path = "hailo-double/double.rs"]
+mod double;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use spark_edge::engine::hailo::{self, HailoEngine, HailoError, HailoFailure, HailoOptions, HailoStatus, HefSource};
+use spark_edge::engine::{Engine, EngineError, EngineKind};
+use spark_edge::vision::Tensor;
+
+const SCENARIO_ENV: &str = "HAILO_FFI_SCENARIO";
+/// The double's switches: never inherited by a child unless a test sets them.
+const DOUBLE_VARS: [&str; 9] = [
+    "HAILO_DOUBLE_NO_DEVICE",
+    "HAILO_DOUBLE_INVALID_HEF",
+    "HAILO_DOUBLE_VERSION",
+    "HAILO_DOUBLE_TIMEOUT_AT",
+    "HAILO_DOUBLE_DEVICE_LOST_AT",
+    "HAILO_DOUBLE_RECOVER_FILE",
+    "HAILO_DOUBLE_CONTROL",
+    "HAILO_DOUBLE_LOST_STATUS",
+    "HAILO_DOUBLE_TEMPERATURE",
+];
+
+/// Runs `body` as scenario `name` (the test function's name) in a child
+/// process with `env` set. In the child, runs `body` directly.
+fn scenario(name: &str, env: &[(&str, &str)], body: impl FnOnce()) {
+    run_scenario(name, env, None, body);
+}
+
+fn run_scenario(name: &str, env: &[(&str, &str)], wrapper: Option<&[&str]>, body: impl FnOnce()) {
+    if std::env::var(SCENARIO_ENV).as_deref() == Ok(name) {
+        body();
+        return;
+    }
+    let lib = double::library();
+    let exe = std::env::current_exe().expect("path of this test binary");
+    let mut cmd = match wrapper {
+        Some([program, args @ ..]) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(&exe);
+            c
+        }
+        _ => Command::new(&exe),
+    };
+    cmd.args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(SCENARIO_ENV, name)
+        .env(double::ENV_PATH, &lib)
+        // Set here so the loader never has to change the environment.
+        .env("HAILORT_LOGGER_PATH", "NONE")
+        .env_remove("HAILORT_LIBRARY");
+    for v in DOUBLE_VARS {
+        cmd.env_remove(v);
+    }
+    cmd.envs(env.iter().copied());
+    let out = cmd.output().unwrap_or_else(|e| panic!("starting scenario {name}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "scenario {name} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        out.status
+    );
+}
+
+/// The double, as the child sees it.
+fn lib() -> PathBuf {
+    double::library()
+}
+
+fn opts() -> HailoOptions {
+    HailoOptions { timeout_ms: 500, ..HailoOptions::default() }
+}
+
+fn open(h: u32, w: u32) -> Result<HailoEngine, HailoError> {
+    let hef = double::hef_bytes(h, w);
+    HailoEngine::try_open(Some(&lib()), HefSource::Bytes(&hef), &opts())
+}
+
+fn must_open(h: u32, w: u32) -> HailoEngine {
+    open(h, w).unwrap_or_else(|e| panic!("opening the engine on the double: {e}"))
+}
+
+/// A deterministic NCHW input whose values differ per element and per `seed`.
+fn input(h: usize, w: usize, seed: u64) -> Tensor {
+    let mut t = Tensor::zeros(&[1, 3, h, w]);
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    for v in &mut t.data {
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        *v = ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0;
+    }
+    t
+}
+
+fn assert_outputs_match(engine: &mut HailoEngine, t: &Tensor) {
+    let (h, w) = (t.shape[2], t.shape[3]);
+    let got = engine.infer(t).unwrap_or_else(|e| panic!("infer: {e}"));
+    let want = double::expected_outputs(&t.data, h, w);
+    assert_eq!(got.len(), double::OUTPUTS.len());
+    for ((out, (name, f)), expected) in got.iter().zip(double::OUTPUTS).zip(&want) {
+        assert_eq!(out.name, name, "outputs must follow the HEF order");
+        assert_eq!(out.shape, vec![1, f, h / 4, w / 4], "{name}");
+        assert_eq!(out.data.len(), expected.len(), "{name}");
+        for (i, (g, e)) in out.data.iter().zip(expected).enumerate() {
+            assert!((g - e).abs() <= 1e-4 * e.abs().max(1.0), "{name}[{i}]: got {g}, expected {e}");
+        }
+    }
+}
+
+fn live_handles() -> i64 {
+    double::Extras::open(&lib()).live_handles()
+}
+
+fn write(path: &Path, contents: &str) {
+    std::fs::write(path, contents).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("hailo-ffi-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap_or_else(|e| panic!("creating {}: {e}", d.display()));
+    d
+}
+
+// ---- loading ---------------------------------------------------------------------
+
+#[test]
+fn hailo_is_available_when_the_double_reports_a_device() {
+    scenario("hailo_is_available_when_the_double_reports_a_device", &[], || {
+        let info = hailo::probe(Some(&lib())).unwrap_or_else(|e| panic!("probe: {e}"));
+        assert_eq!(info.library_path, lib());
+        assert_eq!(info.library_version.to_string(), "4.23.0");
+        assert_eq!(info.devices, ["0000:01:00.0"]);
+        let id = info.identity.as_ref().unwrap_or_else(|| panic!("no identity: {:?}", info.health_error));
+        assert_eq!(id.architecture, "HAILO8");
+        assert_eq!(id.firmware_version, "4.23.0");
+        assert_eq!(id.board_name, "Hailo-8 (test double)");
+        assert_eq!(id.serial_number, "HLDDLBT000000001");
+        assert_eq!(info.temperature.map(|t| t.max_celsius()), Some(46.25));
+        assert!(info.bindings.starts_with("bundled:") || info.bindings.starts_with("system:"));
+
+        let engine = must_open(32, 32);
+        assert_eq!(engine.kind(), EngineKind::Hailo);
+        assert_eq!(engine.input_shape(), [1, 3, 32, 32]);
+        assert_eq!(engine.input_name(), "centerface/input_layer1");
+    });
+}
+
+#[test]
+fn library_is_found_through_hailort_library_env() {
+    let lib_str = double::library().to_string_lossy().into_owned();
+    scenario("library_is_found_through_hailort_library_env", &[("HAILORT_LIBRARY", &lib_str)], || {
+        let (_, path) = hailo_sys::load(None).unwrap_or_else(|e| panic!("load: {e}"));
+        assert_eq!(path, lib());
+        // An explicit path that does not load falls through to the next candidate.
+        let (_, path) = hailo_sys::load(Some(Path::new("/nonexistent/libhailort.so.4.23.0")))
+            .unwrap_or_else(|e| panic!("load: {e}"));
+        assert_eq!(path, lib());
+    });
+}
+
+#[test]
+fn library_search_order_and_failure_report_every_path() {
+    scenario(
+        "library_search_order_and_failure_report_every_path",
+        &[("HAILORT_LIBRARY", "/nonexistent/env/libhailort.so")],
+        || {
+            let explicit = Path::new("/nonexistent/explicit/libhailort.so.4.23.0");
+            let c = hailo_sys::candidates(Some(explicit));
+            assert_eq!(c[0], explicit);
+            assert_eq!(c[1], Path::new("/nonexistent/env/libhailort.so"));
+            assert_eq!(c[2], Path::new("libhailort.so"));
+            assert_eq!(c[3], Path::new("libhailort.so.4"));
+            let Err(e) = hailo_sys::load_from(&c[..2]) else { panic!("loaded a nonexistent library") };
+            let msg = e.to_string();
+            assert!(
+                msg.contains("/nonexistent/explicit/libhailort.so.4.23.0")
+                    && msg.contains("/nonexistent/env/libhailort.so"),
+                "{msg}"
+            );
+            assert!(msg.contains("HAILORT_LIBRARY"), "the message says how to fix it: {msg}");
+        },
+    );
+}
+
+#[test]
+fn version_mismatch_is_refused_naming_both_versions() {
+    scenario("version_mismatch_is_refused_naming_both_versions", &[("HAILO_DOUBLE_VERSION", "4.18.0")], || {
+        let Err(e) = hailo_sys::load(Some(&lib())) else { panic!("a 4.18 library was accepted") };
+        assert!(matches!(e, hailo_sys::LoadError::VersionMismatch { found, .. } if found.minor == 18));
+        let msg = e.to_string();
+        assert!(msg.contains("4.18.0") && msg.contains("4.21-4.23"), "{msg}");
+
+        let Err(e) = open(32, 32) else { panic!("engine opened on a 4.18 library") };
+        assert_eq!(e.failure(), HailoFailure::Permanent);
+        let ee = EngineError::from(e);
+        assert_eq!(HailoFailure::of(&ee), Some(HailoFailure::Permanent));
+        assert!(ee.to_string().contains("4.18.0"), "{ee}");
+    });
+}
+
+#[test]
+fn library_versions_4_21_and_4_22_share_layouts_and_load() {
+    for v in ["4.21.0", "4.22.0"] {
+        scenario("library_versions_4_21_and_4_22_share_layouts_and_load", &[("HAILO_DOUBLE_VERSION", v)], || {
+            let (lib, _) = hailo_sys::load(Some(&lib())).unwrap_or_else(|e| panic!("load: {e}"));
+            let found = hailo_sys::library_version(&lib).unwrap_or_else(|s| panic!("status {s}"));
+            assert!(found.is_supported(), "{found}");
+        });
+    }
+}
+
+// ---- opening failures --------------------------------------------------------------
+
+#[test]
+fn no_device_is_a_typed_device_lost_error() {
+    scenario("no_device_is_a_typed_device_lost_error", &[("HAILO_DOUBLE_NO_DEVICE", "1")], || {
+        let info = hailo::probe(Some(&lib())).unwrap_or_else(|e| panic!("probe: {e}"));
+        assert!(info.devices.is_empty() && info.identity.is_none());
+
+        let Err(e) = open(32, 32) else { panic!("opened without a device") };
+        assert!(matches!(e, HailoError::NoDevice { .. }), "{e}");
+        assert!(e.is_device_lost() && e.is_fatal());
+        assert!(e.to_string().contains("/dev/hailo0"), "{e}");
+
+        let hef = double::hef_bytes(32, 32);
+        let Err(ee) = HailoEngine::open(Some(&lib()), HefSource::Bytes(&hef), &opts()) else { panic!("opened") };
+        assert_eq!(HailoFailure::of(&ee), Some(HailoFailure::DeviceLost));
+        assert_eq!(live_handles(), 0);
+    });
+}
+
+#[test]
+fn invalid_hef_is_a_typed_permanent_error() {
+    scenario("invalid_hef_is_a_typed_permanent_error", &[("HAILO_DOUBLE_INVALID_HEF", "1")], || {
+        let Err(e) = open(32, 32) else { panic!("opened an invalid HEF") };
+        assert_eq!(e.status(), Some(HailoStatus::INVALID_HEF));
+        assert!(matches!(e, HailoError::Status { call: "hailo_create_hef_buffer", .. }), "{e}");
+        assert!(e.to_string().contains("HAILO_INVALID_HEF (26)"), "{e}");
+        assert_eq!(e.failure(), HailoFailure::Permanent);
+        // The vdevice taken before the HEF failed was released again.
+        assert_eq!(live_handles(), 0);
+    });
+}
+
+#[test]
+fn hef_loads_from_file_and_garbage_files_are_rejected() {
+    scenario("hef_loads_from_file_and_garbage_files_are_rejected", &[], || {
+        let dir = temp_dir("hef");
+        let good = dir.join("centerface.hef");
+        std::fs::write(&good, double::hef_bytes(16, 24)).unwrap_or_else(|e| panic!("{e}"));
+        let mut engine = HailoEngine::try_open(Some(&lib()), HefSource::File(&good), &opts())
+            .unwrap_or_else(|e| panic!("open from file: {e}"));
+        assert_eq!(engine.input_shape(), [1, 3, 16, 24]);
+        assert_outputs_match(&mut engine, &input(16, 24, 1));
+        drop(engine);
+
+        let bad = dir.join("garbage.hef");
+        std::fs::write(&bad, b"\x7fELF not a hef").unwrap_or_else(|e| panic!("{e}"));
+        let Err(e) = HailoEngine::try_open(Some(&lib()), HefSource::File(&bad), &opts()) else {
+            panic!("garbage HEF opened")
+        };
+        assert_eq!(e.status(), Some(HailoStatus::INVALID_HEF), "{e}");
+
+        let Err(e) = HailoEngine::try_open(Some(&lib()), HefSource::File(&dir.join("missing.hef")), &opts()) else {
+            panic!("missing HEF opened")
+        };
+        assert_eq!(e.status().map(|s| s.name()), Some("HAILO_OPEN_FILE_FAILURE"), "{e}");
+        assert_eq!(live_handles(), 0);
+    });
+}
+
+#[test]
+fn second_exclusive_engine_gets_device_in_use_but_the_service_shares() {
+    scenario("second_exclusive_engine_gets_device_in_use_but_the_service_shares", &[], || {
+        let first = must_open(16, 16);
+        let Err(e) = open(16, 16) else { panic!("two exclusive vdevices") };
+        assert_eq!(e.status(), Some(HailoStatus::DEVICE_IN_USE));
+        assert!(e.is_device_lost(), "busy counts as unavailable: fall back and retry later");
+        // probe still reports the device, and why it could not read its health.
+        let info = hailo::probe(Some(&lib())).unwrap_or_else(|e| panic!("probe: {e}"));
+        assert_eq!(info.devices.len(), 1);
+        assert!(info.health_error.as_deref().is_some_and(|m| m.contains("HAILO_DEVICE_IN_USE")), "{info:?}");
+        drop(first);
+
+        let service = HailoOptions { multi_process_service: true, ..opts() };
+        let hef = double::hef_bytes(16, 16);
+        let a = HailoEngine::try_open(Some(&lib()), HefSource::Bytes(&hef), &service).unwrap_or_else(|e| panic!("{e}"));
+        let mut b =
+            HailoEngine::try_open(Some(&lib()), HefSource::Bytes(&hef), &service).unwrap_or_else(|e| panic!("{e}"));
+        assert_outputs_match(&mut b, &input(16, 16, 9));
+        let Err(e) = a.temperature() else { panic!("temperature through the service") };
+        assert_eq!(e.status().map(|s| s.name()), Some("HAILO_NOT_SUPPORTED"));
+        drop((a, b));
+        assert_eq!(live_handles(), 0);
+    });
+}
+
+// ---- inference ----------------------------------------------------------------------
+
+#[test]
+fn outputs_match_the_double_function_in_both_directions() {
+    scenario("outputs_match_the_double_function_in_both_directions", &[], || {
+        // H != W so a swapped height and width cannot pass.
+        let mut engine = must_open(24, 40);
+        assert_eq!(
+            engine.outputs(),
+            double::OUTPUTS.iter().map(|(n, f)| (n.to_string(), vec![1, *f, 6, 10])).collect::<Vec<_>>()
+        );
+        for seed in 0..5 {
+            assert_outputs_match(&mut engine, &input(24, 40, seed));
+        }
+        // Different inputs give different outputs (the data really went in).
+        let a = engine.infer(&input(24, 40, 100)).unwrap_or_else(|e| panic!("{e}"));
+        let b = engine.infer(&input(24, 40, 101)).unwrap_or_else(|e| panic!("{e}"));
+        assert_ne!(a[0].data, b[0].data);
+        // Through the Engine trait too.
+        let dyn_engine: &mut dyn Engine = &mut engine;
+        let outs = dyn_engine.run(&input(24, 40, 7)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(outs.len(), 4);
+    });
+}
+
+#[test]
+fn wrong_input_shape_is_rejected_and_the_engine_stays_usable() {
+    scenario("wrong_input_shape_is_rejected_and_the_engine_stays_usable", &[], || {
+        let mut engine = must_open(16, 16);
+        let Err(e) = engine.infer(&Tensor::zeros(&[1, 3, 16, 20])) else { panic!("accepted a wrong shape") };
+        assert!(matches!(e, HailoError::InputShape { expected: [1, 3, 16, 16], .. }), "{e}");
+        assert_outputs_match(&mut engine, &input(16, 16, 3));
+    });
+}
+
+#[test]
+fn timeout_on_the_nth_call_is_typed_and_the_next_frame_is_not_stale() {
+    scenario(
+        "timeout_on_the_nth_call_is_typed_and_the_next_frame_is_not_stale",
+        &[("HAILO_DOUBLE_TIMEOUT_AT", "3")],
+        || {
+            let mut engine = must_open(16, 16);
+            assert_outputs_match(&mut engine, &input(16, 16, 1));
+            assert_outputs_match(&mut engine, &input(16, 16, 2));
+            let Err(e) = engine.infer(&input(16, 16, 3)) else { panic!("the third frame did not time out") };
+            assert!(e.is_timeout(), "{e}");
+            assert_eq!(e.failure(), HailoFailure::Transient);
+            assert!(!e.is_fatal() && !e.is_device_lost());
+            assert!(e.to_string().contains("hailo_vstream_read_raw_buffer failed with HAILO_TIMEOUT (4)"), "{e}");
+            // The late third frame was cleared: the fourth gets its own outputs.
+            assert_outputs_match(&mut engine, &input(16, 16, 4));
+            assert_outputs_match(&mut engine, &input(16, 16, 5));
+        },
+    );
+}
+
+#[test]
+fn device_lost_at_run_time_and_back_through_the_control_file() {
+    let dir = temp_dir("control");
+    let control = dir.join("control");
+    write(&control, "ok\n");
+    let control_s = control.to_string_lossy().into_owned();
+    scenario(
+        "device_lost_at_run_time_and_back_through_the_control_file",
+        &[("HAILO_DOUBLE_CONTROL", &control_s)],
+        || {
+            let control = PathBuf::from(std::env::var("HAILO_DOUBLE_CONTROL").unwrap_or_default());
+            let mut engine = must_open(16, 16);
+            assert_outputs_match(&mut engine, &input(16, 16, 1));
+
+            write(&control, "lost\n");
+            let Err(e) = engine.infer(&input(16, 16, 2)) else { panic!("inference on a lost device") };
+            assert_eq!(e.status(), Some(HailoStatus::DRIVER_OPERATION_FAILED), "{e}");
+            assert!(e.is_device_lost() && e.is_fatal());
+            // Clearing failed as well: the engine now refuses frames.
+            let Err(e) = engine.infer(&input(16, 16, 3)) else { panic!("poisoned engine ran") };
+            assert!(matches!(e, HailoError::Poisoned { .. }) && e.is_device_lost(), "{e}");
+            drop(engine);
+            assert_eq!(live_handles(), 0);
+            let Err(e) = open(16, 16) else { panic!("reopened while lost") };
+            assert!(e.is_device_lost(), "{e}");
+            assert!(hailo::probe(Some(&lib())).is_ok_and(|i| i.devices.is_empty()));
+
+            write(&control, "timeout\n");
+            let mut engine = must_open(16, 16);
+            let Err(e) = engine.infer(&input(16, 16, 4)) else { panic!("stalled device answered") };
+            assert!(e.is_timeout(), "{e}");
+
+            write(&control, "ok\n");
+            assert_outputs_match(&mut engine, &input(16, 16, 5));
+        },
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn driver_timeout_counts_as_device_lost() {
+    let dir = temp_dir("lost87");
+    let control = dir.join("control");
+    write(&control, "ok");
+    let control_s = control.to_string_lossy().into_owned();
+    scenario(
+        "driver_timeout_counts_as_device_lost",
+        &[("HAILO_DOUBLE_CONTROL", &control_s), ("HAILO_DOUBLE_LOST_STATUS", "87")],
+        || {
+            let control = PathBuf::from(std::env::var("HAILO_DOUBLE_CONTROL").unwrap_or_default());
+            let mut engine = must_open(16, 16);
+            write(&control, "lost");
+            let Err(e) = engine.infer(&input(16, 16, 1)) else { panic!("ran") };
+            assert_eq!(e.status(), Some(HailoStatus::DRIVER_TIMEOUT));
+            assert!(e.is_device_lost());
+            assert!(e.to_string().contains("HAILO_DRIVER_TIMEOUT (87)"), "{e}");
+            let Err(e) = engine.temperature() else { panic!("temperature of a lost device") };
+            assert!(e.is_device_lost(), "{e}");
+        },
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn device_lost_from_the_nth_inference_until_the_recover_file_exists() {
+    let dir = temp_dir("recover");
+    let recover = dir.join("recovered");
+    let _ = std::fs::remove_file(&recover);
+    let recover_s = recover.to_string_lossy().into_owned();
+    scenario(
+        "device_lost_from_the_nth_inference_until_the_recover_file_exists",
+        &[("HAILO_DOUBLE_DEVICE_LOST_AT", "5"), ("HAILO_DOUBLE_RECOVER_FILE", &recover_s)],
+        || {
+            let recover = PathBuf::from(std::env::var("HAILO_DOUBLE_RECOVER_FILE").unwrap_or_default());
+            let mut engine = must_open(16, 16);
+            for seed in 1..=4 {
+                assert_outputs_match(&mut engine, &input(16, 16, seed));
+            }
+            let Err(e) = engine.infer(&input(16, 16, 5)) else { panic!("fifth inference ran") };
+            assert!(e.is_device_lost(), "{e}");
+            drop(engine);
+            match open(16, 16) {
+                Err(e) => assert!(e.is_device_lost(), "{e}"),
+                Ok(_) => panic!("reopened while lost"),
+            }
+            write(&recover, "");
+            let mut engine = must_open(16, 16);
+            assert_outputs_match(&mut engine, &input(16, 16, 6));
+        },
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+// ---- health ---------------------------------------------------------------------------
+
+#[test]
+fn health_reports_temperature_and_identity() {
+    scenario("health_reports_temperature_and_identity", &[("HAILO_DOUBLE_TEMPERATURE", "71.5")], || {
+        let engine = must_open(16, 16);
+        let t = engine.temperature().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((t.ts0_celsius, t.ts1_celsius), (71.5, 71.5));
+        let id = engine.identity().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(id.architecture, "HAILO8");
+        assert_eq!(id.part_number, "HM218B1C2FAE");
+        assert_eq!(id.product_name, "HAILO-8 AI ACCELERATOR M.2 (DOUBLE)");
+        assert_eq!(engine.library_version().to_string(), "4.23.0");
+    });
+}
+
+// ---- soak and leaks -------------------------------------------------------------------
+
+/// `inferences` frames, then `cycles` device-lost/recover cycles, each
+/// dropping and reopening the engine; the double must end with no live
+/// handles. Sizes come from the environment so the valgrind run can shrink them.
+fn soak() {
+    let inferences: usize = std::env::var("HAILO_SOAK_INFERENCES").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let cycles: usize = std::env::var("HAILO_SOAK_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
+    let control = PathBuf::from(std::env::var("HAILO_DOUBLE_CONTROL").unwrap_or_default());
+    write(&control, "ok");
+
+    let mut engine = must_open(16, 16);
+    let t = input(16, 16, 42);
+    let want = double::expected_outputs(&t.data, 16, 16);
+    for i in 0..inferences {
+        let got = engine.infer(&t).unwrap_or_else(|e| panic!("inference {i}: {e}"));
+        if i % 1000 == 0 {
+            assert_eq!(got[3].data, want[3], "inference {i}");
+        }
+    }
+    drop(engine);
+    assert_eq!(live_handles(), 0, "after {inferences} inferences");
+
+    for cycle in 0..cycles {
+        let mut engine = must_open(16, 16);
+        engine.infer(&t).unwrap_or_else(|e| panic!("cycle {cycle}: {e}"));
+        write(&control, "lost");
+        assert!(engine.infer(&t).is_err_and(|e| e.is_device_lost()), "cycle {cycle}");
+        drop(engine);
+        assert!(open(16, 16).is_err_and(|e| e.is_device_lost()), "cycle {cycle}");
+        write(&control, "ok");
+    }
+    assert_eq!(live_handles(), 0, "after {cycles} lost/recover cycles");
+}
+
+#[test]
+fn soak_10000_inferences_and_100_lost_recover_cycles_leave_no_handles() {
+    let dir = temp_dir("soak");
+    let control = dir.join("control");
+    let control_s = control.to_string_lossy().into_owned();
+    scenario(
+        "soak_10000_inferences_and_100_lost_recover_cycles_leave_no_handles",
+        &[("HAILO_DOUBLE_CONTROL", &control_s)],
+        soak,
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The same soak, smaller (2 000 inferences, 100 cycles), under valgrind's
+/// leak checker: any definite or indirect leak, or invalid access, in Rust or
+/// in the double fails the child.
+#[test]
+fn soak_under_valgrind_has_no_leaks_or_invalid_accesses() {
+    let dir = temp_dir("valgrind");
+    let control = dir.join("control");
+    let control_s = control.to_string_lossy().into_owned();
+    let valgrind =
+        ["valgrind", "--quiet", "--leak-check=full", "--errors-for-leak-kinds=definite,indirect", "--error-exitcode=1"];
+    run_scenario(
+        "soak_under_valgrind_has_no_leaks_or_invalid_accesses",
+        &[("HAILO_DOUBLE_CONTROL", &control_s), ("HAILO_SOAK_INFERENCES", "2000"), ("HAILO_SOAK_CYCLES", "100")],
+        Some(&valgrind),
+        soak,
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
