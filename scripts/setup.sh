@@ -29,6 +29,7 @@ APT_PACKAGES=(
   libasound2-dev                # cpal (ALSA)
   mosquitto mosquitto-clients   # local broker for the demo and the tests
   valgrind                      # leak checks of the FFI path
+  systemd                       # systemd-analyze/-sysusers/-tmpfiles (tests/systemd_unit.rs)
 )
 
 install_apt() {

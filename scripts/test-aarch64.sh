@@ -96,8 +96,8 @@ wait_port "$PORT" 10 || { echo "mosquitto did not start on port $PORT" >&2; show
 # The demo model at a smaller input: same file and checksum, 320x320 instead
 # of 640x480 (CenterFace takes any multiple of 32).
 sed -e 's/^width = .*/width = 320/' -e 's/^height = .*/height = 320/' \
-    -e "s|^file = \"centerface.onnx\"|file = \"$ROOT/models/centerface.onnx\"|" \
     "$ROOT/models/centerface.toml" >"$TMP/centerface.toml"
+cp "$ROOT/models/centerface.onnx" "$TMP/"
 
 cat >"$TMP/sparkd.toml" <<EOF
 device_id = "$DEVICE"
@@ -135,6 +135,13 @@ log "starting the aarch64 sparkd under qemu (broker on port $PORT)"
 DAEMON=$!
 PIDS+=($DAEMON)
 
+# Wait for the record, but fail at once if the daemon dies first.
+while kill -0 "$SUB" 2>/dev/null; do
+  if ! kill -0 "$DAEMON" 2>/dev/null; then
+    echo "sparkd exited before publishing an inference record" >&2; show_logs; exit 1
+  fi
+  sleep 0.5
+done
 if ! wait "$SUB"; then
   echo "no inference record within $E2E_TIMEOUT s: $(cat "$TMP/sub.err")" >&2
   show_logs; exit 1

@@ -315,7 +315,7 @@ fn spawn_telemetry(
                 next = now + interval;
                 let record = crate::telemetry::TelemetryRecord {
                     sample: sampler.sample(),
-                    outbox: crate::telemetry::OutboxFigures::from_counters(&store.counters()),
+                    outbox: crate::telemetry::OutboxFigures::of(&store),
                     inference_total: Shared::count(&shared.inference_total),
                     records_lost: Shared::count(&shared.records_lost),
                 };

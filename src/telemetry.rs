@@ -43,11 +43,15 @@ pub struct OutboxFigures {
     pub bytes: u64,
     /// Records dropped by retention (bound or TTL), per stream.
     pub dropped: BTreeMap<&'static str, u64>,
+    /// Commits that failed for lack of space.
+    pub space_errors: u64,
 }
 
 impl OutboxFigures {
-    pub fn from_counters(c: &[crate::outbox::StreamCounters; 3]) -> Self {
+    pub fn of(outbox: &crate::outbox::Outbox) -> Self {
+        let c = outbox.counters();
         Self {
+            space_errors: outbox.space_errors(),
             pending: c.iter().map(|x| x.pending).sum(),
             bytes: c.iter().map(|x| x.bytes).sum(),
             dropped: crate::record::Stream::ALL.iter().map(|s| (s.as_str(), c[*s as usize].dropped)).collect(),

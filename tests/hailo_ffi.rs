@@ -117,7 +117,7 @@ fn assert_outputs_match(engine: &mut HailoEngine, t: &Tensor) {
     }
 }
 
-fn live_handles() -> i64 {
+fn live_handles() -> std::ffi::c_long {
     double::Extras::open(&lib()).live_handles()
 }
 

@@ -216,7 +216,7 @@ pub fn library_version(lib: &HailoRt) -> Result<LibraryVersion, u32> {
     if status == 0 {
         Ok(LibraryVersion { major: v.major, minor: v.minor, revision: v.revision })
     } else {
-        Err(status as u32)
+        Err(status)
     }
 }
 

@@ -96,6 +96,10 @@ pub struct QueueReport {
     pub drain_rate_per_s: f64,
     /// `pending / drain_rate`; `None` while nothing drains.
     pub eta_s: Option<f64>,
+    /// Times the outbox ran out of room (filesystem nearly full, map full).
+    pub space_errors: u64,
+    /// The filesystem is nearly full right now: new records replace old ones.
+    pub disk_low: bool,
     pub streams: BTreeMap<String, StreamQueue>,
 }
 

@@ -198,6 +198,8 @@ pub fn queue_report(ctx: &ControlContext) -> Result<QueueReport, crate::outbox::
         published: Shared::count(&ctx.shared.published),
         acked: Shared::count(&ctx.shared.acked),
         drain_rate_per_s: ctx.shared.drain_rate(),
+        space_errors: ctx.outbox.space_errors(),
+        disk_low: ctx.outbox.is_disk_low(),
         eta_s: {
             let rate = ctx.shared.drain_rate();
             (rate > 0.0).then(|| stats.pending as f64 / rate)

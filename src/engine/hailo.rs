@@ -606,26 +606,41 @@ impl Port {
     }
 }
 
-/// NCHW `src` (`c` planes of `h`x`w`) into NHWC `dst`.
+/// NCHW `src` (`c` planes of `h`x`w`) into NHWC `dst`. Writes each pixel's
+/// channels together (contiguous stores, `c` sequential read streams).
 fn nchw_to_nhwc(src: &[f32], c: usize, h: usize, w: usize, dst: &mut Vec<f32>) {
-    dst.clear();
-    dst.resize(c * h * w, 0.0);
     let plane = h * w;
-    for ch in 0..c {
-        let from = &src[ch * plane..(ch + 1) * plane];
-        for (p, v) in from.iter().enumerate() {
-            dst[p * c + ch] = *v;
+    dst.clear();
+    dst.resize(c * plane, 0.0);
+    if c == 3 {
+        let (r, rest) = src.split_at(plane);
+        let (g, b) = rest.split_at(plane);
+        for (((px, r), g), b) in dst.chunks_exact_mut(3).zip(r).zip(g).zip(b) {
+            px[0] = *r;
+            px[1] = *g;
+            px[2] = *b;
+        }
+        return;
+    }
+    for (p, px) in dst.chunks_exact_mut(c).enumerate() {
+        for (ch, v) in px.iter_mut().enumerate() {
+            *v = src[ch * plane + p];
         }
     }
 }
 
 /// NHWC `src` (`h`x`w` pixels of `c` channels) into a new NCHW vector.
+/// Fills one output plane at a time (contiguous stores).
 fn nhwc_to_nchw(src: &[f32], h: usize, w: usize, c: usize) -> Vec<f32> {
     let plane = h * w;
     let mut out = vec![0.0; c * plane];
-    for (p, px) in src.chunks_exact(c).enumerate().take(plane) {
-        for (ch, v) in px.iter().enumerate() {
-            out[ch * plane + p] = *v;
+    if c == 1 {
+        out.copy_from_slice(&src[..plane]);
+        return out;
+    }
+    for (ch, dst) in out.chunks_exact_mut(plane).enumerate() {
+        for (d, px) in dst.iter_mut().zip(src.chunks_exact(c)) {
+            *d = px[ch];
         }
     }
     out
@@ -1097,6 +1112,22 @@ mod tests {
         // Pixel (y=1, x=2) channel 1 sits at NCHW 1*8 + 1*4 + 2 = 14.
         assert_eq!(nhwc[(1 * w + 2) * c + 1], 14.0);
         assert_eq!(nhwc_to_nchw(&nhwc, h, w, c), nchw);
+    }
+
+    #[test]
+    fn transposes_match_the_index_formula_for_any_channel_count() {
+        let (h, w) = (3, 5);
+        for c in [1, 2, 3, 10] {
+            let nchw: Vec<f32> = (0..c * h * w).map(|i| i as f32).collect();
+            let mut nhwc = Vec::new();
+            nchw_to_nhwc(&nchw, c, h, w, &mut nhwc);
+            for ch in 0..c {
+                for p in 0..h * w {
+                    assert_eq!(nhwc[p * c + ch], nchw[ch * h * w + p], "c={c} ch={ch} p={p}");
+                }
+            }
+            assert_eq!(nhwc_to_nchw(&nhwc, h, w, c), nchw, "c={c}");
+        }
     }
 
     #[test]

@@ -15,6 +15,7 @@ use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use heed::types::{Bytes, Str, U64};
 use heed::{Database, Env, EnvOpenOptions, RwTxn, WithoutTls};
@@ -29,6 +30,10 @@ type BE = heed::byteorder::BigEndian;
 
 const KEY_LEN: usize = 9;
 const TS_LEN: usize = 8;
+/// Free space the outbox leaves on its filesystem: below it, the store stops
+/// growing and retention makes room instead. Covers LMDB's copy-on-write
+/// lag (freed pages are reused one or two commits later) and its meta pages.
+const DISK_RESERVE_BYTES: u64 = 2 * 1024 * 1024;
 /// Largest accepted record body; larger ones are refused, not truncated.
 pub const MAX_RECORD_BYTES: usize = 256 * 1024;
 
@@ -136,6 +141,9 @@ struct Inner {
     meta: Database<'static, Str, U64<BE>>,
     opts: OutboxOptions,
     counters: Mutex<[StreamCounters; 3]>,
+    space_errors: AtomicU64,
+    disk_low_flag: std::sync::atomic::AtomicBool,
+    dir: PathBuf,
 }
 
 fn key(stream: Stream, seq: u64) -> [u8; KEY_LEN] {
@@ -202,6 +210,9 @@ impl Outbox {
                 meta,
                 opts,
                 counters: Mutex::new([StreamCounters::default(); 3]),
+                space_errors: AtomicU64::new(0),
+                disk_low_flag: std::sync::atomic::AtomicBool::new(false),
+                dir: dir.to_path_buf(),
             }),
         };
         outbox.reload_counters().map_err(open_err)?;
@@ -249,20 +260,47 @@ impl Outbox {
     /// counted per stream. If the commit still fails (map or disk full), the
     /// transaction is retried once after dropping more.
     pub fn commit(&self, ops: &[Op]) -> Result<Vec<OpResult>, OutboxError> {
-        match self.try_commit(ops, 0) {
+        match self.try_commit(ops, None) {
             Err(OutboxError::Txn(e)) if is_space_error(&e) => {
-                tracing::warn!(error = %e, "outbox out of space; dropping oldest low-priority records and retrying");
-                // Free a tenth of the bound (at least 1 MiB) before retrying.
-                let extra = (self.inner.opts.max_bytes / 10).max(1 << 20);
-                self.try_commit(ops, extra)
+                self.inner.space_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "outbox out of space (disk or map full); dropping oldest low-priority records");
+                // Free a tenth of what is stored (at least 256 KiB) in a
+                // commit of its own, so the pages it frees are reusable by
+                // the retry; then retry once. If space is still short, the
+                // caller is told and the next commits try again.
+                let total: u64 = self.counters().iter().map(|c| c.bytes).sum();
+                let target = total.saturating_sub((total / 10).max(256 * 1024));
+                self.try_commit(&[], Some(target))?;
+                self.try_commit(ops, None)
             }
             other => other,
         }
     }
 
-    fn try_commit(&self, ops: &[Op], extra_free: u64) -> Result<Vec<OpResult>, OutboxError> {
+    /// Free space on the outbox's filesystem is under the reserve.
+    fn disk_low(&self) -> bool {
+        match rustix::fs::statvfs(&self.inner.dir) {
+            Ok(st) => st.f_bavail.saturating_mul(st.f_frsize) < DISK_RESERVE_BYTES,
+            Err(_) => false,
+        }
+    }
+
+    /// Whether the last commit ran with the filesystem nearly full.
+    pub fn is_disk_low(&self) -> bool {
+        self.inner.disk_low_flag.load(Ordering::Relaxed)
+    }
+
+    /// Times the outbox ran out of room: the filesystem nearly full, or a
+    /// commit failing with the disk or map full.
+    pub fn space_errors(&self) -> u64 {
+        self.inner.space_errors.load(Ordering::Relaxed)
+    }
+
+    /// `limit`: retention bound for this commit (default: the configured one).
+    fn try_commit(&self, ops: &[Op], limit: Option<u64>) -> Result<Vec<OpResult>, OutboxError> {
         let inner = &*self.inner;
         let mut counters = self.counters();
+        let total_before: u64 = counters.iter().map(|c| c.bytes).sum();
         let mut wtxn = inner.env.write_txn().map_err(OutboxError::Txn)?;
         let mut results = Vec::with_capacity(ops.len());
         let mut added_bytes = 0u64;
@@ -305,7 +343,21 @@ impl Outbox {
             };
             results.push(r);
         }
-        self.enforce_bound(&mut wtxn, &mut counters, extra_free)?;
+        let mut limit = limit.unwrap_or(self.inner.opts.max_bytes);
+        if self.disk_low() {
+            // The filesystem is nearly full: LMDB must not grow its file (a
+            // failed write poisons the environment), so new records take the
+            // place of the oldest low-priority ones: no net growth.
+            let before = total_before;
+            if !self.inner.disk_low_flag.swap(true, Ordering::Relaxed) {
+                self.inner.space_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(dir = %self.inner.dir.display(), "filesystem nearly full; outbox now replaces oldest low-priority records");
+            }
+            limit = limit.min(before);
+        } else if self.inner.disk_low_flag.swap(false, Ordering::Relaxed) {
+            tracing::info!("filesystem has room again; outbox grows normally");
+        }
+        self.enforce_bound(&mut wtxn, &mut counters, limit)?;
         for s in Stream::ALL {
             let c = counters[s as usize];
             for (w, v) in [("seq", c.next_seq), ("count", c.pending), ("bytes", c.bytes), ("dropped", c.dropped)] {
@@ -384,15 +436,14 @@ impl Outbox {
     }
 
     /// Drops oldest records, lowest-priority stream first, until the data is
-    /// `extra_free` bytes under the bound.
+    /// at most `limit` bytes.
     fn enforce_bound(
         &self,
         wtxn: &mut RwTxn<'_>,
         counters: &mut [StreamCounters; 3],
-        extra_free: u64,
+        limit: u64,
     ) -> Result<(), OutboxError> {
         let total = |c: &[StreamCounters; 3]| c.iter().map(|x| x.bytes).sum::<u64>();
-        let limit = self.inner.opts.max_bytes.saturating_sub(extra_free);
         if total(counters) <= limit {
             return Ok(());
         }

@@ -80,6 +80,22 @@ impl Broker {
         b
     }
 
+    /// A new broker on `port` reusing a previous broker's persistence folder.
+    pub fn restart_in(port: u16, dir: tempfile::TempDir) -> Self {
+        let conf = dir.path().join("mosquitto.conf");
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto");
+        let b = Broker { port, child, dir };
+        wait_for(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).ok())
+            .expect("mosquitto did not restart");
+        b
+    }
+
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
     }
@@ -137,8 +153,13 @@ impl Consumer {
                         r2.store(true, std::sync::atomic::Ordering::Relaxed);
                     }
                     Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
-                        if let Ok(json) = serde_json::from_slice(&p.payload) {
-                            m.lock().unwrap().push(Msg { topic: p.topic.clone(), json });
+                        if let Ok(json) = serde_json::from_slice::<serde_json::Value>(&p.payload) {
+                            let mut m = m.lock().unwrap();
+                            // A batch `{"records": [...]}` is unpacked record by record.
+                            match json.get("records").and_then(|r| r.as_array()) {
+                                Some(records) => m.extend(records.iter().map(|r| Msg { topic: p.topic.clone(), json: r.clone() })),
+                                None => m.push(Msg { topic: p.topic.clone(), json }),
+                            }
                         }
                     }
                     Ok(_) => {}
@@ -167,6 +188,21 @@ impl Consumer {
     pub fn seqs(&self, stream: &str) -> Vec<u64> {
         self.records(stream).iter().filter_map(|r| r["seq"].as_u64()).collect()
     }
+
+    /// Distinct seqs per stream (cheap for large runs).
+    pub fn seq_sets(&self) -> BTreeMap<String, std::collections::BTreeSet<u64>> {
+        let mut out: BTreeMap<String, std::collections::BTreeSet<u64>> = BTreeMap::new();
+        for m in self.msgs.lock().unwrap().iter() {
+            if let (Some(s), Some(q)) = (m.json.get("stream").and_then(|s| s.as_str()), m.json.get("seq").and_then(|q| q.as_u64())) {
+                out.entry(s.to_string()).or_default().insert(q);
+            }
+        }
+        out
+    }
+
+    pub fn len(&self) -> usize {
+        self.msgs.lock().unwrap().len()
+    }
 }
 
 impl Drop for Consumer {
@@ -191,7 +227,10 @@ pub fn assert_no_gaps(seqs: &[u64], what: &str) -> u64 {
 /// A config for `sparkd` in a temp dir, pointing at `broker_url`.
 pub struct DaemonConfig {
     pub dir: tempfile::TempDir,
+    /// Appended after the `[mqtt]` table: further tables.
     pub extra: String,
+    /// Extra keys inside `[mqtt]`.
+    pub mqtt_extra: String,
     pub broker_url: String,
     pub fps: f64,
     pub telemetry_secs: f64,
@@ -204,6 +243,7 @@ impl DaemonConfig {
         Self {
             dir: tempfile::tempdir().expect("tempdir"),
             extra: String::new(),
+            mqtt_extra: String::new(),
             broker_url: broker_url.to_string(),
             fps: 5.0,
             telemetry_secs: 0.5,
@@ -226,7 +266,7 @@ impl DaemonConfig {
              [camera]\nreplay_dir = \"{img}\"\nfps = {fps:.3}\n\
              [model]\nmanifest = \"{man}\"\nonnxruntime_library = \"{ort}\"\nintra_threads = 1\n\
              [telemetry]\ninterval_secs = {tel:.3}\n\
-             [mqtt]\nurl = \"{url}\"\nreconnect_min_ms = 100\nreconnect_max_ms = 1000\nkeep_alive_secs = 5\n{extra}",
+             [mqtt]\nurl = \"{url}\"\nreconnect_min_ms = 100\nreconnect_max_ms = 1000\nkeep_alive_secs = 5\n{mqtt_extra}{extra}",
             state = self.state_dir().display(),
             sock = self.socket().display(),
             img = self.images.display(),
@@ -235,6 +275,7 @@ impl DaemonConfig {
             ort = repo().join("deps/onnxruntime/libonnxruntime.so").display(),
             tel = self.telemetry_secs,
             url = self.broker_url,
+            mqtt_extra = self.mqtt_extra,
             extra = self.extra,
         );
         let p = self.dir.path().join("sparkd.toml");
@@ -337,4 +378,53 @@ pub fn count_by_stream(c: &Consumer) -> BTreeMap<String, usize> {
         }
     }
     m
+}
+
+pub fn queue_json(socket: &Path) -> serde_json::Value {
+    let (code, out, err) = sparkctl(socket, &["queue", "--json"]);
+    assert_eq!(code, 0, "sparkctl queue failed: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("queue --json is not JSON ({e}): {out}"))
+}
+
+/// Waits until the daemon's outbox is empty.
+pub fn wait_drained(socket: &Path, timeout: Duration) -> serde_json::Value {
+    wait_for(timeout, || {
+        let q = queue_json(socket);
+        (q["pending"].as_u64() == Some(0)).then_some(q)
+    })
+    .unwrap_or_else(|| panic!("outbox not drained within {timeout:?}: {}", queue_json(socket)))
+}
+
+/// The consumer check every fault test ends with: for each stream, every
+/// accepted seq (1..next_seq) arrived, except the oldest `dropped` ones that
+/// retention counted (retention drops oldest first, so they are a prefix).
+pub fn assert_all_accepted_arrived(queue: &serde_json::Value, consumer: &Consumer) {
+    let sets = consumer.seq_sets();
+    for (name, s) in queue["streams"].as_object().expect("streams") {
+        let last = s["next_seq"].as_u64().unwrap_or(1).saturating_sub(1);
+        let dropped = s["dropped"].as_u64().unwrap_or(0);
+        let empty = std::collections::BTreeSet::new();
+        let got = sets.get(name).unwrap_or(&empty);
+        let missing: Vec<u64> = (dropped + 1..=last).filter(|q| !got.contains(q)).collect();
+        assert!(
+            missing.is_empty(),
+            "stream {name}: {} of seqs {}..={last} missing (first: {:?}); dropped {dropped}",
+            missing.len(),
+            dropped + 1,
+            &missing[..missing.len().min(10)]
+        );
+    }
+}
+
+/// Resident memory of a process: (VmRSS, RssAnon) in KiB.
+pub fn rss_kib(pid: i32) -> (u64, u64) {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        s.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("RssAnon:"))
 }

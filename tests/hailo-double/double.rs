@@ -70,14 +70,14 @@ impl Extras {
 
     /// HEFs, vdevices, network groups and vstreams the double has allocated
     /// and not yet freed.
-    pub fn live_handles(&self) -> i64 {
+    pub fn live_handles(&self) -> std::ffi::c_long {
         // SAFETY: the double exports `long hailo_double_live_handles(void)`.
         unsafe {
             let f = self
                 .lib
                 .get::<unsafe extern "C" fn() -> std::ffi::c_long>(b"hailo_double_live_handles\0")
                 .unwrap_or_else(|e| panic!("hailo_double_live_handles: {e}"));
-            f() as i64
+            f()
         }
     }
 
