@@ -92,7 +92,7 @@ pub fn spawn_gate(
     let (tx, rx) = watch::channel(false);
     rt.spawn(async move {
         let mut assessor = Assessor::new(iface.clone(), max_age_s);
-        let mut logged: Option<Logged> = None;
+        let mut logged = TransitionLog::default();
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -130,10 +130,52 @@ struct Logged {
     source: Option<String>,
 }
 
-fn apply(shared: &Shared, tx: &watch::Sender<bool>, iface: &str, out: &Assessment, logged: &mut Option<Logged>) {
+/// Transition logs: each change once, and at most one line per
+/// [`LOG_EVERY`] when the link flaps; skipped lines are counted in the next.
+#[derive(Debug, Default)]
+struct TransitionLog {
+    last: Option<Logged>,
+    last_line: Option<Instant>,
+    suppressed: u64,
+}
+
+const LOG_EVERY: Duration = Duration::from_secs(1);
+
+/// A log line to write now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LogLine {
+    /// Open/closed or the reason changed (else only the source did, or this
+    /// is the settled state after skipped lines).
+    state_changed: bool,
+    /// Lines skipped since the last one.
+    suppressed: u64,
+}
+
+impl TransitionLog {
+    /// Records the state seen at `now`; says whether to log it.
+    fn note(&mut self, next: Logged, now: Instant) -> Option<LogLine> {
+        let prev = self.last.replace(next.clone());
+        let state_changed = prev.as_ref().map(|p| (p.open, p.reason)) != Some((next.open, next.reason));
+        let changed = state_changed || prev.as_ref().map(|p| &p.source) != Some(&next.source);
+        let due = self.last_line.is_none_or(|t| now.duration_since(t) >= LOG_EVERY);
+        if changed && !due {
+            self.suppressed += 1;
+            return None;
+        }
+        // After a burst of skipped lines, the settled state is logged once.
+        let settle = due && self.suppressed > 0;
+        if !(changed || settle) {
+            return None;
+        }
+        self.last_line = Some(now);
+        Some(LogLine { state_changed, suppressed: std::mem::take(&mut self.suppressed) })
+    }
+}
+
+fn apply(shared: &Shared, tx: &watch::Sender<bool>, iface: &str, out: &Assessment, log: &mut TransitionLog) {
     let open = out.decision.is_ok();
     let error = out.decision.as_ref().err().map(|c| c.message(iface, &out.source_detail));
-    let now = now_ms();
+    let now_unix_ms = now_ms();
     shared.update_link(|l| {
         l.vpn_up = open;
         l.vpn_interface = Some(iface.to_string());
@@ -142,7 +184,7 @@ fn apply(shared: &Shared, tx: &watch::Sender<bool>, iface: &str, out: &Assessmen
         if open {
             l.vpn_down_since_ms = None;
         } else if l.vpn_down_since_ms.is_none() {
-            l.vpn_down_since_ms = Some(now);
+            l.vpn_down_since_ms = Some(now_unix_ms);
         }
         l.vpn_last_error = error.clone();
     });
@@ -153,19 +195,20 @@ fn apply(shared: &Shared, tx: &watch::Sender<bool>, iface: &str, out: &Assessmen
         reason: out.decision.as_ref().err().map(Closed::kind),
         source: out.source.map(|s| s.as_str().to_string()),
     };
-    let prev = logged.replace(next.clone());
-    if prev.as_ref().map(|p| (p.open, p.reason)) != Some((next.open, next.reason)) {
-        match &error {
-            None => tracing::info!(
-                interface = %iface,
-                handshake_age_s = ?out.handshake_age_s,
-                source = %out.source_detail,
-                "VPN link up; uplink may drain"
-            ),
-            Some(reason) => tracing::warn!(interface = %iface, reason = %reason, "VPN link down; uplink gated"),
+    let Some(line) = log.note(next, Instant::now()) else { return };
+    let (state_changed, suppressed) = (line.state_changed, line.suppressed);
+    match &error {
+        None if state_changed || suppressed > 0 => tracing::info!(
+            interface = %iface,
+            handshake_age_s = out.handshake_age_s,
+            source = %out.source_detail,
+            suppressed,
+            "VPN link up; uplink may drain"
+        ),
+        Some(reason) if state_changed || suppressed > 0 => {
+            tracing::warn!(interface = %iface, reason = %reason, suppressed, "VPN link down; uplink gated")
         }
-    } else if prev.as_ref().map(|p| &p.source) != Some(&next.source) {
-        tracing::info!(interface = %iface, source = %out.source_detail, "WireGuard handshake source changed");
+        _ => tracing::info!(interface = %iface, source = %out.source_detail, "WireGuard handshake source changed"),
     }
 }
 
@@ -231,6 +274,8 @@ pub fn handshake_of(peers: &[PeerReading], now: Duration) -> Handshake {
 /// Why the gate is closed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Closed {
+    /// The interface's state could not be read.
+    Unreadable(String),
     Missing,
     AdminDown,
     NoPeers,
@@ -239,12 +284,17 @@ pub enum Closed {
     HandshakeUnknown,
     /// Nothing from the peer for `silent_s`: no handshake for
     /// `handshake_age_s`, and no received traffic since `rx_age_s` (when seen).
-    Stale { handshake_age_s: u64, rx_age_s: Option<u64>, max_age_s: u64 },
+    Stale {
+        handshake_age_s: u64,
+        rx_age_s: Option<u64>,
+        max_age_s: u64,
+    },
 }
 
 /// [`Closed`] without its numbers: what a log line changes on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClosedKind {
+    Unreadable,
     Missing,
     AdminDown,
     NoPeers,
@@ -256,6 +306,7 @@ pub enum ClosedKind {
 impl Closed {
     pub fn kind(&self) -> ClosedKind {
         match self {
+            Self::Unreadable(_) => ClosedKind::Unreadable,
             Self::Missing => ClosedKind::Missing,
             Self::AdminDown => ClosedKind::AdminDown,
             Self::NoPeers => ClosedKind::NoPeers,
@@ -269,6 +320,7 @@ impl Closed {
     /// (or why there is none), used where it explains the reason.
     pub fn message(&self, iface: &str, source_detail: &str) -> String {
         match self {
+            Self::Unreadable(why) => format!("cannot read the state of {iface}: {why}"),
             Self::Missing => format!("interface {iface} does not exist"),
             Self::AdminDown => format!("interface {iface} is administratively down"),
             Self::NoPeers => format!("interface {iface} has no WireGuard peer"),
@@ -313,11 +365,7 @@ pub fn decide(
         Handshake::Never => Err(Closed::NeverHandshaked),
         Handshake::Age(age) => {
             let silent = rx_age_s.map_or(age, |rx| rx.min(age));
-            if silent < max_age_s {
-                Ok(())
-            } else {
-                Err(Closed::Stale { handshake_age_s: age, rx_age_s, max_age_s })
-            }
+            if silent < max_age_s { Ok(()) } else { Err(Closed::Stale { handshake_age_s: age, rx_age_s, max_age_s }) }
         }
     }
 }
@@ -357,6 +405,9 @@ impl RxTracker {
 /// One probe's outcome: what the IO side saw.
 #[derive(Debug)]
 pub struct Probe {
+    /// Set when the interface's own state could not be read (sysfs error,
+    /// probe timeout): the gate stays closed and says so.
+    pub failed: Option<String>,
     pub exists: bool,
     pub admin_up: bool,
     /// Peers and who reported them, or why no source could.
@@ -365,7 +416,7 @@ pub struct Probe {
 
 impl Probe {
     fn failed(why: String) -> Self {
-        Self { exists: false, admin_up: false, device: Err(why) }
+        Self { failed: Some(why), exists: false, admin_up: false, device: Err("not read".into()) }
     }
 }
 
@@ -395,13 +446,23 @@ impl Assessor {
     /// `wall` is the wall clock (handshake times are wall-clock), `mono`
     /// the monotonic clock (rx growth is timed by this monitor).
     pub fn assess(&mut self, p: &Probe, wall: SystemTime, mono: Instant) -> Assessment {
+        if let Some(why) = &p.failed {
+            self.rx.clear();
+            return Assessment {
+                decision: Err(Closed::Unreadable(why.clone())),
+                handshake_age_s: None,
+                source: None,
+                source_detail: format!("none ({why})"),
+            };
+        }
         if !p.exists {
             self.rx.clear();
-            let detail = match &p.device {
-                Err(why) if why.starts_with("link probe") => why.clone(),
-                _ => format!("none: interface {} does not exist", self.iface),
+            return Assessment {
+                decision: Err(Closed::Missing),
+                handshake_age_s: None,
+                source: None,
+                source_detail: format!("none (interface {} does not exist)", self.iface),
             };
-            return Assessment { decision: Err(Closed::Missing), handshake_age_s: None, source: None, source_detail: detail };
         }
         let now = wall.duration_since(UNIX_EPOCH).unwrap_or_default();
         let (handshake, rx_age, source, detail) = match &p.device {
@@ -466,12 +527,16 @@ pub fn parse_uapi_get(text: &str) -> Result<Vec<PeerReading>, UapiParseError> {
             return Err(UapiParseError::Malformed { line: line_no, what: "no `=`".into() });
         };
         let number = |v: &str| {
-            v.parse::<u64>().map_err(|_| UapiParseError::Malformed { line: line_no, what: format!("`{key}` is not a number") })
+            v.parse::<u64>()
+                .map_err(|_| UapiParseError::Malformed { line: line_no, what: format!("`{key}` is not a number") })
         };
         match key {
             "public_key" => {
                 if value.len() != 64 || !value.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    return Err(UapiParseError::Malformed { line: line_no, what: "public_key is not 64 hex digits".into() });
+                    return Err(UapiParseError::Malformed {
+                        line: line_no,
+                        what: "public_key is not 64 hex digits".into(),
+                    });
                 }
                 if let Some(p) = current.take() {
                     peers.push(finish(p));
@@ -481,7 +546,10 @@ pub fn parse_uapi_get(text: &str) -> Result<Vec<PeerReading>, UapiParseError> {
             "last_handshake_time_sec" | "last_handshake_time_nsec" | "rx_bytes" => {
                 let n = number(value)?;
                 let Some(p) = current.as_mut() else {
-                    return Err(UapiParseError::Malformed { line: line_no, what: format!("`{key}` before any public_key") });
+                    return Err(UapiParseError::Malformed {
+                        line: line_no,
+                        what: format!("`{key}` before any public_key"),
+                    });
                 };
                 match key {
                     "last_handshake_time_sec" => p.sec = n,
@@ -490,10 +558,9 @@ pub fn parse_uapi_get(text: &str) -> Result<Vec<PeerReading>, UapiParseError> {
                 }
             }
             "errno" => {
-                let n = value.parse::<i64>().map_err(|_| UapiParseError::Malformed {
-                    line: line_no,
-                    what: "`errno` is not a number".into(),
-                })?;
+                let n = value
+                    .parse::<i64>()
+                    .map_err(|_| UapiParseError::Malformed { line: line_no, what: "`errno` is not a number".into() })?;
                 errno = Some(n);
             }
             _ => {}
@@ -551,6 +618,8 @@ pub enum UapiError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{path} did not answer within {timeout:?}")]
+    Timeout { path: PathBuf, timeout: Duration },
     #[error("{path} closed the connection mid-answer")]
     Truncated { path: PathBuf },
     #[error("{path} answered more than {max} bytes")]
@@ -612,10 +681,18 @@ pub fn probe(iface: &str, uapi_dir: &Path) -> Probe {
     }
     let dir = Path::new("/sys/class/net").join(iface);
     if !dir.exists() {
-        return Probe { exists: false, admin_up: false, device: Err(format!("interface {iface} does not exist")) };
+        return Probe {
+            failed: None,
+            exists: false,
+            admin_up: false,
+            device: Err(format!("interface {iface} does not exist")),
+        };
     }
-    let admin_up = read_flags(&dir.join("flags")).map(is_admin_up).unwrap_or(false);
-    Probe { exists: true, admin_up, device: read_device(iface, uapi_dir) }
+    let admin_up = match read_flags(&dir.join("flags")) {
+        Ok(flags) => is_admin_up(flags),
+        Err(e) => return Probe::failed(chain(&e)),
+    };
+    Probe { failed: None, exists: true, admin_up, device: read_device(iface, uapi_dir) }
 }
 
 fn read_flags(path: &Path) -> Result<u32, LinkError> {
@@ -647,7 +724,11 @@ pub fn uapi_device(path: &Path) -> Result<Vec<PeerReading>, UapiError> {
     // open for further requests, so read until "\n\n", not until EOF.
     let mut buf = Vec::with_capacity(4096);
     let mut chunk = [0u8; 4096];
+    let deadline = Instant::now() + IO_TIMEOUT;
     let answer_end = loop {
+        if Instant::now() >= deadline {
+            return Err(UapiError::Timeout { path: path.to_path_buf(), timeout: IO_TIMEOUT });
+        }
         let n = s.read(&mut chunk).map_err(io)?;
         if n == 0 {
             return Err(UapiError::Truncated { path: path.to_path_buf() });
@@ -933,6 +1014,24 @@ mod tests {
     }
 
     #[test]
+    fn transitions_are_logged_once_and_flapping_is_rate_limited() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let state = |open, reason| Logged { open, reason, source: Some("uapi".into()) };
+        let down = || state(false, Some(ClosedKind::Stale));
+        let mut log = TransitionLog::default();
+        assert_eq!(log.note(down(), at(0)), Some(LogLine { state_changed: true, suppressed: 0 }));
+        assert_eq!(log.note(down(), at(200)), None, "same state: no line");
+        assert_eq!(log.note(state(true, None), at(400)), None, "within a second of the last line");
+        assert_eq!(log.note(down(), at(600)), None);
+        assert_eq!(log.note(down(), at(800)), None);
+        // A second after the last line, the settled state is logged with the count.
+        assert_eq!(log.note(down(), at(1_000)), Some(LogLine { state_changed: false, suppressed: 2 }));
+        assert_eq!(log.note(down(), at(5_000)), None);
+        assert_eq!(log.note(state(true, None), at(5_200)), Some(LogLine { state_changed: true, suppressed: 0 }));
+    }
+
+    #[test]
     fn closed_messages_say_why() {
         assert_eq!(Closed::Missing.message("wg0", ""), "interface wg0 does not exist");
         let stale = Closed::Stale { handshake_age_s: 412, rx_age_s: None, max_age_s: 180 };
@@ -957,16 +1056,28 @@ mod tests {
         let mut a = Assessor::new("wg0".into(), 5);
         let wall = UNIX_EPOCH + Duration::from_secs(1_795_440_486);
         let peers = parse_uapi_get(&answer()).unwrap();
-        let p = Probe { exists: true, admin_up: true, device: Ok((HandshakeSource::Uapi, peers)) };
+        let p = Probe { failed: None, exists: true, admin_up: true, device: Ok((HandshakeSource::Uapi, peers)) };
         let out = a.assess(&p, wall, Instant::now());
         assert_eq!(out.decision, Ok(()));
         assert_eq!(out.handshake_age_s, Some(1));
         assert_eq!(out.source_detail, "uapi");
 
-        let none = Probe { exists: true, admin_up: true, device: Err("netlink: no family; uapi: no socket".into()) };
+        let none = Probe {
+            failed: None,
+            exists: true,
+            admin_up: true,
+            device: Err("netlink: no family; uapi: no socket".into()),
+        };
         let out = a.assess(&none, wall, Instant::now());
         assert_eq!(out.decision, Err(Closed::HandshakeUnknown));
         assert_eq!(out.source_detail, "none (netlink: no family; uapi: no socket)");
+
+        let out = a.assess(&Probe::failed("link probe took longer than 2.4s".into()), wall, Instant::now());
+        assert_eq!(out.source_detail, "none (link probe took longer than 2.4s)");
+        assert_eq!(
+            out.decision.unwrap_err().message("wg0", ""),
+            "cannot read the state of wg0: link probe took longer than 2.4s"
+        );
     }
 
     #[test]

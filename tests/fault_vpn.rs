@@ -23,7 +23,8 @@
 //! veth address, the gate watches the veth with `handshake_max_age_secs = 0`
 //! (interface-only gate), and the faults take the veth down. The test always
 //! prints which variant ran, past the test harness's output capture.
-//! `SPARK_FAULT_VPN_VARIANT=veth` forces the fallback.
+//! `SPARK_FAULT_VPN_VARIANT=veth` forces the fallback; `SPARK_FAULT_VPN_KEEP=1`
+//! keeps the logs (sparkd, mosquitto, wireguard-go, consumer) and config.
 //!
 //! Needs root (namespaces). Every process and namespace is removed by a drop
 //! guard, also when an assertion fails.
@@ -150,12 +151,8 @@ impl Lab {
     fn spawn(&mut self, name: &str, mut cmd: Command) -> Result<(), String> {
         let log = self.log_file(&format!("{name}.log"));
         let err = log.try_clone().map_err(|e| e.to_string())?;
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(err)
-            .spawn()
-            .map_err(|e| format!("starting {name}: {e}"))?;
+        let child =
+            cmd.stdin(Stdio::null()).stdout(log).stderr(err).spawn().map_err(|e| format!("starting {name}: {e}"))?;
         self.children.push((name.to_string(), child));
         Ok(())
     }
@@ -178,8 +175,18 @@ impl Lab {
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
         }
         ip(&[
-            "link", "add", &self.veth_dev, "netns", &self.dev, "type", "veth", "peer", "name", &self.veth_cloud,
-            "netns", &self.cloud,
+            "link",
+            "add",
+            &self.veth_dev,
+            "netns",
+            &self.dev,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &self.veth_cloud,
+            "netns",
+            &self.cloud,
         ])?;
         ip(&["-n", &self.dev, "addr", "add", &format!("{DEV_UNDERLAY}/30"), "dev", &self.veth_dev])?;
         ip(&["-n", &self.cloud, "addr", "add", &format!("{CLOUD_UNDERLAY}/30"), "dev", &self.veth_cloud])?;
@@ -234,7 +241,9 @@ impl Lab {
     fn wg_side(&mut self, side: Side) -> Result<(), String> {
         let (ns, wg_if, addr, peer, peer_underlay, peer_tunnel) = match side {
             Side::Dev => (self.dev.clone(), self.wg_dev.clone(), DEV_TUNNEL, Side::Cloud, CLOUD_UNDERLAY, CLOUD_TUNNEL),
-            Side::Cloud => (self.cloud.clone(), self.wg_cloud.clone(), CLOUD_TUNNEL, Side::Dev, DEV_UNDERLAY, DEV_TUNNEL),
+            Side::Cloud => {
+                (self.cloud.clone(), self.wg_cloud.clone(), CLOUD_TUNNEL, Side::Dev, DEV_UNDERLAY, DEV_TUNNEL)
+            }
         };
         let name = format!("wireguard-go-{side:?}");
         let sock = PathBuf::from(format!("/var/run/wireguard/{wg_if}.sock"));
@@ -337,7 +346,11 @@ impl Lab {
 }
 
 fn stop_child(child: &mut Child) {
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    // Never signal a pid that was already reaped: it may be someone else's now.
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).stderr(Stdio::null()).status();
     let end = Instant::now() + Duration::from_secs(2);
     while Instant::now() < end {
         if let Ok(Some(_)) = child.try_wait() {
@@ -359,6 +372,12 @@ impl Drop for Lab {
         }
         for ns in [&self.dev, &self.cloud] {
             let _ = ip(&["netns", "del", ns]);
+        }
+        if std::env::var_os("SPARK_FAULT_VPN_KEEP").is_some() {
+            if let Ok(spare) = tempfile::tempdir() {
+                let kept = std::mem::replace(&mut self.dir, spare).keep();
+                banner(&format!("fault_vpn: logs and config kept in {}", kept.display()));
+            }
         }
     }
 }
@@ -417,12 +436,9 @@ fn records_pile_up_while_the_vpn_is_down_and_all_arrive_after_it_returns() {
         Variant::Veth => banner(&format!("fault_vpn: ran VETH variant ({why})")),
     }
     let (gate_if, broker_addr, max_age, faults) = match variant {
-        Variant::WireGuard => (
-            lab.wg_dev.clone(),
-            CLOUD_TUNNEL,
-            MAX_AGE_S,
-            [Fault::UnderlayCut, Fault::DeviceDown, Fault::CloudRestart],
-        ),
+        Variant::WireGuard => {
+            (lab.wg_dev.clone(), CLOUD_TUNNEL, MAX_AGE_S, [Fault::UnderlayCut, Fault::DeviceDown, Fault::CloudRestart])
+        }
         Variant::Veth => (lab.veth_dev.clone(), CLOUD_UNDERLAY, 0, [Fault::DeviceDown; 3]),
     };
 
@@ -456,15 +472,24 @@ fn records_pile_up_while_the_vpn_is_down_and_all_arrive_after_it_returns() {
         .unwrap_or_else(|| panic!("sparkd did not open its socket; log:\n{}", sparkd_log(&lab)));
 
     // Records flow through the tunnel.
-    wait_for(Duration::from_secs(20), || (consumed_total(&lab) >= 50).then_some(()))
-        .unwrap_or_else(|| panic!("no records arrived; link {}; log:\n{}", ctl_json(&socket, "link"), sparkd_log(&lab)));
+    wait_for(Duration::from_secs(20), || (consumed_total(&lab) >= 50).then_some(())).unwrap_or_else(|| {
+        panic!("no records arrived; link {}; log:\n{}", ctl_json(&socket, "link"), sparkd_log(&lab))
+    });
     let link = ctl_json(&socket, "link");
     assert_eq!(link["vpn_up"], true, "{link}");
     assert_eq!(link["vpn_interface"], gate_if.as_str(), "{link}");
-    if variant == Variant::WireGuard {
-        assert_eq!(link["handshake_source"], "uapi", "wireguard-go answers over its UAPI socket: {link}");
-        assert!(link["handshake_age_s"].as_u64().is_some(), "{link}");
+    match variant {
+        Variant::WireGuard => {
+            assert_eq!(link["handshake_source"], "uapi", "wireguard-go answers over its UAPI socket: {link}");
+            assert!(link["handshake_age_s"].as_u64().is_some(), "{link}");
+        }
+        Variant::Veth => {
+            // A veth has no handshake to read; the gate does not need one here.
+            let source = link["handshake_source"].as_str().unwrap_or_default();
+            assert!(source.starts_with("none (netlink: "), "{link}");
+        }
     }
+    banner(&format!("fault_vpn: records flowing; sparkctl link --json: {link}"));
 
     for (cycle, &fault) in faults.iter().enumerate() {
         let cycle = cycle + 1;
@@ -485,14 +510,19 @@ fn records_pile_up_while_the_vpn_is_down_and_all_arrive_after_it_returns() {
             let l = ctl_json(&socket, "link");
             (l["vpn_up"] == false).then_some(l)
         })
-        .unwrap_or_else(|| panic!("cycle {cycle}: gate still open {closed_within:?} after {fault:?}: {}", ctl_json(&socket, "link")));
+        .unwrap_or_else(|| {
+            panic!("cycle {cycle}: gate still open {closed_within:?} after {fault:?}: {}", ctl_json(&socket, "link"))
+        });
         let reason = link["vpn_last_error"].as_str().unwrap_or_default().to_string();
         match fault {
             Fault::UnderlayCut | Fault::CloudRestart => {
                 assert!(reason.starts_with("no handshake for "), "cycle {cycle}: {link}");
                 let age = link["handshake_age_s"].as_u64().unwrap_or(0);
                 assert!(age >= MAX_AGE_S, "cycle {cycle}: handshake age {age} s < {MAX_AGE_S} s: {link}");
-                assert!(t0.elapsed() >= Duration::from_secs(MAX_AGE_S - 2), "cycle {cycle}: closed before the peer could be stale");
+                assert!(
+                    t0.elapsed() >= Duration::from_secs(MAX_AGE_S - 2),
+                    "cycle {cycle}: closed before the peer could be stale"
+                );
             }
             Fault::DeviceDown => {
                 assert_eq!(reason, format!("interface {gate_if} is administratively down"), "cycle {cycle}: {link}");
@@ -533,10 +563,15 @@ fn records_pile_up_while_the_vpn_is_down_and_all_arrive_after_it_returns() {
         assert!(link["vpn_down_since_ms"].is_null() && link["vpn_last_error"].is_null(), "cycle {cycle}: {link}");
         let age_after = link["handshake_age_s"].as_u64();
         if fault == Fault::CloudRestart {
-            assert!(age_after.is_some_and(|a| a < MAX_AGE_S), "cycle {cycle}: the restart made no fresh handshake: {link}");
+            assert!(
+                age_after.is_some_and(|a| a < MAX_AGE_S),
+                "cycle {cycle}: the restart made no fresh handshake: {link}"
+            );
         }
         wait_for(Duration::from_secs(20), || (u(&ctl_json(&socket, "queue"), "pending") < piled / 4).then_some(()))
-            .unwrap_or_else(|| panic!("cycle {cycle}: backlog of {piled} did not drain: {}", ctl_json(&socket, "queue")));
+            .unwrap_or_else(|| {
+                panic!("cycle {cycle}: backlog of {piled} did not drain: {}", ctl_json(&socket, "queue"))
+            });
         banner(&format!(
             "fault_vpn: cycle {cycle} {fault:?}: closed with {reason:?}; {piled} records piled up; \
              reopened (handshake age {age_after:?} s) and drained; {:.1} s",
@@ -572,8 +607,9 @@ fn records_pile_up_while_the_vpn_is_down_and_all_arrive_after_it_returns() {
     // sparkd stops cleanly.
     let pid = lab.child_mut("sparkd").expect("sparkd child").id();
     let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
-    let status = wait_for(Duration::from_secs(15), || lab.child_mut("sparkd").and_then(|c| c.try_wait().ok().flatten()))
-        .unwrap_or_else(|| panic!("sparkd did not exit within 15 s of SIGTERM; log:\n{}", sparkd_log(&lab)));
+    let status =
+        wait_for(Duration::from_secs(15), || lab.child_mut("sparkd").and_then(|c| c.try_wait().ok().flatten()))
+            .unwrap_or_else(|| panic!("sparkd did not exit within 15 s of SIGTERM; log:\n{}", sparkd_log(&lab)));
     assert!(status.success(), "sparkd exited with {status}; log:\n{}", sparkd_log(&lab));
 
     let got = consumed(&lab);

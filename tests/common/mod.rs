@@ -157,7 +157,9 @@ impl Consumer {
                             let mut m = m.lock().unwrap();
                             // A batch `{"records": [...]}` is unpacked record by record.
                             match json.get("records").and_then(|r| r.as_array()) {
-                                Some(records) => m.extend(records.iter().map(|r| Msg { topic: p.topic.clone(), json: r.clone() })),
+                                Some(records) => {
+                                    m.extend(records.iter().map(|r| Msg { topic: p.topic.clone(), json: r.clone() }))
+                                }
                                 None => m.push(Msg { topic: p.topic.clone(), json }),
                             }
                         }
@@ -193,7 +195,9 @@ impl Consumer {
     pub fn seq_sets(&self) -> BTreeMap<String, std::collections::BTreeSet<u64>> {
         let mut out: BTreeMap<String, std::collections::BTreeSet<u64>> = BTreeMap::new();
         for m in self.msgs.lock().unwrap().iter() {
-            if let (Some(s), Some(q)) = (m.json.get("stream").and_then(|s| s.as_str()), m.json.get("seq").and_then(|q| q.as_u64())) {
+            if let (Some(s), Some(q)) =
+                (m.json.get("stream").and_then(|s| s.as_str()), m.json.get("seq").and_then(|q| q.as_u64()))
+            {
                 out.entry(s.to_string()).or_default().insert(q);
             }
         }
@@ -236,6 +240,8 @@ pub struct DaemonConfig {
     pub telemetry_secs: f64,
     pub images: PathBuf,
     pub manifest: PathBuf,
+    /// No camera (and so no model): telemetry and synthetic load only.
+    pub camera_off: bool,
 }
 
 impl DaemonConfig {
@@ -249,6 +255,7 @@ impl DaemonConfig {
             telemetry_secs: 0.5,
             images: repo().join("models/demo"),
             manifest: repo().join("models/centerface.toml"),
+            camera_off: false,
         }
     }
 
@@ -263,12 +270,13 @@ impl DaemonConfig {
     pub fn write(&self) -> PathBuf {
         let text = format!(
             "device_id = \"test-dev\"\nstate_dir = \"{state}\"\nsocket_path = \"{sock}\"\n\
-             [camera]\nreplay_dir = \"{img}\"\nfps = {fps:.3}\n\
+             [camera]\nsource = \"{src}\"\nreplay_dir = \"{img}\"\nfps = {fps:.3}\n\
              [model]\nmanifest = \"{man}\"\nonnxruntime_library = \"{ort}\"\nintra_threads = 1\n\
              [telemetry]\ninterval_secs = {tel:.3}\n\
              [mqtt]\nurl = \"{url}\"\nreconnect_min_ms = 100\nreconnect_max_ms = 1000\nkeep_alive_secs = 5\n{mqtt_extra}{extra}",
             state = self.state_dir().display(),
             sock = self.socket().display(),
+            src = if self.camera_off { "none" } else { "replay" },
             img = self.images.display(),
             fps = self.fps,
             man = self.manifest.display(),
@@ -294,7 +302,8 @@ impl Daemon {
     pub fn start(cfg: &DaemonConfig) -> Self {
         let path = cfg.write();
         let log = cfg.dir.path().join(format!("sparkd-{}.log", Instant::now().elapsed().as_nanos()));
-        let logf = std::fs::OpenOptions::new().create(true).append(true).open(cfg.dir.path().join("sparkd.log")).expect("log");
+        let logf =
+            std::fs::OpenOptions::new().create(true).append(true).open(cfg.dir.path().join("sparkd.log")).expect("log");
         let child = Command::new(sparkd_bin())
             .args(["run", "--config"])
             .arg(&path)
@@ -399,6 +408,9 @@ pub fn wait_drained(socket: &Path, timeout: Duration) -> serde_json::Value {
 /// accepted seq (1..next_seq) arrived, except the oldest `dropped` ones that
 /// retention counted (retention drops oldest first, so they are a prefix).
 pub fn assert_all_accepted_arrived(queue: &serde_json::Value, consumer: &Consumer) {
+    // The broker may still be handing a long backlog to the consumer: wait
+    // (up to a minute) until nothing is missing, then check for real.
+    let _ = wait_for(Duration::from_secs(60), || missing_count(queue, consumer).eq(&0).then_some(()));
     let sets = consumer.seq_sets();
     for (name, s) in queue["streams"].as_object().expect("streams") {
         let last = s["next_seq"].as_u64().unwrap_or(1).saturating_sub(1);
@@ -414,6 +426,18 @@ pub fn assert_all_accepted_arrived(queue: &serde_json::Value, consumer: &Consume
             &missing[..missing.len().min(10)]
         );
     }
+}
+
+fn missing_count(queue: &serde_json::Value, consumer: &Consumer) -> usize {
+    let sets = consumer.seq_sets();
+    let mut n = 0;
+    for (name, s) in queue["streams"].as_object().into_iter().flatten() {
+        let last = s["next_seq"].as_u64().unwrap_or(1).saturating_sub(1);
+        let dropped = s["dropped"].as_u64().unwrap_or(0);
+        let got = sets.get(name);
+        n += (dropped + 1..=last).filter(|q| !got.is_some_and(|g| g.contains(q))).count();
+    }
+    n
 }
 
 /// Resident memory of a process: (VmRSS, RssAnon) in KiB.

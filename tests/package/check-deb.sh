@@ -13,7 +13,7 @@
 #   6. the installed arm64 sparkd accepts the installed config (under qemu)
 #   7. remove and purge clean up, keeping the accounts
 #
-#   tests/package/check-deb.sh target-aarch64/aarch64-unknown-linux-gnu/debian/sparkd_*_arm64.deb
+#   tests/package/check-deb.sh target-aarch64/debian/sparkd_*_arm64.deb
 #
 # Run as root (dpkg needs it to set file ownership in the throwaway root).
 set -euo pipefail
