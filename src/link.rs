@@ -282,8 +282,9 @@ pub enum Closed {
     NeverHandshaked,
     /// No source could read the handshake (the detail says why).
     HandshakeUnknown,
-    /// Nothing from the peer for `silent_s`: no handshake for
-    /// `handshake_age_s`, and no received traffic since `rx_age_s` (when seen).
+    /// Nothing from the peer for at least `max_age_s`: the newest handshake
+    /// is `handshake_age_s` old, and its traffic last grew `rx_age_s` ago
+    /// (`None`: no growth seen since the monitor started watching).
     Stale {
         handshake_age_s: u64,
         rx_age_s: Option<u64>,
@@ -606,8 +607,10 @@ pub enum UapiParseError {
 
 #[derive(Debug, thiserror::Error)]
 pub enum UapiError {
-    #[error("no control socket {path}")]
-    NoSocket {
+    /// No socket (no userspace WireGuard for this interface), or no
+    /// permission: wireguard-go makes it root-only.
+    #[error("connecting to {path}")]
+    Connect {
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -638,12 +641,17 @@ pub enum NetlinkError {
     Socket(#[source] std::io::Error),
     #[error("no `wireguard` generic netlink family (no kernel WireGuard)")]
     NoFamily,
-    #[error("kernel WireGuard has no device {iface}")]
+    /// `ENODEV`, or `EOPNOTSUPP`/`EINVAL` for an interface that is not a
+    /// kernel WireGuard device (a userspace one is a tun device).
+    #[error("{iface} is not a kernel WireGuard device")]
     NoDevice {
         iface: String,
         #[source]
         source: std::io::Error,
     },
+    /// `EPERM`: the kernel answers `WG_CMD_GET_DEVICE` only with `CAP_NET_ADMIN`.
+    #[error("kernel WireGuard refused to describe {iface}: reading it needs CAP_NET_ADMIN")]
+    NotPermitted { iface: String },
     #[error("netlink {what} failed")]
     Request {
         what: &'static str,
@@ -716,7 +724,7 @@ fn read_device(iface: &str, uapi_dir: &Path) -> Result<(HandshakeSource, Vec<Pee
 /// `path` and parses the peers.
 pub fn uapi_device(path: &Path) -> Result<Vec<PeerReading>, UapiError> {
     let io = |source| UapiError::Io { path: path.to_path_buf(), source };
-    let mut s = UnixStream::connect(path).map_err(|source| UapiError::NoSocket { path: path.to_path_buf(), source })?;
+    let mut s = UnixStream::connect(path).map_err(|source| UapiError::Connect { path: path.to_path_buf(), source })?;
     s.set_read_timeout(Some(IO_TIMEOUT)).map_err(io)?;
     s.set_write_timeout(Some(IO_TIMEOUT)).map_err(io)?;
     s.write_all(b"get=1\n\n").map_err(io)?;
@@ -828,15 +836,41 @@ pub fn netlink_device(iface: &str) -> Result<Vec<PeerReading>, NetlinkError> {
         NetlinkPayload::Done(_) => Ok(true),
         NetlinkPayload::Error(e) => match e.code {
             None => Ok(true),
-            Some(_) => Err(NetlinkError::NoDevice { iface: iface.to_string(), source: e.to_io() }),
+            Some(code) if code.get() == -EPERM => Err(NetlinkError::NotPermitted { iface: iface.to_string() }),
+            Some(code) if [-ENODEV, -EOPNOTSUPP, -EINVAL].contains(&code.get()) => {
+                Err(NetlinkError::NoDevice { iface: iface.to_string(), source: e.to_io() })
+            }
+            Some(_) => Err(NetlinkError::Request { what: DEVICE, source: e.to_io() }),
         },
         _ => Ok(false),
     })?;
-    Ok(peers)
+    Ok(merge_peers(peers))
 }
 
-/// `ENOENT`: what the generic netlink controller answers for an unknown family.
+/// Folds repeated entries of one peer into one. The kernel continues a peer
+/// whose allowed-IP list fills a dump message in the next message, repeating
+/// only its public key there (no handshake time, no counters).
+pub fn merge_peers(peers: Vec<PeerReading>) -> Vec<PeerReading> {
+    let mut out: Vec<PeerReading> = Vec::with_capacity(peers.len());
+    for p in peers {
+        match out.iter_mut().find(|o| o.public_key == p.public_key) {
+            Some(o) => {
+                o.last_handshake = o.last_handshake.max(p.last_handshake);
+                o.rx_bytes = o.rx_bytes.max(p.rx_bytes);
+            }
+            None => out.push(p),
+        }
+    }
+    out
+}
+
+// Linux errno values seen in netlink error answers.
+const EPERM: i32 = 1;
+/// What the generic netlink controller answers for an unknown family.
 const ENOENT: i32 = 2;
+const EINVAL: i32 = 22;
+const ENODEV: i32 = 19;
+const EOPNOTSUPP: i32 = 95;
 
 /// A non-blocking generic netlink socket with deadline-bound exchanges.
 struct NlSocket(netlink_sys::Socket);
@@ -980,6 +1014,17 @@ mod tests {
     }
 
     #[test]
+    fn a_peer_continued_across_netlink_messages_is_one_peer() {
+        let p = |key: &str, hs: Option<u64>, rx| PeerReading {
+            public_key: key.into(),
+            last_handshake: hs.map(Duration::from_secs),
+            rx_bytes: rx,
+        };
+        let merged = merge_peers(vec![p(PEER_A, Some(50), 900), p(PEER_B, None, 0), p(PEER_A, None, 0)]);
+        assert_eq!(merged, vec![p(PEER_A, Some(50), 900), p(PEER_B, None, 0)]);
+    }
+
+    #[test]
     fn flags_parse_and_iff_up_is_bit_zero() {
         assert_eq!(parse_flags("0x1091\n").unwrap(), 0x1091);
         assert!(is_admin_up(parse_flags("0x1091").unwrap()));
@@ -1101,7 +1146,7 @@ mod tests {
         let peers = uapi_device(&path).unwrap();
         assert_eq!(peers.len(), 2);
         server.join().unwrap();
-        assert!(matches!(uapi_device(&dir.path().join("absent.sock")), Err(UapiError::NoSocket { .. })));
+        assert!(matches!(uapi_device(&dir.path().join("absent.sock")), Err(UapiError::Connect { .. })));
     }
 
     #[test]

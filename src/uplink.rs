@@ -263,7 +263,10 @@ async fn run_epoch(s: &UplinkSettings, deps: &mut UplinkDeps) -> EpochEnd {
 /// Passes a PUBACK on to the outbox as an ack of the records it covers.
 fn acknowledge(deps: &UplinkDeps, c: Carried) -> Result<(), crate::outbox::OutboxError> {
     deps.shared.acked.fetch_add(c.count, Ordering::Relaxed);
-    // A full writer channel blocks briefly; keep that off the other tasks.
+    if deps.appender.try_ack(c.stream, c.first, c.last)? {
+        return Ok(());
+    }
+    // The writer's channel is full: wait, off the other tasks' worker.
     tokio::task::block_in_place(|| deps.appender.ack(c.stream, c.first, c.last))
 }
 

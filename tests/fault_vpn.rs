@@ -373,11 +373,11 @@ impl Drop for Lab {
         for ns in [&self.dev, &self.cloud] {
             let _ = ip(&["netns", "del", ns]);
         }
-        if std::env::var_os("SPARK_FAULT_VPN_KEEP").is_some() {
-            if let Ok(spare) = tempfile::tempdir() {
-                let kept = std::mem::replace(&mut self.dir, spare).keep();
-                banner(&format!("fault_vpn: logs and config kept in {}", kept.display()));
-            }
+        if std::env::var_os("SPARK_FAULT_VPN_KEEP").is_some()
+            && let Ok(spare) = tempfile::tempdir()
+        {
+            let kept = std::mem::replace(&mut self.dir, spare).keep();
+            banner(&format!("fault_vpn: logs and config kept in {}", kept.display()));
         }
     }
 }

@@ -182,6 +182,16 @@ impl Appender {
         Ok(PendingAppend { answer })
     }
 
+    /// Like [`Appender::ack`] but never blocks: `Ok(false)` when the
+    /// writer's channel is full right now.
+    pub fn try_ack(&self, stream: Stream, first: u64, last: u64) -> Result<bool, OutboxError> {
+        match self.tx.try_send(Request { op: Op::Ack { stream, first, last }, reply: None }) {
+            Ok(()) => Ok(true),
+            Err(crossbeam_channel::TrySendError::Full(_)) => Ok(false),
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => Err(OutboxError::WriterGone),
+        }
+    }
+
     /// Queues an acknowledgement of `first..=last` of `stream` without
     /// waiting for its commit. Blocks only while the writer's channel is full.
     pub fn ack(&self, stream: Stream, first: u64, last: u64) -> Result<(), OutboxError> {

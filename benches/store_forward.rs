@@ -1,0 +1,205 @@
+//! Store-and-forward throughput, each against a bare baseline in the same run:
+//!
+//! 1. Durable ingest: records/s through the outbox writer (group commit,
+//!    many appends in flight) vs a bare `heed` loop committing the same
+//!    records in transactions of the same size.
+//! 2. Drain: records/s from the outbox to a local Mosquitto through the
+//!    uplink (QoS 1, acks written back) vs a bare `rumqttc` QoS 1 publish
+//!    loop with the same in-flight window; and the uplink with batching on.
+//!
+//! Run: `cargo bench --bench store_forward` (needs `mosquitto`, installed by
+//! scripts/setup.sh). Prints markdown rows for BENCHMARKS.md.
+
+use std::collections::VecDeque;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use heed::types::Bytes;
+use heed::{Database, EnvOpenOptions};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use spark_edge::config::BrokerUrl;
+use spark_edge::outbox::{Outbox, OutboxOptions, PendingAppend, spawn_writer};
+use spark_edge::record::Stream;
+use spark_edge::state::Shared;
+use spark_edge::uplink::{self, UplinkDeps, UplinkSettings};
+use tokio::sync::{Notify, watch};
+
+const BODY: usize = 150; // + envelope ≈ 200-byte records
+const BATCH: usize = 1000;
+
+fn body() -> String {
+    format!("{{\"pad\":\"{}\"}}", "x".repeat(BODY - 10))
+}
+
+fn opts() -> OutboxOptions {
+    OutboxOptions { device_id: "bench".into(), max_bytes: 4 << 30, drop_order: Stream::ALL.to_vec(), ttl_ms: [0; 3] }
+}
+
+fn ingest_outbox(n: usize) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Outbox::open(dir.path(), opts()).unwrap();
+    let w = spawn_writer(o, BATCH, Arc::new(|| {})).unwrap();
+    let t = Instant::now();
+    let mut inflight: VecDeque<PendingAppend> = VecDeque::new();
+    for _ in 0..n {
+        inflight.push_back(w.appender.submit(Stream::Events, 1, body()).unwrap());
+        if inflight.len() >= 4 * BATCH {
+            inflight.pop_front().unwrap().wait().unwrap();
+        }
+    }
+    for p in inflight {
+        p.wait().unwrap();
+    }
+    let r = n as f64 / t.elapsed().as_secs_f64();
+    w.join();
+    r
+}
+
+fn ingest_bare_heed(n: usize) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    // SAFETY (bench): one environment per directory, default durable flags.
+    let env = unsafe { EnvOpenOptions::new().map_size(4 << 30).max_dbs(2).open(dir.path()) }.unwrap();
+    let wtxn = env.write_txn().unwrap();
+    let db: Database<Bytes, Bytes> = env
+        .create_databases_and_commit(wtxn, |o, w| {
+            o.create_database::<Bytes, Bytes>(w, Some("records")).map(heed::CommitOrAbort::<_, ()>::Commit)
+        })
+        .unwrap()
+        .unwrap_commit();
+    // The same bytes the outbox stores: key [stream][seq], value [ts][json].
+    let record = spark_edge::record::encode("bench", Stream::Events, 1, 1, &body());
+    let t = Instant::now();
+    let mut seq = 0u64;
+    while (seq as usize) < n {
+        let mut wtxn = env.write_txn().unwrap();
+        for _ in 0..BATCH.min(n - seq as usize) {
+            seq += 1;
+            let mut k = [2u8; 9];
+            k[1..].copy_from_slice(&seq.to_be_bytes());
+            let mut v = Vec::with_capacity(8 + record.len());
+            v.extend_from_slice(&1u64.to_be_bytes());
+            v.extend_from_slice(&record);
+            db.put(&mut wtxn, &k, &v).unwrap();
+        }
+        wtxn.commit().unwrap();
+    }
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
+struct Mosquitto(Child, tempfile::TempDir, u16);
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn mosquitto() -> Mosquitto {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("m.conf");
+    std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\nuser root\nmax_queued_messages 0\nlog_dest none\n")).unwrap();
+    let child = Command::new("mosquitto").arg("-c").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("mosquitto");
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Mosquitto(child, dir, port)
+}
+
+fn drain_uplink(n: usize, window: u16, batch: usize) -> f64 {
+    let m = mosquitto();
+    let dir = tempfile::tempdir().unwrap();
+    let o = Outbox::open(dir.path(), opts()).unwrap();
+    let w = spawn_writer(o.clone(), BATCH, Arc::new(|| {})).unwrap();
+    let mut inflight = VecDeque::new();
+    for _ in 0..n {
+        inflight.push_back(w.appender.submit(Stream::Events, 1, body()).unwrap());
+    }
+    for p in inflight {
+        p.wait().unwrap();
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let shared = Arc::new(Shared::new("bench".into()));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (_gate_tx, gate_rx) = watch::channel(true);
+    let settings = UplinkSettings {
+        broker: BrokerUrl::parse(&format!("mqtt://127.0.0.1:{}", m.2)).unwrap(),
+        client_id: "bench-uplink".into(),
+        topic_prefix: "spark".into(),
+        device_id: "bench".into(),
+        keep_alive: Duration::from_secs(30),
+        window,
+        reconnect_min: Duration::from_millis(100),
+        reconnect_max: Duration::from_secs(1),
+        status_interval: Duration::from_secs(3600),
+        batch_max_records: batch,
+        batch_max_bytes: 256 * 1024,
+        username: None,
+        password: None,
+    };
+    let deps = UplinkDeps {
+        outbox: o.clone(),
+        appender: w.appender.clone(),
+        shared: shared.clone(),
+        wake: Arc::new(Notify::new()),
+        gate: gate_rx,
+        shutdown: stop_rx,
+    };
+    let t = Instant::now();
+    let task = rt.spawn(uplink::run(settings, deps));
+    while shared.acked.load(std::sync::atomic::Ordering::Relaxed) < n as u64 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let rate = n as f64 / t.elapsed().as_secs_f64();
+    let _ = stop_tx.send(true);
+    rt.block_on(async {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    });
+    drop(w);
+    rate
+}
+
+fn drain_bare(n: usize, window: u16) -> f64 {
+    let m = mosquitto();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let payload = spark_edge::record::encode("bench", Stream::Events, 1, 1, &body());
+    rt.block_on(async move {
+        let mut o = MqttOptions::new("bench-bare", "127.0.0.1", m.2);
+        o.set_inflight(window);
+        let (client, mut el) = AsyncClient::new(o, window as usize * 2);
+        let t = Instant::now();
+        let pubber = tokio::spawn(async move {
+            for _ in 0..n {
+                client.publish("spark/bench/events", QoS::AtLeastOnce, false, payload.clone()).await.unwrap();
+            }
+            client
+        });
+        let mut acked = 0;
+        while acked < n {
+            if let Ok(Event::Incoming(Packet::PubAck(_))) = el.poll().await {
+                acked += 1;
+            }
+        }
+        let r = n as f64 / t.elapsed().as_secs_f64();
+        drop(pubber);
+        r
+    })
+}
+
+fn main() {
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let n = if quick { 2_000 } else { 200_000 };
+    let window = 100;
+    let (a, b) = (ingest_outbox(n), ingest_bare_heed(n));
+    println!("| durable ingest, {n} x ~200 B, {BATCH}/commit | bare heed {b:.0} rec/s | outbox writer {a:.0} rec/s | ratio {:.3} |", a / b);
+    let bare = drain_bare(n, window);
+    let up = drain_uplink(n, window, 1);
+    println!("| drain to local Mosquitto, window {window}, unbatched | bare rumqttc {bare:.0} rec/s | uplink {up:.0} rec/s | ratio {:.3} |", up / bare);
+    let batched = drain_uplink(n, window, 100);
+    println!("| drain, batches of 100 records | bare rumqttc (unbatched) {bare:.0} rec/s | uplink batched {batched:.0} rec/s | ratio {:.3} |", batched / bare);
+}
