@@ -87,7 +87,8 @@ fn ingest_bare_heed(n: usize) -> f64 {
     n as f64 / t.elapsed().as_secs_f64()
 }
 
-struct Mosquitto(Child, tempfile::TempDir, u16);
+/// A broker process, its config folder (kept alive with it) and its port.
+struct Mosquitto(Child, #[allow(dead_code)] tempfile::TempDir, u16);
 
 impl Drop for Mosquitto {
     fn drop(&mut self) {
@@ -152,8 +153,13 @@ fn drain_uplink(n: usize, window: u16, batch: usize) -> f64 {
     };
     let t = Instant::now();
     let task = rt.spawn(uplink::run(settings, deps));
+    let mut last = Instant::now();
     while shared.acked.load(std::sync::atomic::Ordering::Relaxed) < n as u64 {
         std::thread::sleep(Duration::from_millis(5));
+        if std::env::var_os("BENCH_TRACE").is_some() && last.elapsed() > Duration::from_millis(500) {
+            last = Instant::now();
+            eprintln!("published {} acked {}", shared.published.load(std::sync::atomic::Ordering::Relaxed), shared.acked.load(std::sync::atomic::Ordering::Relaxed));
+        }
     }
     let rate = n as f64 / t.elapsed().as_secs_f64();
     let _ = stop_tx.send(true);
@@ -194,6 +200,10 @@ fn drain_bare(n: usize, window: u16) -> f64 {
 fn main() {
     let quick = !std::env::args().any(|a| a == "--bench");
     let n = if quick { 2_000 } else { 200_000 };
+    if std::env::var_os("BENCH_TRACE").is_some() {
+        eprintln!("{}", drain_uplink(20_000, 100, 1));
+        return;
+    }
     let window = 100;
     let (a, b) = (ingest_outbox(n), ingest_bare_heed(n));
     println!("| durable ingest, {n} x ~200 B, {BATCH}/commit | bare heed {b:.0} rec/s | outbox writer {a:.0} rec/s | ratio {:.3} |", a / b);

@@ -274,8 +274,11 @@ fn acknowledge(deps: &UplinkDeps, c: Carried) -> Result<(), crate::outbox::Outbo
 /// full or nothing is left.
 fn fill_window(s: &UplinkSettings, client: &AsyncClient, epoch: &mut Epoch, deps: &UplinkDeps) {
     let window = s.window as usize;
-    // Refill in chunks: one read transaction per half window, not per ack.
-    if epoch.in_window() > window / 2 {
+    // Refill as soon as there is room, even for one message. Waiting for a
+    // bigger gap stalls on brokers that Nagle their PUBACKs (Mosquitto's
+    // default): with nothing to send, our ACK is delayed 40 ms and so is
+    // every PUBACK behind it.
+    if epoch.in_window() >= window {
         return;
     }
     let per_msg = s.batch_max_records.max(1);
