@@ -40,10 +40,11 @@ fn ingest_outbox(n: usize) -> f64 {
     let dir = tempfile::tempdir().unwrap();
     let o = Outbox::open(dir.path(), opts()).unwrap();
     let w = spawn_writer(o, BATCH, Arc::new(|| {})).unwrap();
+    let b = body();
     let t = Instant::now();
     let mut inflight: VecDeque<PendingAppend> = VecDeque::new();
     for _ in 0..n {
-        inflight.push_back(w.appender.submit(Stream::Events, 1, body()).unwrap());
+        inflight.push_back(w.appender.submit(Stream::Events, 1, b.clone()).unwrap());
         if inflight.len() >= 4 * BATCH {
             inflight.pop_front().unwrap().wait().unwrap();
         }
@@ -67,8 +68,9 @@ fn ingest_bare_heed(n: usize) -> f64 {
         })
         .unwrap()
         .unwrap_commit();
-    // The same bytes the outbox stores: key [stream][seq], value [ts][json].
-    let record = spark_edge::record::encode("bench", Stream::Events, 1, 1, &body());
+    // The same bytes the outbox stores: key [stream][seq], value [ts][json
+    // with this record's seq]: built per record, as the outbox must.
+    let b = body();
     let t = Instant::now();
     let mut seq = 0u64;
     while (seq as usize) < n {
@@ -77,6 +79,7 @@ fn ingest_bare_heed(n: usize) -> f64 {
             seq += 1;
             let mut k = [2u8; 9];
             k[1..].copy_from_slice(&seq.to_be_bytes());
+            let record = spark_edge::record::encode("bench", Stream::Events, seq, 1, &b);
             let mut v = Vec::with_capacity(8 + record.len());
             v.extend_from_slice(&1u64.to_be_bytes());
             v.extend_from_slice(&record);

@@ -55,19 +55,31 @@ pub fn now_ms() -> u64 {
 /// Splicing instead of re-serializing keeps the outbox writer (which assigns
 /// `seq`) free of per-record serde work.
 pub fn encode(device_id: &str, stream: Stream, seq: u64, ts_ms: u64, body: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_into(&mut out, &device_json(device_id), stream, seq, ts_ms, body);
+    out
+}
+
+/// `device_id` as a JSON string literal (computed once per outbox).
+pub fn device_json(device_id: &str) -> String {
+    serde_json::to_string(device_id).unwrap_or_else(|_| "\"\"".into())
+}
+
+/// [`encode`] appending to `out`, with the device id already JSON-quoted.
+pub fn encode_into(out: &mut Vec<u8>, device_json: &str, stream: Stream, seq: u64, ts_ms: u64, body: &str) {
+    use std::io::Write;
     let inner = body.trim();
     let inner = inner.strip_prefix('{').and_then(|b| b.strip_suffix('}')).unwrap_or("").trim();
-    let device = serde_json::to_string(device_id).unwrap_or_else(|_| "\"\"".into());
-    let mut out = Vec::with_capacity(80 + device.len() + inner.len());
+    out.reserve(64 + device_json.len() + inner.len());
     out.extend_from_slice(b"{\"device_id\":");
-    out.extend_from_slice(device.as_bytes());
-    out.extend_from_slice(format!(",\"stream\":\"{stream}\",\"seq\":{seq},\"ts\":{ts_ms}").as_bytes());
+    out.extend_from_slice(device_json.as_bytes());
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, ",\"stream\":\"{stream}\",\"seq\":{seq},\"ts\":{ts_ms}");
     if !inner.is_empty() {
         out.push(b',');
         out.extend_from_slice(inner.as_bytes());
     }
     out.push(b'}');
-    out
 }
 
 #[cfg(test)]

@@ -88,10 +88,16 @@ struct Carried {
     count: u64,
 }
 
+/// Records read from the outbox per stream in one read transaction.
+const READ_AHEAD: usize = 512;
+
 /// One connection epoch's bookkeeping.
 struct Epoch {
-    /// Last seq handed to the client, per stream.
-    cursor: [u64; 3],
+    /// Last seq read from the outbox, per stream.
+    read_cursor: [u64; 3],
+    /// Read but not yet handed to the client, per stream (bounded by
+    /// READ_AHEAD plus one batch).
+    ahead: [VecDeque<crate::outbox::Pending>; 3],
     /// Publishes handed to the client, not yet given a packet id, in order.
     /// `None` marks a status message (not a stored record).
     queued: VecDeque<Option<Carried>>,
@@ -104,7 +110,14 @@ struct Epoch {
 
 impl Epoch {
     fn new() -> Self {
-        Self { cursor: [0; 3], queued: VecDeque::new(), inflight: HashMap::new(), dirty: [true; 3], next_stream: 0 }
+        Self {
+            read_cursor: [0; 3],
+            ahead: Default::default(),
+            queued: VecDeque::new(),
+            inflight: HashMap::new(),
+            dirty: [true; 3],
+            next_stream: 0,
+        }
     }
 
     fn in_window(&self) -> usize {
@@ -274,57 +287,54 @@ fn acknowledge(deps: &UplinkDeps, c: Carried) -> Result<(), crate::outbox::Outbo
 /// full or nothing is left.
 fn fill_window(s: &UplinkSettings, client: &AsyncClient, epoch: &mut Epoch, deps: &UplinkDeps) {
     let window = s.window as usize;
+    let per_msg = s.batch_max_records.max(1);
     // Refill as soon as there is room, even for one message. Waiting for a
     // bigger gap stalls on brokers that Nagle their PUBACKs (Mosquitto's
     // default): with nothing to send, our ACK is delayed 40 ms and so is
-    // every PUBACK behind it.
-    if epoch.in_window() >= window {
-        return;
-    }
-    let per_msg = s.batch_max_records.max(1);
+    // every PUBACK behind it. The read-ahead buffer keeps that cheap: one
+    // read transaction per READ_AHEAD records, not per PUBACK.
     let mut idle_streams = 0;
     while epoch.in_window() < window && idle_streams < Stream::ALL.len() {
         let stream = Stream::ALL[epoch.next_stream % Stream::ALL.len()];
         epoch.next_stream += 1;
         let i = stream as usize;
-        if !epoch.dirty[i] {
-            idle_streams += 1;
-            continue;
-        }
-        let want = ((window - epoch.in_window()) * per_msg).min(4096);
-        let records = match deps.outbox.read_after(stream, epoch.cursor[i], want) {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!(error = %e, "uplink: reading the outbox failed");
-                return;
+        if epoch.ahead[i].len() < per_msg && epoch.dirty[i] {
+            let want = READ_AHEAD.max(per_msg * 2);
+            match deps.outbox.read_after(stream, epoch.read_cursor[i], want) {
+                Ok(records) => {
+                    if records.len() < want {
+                        epoch.dirty[i] = false;
+                    }
+                    if let Some(last) = records.last() {
+                        epoch.read_cursor[i] = last.seq;
+                    }
+                    epoch.ahead[i].extend(records);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "uplink: reading the outbox failed");
+                    return;
+                }
             }
-        };
-        if records.len() < want {
-            epoch.dirty[i] = false;
         }
-        if records.is_empty() {
+        if epoch.ahead[i].is_empty() {
             idle_streams += 1;
             continue;
         }
         idle_streams = 0;
-        let topic = s.topic(stream.as_str());
-        let mut rest = &records[..];
-        while !rest.is_empty() {
-            let (payload, n) = if per_msg == 1 {
-                (rest[0].payload.clone(), 1)
-            } else {
-                batch_payload(rest, per_msg, s.batch_max_bytes)
-            };
-            let c = Carried { stream, first: rest[0].seq, last: rest[n - 1].seq, count: n as u64 };
-            if client.try_publish(topic.clone(), QoS::AtLeastOnce, false, payload).is_err() {
-                // Channel full: the rest goes out on a later fill.
-                epoch.dirty[i] = true;
-                return;
-            }
-            epoch.cursor[i] = c.last;
-            epoch.queued.push_back(Some(c));
-            rest = &rest[n..];
+        // One message per stream per turn: a long backlog in one stream
+        // shares the window evenly with fresh records of the others.
+        let ahead = epoch.ahead[i].make_contiguous();
+        let (payload, n) = if per_msg == 1 {
+            (ahead[0].payload.clone(), 1)
+        } else {
+            batch_payload(ahead, per_msg, s.batch_max_bytes)
+        };
+        let c = Carried { stream, first: ahead[0].seq, last: ahead[n - 1].seq, count: n as u64 };
+        if client.try_publish(s.topic(stream.as_str()), QoS::AtLeastOnce, false, payload).is_err() {
+            return; // client channel full: the next event retries
         }
+        epoch.ahead[i].drain(..n);
+        epoch.queued.push_back(Some(c));
     }
 }
 

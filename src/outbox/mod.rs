@@ -144,6 +144,8 @@ struct Inner {
     space_errors: AtomicU64,
     disk_low_flag: std::sync::atomic::AtomicBool,
     dir: PathBuf,
+    /// `device_id` as a JSON string literal, for the record envelope.
+    device_json: String,
 }
 
 fn key(stream: Stream, seq: u64) -> [u8; KEY_LEN] {
@@ -208,11 +210,12 @@ impl Outbox {
                 env,
                 records,
                 meta,
-                opts,
                 counters: Mutex::new([StreamCounters::default(); 3]),
                 space_errors: AtomicU64::new(0),
                 disk_low_flag: std::sync::atomic::AtomicBool::new(false),
                 dir: dir.to_path_buf(),
+                device_json: record::device_json(&opts.device_id),
+                opts,
             }),
         };
         outbox.reload_counters().map_err(open_err)?;
@@ -419,13 +422,12 @@ impl Outbox {
         }
         let c = &mut counters[stream as usize];
         let seq = c.next_seq;
-        let wire = record::encode(&self.inner.opts.device_id, stream, seq, ts_ms, trimmed);
-        if wire.len() > MAX_RECORD_BYTES {
-            return Ok(OpResult::Rejected(OutboxError::TooLarge { size: wire.len() }.to_string()));
-        }
-        let mut value = Vec::with_capacity(TS_LEN + wire.len());
+        let mut value = Vec::with_capacity(TS_LEN + 80 + trimmed.len());
         value.extend_from_slice(&ts_ms.to_be_bytes());
-        value.extend_from_slice(&wire);
+        record::encode_into(&mut value, &self.inner.device_json, stream, seq, ts_ms, trimmed);
+        if value.len() - TS_LEN > MAX_RECORD_BYTES {
+            return Ok(OpResult::Rejected(OutboxError::TooLarge { size: value.len() - TS_LEN }.to_string()));
+        }
         self.inner.records.put(wtxn, &key(stream, seq), &value).map_err(OutboxError::Txn)?;
         c.next_seq = seq + 1;
         c.pending += 1;

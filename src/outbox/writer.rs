@@ -88,14 +88,19 @@ fn run(outbox: Outbox, rx: Receiver<Request>, batch_max: usize, on_commit: Arc<d
                 Err(_) => break,
             }
         }
+        // Move the ops out (no per-record copy); keep the reply channels.
         ops.clear();
-        ops.extend(batch.iter().map(|r| r.op.clone()));
+        let mut replies: Vec<Option<Sender<Result<OpResult, String>>>> = Vec::with_capacity(batch.len());
+        for r in batch.drain(..) {
+            ops.push(r.op);
+            replies.push(r.reply);
+        }
         let appended = ops.iter().any(|o| matches!(o, Op::Append { .. }));
         match outbox.commit(&ops) {
             Ok(results) => {
                 backoff = Duration::from_millis(50);
-                for (req, res) in batch.drain(..).zip(results) {
-                    if let Some(reply) = req.reply {
+                for (reply, res) in replies.into_iter().zip(results) {
+                    if let Some(reply) = reply {
                         let _ = reply.send(Ok(res));
                     }
                 }
@@ -108,11 +113,9 @@ fn run(outbox: Outbox, rx: Receiver<Request>, batch_max: usize, on_commit: Arc<d
                 // (they count the loss) and back off so a failing disk is not
                 // hammered. Acks are simply retried by the uplink later.
                 let msg = format!("{:#}", anyhow::Error::new(e));
-                tracing::error!(error = %msg, ops = batch.len(), "outbox commit failed");
-                for req in batch.drain(..) {
-                    if let Some(reply) = req.reply {
-                        let _ = reply.send(Err(msg.clone()));
-                    }
+                tracing::error!(error = %msg, ops = ops.len(), "outbox commit failed");
+                for reply in replies.into_iter().flatten() {
+                    let _ = reply.send(Err(msg.clone()));
                 }
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(2));
