@@ -35,6 +35,7 @@ pub struct Config {
     pub link: LinkConfig,
     pub log: LogConfig,
     pub load: LoadConfig,
+    pub audio: AudioConfig,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
@@ -42,6 +43,9 @@ pub struct Config {
 pub enum CameraSource {
     /// Loop over the image files of `replay_dir`.
     Replay,
+    /// A V4L2 capture device (USB/UVC camera, or a CSI camera through
+    /// libcamera's V4L2 compatibility layer).
+    V4l,
     /// No camera: the daemon only samples telemetry.
     None,
 }
@@ -56,6 +60,13 @@ pub struct CameraConfig {
     pub fps: f64,
     /// Frames waiting for inference; when full the oldest is dropped.
     pub queue_frames: usize,
+    /// V4L2 device for `source = "v4l"`.
+    pub device: PathBuf,
+    /// Capture size asked of the device (it may pick the nearest).
+    pub width: u32,
+    pub height: u32,
+    /// `auto` (MJPEG, else YUYV), `mjpeg` or `yuyv`.
+    pub pixel_format: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -123,6 +134,16 @@ pub struct MqttConfig {
     /// File holding the password (never inline). Relative names are looked
     /// up in `$CREDENTIALS_DIRECTORY` first.
     pub password_file: PathBuf,
+    /// PEM CA bundle that signs the broker's certificate (`mqtts://`).
+    /// Empty: the broker's certificate cannot be verified, so TLS refuses.
+    pub ca_file: PathBuf,
+    /// PEM client certificate chain for mutual TLS (empty: none).
+    pub client_cert_file: PathBuf,
+    /// PEM private key of the client certificate; a credential (relative
+    /// names looked up in `$CREDENTIALS_DIRECTORY` first).
+    pub client_key_file: PathBuf,
+    /// Name checked against the broker's certificate; empty: the URL's host.
+    pub tls_server_name: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -134,6 +155,43 @@ pub struct LinkConfig {
     pub handshake_max_age_secs: u64,
     /// How often the link monitor looks.
     pub check_interval_ms: u64,
+}
+
+/// Microphone capture and the voice-activity model.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AudioConfig {
+    pub enabled: bool,
+    /// ALSA device name as cpal lists it; `default` is ALSA's default PCM.
+    pub device: String,
+    /// The audio model (Silero VAD, ONNX).
+    pub model: PathBuf,
+    /// SHA-256 the model file must have; empty: not checked.
+    pub model_sha256: String,
+    /// Speech probability above which a window counts as speech.
+    pub threshold: f32,
+    /// Speech shorter than this is not reported.
+    pub min_speech_ms: u64,
+    /// Silence that ends a speech segment.
+    pub min_silence_ms: u64,
+    /// Seconds of audio the capture ring buffer holds (bounded; oldest
+    /// samples dropped and counted when the model falls behind).
+    pub buffer_secs: f64,
+}
+
+impl Default for AudioConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            device: "default".into(),
+            model: "/usr/share/sparkd/models/silero_vad.onnx".into(),
+            model_sha256: String::new(),
+            threshold: 0.5,
+            min_speech_ms: 250,
+            min_silence_ms: 300,
+            buffer_secs: 2.0,
+        }
+    }
 }
 
 /// Synthetic load generator, for soak tests and benchmarks on a device.
@@ -174,6 +232,7 @@ impl Default for Config {
             link: LinkConfig::default(),
             log: LogConfig::default(),
             load: LoadConfig::default(),
+            audio: AudioConfig::default(),
         }
     }
 }
@@ -185,6 +244,10 @@ impl Default for CameraConfig {
             replay_dir: "/usr/share/sparkd/demo".into(),
             fps: 5.0,
             queue_frames: 2,
+            device: "/dev/video0".into(),
+            width: 640,
+            height: 480,
+            pixel_format: "auto".into(),
         }
     }
 }
@@ -231,6 +294,10 @@ impl Default for MqttConfig {
             status_interval_secs: 30,
             username: String::new(),
             password_file: PathBuf::new(),
+            ca_file: PathBuf::new(),
+            client_cert_file: PathBuf::new(),
+            client_key_file: PathBuf::new(),
+            tls_server_name: String::new(),
         }
     }
 }
@@ -396,6 +463,21 @@ impl Config {
         }
         if !(self.load.events_per_sec >= 0.0 && self.load.events_per_sec <= 1_000_000.0) {
             bad("load.events_per_sec", "must be between 0 and 1000000".into());
+        }
+        if !["auto", "mjpeg", "yuyv"].contains(&self.camera.pixel_format.as_str()) {
+            bad("camera.pixel_format", "must be auto, mjpeg or yuyv".into());
+        }
+        if self.camera.width == 0 || self.camera.height == 0 || self.camera.width > 8192 || self.camera.height > 8192 {
+            bad("camera.width", "camera size out of range".into());
+        }
+        if !(0.0..=1.0).contains(&self.audio.threshold) {
+            bad("audio.threshold", "must be in [0, 1]".into());
+        }
+        if !(self.audio.buffer_secs > 0.0 && self.audio.buffer_secs <= 60.0) {
+            bad("audio.buffer_secs", "must be in (0, 60]".into());
+        }
+        if self.mqtt.client_cert_file.as_os_str().is_empty() != self.mqtt.client_key_file.as_os_str().is_empty() {
+            bad("mqtt.client_cert_file", "client_cert_file and client_key_file go together".into());
         }
         if self.load.event_bytes > 64 * 1024 {
             bad("load.event_bytes", "must be at most 65536".into());

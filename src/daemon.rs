@@ -44,6 +44,8 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error("camera: {0}")]
+    Camera(String),
     #[error("device identity: {0}")]
     Identity(String),
     #[error("starting a thread or the async runtime")]
@@ -103,6 +105,12 @@ pub fn build_engine(config: &Config, model: &Model) -> Result<Box<dyn Engine>, S
     Ok(Box::new(engine))
 }
 
+/// Where frames come from.
+enum Capture {
+    Replay(Vec<PathBuf>),
+    V4l,
+}
+
 struct Threads {
     source: Option<JoinHandle<()>>,
     inference: Option<JoinHandle<()>>,
@@ -134,8 +142,11 @@ pub fn run(config: Config) -> Result<(), StartError> {
     // half-running daemon.
     let camera = match config.camera.source {
         CameraSource::None => None,
-        CameraSource::Replay => {
-            let files = replay::list_images(&config.camera.replay_dir)?;
+        source => {
+            let capture = match source {
+                CameraSource::Replay => Capture::Replay(replay::list_images(&config.camera.replay_dir)?),
+                _ => Capture::V4l,
+            };
             let model = Arc::new(Model::load(&config.model.manifest)?);
             let engine = build_engine(&config, &model)?;
             let kind = engine.kind();
@@ -145,7 +156,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
                 e.model = format!("{} {}", model.manifest.name, model.manifest.version);
             });
             tracing::info!(engine = %kind, model = %model.manifest.name, "inference engine ready");
-            Some((files, model, engine))
+            Some((capture, model, engine))
         }
     };
 
@@ -197,14 +208,17 @@ pub fn run(config: Config) -> Result<(), StartError> {
                 .map_err(StartError::Runtime)?,
         );
     }
-    if let (Some((files, model, engine)), Some(queue)) = (camera, frames.clone()) {
+    if let (Some((capture, model, engine)), Some(queue)) = (camera, frames.clone()) {
         let (q, stop, fps) = (queue.clone(), stop_sources.clone(), config.camera.fps);
-        threads.source = Some(
-            std::thread::Builder::new()
+        threads.source = Some(match capture {
+            Capture::Replay(files) => std::thread::Builder::new()
                 .name("camera-replay".into())
                 .spawn(move || replay::run(files, fps, q, stop))
                 .map_err(StartError::Runtime)?,
-        );
+            Capture::V4l => {
+                return Err(StartError::Camera("camera.source = \"v4l\" is not available in this build".into()));
+            }
+        });
         let (appender, sh, abort) = (writer.appender.clone(), shared.clone(), abort_inference.clone());
         threads.inference = Some(
             std::thread::Builder::new()
