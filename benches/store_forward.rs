@@ -145,6 +145,7 @@ fn drain_uplink(n: usize, window: u16, batch: usize) -> f64 {
         batch_max_bytes: 256 * 1024,
         username: None,
         password: None,
+        tls: None,
     };
     let deps = UplinkDeps {
         outbox: o.clone(),

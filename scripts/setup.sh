@@ -28,6 +28,7 @@ APT_PACKAGES=(
   clang libclang-dev            # bindgen (hailo-sys, v4l)
   libasound2-dev                # cpal (ALSA)
   mosquitto mosquitto-clients   # local broker for the demo and the tests
+  openssl                       # test CA and certificates (tests/mqtt_tls.rs)
   wireguard-go wireguard-tools iproute2  # VPN fault test: userspace WireGuard in namespaces
   valgrind                      # leak checks of the FFI path
   systemd                       # systemd-analyze/-sysusers/-tmpfiles (tests/systemd_unit.rs)

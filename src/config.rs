@@ -36,6 +36,7 @@ pub struct Config {
     pub log: LogConfig,
     pub load: LoadConfig,
     pub audio: AudioConfig,
+    pub hailo: HailoConfig,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
@@ -157,6 +158,38 @@ pub struct LinkConfig {
     pub check_interval_ms: u64,
 }
 
+/// The Hailo-8 accelerator. Used when the library loads, a device is
+/// present and the model manifest names a HEF; otherwise the CPU runs.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HailoConfig {
+    /// `false` never touches HailoRT (CPU only).
+    pub enabled: bool,
+    /// `libhailort.so` to load. Empty: `$HAILORT_LIBRARY`, then the usual
+    /// names and library directories (see docs/hailo.md).
+    pub library: PathBuf,
+    /// Share the device through HailoRT's multi-process service.
+    pub multi_process_service: bool,
+    /// Longest wait for one inference on the device.
+    pub timeout_ms: u32,
+    /// Re-probe backoff after the accelerator failed: first and longest wait.
+    pub reprobe_min_secs: f64,
+    pub reprobe_max_secs: f64,
+}
+
+impl Default for HailoConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            library: PathBuf::new(),
+            multi_process_service: false,
+            timeout_ms: 2000,
+            reprobe_min_secs: 1.0,
+            reprobe_max_secs: 60.0,
+        }
+    }
+}
+
 /// Microphone capture and the voice-activity model.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -233,6 +266,7 @@ impl Default for Config {
             log: LogConfig::default(),
             load: LoadConfig::default(),
             audio: AudioConfig::default(),
+            hailo: HailoConfig::default(),
         }
     }
 }
@@ -469,6 +503,12 @@ impl Config {
         }
         if self.camera.width == 0 || self.camera.height == 0 || self.camera.width > 8192 || self.camera.height > 8192 {
             bad("camera.width", "camera size out of range".into());
+        }
+        if self.hailo.timeout_ms == 0 {
+            bad("hailo.timeout_ms", "must be at least 1".into());
+        }
+        if !(self.hailo.reprobe_min_secs > 0.0 && self.hailo.reprobe_min_secs <= self.hailo.reprobe_max_secs) {
+            bad("hailo.reprobe_min_secs", "must be > 0 and <= hailo.reprobe_max_secs".into());
         }
         if !(0.0..=1.0).contains(&self.audio.threshold) {
             bad("audio.threshold", "must be in [0, 1]".into());

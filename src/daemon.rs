@@ -16,7 +16,9 @@ use tokio::sync::{Notify, watch};
 use crate::config::{BrokerUrl, CameraSource, Config};
 use crate::control::server::{self, ControlContext};
 use crate::engine::onnx::OnnxEngine;
-use crate::engine::{Engine, EngineKind};
+use crate::engine::hailo::{HailoEngine, HailoOptions, HefSource};
+use crate::engine::select::{Opener, Selector};
+use crate::engine::{Engine, EngineError};
 use crate::model::Model;
 use crate::outbox::{self, Outbox, OutboxOptions};
 use crate::record::Stream;
@@ -44,6 +46,8 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error("MQTT over TLS")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("camera: {0}")]
     Camera(String),
     #[error("device identity: {0}")]
@@ -93,16 +97,63 @@ pub fn read_secret(path: &Path) -> Result<String, StartError> {
 }
 
 /// Loads the model and builds the engine: the Hailo-8 when available, else
-/// ONNX Runtime on the CPU.
-pub fn build_engine(config: &Config, model: &Model) -> Result<Box<dyn Engine>, StartError> {
+/// ONNX Runtime on the CPU, switching between them at run time.
+///
+/// The CPU engine is always built: it is the fallback that keeps inference
+/// going, so a broken ONNX model is a start failure.
+pub fn build_engine(config: &Config, model: &Model, shared: &Arc<Shared>) -> Result<Box<dyn Engine>, StartError> {
     let bytes = model.read_onnx()?;
-    let engine = OnnxEngine::new(
+    let cpu = OnnxEngine::new(
         &config.model.onnxruntime_library,
         &bytes,
         &model.manifest.input.name,
         config.model.intra_threads,
     )?;
-    Ok(Box::new(engine))
+    let opener = hailo_opener(config, model);
+    if opener.is_none() && config.hailo.enabled {
+        shared.update_engine(|e| e.last_error = Some("model manifest names no HEF: CPU only".into()));
+    }
+    Ok(Box::new(Selector::new(
+        Box::new(cpu),
+        opener,
+        Duration::from_secs_f64(config.hailo.reprobe_min_secs),
+        Duration::from_secs_f64(config.hailo.reprobe_max_secs),
+        shared.clone(),
+    )))
+}
+
+/// How to open the Hailo engine for this model, if the model has a HEF and
+/// Hailo is enabled. The HEF is read and checked on every attempt.
+fn hailo_opener(config: &Config, model: &Model) -> Option<Opener> {
+    if !config.hailo.enabled {
+        return None;
+    }
+    let hef = model.manifest.hef.clone()?;
+    let model = model.clone();
+    let lib = (!config.hailo.library.as_os_str().is_empty()).then(|| config.hailo.library.clone());
+    let opts = HailoOptions {
+        multi_process_service: config.hailo.multi_process_service,
+        timeout_ms: config.hailo.timeout_ms,
+        queue_size: None,
+    };
+    Some(Box::new(move || {
+        let bytes = match model.read_hef() {
+            Some(r) => r.map_err(|e| EngineError::Accelerator(format!("hailo permanent: {e}")))?,
+            None => return Err(EngineError::Accelerator("hailo permanent: no HEF".into())),
+        };
+        let engine = HailoEngine::open(lib.as_deref(), HefSource::Bytes(&bytes), &opts)?;
+        if let Some(want) = &hef.hailort_version {
+            let have = engine.library_version();
+            let have_mm = format!("{}.{}", have.major, have.minor);
+            if !want.starts_with(&format!("{have_mm}.")) && want != &have_mm {
+                return Err(EngineError::Accelerator(format!(
+                    "hailo permanent: the HEF was compiled for HailoRT {want}, this device has {}.{}.{}",
+                    have.major, have.minor, have.revision
+                )));
+            }
+        }
+        Ok(Box::new(engine) as Box<dyn Engine>)
+    }))
 }
 
 /// Where frames come from.
@@ -148,13 +199,9 @@ pub fn run(config: Config) -> Result<(), StartError> {
                 _ => Capture::V4l,
             };
             let model = Arc::new(Model::load(&config.model.manifest)?);
-            let engine = build_engine(&config, &model)?;
+            let engine = build_engine(&config, &model, &shared)?;
             let kind = engine.kind();
-            shared.update_engine(|e| {
-                e.active = Some(kind);
-                e.hailo_present = kind == EngineKind::Hailo;
-                e.model = format!("{} {}", model.manifest.name, model.manifest.version);
-            });
+            shared.update_engine(|e| e.model = format!("{} {}", model.manifest.name, model.manifest.version));
             tracing::info!(engine = %kind, model = %model.manifest.name, "inference engine ready");
             Some((capture, model, engine))
         }
@@ -231,6 +278,14 @@ pub fn run(config: Config) -> Result<(), StartError> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let gate = link::spawn_gate(&runtime, &config.link, shared.clone(), shutdown_rx.clone());
     let broker = BrokerUrl::parse(&config.mqtt.url).map_err(StartError::Identity)?;
+    let tls = if broker.tls {
+        Some(crate::tls::client_config(&crate::tls::TlsSettings::from_config(&config.mqtt))?)
+    } else {
+        if !config.mqtt.ca_file.as_os_str().is_empty() || !config.mqtt.client_cert_file.as_os_str().is_empty() {
+            tracing::warn!(url = %config.mqtt.url, "mqtt TLS files are set but the URL is mqtt:// (plain TCP): they are not used");
+        }
+        None
+    };
     let settings = UplinkSettings {
         broker,
         client_id: if config.mqtt.client_id.is_empty() { format!("sparkd-{device_id}") } else { config.mqtt.client_id.clone() },
@@ -245,6 +300,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
         batch_max_bytes: config.mqtt.batch_max_bytes,
         username: (!config.mqtt.username.is_empty()).then(|| config.mqtt.username.clone()),
         password,
+        tls,
     };
     let uplink_task = runtime.spawn(uplink::run(
         settings,

@@ -16,6 +16,11 @@ pub struct Detection {
     pub bbox: [f32; 4],
 }
 
+/// Candidates considered by NMS, highest scores first.
+const MAX_CANDIDATES: usize = 1000;
+/// Detections reported per frame.
+pub const MAX_DETECTIONS: usize = 100;
+
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum DecodeError {
     #[error("decoder {decoder:?} expects {expected}, the engine returned {got}")]
@@ -75,9 +80,20 @@ fn centerface(
         let (oy, ox) = (offset.data[i], offset.data[plane + i]);
         let x1 = ((cx + ox + 0.5) * STRIDE - bw / 2.0).max(0.0);
         let y1 = ((cy + oy + 0.5) * STRIDE - bh / 2.0).max(0.0);
-        cands.push(([x1, y1, x1 + bw, y1 + bh], s));
+        let b = [x1, y1, x1 + bw, y1 + bh];
+        // A broken or foreign model can produce inf/NaN: skip, never emit.
+        if b.iter().all(|v| v.is_finite()) && s.is_finite() {
+            cands.push((b, s));
+        }
     }
-    Ok(nms(cands, spec.nms_iou)
+    // Bound the work and the record size whatever the model outputs.
+    if cands.len() > MAX_CANDIDATES {
+        cands.select_nth_unstable_by(MAX_CANDIDATES, |a, b| b.1.total_cmp(&a.1));
+        cands.truncate(MAX_CANDIDATES);
+    }
+    let mut kept = nms(cands, spec.nms_iou);
+    kept.truncate(MAX_DETECTIONS);
+    Ok(kept
         .into_iter()
         .map(|(b, score)| Detection { label: label.clone(), score, bbox: lb.to_frame(b) })
         .collect())
@@ -148,6 +164,19 @@ mod tests {
         let d = decode(&spec(), &["face".into()], &outs, &identity()).unwrap();
         assert_eq!(d.len(), 1);
         assert_eq!(d[0].score, 0.9);
+    }
+
+    #[test]
+    fn non_finite_outputs_and_floods_are_bounded() {
+        let (h, w) = (40, 40);
+        let heat = vec![0.9; h * w];
+        let mut scale = vec![0.0; 2 * h * w];
+        scale[0] = f32::INFINITY;
+        let offset = vec![0.0; 2 * h * w];
+        let outs = [out(1, h, w, heat), out(2, h, w, scale), out(2, h, w, offset)];
+        let d = decode(&spec(), &["face".into()], &outs, &identity()).unwrap();
+        assert!(d.len() <= MAX_DETECTIONS);
+        assert!(d.iter().all(|d| d.bbox.iter().all(|v| v.is_finite())));
     }
 
     #[test]

@@ -21,5 +21,6 @@ pub mod record;
 pub mod source;
 pub mod state;
 pub mod telemetry;
+pub mod tls;
 pub mod uplink;
 pub mod vision;

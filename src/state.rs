@@ -17,6 +17,9 @@ pub struct EngineState {
     pub fallbacks: u64,
     pub last_error: Option<String>,
     pub model: String,
+    /// Time spent inferring on each engine since start.
+    pub hailo_seconds: f64,
+    pub cpu_seconds: f64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

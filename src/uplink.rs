@@ -47,6 +47,9 @@ pub struct UplinkSettings {
     pub batch_max_bytes: usize,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// TLS client config for `mqtts://` (built by [`crate::tls::client_config`]);
+    /// `None`: plain TCP.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl UplinkSettings {
@@ -196,7 +199,33 @@ fn mqtt_options(s: &UplinkSettings) -> MqttOptions {
     if let (Some(u), p) = (&s.username, &s.password) {
         o.set_credentials(u.clone(), p.clone().unwrap_or_default());
     }
+    if let Some(tls) = &s.tls {
+        o.set_transport(crate::tls::transport(tls.clone()));
+    }
     o
+}
+
+/// A connection error for `sparkctl link` and the log: the whole source
+/// chain (links already contained in the text before them are skipped:
+/// rumqttc repeats its sources in its messages), plus a plain-words reason
+/// for TLS failures.
+fn connection_error_text(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let part = c.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cur = c.source();
+    }
+    if let Some(why) = crate::tls::explain(e) {
+        text.push_str(" (");
+        text.push_str(why);
+        text.push(')');
+    }
+    text
 }
 
 async fn run_epoch(s: &UplinkSettings, deps: &mut UplinkDeps) -> EpochEnd {
@@ -235,9 +264,12 @@ async fn run_epoch(s: &UplinkSettings, deps: &mut UplinkDeps) -> EpochEnd {
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    let msg = e.to_string();
+                    let msg = connection_error_text(&e);
                     if connected {
                         tracing::warn!(error = %msg, "uplink disconnected");
+                    } else if deps.shared.link().last_error.as_deref() != Some(msg.as_str()) {
+                        // Once per distinct reason, not once per retry.
+                        tracing::warn!(error = %msg, "uplink connect failed");
                     } else {
                         tracing::debug!(error = %msg, "uplink connect failed");
                     }

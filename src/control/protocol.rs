@@ -1,7 +1,8 @@
 //! Control protocol, version 1: length-prefixed JSON over a Unix stream.
 //!
 //! A frame is a 4-byte big-endian length followed by that many bytes of JSON.
-//! Requests are bounded ([`MAX_REQUEST_BYTES`]); anything malformed gets an
+//! Requests are bounded ([`MAX_REQUEST_BYTES`]; only `infer`, which carries
+//! an image, may use up to [`MAX_UPLOAD_BYTES`]); anything malformed gets an
 //! error response, never a crash. These are the only types, with the wire
 //! records, that derive `Serialize` for the outside world.
 
@@ -13,7 +14,12 @@ use serde::{Deserialize, Serialize};
 use crate::state::{EngineState, LinkState};
 
 pub const PROTOCOL_VERSION: u32 = 1;
+/// Largest request frame other than `infer`.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// Largest image file `sparkctl infer` sends.
+pub const MAX_IMAGE_BYTES: usize = 8 * 1024 * 1024;
+/// Largest `infer` frame: the image hex-encoded plus room for the rest.
+pub const MAX_UPLOAD_BYTES: usize = 2 * MAX_IMAGE_BYTES + 4096;
 pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 
 /// Every action the control surface can ask for: one closed enum.
@@ -26,12 +32,48 @@ pub enum Request {
     Engine,
     /// Wake the uplink now (the drain itself is not affected by the gate).
     Sync,
+    /// Run every check the daemon can judge from inside.
+    Doctor,
+    /// The running configuration, secrets redacted.
+    ConfigShow,
+    UpdateStatus,
+    /// Run one image through the live engine. The client reads the file (with
+    /// its own rights, in its own mount namespace) and sends the bytes.
+    Infer {
+        /// File name, for messages only.
+        name: String,
+        /// The encoded image (JPEG or PNG), hex.
+        image_hex: String,
+    },
 }
 
 impl Request {
     /// Requests that change the daemon's behaviour (need admin rights).
     pub fn is_mutating(&self) -> bool {
         matches!(self, Request::Sync)
+    }
+
+    /// The command's name as the CLI spells it, for logs and messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Status => "status",
+            Request::Queue => "queue",
+            Request::Link => "link",
+            Request::Engine => "engine",
+            Request::Sync => "sync",
+            Request::Doctor => "doctor",
+            Request::ConfigShow => "config show",
+            Request::UpdateStatus => "update status",
+            Request::Infer { .. } => "infer",
+        }
+    }
+
+    /// Largest frame this request may arrive in.
+    pub fn max_frame(&self) -> usize {
+        match self {
+            Request::Infer { .. } => MAX_UPLOAD_BYTES,
+            _ => MAX_REQUEST_BYTES,
+        }
     }
 }
 
@@ -49,13 +91,26 @@ pub enum ErrorCode {
     UnsupportedVersion,
     TooLarge,
     Forbidden,
+    /// Too many clients or too much heavy work at once; try again.
+    Busy,
+    /// The request is valid but this daemon cannot serve it now (no engine).
+    Unavailable,
     Internal,
+    /// A code this client does not know (a newer daemon).
+    #[serde(other)]
+    Other,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub code: ErrorCode,
     pub message: String,
+}
+
+impl ErrorBody {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -66,6 +121,10 @@ pub enum Response {
     Link(LinkState),
     Engine(EngineState),
     SyncStarted { pending: u64 },
+    Doctor(DoctorReport),
+    Config(ConfigReport),
+    Update(UpdateReport),
+    Inference(InferReport),
     Error(ErrorBody),
 }
 
@@ -125,6 +184,102 @@ pub struct StatusReport {
     pub telemetry_samples: u64,
 }
 
+/// How one doctor check came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckStatus {
+    Pass,
+    Warn,
+    Fail,
+}
+
+/// One thing a technician would check by hand.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Check {
+    /// Short stable name (`hailo-device`, `broker`, ...).
+    pub name: String,
+    pub status: CheckStatus,
+    /// What was found, one line.
+    pub detail: String,
+    /// What to do about a warning or failure, one line; `None` on pass.
+    pub fix: Option<String>,
+}
+
+impl Check {
+    pub fn pass(name: &str, detail: impl Into<String>) -> Self {
+        Self { name: name.into(), status: CheckStatus::Pass, detail: detail.into(), fix: None }
+    }
+
+    pub fn warn(name: &str, detail: impl Into<String>, fix: impl Into<String>) -> Self {
+        Self { name: name.into(), status: CheckStatus::Warn, detail: detail.into(), fix: Some(fix.into()) }
+    }
+
+    pub fn fail(name: &str, detail: impl Into<String>, fix: impl Into<String>) -> Self {
+        Self { name: name.into(), status: CheckStatus::Fail, detail: detail.into(), fix: Some(fix.into()) }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DoctorReport {
+    pub checks: Vec<Check>,
+}
+
+impl DoctorReport {
+    /// The worst status of all checks (`Pass` when there are none).
+    pub fn worst(&self) -> CheckStatus {
+        self.checks.iter().map(|c| c.status).max().unwrap_or(CheckStatus::Pass)
+    }
+}
+
+/// The daemon's running configuration with secret values redacted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfigReport {
+    /// The config as the daemon parsed it (every default filled in).
+    pub config: serde_json::Value,
+    /// Dotted keys whose values were replaced by `"<redacted>"`.
+    pub redacted: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpdateState {
+    /// This build has no update subsystem: nothing is staged or applied.
+    Unavailable,
+    /// A state this client does not know (a newer daemon).
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpdateReport {
+    pub state: UpdateState,
+    pub installed_version: String,
+    pub message: String,
+}
+
+/// One detection of `sparkctl infer`, box `[x1, y1, x2, y2]` in image pixels.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InferDetection {
+    pub label: String,
+    pub score: f32,
+    #[serde(rename = "box")]
+    pub bbox: [f32; 4],
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InferReport {
+    pub name: String,
+    pub width: u32,
+    pub height: u32,
+    /// `hailo` or `onnx-cpu`: the engine that really ran this image.
+    pub engine: String,
+    pub model: String,
+    /// Pre-processing, engine and decoding, as in the inference records.
+    pub latency_ms: f64,
+    /// Best first.
+    pub detections: Vec<InferDetection>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
     #[error("connection: {0}")]
@@ -164,9 +319,16 @@ pub fn decode_request(body: &[u8]) -> Result<Request, ErrorBody> {
         }
         None => return Err(ErrorBody { code: ErrorCode::BadRequest, message: "missing protocol version `v`".into() }),
     }
-    serde_json::from_value::<RequestFrame>(value)
+    let request = serde_json::from_value::<RequestFrame>(value)
         .map(|f| f.request)
-        .map_err(|e| ErrorBody { code: ErrorCode::BadRequest, message: format!("bad request: {e}") })
+        .map_err(|e| ErrorBody { code: ErrorCode::BadRequest, message: format!("bad request: {e}") })?;
+    if body.len() > request.max_frame() {
+        return Err(ErrorBody {
+            code: ErrorCode::TooLarge,
+            message: format!("a {} request may be at most {} bytes, got {}", request.name(), request.max_frame(), body.len()),
+        });
+    }
+    Ok(request)
 }
 
 /// Blocking round trip, for the CLI.

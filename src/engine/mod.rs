@@ -7,6 +7,7 @@
 
 pub mod hailo;
 pub mod onnx;
+pub mod select;
 
 use serde::{Deserialize, Serialize};
 

@@ -452,3 +452,89 @@ pub fn rss_kib(pid: i32) -> (u64, u64) {
     };
     (field("VmRSS:"), field("RssAnon:"))
 }
+
+/// Files of a Mosquitto TLS listener (PEM).
+pub struct TlsListener<'a> {
+    pub cafile: &'a Path,
+    pub certfile: &'a Path,
+    pub keyfile: &'a Path,
+    /// Mutual TLS: clients must present a certificate signed by `cafile`.
+    pub require_certificate: bool,
+}
+
+/// A broker with a TLS listener for the device and a plain listener on
+/// another loopback port for the test's consumer (`broker.port`).
+pub struct TlsBroker {
+    pub broker: Broker,
+    pub tls_port: u16,
+}
+
+impl TlsBroker {
+    /// `mqtts://localhost:<tls_port>` (the test server certificates are
+    /// issued for `localhost` and 127.0.0.1).
+    pub fn url(&self) -> String {
+        format!("mqtts://localhost:{}", self.tls_port)
+    }
+
+    /// Mosquitto's own log (connection and TLS errors).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.broker.dir.path().join("mosquitto.log")).unwrap_or_default()
+    }
+}
+
+impl Broker {
+    pub fn start_tls(tls: &TlsListener) -> TlsBroker {
+        let (plain, tls_port) = (free_port(), free_port());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conf = dir.path().join("mosquitto.conf");
+        // Listener options (cafile, ...) apply to the listener line above them.
+        let text = format!(
+            "per_listener_settings false\nallow_anonymous true\nuser root\nmax_queued_messages 0\n\
+             log_dest file {log}\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information\n\
+             listener {plain} 127.0.0.1\n\
+             listener {tls_port} 127.0.0.1\ncafile {ca}\ncertfile {cert}\nkeyfile {key}\nrequire_certificate {req}\n",
+            log = dir.path().join("mosquitto.log").display(),
+            ca = tls.cafile.display(),
+            cert = tls.certfile.display(),
+            key = tls.keyfile.display(),
+            req = tls.require_certificate,
+        );
+        std::fs::write(&conf, text).expect("write conf");
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto not installed: run scripts/setup.sh");
+        let b = TlsBroker { broker: Broker { port: plain, child, dir }, tls_port };
+        wait_for(Duration::from_secs(10), || {
+            (std::net::TcpStream::connect(("127.0.0.1", plain)).is_ok()
+                && std::net::TcpStream::connect(("127.0.0.1", tls_port)).is_ok())
+            .then_some(())
+        })
+        .unwrap_or_else(|| panic!("mosquitto (TLS) did not start; log:\n{}", b.log_text()));
+        b
+    }
+}
+
+impl Daemon {
+    /// [`Daemon::start`] with extra environment variables (e.g.
+    /// `CREDENTIALS_DIRECTORY`, as systemd's `LoadCredential=` sets it).
+    pub fn start_with_env(cfg: &DaemonConfig, env: &[(&str, &std::ffi::OsStr)]) -> Self {
+        let path = cfg.write();
+        let logf =
+            std::fs::OpenOptions::new().create(true).append(true).open(cfg.dir.path().join("sparkd.log")).expect("log");
+        let mut cmd = Command::new(sparkd_bin());
+        cmd.args(["run", "--config"]).arg(&path).env("RUST_LOG", "info").env_remove("JOURNAL_STREAM");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.stdout(Stdio::null()).stderr(logf).spawn().expect("spawn sparkd");
+        let d = Daemon { child, log: cfg.dir.path().join("sparkd.log") };
+        let sock = cfg.socket();
+        wait_for(Duration::from_secs(30), || std::os::unix::net::UnixStream::connect(&sock).ok())
+            .unwrap_or_else(|| panic!("sparkd did not open its socket; log:\n{}", d.log_text()));
+        d
+    }
+}

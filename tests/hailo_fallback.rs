@@ -1,0 +1,161 @@
+//! The real `sparkd` choosing between the Hailo-8 (here: the C test double
+//! of the HailoRT ABI, loaded exactly as production loads libhailort) and
+//! ONNX Runtime on the CPU, falling back mid-stream and recovering.
+
+mod common;
+#[path = "hailo-double/double.rs"]
+mod double;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+/// A copy of the demo model's manifest that also names a HEF (the double's
+/// format, for the model's 640x480 input).
+fn manifest_with_hef(dir: &Path, hailort_version: &str) -> PathBuf {
+    let hef = double::hef_bytes(480, 640);
+    std::fs::write(dir.join("centerface.hef"), &hef).unwrap();
+    std::os::unix::fs::symlink(repo().join("models/centerface.onnx"), dir.join("centerface.onnx")).unwrap();
+    let mut text = std::fs::read_to_string(repo().join("models/centerface.toml")).unwrap();
+    text = text.replace(
+        "[input]",
+        &format!(
+            "[hef]\nfile = \"centerface.hef\"\nsha256 = \"{}\"\nhailort_version = \"{hailort_version}\"\n\n[input]",
+            spark_edge::model::sha256_hex(&hef)
+        ),
+    );
+    let p = dir.join("centerface.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+struct Setup {
+    cfg: DaemonConfig,
+    control: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+fn setup(broker: &Broker, hailort_version: &str) -> Setup {
+    let mut cfg = DaemonConfig::new(&broker.url());
+    let models = cfg.dir.path().join("models");
+    std::fs::create_dir(&models).unwrap();
+    cfg.manifest = manifest_with_hef(&models, hailort_version);
+    cfg.fps = 10.0;
+    cfg.extra = "[hailo]\nreprobe_min_secs = 0.2\nreprobe_max_secs = 0.5\n".into();
+    let control = cfg.dir.path().join("hailo-control");
+    std::fs::write(&control, "ok").unwrap();
+    let env = vec![
+        ("HAILORT_LIBRARY".to_string(), double::library().display().to_string()),
+        ("HAILO_DOUBLE_CONTROL".to_string(), control.display().to_string()),
+    ];
+    Setup { cfg, control, env }
+}
+
+fn start(s: &Setup, extra_env: &[(&str, &str)]) -> Daemon {
+    let path = s.cfg.write();
+    let logf = std::fs::OpenOptions::new().create(true).append(true).open(s.cfg.dir.path().join("sparkd.log")).unwrap();
+    let mut cmd = Command::new(sparkd_bin());
+    cmd.args(["run", "--config"]).arg(&path).stdout(Stdio::null()).stderr(logf).env("RUST_LOG", "info");
+    for (k, v) in &s.env {
+        cmd.env(k, v);
+    }
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    let d = Daemon { child: cmd.spawn().unwrap(), log: s.cfg.dir.path().join("sparkd.log") };
+    wait_for(Duration::from_secs(30), || std::os::unix::net::UnixStream::connect(s.cfg.socket()).ok())
+        .unwrap_or_else(|| panic!("no socket; log:\n{}", d.log_text()));
+    d
+}
+
+fn engines(c: &Consumer) -> Vec<String> {
+    c.records("inference").iter().map(|r| r["engine"].as_str().unwrap_or("?").to_string()).collect()
+}
+
+#[test]
+fn hailo_is_used_falls_back_mid_stream_without_loss_and_recovers() {
+    let broker = Broker::start();
+    let consumer = Consumer::start(broker.port, "spark/#");
+    let s = setup(&broker, "4.23.0");
+    let d = start(&s, &[]);
+    let st = wait_for(Duration::from_secs(30), || {
+        let st = status_json(&s.cfg.socket());
+        (st["inference"]["total"].as_u64() >= Some(5)).then_some(st)
+    })
+    .expect("inferences on the accelerator");
+    assert_eq!(st["engine"]["active"], "hailo", "{st}");
+    assert_eq!(st["engine"]["hailo_present"], true);
+    wait_for(Duration::from_secs(20), || engines(&consumer).iter().any(|e| e == "hailo").then_some(()))
+        .expect("hailo records");
+
+    // The device disappears mid-stream.
+    std::fs::write(&s.control, "lost").unwrap();
+    let st = wait_for(Duration::from_secs(30), || {
+        let st = status_json(&s.cfg.socket());
+        (st["engine"]["active"] == "onnx-cpu" && st["engine"]["fallbacks"].as_u64() >= Some(1)).then_some(st)
+    })
+    .expect("fell back to the CPU");
+    assert!(st["engine"]["last_error"].as_str().unwrap_or("").contains("hailo"), "{st}");
+    let n = consumer.records("inference").len();
+    wait_for(Duration::from_secs(30), || {
+        engines(&consumer)[n.min(engines(&consumer).len())..].iter().any(|e| e == "onnx-cpu").then_some(())
+    })
+    .expect("cpu records after the loss");
+
+    // It comes back: the daemon switches back by itself.
+    std::fs::write(&s.control, "ok").unwrap();
+    wait_for(Duration::from_secs(30), || (status_json(&s.cfg.socket())["engine"]["active"] == "hailo").then_some(()))
+        .expect("back on the accelerator");
+    let n = consumer.records("inference").len();
+    wait_for(Duration::from_secs(30), || engines(&consumer)[n.min(engines(&consumer).len())..].iter().any(|e| e == "hailo").then_some(()))
+        .expect("hailo records after recovery");
+    let st = status_json(&s.cfg.socket());
+    assert_eq!(st["inference"]["failed"], 0, "no frame lost to the accelerator: {st}");
+    assert!(d.terminate(Duration::from_secs(15)).success());
+    let seqs = consumer.seqs("inference");
+    assert_no_gaps(&seqs, "inference across fallback and recovery");
+    assert!(st["engine"]["hailo_seconds"].as_f64().unwrap() > 0.0 && st["engine"]["cpu_seconds"].as_f64().unwrap() > 0.0);
+}
+
+fn cpu_with_reason(env: &[(&str, &str)], hailort_version: &str, reason: &str) {
+    let broker = Broker::start();
+    let s = setup(&broker, hailort_version);
+    let d = start(&s, env);
+    let st = wait_for(Duration::from_secs(30), || {
+        let st = status_json(&s.cfg.socket());
+        (st["inference"]["total"].as_u64() >= Some(2)).then_some(st)
+    })
+    .expect("inference runs");
+    assert_eq!(st["engine"]["active"], "onnx-cpu", "{st}");
+    assert_eq!(st["engine"]["hailo_present"], false);
+    let err = st["engine"]["last_error"].as_str().unwrap_or("").to_string();
+    assert!(err.contains(reason), "last_error should mention {reason:?}: {err}");
+    assert!(d.terminate(Duration::from_secs(15)).success());
+}
+
+#[test]
+fn cpu_is_used_when_the_library_is_missing() {
+    cpu_with_reason(&[("HAILORT_LIBRARY", "/nonexistent/libhailort.so.4.23.0")], "4.23.0", "/nonexistent/libhailort.so");
+}
+
+#[test]
+fn cpu_is_used_when_no_device_is_present() {
+    cpu_with_reason(&[("HAILO_DOUBLE_NO_DEVICE", "1")], "4.23.0", "no Hailo device found");
+}
+
+#[test]
+fn cpu_is_used_when_the_hef_is_invalid() {
+    cpu_with_reason(&[("HAILO_DOUBLE_INVALID_HEF", "1")], "4.23.0", "INVALID_HEF");
+}
+
+#[test]
+fn library_version_mismatch_is_refused_naming_both_versions() {
+    cpu_with_reason(&[("HAILO_DOUBLE_VERSION", "4.18.0")], "4.23.0", "4.18");
+}
+
+#[test]
+fn hef_for_another_hailort_version_is_refused() {
+    cpu_with_reason(&[], "4.20.0", "compiled for HailoRT 4.20.0");
+}
