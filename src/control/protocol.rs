@@ -331,6 +331,24 @@ pub fn decode_request(body: &[u8]) -> Result<Request, ErrorBody> {
     Ok(request)
 }
 
+/// Decodes one frame held whole in `buf` (header and body) with the server's
+/// rules: a short header or body, or a length over [`MAX_UPLOAD_BYTES`], is an
+/// error. Returns the request and the bytes the frame used.
+pub fn decode_request_frame(buf: &[u8]) -> Result<(Request, usize), ErrorBody> {
+    let Some(header) = buf.get(..4) else {
+        return Err(ErrorBody::new(ErrorCode::BadRequest, format!("truncated header: {} of 4 bytes", buf.len())));
+    };
+    let len = check_len([header[0], header[1], header[2], header[3]], MAX_UPLOAD_BYTES)
+        .map_err(|e| ErrorBody::new(ErrorCode::TooLarge, e.to_string()))?;
+    let Some(body) = buf.get(4..4 + len) else {
+        return Err(ErrorBody::new(
+            ErrorCode::BadRequest,
+            format!("truncated frame: {} of {len} body bytes", buf.len() - 4),
+        ));
+    };
+    decode_request(body).map(|r| (r, 4 + len))
+}
+
 /// Blocking round trip, for the CLI.
 pub fn call<S: Read + Write>(stream: &mut S, request: &Request) -> Result<Response, FrameError> {
     stream.write_all(&encode(&RequestFrame { v: PROTOCOL_VERSION, request: request.clone() })?)?;
@@ -350,10 +368,59 @@ mod tests {
 
     #[test]
     fn requests_round_trip_through_json() {
-        for r in [Request::Status, Request::Queue, Request::Link, Request::Engine, Request::Sync] {
+        for r in all_requests() {
             let bytes = encode(&RequestFrame { v: 1, request: r.clone() }).unwrap();
             assert_eq!(decode_request(&bytes[4..]).unwrap(), r);
         }
+    }
+
+    fn all_requests() -> Vec<Request> {
+        vec![
+            Request::Status,
+            Request::Queue,
+            Request::Link,
+            Request::Engine,
+            Request::Sync,
+            Request::Doctor,
+            Request::ConfigShow,
+            Request::UpdateStatus,
+            Request::Infer { name: "a.png".into(), image_hex: "89504e47".into() },
+        ]
+    }
+
+    #[test]
+    fn only_sync_is_mutating() {
+        let mutating: Vec<_> = all_requests().into_iter().filter(Request::is_mutating).collect();
+        assert_eq!(mutating, vec![Request::Sync]);
+    }
+
+    #[test]
+    fn only_infer_may_exceed_the_small_frame_bound() {
+        let pad = " ".repeat(MAX_REQUEST_BYTES);
+        let big_status = format!(r#"{{"v":1,"request":{{"cmd":"status"}}{pad}}}"#);
+        assert_eq!(decode_request(big_status.as_bytes()).unwrap_err().code, ErrorCode::TooLarge);
+        let hex = "00".repeat(MAX_REQUEST_BYTES);
+        let big_infer = format!(r#"{{"v":1,"request":{{"cmd":"infer","name":"x","image_hex":"{hex}"}}}}"#);
+        assert!(matches!(decode_request(big_infer.as_bytes()), Ok(Request::Infer { .. })));
+    }
+
+    #[test]
+    fn unknown_error_codes_from_a_newer_daemon_still_parse() {
+        let r: Response = serde_json::from_str(r#"{"kind":"error","code":"melted","message":"m"}"#).unwrap();
+        assert_eq!(r, Response::Error(ErrorBody::new(ErrorCode::Other, "m")));
+    }
+
+    #[test]
+    fn whole_frames_decode_and_short_ones_are_errors() {
+        let bytes = encode(&RequestFrame { v: 1, request: Request::Doctor }).unwrap();
+        assert_eq!(decode_request_frame(&bytes).unwrap(), (Request::Doctor, bytes.len()));
+        for cut in 0..bytes.len() {
+            let e = decode_request_frame(&bytes[..cut]).unwrap_err();
+            assert_eq!(e.code, ErrorCode::BadRequest, "cut at {cut}: {}", e.message);
+        }
+        let mut huge = ((MAX_UPLOAD_BYTES + 1) as u32).to_be_bytes().to_vec();
+        huge.extend_from_slice(b"{}");
+        assert_eq!(decode_request_frame(&huge).unwrap_err().code, ErrorCode::TooLarge);
     }
 
     #[test]
@@ -375,6 +442,31 @@ mod tests {
         #[test]
         fn decoder_never_panics_on_random_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = decode_request(&bytes);
+        }
+
+        #[test]
+        fn frame_decoder_answers_every_byte_string_with_a_request_or_an_error(
+            bytes in proptest::collection::vec(any::<u8>(), 0..600)
+        ) {
+            // Never a panic; a success consumed a real frame.
+            if let Ok((_, used)) = decode_request_frame(&bytes) {
+                prop_assert!(used <= bytes.len());
+            }
+        }
+
+        #[test]
+        fn truncated_frames_are_errors(req in 0usize..9, cut_frac in 0.0f64..1.0) {
+            let bytes = encode(&RequestFrame { v: 1, request: all_requests()[req].clone() }).unwrap();
+            let cut = ((bytes.len() as f64) * cut_frac) as usize;
+            prop_assert!(cut < bytes.len());
+            prop_assert!(decode_request_frame(&bytes[..cut]).is_err());
+        }
+
+        #[test]
+        fn oversized_lengths_are_refused(len in (MAX_UPLOAD_BYTES as u32 + 1)..=u32::MAX, tail in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let mut bytes = len.to_be_bytes().to_vec();
+            bytes.extend_from_slice(&tail);
+            prop_assert_eq!(decode_request_frame(&bytes).unwrap_err().code, ErrorCode::TooLarge);
         }
 
         #[test]
