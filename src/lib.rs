@@ -4,6 +4,7 @@
 //! with the control socket reading shared state beside it.
 #![deny(unsafe_code)]
 
+pub mod audio;
 pub mod config;
 pub mod control;
 pub mod daemon;
@@ -22,5 +23,6 @@ pub mod source;
 pub mod state;
 pub mod telemetry;
 pub mod tls;
+pub mod update;
 pub mod uplink;
 pub mod vision;

@@ -87,7 +87,15 @@ pub fn record_body(model: &Model, frame: &Frame, r: &Inferred) -> String {
     serde_json::to_string(&body).unwrap_or_else(|_| "{}".into())
 }
 
+/// One image from `sparkctl infer`: run through the live engine between
+/// camera frames and answered on `reply`; it writes no record.
+pub struct InferJob {
+    pub image: image::RgbImage,
+    pub reply: tokio::sync::oneshot::Sender<Result<Inferred, String>>,
+}
+
 /// Runs until the queue is closed and drained (graceful stop) or `abort` is set.
+/// `jobs` (bounded, filled by the control socket) is polled between frames.
 pub fn run(
     mut engine: Box<dyn Engine>,
     model: Arc<Model>,
@@ -95,10 +103,14 @@ pub fn run(
     appender: Appender,
     shared: Arc<Shared>,
     abort: Arc<AtomicBool>,
+    jobs: crossbeam_channel::Receiver<InferJob>,
 ) {
     let mut input = Tensor::zeros(&[1]);
     let mut last_error_log: Option<Instant> = None;
     while !abort.load(Ordering::Relaxed) {
+        while let Ok(job) = jobs.try_recv() {
+            let _ = job.reply.send(infer_frame(engine.as_mut(), &model, &job.image, &mut input));
+        }
         let Some(frame) = queue.pop(Duration::from_millis(200)) else {
             if queue.is_closed_and_empty() {
                 break;

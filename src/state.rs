@@ -60,6 +60,20 @@ pub struct Shared {
     pub link: Mutex<LinkState>,
     /// (when, acked total) once a second, newest last: the drain rate window.
     pub ack_history: Mutex<std::collections::VecDeque<(Instant, u64)>>,
+    /// Times a live camera came back after an outage (capture error or
+    /// missing device).
+    pub camera_reconnects: AtomicU64,
+    /// Camera failures: failed opens, capture errors, undecodable frames.
+    pub camera_errors: AtomicU64,
+    /// 512-sample (32 ms at 16 kHz) windows the voice-activity model ran on.
+    pub audio_windows: AtomicU64,
+    /// Windows' worth of audio dropped because the model fell behind the
+    /// microphone (capture ring buffer full, oldest samples dropped).
+    pub audio_windows_dropped: AtomicU64,
+    /// Speech segments reported to the `events` stream.
+    pub audio_segments: AtomicU64,
+    /// Microphone failures: failed opens, stream errors, model errors.
+    pub audio_errors: AtomicU64,
 }
 
 impl Shared {
@@ -79,6 +93,12 @@ impl Shared {
             engine: Mutex::new(EngineState::default()),
             link: Mutex::new(LinkState::default()),
             ack_history: Mutex::new(std::collections::VecDeque::new()),
+            camera_reconnects: AtomicU64::new(0),
+            camera_errors: AtomicU64::new(0),
+            audio_windows: AtomicU64::new(0),
+            audio_windows_dropped: AtomicU64::new(0),
+            audio_segments: AtomicU64::new(0),
+            audio_errors: AtomicU64::new(0),
         }
     }
 

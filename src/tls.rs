@@ -97,28 +97,28 @@ pub enum TlsError {
     },
     #[error("the {what} {path} holds no PEM certificate (no `-----BEGIN CERTIFICATE-----` section)")]
     NoCertificate { what: FileKind, path: PathBuf },
-    #[error("the CA file {path}: certificate #{index} is not a usable CA certificate")]
+    #[error("the CA file (mqtt.ca_file) {path}: certificate #{index} is not a usable CA certificate")]
     BadCaCertificate {
         path: PathBuf,
         index: usize,
         #[source]
         source: rustls::Error,
     },
-    #[error("the client key {path} holds no PEM private key (PKCS#8, PKCS#1 or SEC1)")]
+    #[error("the client key (mqtt.client_key_file) {path} holds no PEM private key (PKCS#8, PKCS#1 or SEC1)")]
     NoKey { path: PathBuf },
-    #[error("the client key {path} is not a usable private key")]
+    #[error("the client key (mqtt.client_key_file) {path} is not a usable private key")]
     BadKey {
         path: PathBuf,
         #[source]
         source: rustls::Error,
     },
-    #[error("the client certificate {path} is not a usable certificate")]
+    #[error("the client certificate (mqtt.client_cert_file) {path} is not a usable certificate")]
     BadClientCertificate {
         path: PathBuf,
         #[source]
         source: rustls::Error,
     },
-    #[error("the client key {key} does not belong to the client certificate {cert}")]
+    #[error("the client key (mqtt.client_key_file) {key} does not belong to the client certificate {cert}")]
     KeyMismatch {
         cert: PathBuf,
         key: PathBuf,

@@ -1,9 +1,11 @@
 //! The local control API: `sparkctl` ⇄ Unix socket ⇄ daemon.
 //!
 //! `protocol` holds the request/response types and the framing, shared by
-//! both sides; `server` is the daemon's listener; `client` is what `sparkctl`
-//! uses.
+//! both sides; `server` is the daemon's listener and its authorization;
+//! `doctor` judges the checks `sparkctl doctor` shows (in the daemon, or in
+//! `sparkctl` when the daemon is down); `client` is what `sparkctl` uses.
 
 pub mod client;
+pub mod doctor;
 pub mod protocol;
 pub mod server;

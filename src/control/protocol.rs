@@ -351,9 +351,13 @@ pub fn decode_request_frame(buf: &[u8]) -> Result<(Request, usize), ErrorBody> {
 
 /// Blocking round trip, for the CLI.
 pub fn call<S: Read + Write>(stream: &mut S, request: &Request) -> Result<Response, FrameError> {
-    stream.write_all(&encode(&RequestFrame { v: PROTOCOL_VERSION, request: request.clone() })?)?;
+    let written = stream.write_all(&encode(&RequestFrame { v: PROTOCOL_VERSION, request: request.clone() })?);
+    // A daemon with no room answers `busy` and closes without reading, so a
+    // failed write may still have an answer waiting: read it first.
     let mut header = [0u8; 4];
-    stream.read_exact(&mut header)?;
+    if let Err(e) = stream.read_exact(&mut header) {
+        return Err(written.err().unwrap_or(e).into());
+    }
     let len = check_len(header, MAX_RESPONSE_BYTES)?;
     let mut body = vec![0u8; len];
     stream.read_exact(&mut body)?;

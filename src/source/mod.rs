@@ -4,7 +4,10 @@
 //! **Invariant:** a source never waits on inference: when the queue is full
 //! the oldest frame is dropped and counted.
 
+pub mod convert;
+pub mod live;
 pub mod replay;
+pub mod v4l;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};

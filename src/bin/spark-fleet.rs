@@ -1,0 +1,408 @@
+//! `spark-fleet`: the operator's tool for fleet updates. Makes signing keys,
+//! signs bundles, checks them, pushes them over MQTT and watches devices
+//! report progress. Formats: docs/updates.md.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Parser, Subcommand};
+use ed25519_dalek::SigningKey;
+use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+use spark_edge::config::{BrokerUrl, is_topic_segment};
+use spark_edge::model::sha256_hex;
+use spark_edge::update::{
+    ArtifactSpec, Bundle, CHUNK_MAX_BYTES, Kind, StateReport, Targets, TrustedKeys, UpdateManifest, Version,
+    check_plain_name, chunk_artifact, decode_key, open_envelope, sign_envelope, topics, wall_clock_secs,
+};
+
+#[derive(Parser)]
+#[command(name = "spark-fleet", version, about = "Sign, check, push and watch spark-edge fleet updates")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Make an ed25519 signing key: DIR/<key_id>.key (0600) and DIR/<key_id>.pub.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+        /// Default: `k-` and 12 hex digits of the public key's SHA-256.
+        #[arg(long)]
+        key_id: Option<String>,
+    },
+    /// Sign an artifact into a bundle (manifest envelope + artifact, one file).
+    Sign {
+        /// Private key file(s) from `keygen`; several sign with each (rotation).
+        #[arg(long = "key", required = true)]
+        keys: Vec<PathBuf>,
+        #[arg(long)]
+        kind: Kind,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        version: Version,
+        #[arg(long)]
+        artifact: PathBuf,
+        /// Name the device stores the artifact under. Default: the artifact's file name.
+        #[arg(long)]
+        file_name: Option<String>,
+        #[arg(long = "device")]
+        devices: Vec<String>,
+        #[arg(long)]
+        group: Option<String>,
+        #[arg(long)]
+        expires_in_days: u64,
+        #[arg(long)]
+        min_running_version: Option<Version>,
+        #[arg(long)]
+        hailort_version: Option<String>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Check a bundle's signature (against a trusted-keys file) and its artifact.
+    Verify {
+        #[arg(long)]
+        keys: PathBuf,
+        bundle: PathBuf,
+    },
+    /// Publish a bundle's manifest and chunks at QoS 1 to a device or a group.
+    Push {
+        #[arg(long)]
+        broker: String,
+        #[arg(long)]
+        device: Option<String>,
+        #[arg(long)]
+        group: Option<String>,
+        #[arg(long, default_value = "spark")]
+        topic_prefix: String,
+        #[arg(long, default_value_t = CHUNK_MAX_BYTES)]
+        chunk_bytes: usize,
+        bundle: PathBuf,
+    },
+    /// Print update progress reported by devices (`<prefix>/+/update/state`).
+    Watch {
+        #[arg(long)]
+        broker: String,
+        #[arg(long)]
+        group: Option<String>,
+        #[arg(long, default_value = "spark")]
+        topic_prefix: String,
+        /// Print each report as one JSON line instead of a table row.
+        #[arg(long)]
+        json: bool,
+        /// Stop after this many seconds (default: run until interrupted).
+        #[arg(long)]
+        timeout_secs: Option<u64>,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let r = match cli.command {
+        Command::Keygen { out, key_id } => keygen(&out, key_id),
+        Command::Sign {
+            keys,
+            kind,
+            name,
+            version,
+            artifact,
+            file_name,
+            devices,
+            group,
+            expires_in_days,
+            min_running_version,
+            hailort_version,
+            out,
+        } => sign(SignArgs {
+            keys,
+            kind,
+            name,
+            version,
+            artifact,
+            file_name,
+            targets: Targets { devices, group },
+            expires_in_days,
+            min_running_version,
+            hailort_version,
+            out,
+        }),
+        Command::Verify { keys, bundle } => verify(&keys, &bundle),
+        Command::Push { broker, device, group, topic_prefix, chunk_bytes, bundle } => {
+            push(&broker, device, group, &topic_prefix, chunk_bytes, &bundle)
+        }
+        Command::Watch { broker, group, topic_prefix, json, timeout_secs } => {
+            watch(&broker, group, &topic_prefix, json, timeout_secs)
+        }
+    };
+    if let Err(e) = r {
+        eprintln!("spark-fleet: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn random_seed() -> Result<[u8; 32]> {
+    let mut seed = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut seed))
+        .context("reading /dev/urandom")?;
+    Ok(seed)
+}
+
+fn keygen(out: &Path, key_id: Option<String>) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let key = SigningKey::from_bytes(&random_seed()?);
+    let public = key.verifying_key().to_bytes();
+    let id = key_id.unwrap_or_else(|| format!("k-{}", &sha256_hex(&public)[..12]));
+    if !is_topic_segment(&id) {
+        bail!("key id {id:?} must be 1-64 characters of [A-Za-z0-9_.-]");
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let private_path = out.join(format!("{id}.key"));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&private_path)
+        .with_context(|| format!("creating {} (an existing key is never overwritten)", private_path.display()))?;
+    writeln!(f, "{id} {}", hex::encode(key.to_bytes())).and_then(|()| f.sync_all())?;
+    let public_path = out.join(format!("{id}.pub"));
+    std::fs::write(&public_path, format!("{id} {}\n", hex::encode(public)))
+        .with_context(|| format!("writing {}", public_path.display()))?;
+    println!("key id:      {id}");
+    println!("private key: {} (keep it off devices)", private_path.display());
+    println!("public key:  {} (append to the devices' update.trusted_keys_file)", public_path.display());
+    Ok(())
+}
+
+fn read_private_key(path: &Path) -> Result<(String, SigningKey)> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut it = text.split_whitespace();
+    let (Some(id), Some(k)) = (it.next(), it.next()) else {
+        bail!("{}: expected `<key_id> <hex seed>`", path.display());
+    };
+    let seed = decode_key(k).ok_or_else(|| anyhow!("{}: key is not 32 bytes of hex", path.display()))?;
+    Ok((id.to_string(), SigningKey::from_bytes(&seed)))
+}
+
+struct SignArgs {
+    keys: Vec<PathBuf>,
+    kind: Kind,
+    name: String,
+    version: Version,
+    artifact: PathBuf,
+    file_name: Option<String>,
+    targets: Targets,
+    expires_in_days: u64,
+    min_running_version: Option<Version>,
+    hailort_version: Option<String>,
+    out: PathBuf,
+}
+
+fn sign(a: SignArgs) -> Result<()> {
+    if a.targets.devices.is_empty() && a.targets.group.is_none() {
+        bail!("name the targets: --device ID (repeatable) and/or --group G");
+    }
+    for t in a.targets.devices.iter().chain(a.targets.group.iter()) {
+        if !is_topic_segment(t) {
+            bail!("target {t:?} must be 1-64 characters of [A-Za-z0-9_.-]");
+        }
+    }
+    let artifact = std::fs::read(&a.artifact).with_context(|| format!("reading {}", a.artifact.display()))?;
+    let file_name = match a.file_name {
+        Some(f) => f,
+        None => a.artifact.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string(),
+    };
+    check_plain_name("file name", &file_name)?;
+    check_plain_name("name", &a.name)?;
+    let issued_at = wall_clock_secs();
+    let manifest = UpdateManifest {
+        kind: a.kind,
+        name: a.name,
+        version: a.version,
+        targets: a.targets,
+        artifact: ArtifactSpec { file_name, length: artifact.len() as u64, sha256: sha256_hex(&artifact) },
+        issued_at,
+        expires_at: issued_at + a.expires_in_days.max(1) * 86_400,
+        min_running_version: a.min_running_version,
+        hailort_version: a.hailort_version,
+        canary: None,
+    };
+    let manifest_json = serde_json::to_vec_pretty(&manifest)?;
+    let signers = a.keys.iter().map(|p| read_private_key(p)).collect::<Result<Vec<_>>>()?;
+    let refs: Vec<(&str, &SigningKey)> = signers.iter().map(|(id, k)| (id.as_str(), k)).collect();
+    let envelope = sign_envelope(&manifest_json, &refs);
+    let bundle = Bundle { envelope, artifact };
+    std::fs::write(&a.out, bundle.to_bytes()).with_context(|| format!("writing {}", a.out.display()))?;
+    println!(
+        "signed {} {} {} ({} bytes) by {} -> {} (update id {})",
+        manifest.kind,
+        manifest.name,
+        manifest.version,
+        manifest.artifact.length,
+        signers.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>().join(", "),
+        a.out.display(),
+        bundle.update_id().unwrap_or_default()
+    );
+    Ok(())
+}
+
+fn read_bundle(path: &Path) -> Result<Bundle> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Bundle::parse(&bytes).map_err(|e| anyhow!("{}: {e}", path.display()))
+}
+
+fn verify(keys: &Path, bundle: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(keys).with_context(|| format!("reading {}", keys.display()))?;
+    let keys = TrustedKeys::parse(&text).map_err(|e| anyhow!("{}: {e}", keys.display()))?;
+    let b = read_bundle(bundle)?;
+    let v = open_envelope(&b.envelope, &keys)?;
+    let m = &v.manifest;
+    if b.artifact.len() as u64 != m.artifact.length {
+        bail!("artifact is {} bytes, the manifest says {}", b.artifact.len(), m.artifact.length);
+    }
+    let sha = sha256_hex(&b.artifact);
+    if sha != m.artifact.sha256.to_ascii_lowercase() {
+        bail!("artifact SHA-256 is {sha}, the manifest says {}", m.artifact.sha256);
+    }
+    let now = wall_clock_secs();
+    println!("OK: {} {} {} signed by {} (update id {})", m.kind, m.name, m.version, v.key_id, v.update_id);
+    println!("  artifact {} ({} bytes, sha256 {})", m.artifact.file_name, m.artifact.length, m.artifact.sha256);
+    println!("  targets devices {:?} group {:?}", m.targets.devices, m.targets.group);
+    println!(
+        "  issued_at {} expires_at {}{}",
+        m.issued_at,
+        m.expires_at,
+        if m.expires_at < now { " (EXPIRED by this machine's clock)" } else { "" }
+    );
+    Ok(())
+}
+
+fn mqtt_options(broker: &str, client_id: String) -> Result<MqttOptions> {
+    let url = BrokerUrl::parse(broker).map_err(|e| anyhow!(e))?;
+    if url.tls {
+        bail!("mqtts:// is not supported by spark-fleet yet; use mqtt:// (e.g. over the VPN or an SSH tunnel)");
+    }
+    let mut opts = MqttOptions::new(client_id, url.host, url.port);
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_max_packet_size(4 << 20, 4 << 20);
+    Ok(opts)
+}
+
+fn push(
+    broker: &str,
+    device: Option<String>,
+    group: Option<String>,
+    prefix: &str,
+    chunk_bytes: usize,
+    bundle: &Path,
+) -> Result<()> {
+    let (manifest_topic, chunk_topic) = match (&device, &group) {
+        (Some(d), None) if is_topic_segment(d) => (topics::device_manifest(prefix, d), topics::device_chunk(prefix, d)),
+        (None, Some(g)) if is_topic_segment(g) => (topics::group_manifest(prefix, g), topics::group_chunk(prefix, g)),
+        _ => bail!("give exactly one of --device ID or --group G (each [A-Za-z0-9_.-]{{1,64}})"),
+    };
+    let b = read_bundle(bundle)?;
+    let id = b.update_id().ok_or_else(|| anyhow!("{}: the envelope does not decode", bundle.display()))?;
+    let chunks = chunk_artifact(&id, &b.artifact, chunk_bytes);
+    let opts = mqtt_options(broker, format!("spark-fleet-push-{}", std::process::id()))?;
+    let (client, mut conn) = Client::new(opts, 16);
+    let expected = 1 + chunks.len();
+    let (tx, rx) = mpsc::channel::<Result<(), String>>();
+    let driver = std::thread::spawn(move || {
+        let mut acked = 0usize;
+        for ev in conn.iter() {
+            match ev {
+                Ok(Event::Incoming(Packet::PubAck(_))) => {
+                    acked += 1;
+                    if acked == expected {
+                        let _ = tx.send(Ok(()));
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = tx.send(Err(e.to_string()));
+                    break;
+                }
+            }
+        }
+    });
+    client.publish(&manifest_topic, QoS::AtLeastOnce, false, b.envelope.clone())?;
+    for c in &chunks {
+        client.publish(&chunk_topic, QoS::AtLeastOnce, false, serde_json::to_vec(c)?)?;
+    }
+    let r = rx.recv_timeout(Duration::from_secs(120));
+    let _ = client.disconnect();
+    let _ = driver.join();
+    match r {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => bail!("MQTT connection to {broker}: {e}"),
+        Err(_) => bail!("the broker did not acknowledge every publish within 120 s"),
+    }
+    println!("pushed update {id}: manifest to {manifest_topic}, {} chunks to {chunk_topic}, all acknowledged", chunks.len());
+    Ok(())
+}
+
+fn watch(broker: &str, group: Option<String>, prefix: &str, json: bool, timeout_secs: Option<u64>) -> Result<()> {
+    let opts = mqtt_options(broker, format!("spark-fleet-watch-{}", std::process::id()))?;
+    let (client, mut conn) = Client::new(opts, 16);
+    let filter = topics::all_states(prefix);
+    let end = timeout_secs.map(|s| Instant::now() + Duration::from_secs(s));
+    let mut latest: BTreeMap<String, StateReport> = BTreeMap::new();
+    if !json {
+        println!("{:<20} {:<32} {:<7} {:<16} {:<10} {:<12} DETAIL", "DEVICE", "UPDATE", "KIND", "NAME", "VERSION", "STATE");
+    }
+    loop {
+        if end.is_some_and(|e| Instant::now() >= e) {
+            return Ok(());
+        }
+        let ev = match conn.recv_timeout(Duration::from_millis(500)) {
+            Ok(ev) => ev,
+            Err(rumqttc::RecvTimeoutError::Timeout) => continue,
+            Err(rumqttc::RecvTimeoutError::Disconnected) => return Ok(()),
+        };
+        match ev {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                client.try_subscribe(&filter, QoS::AtLeastOnce)?;
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                let Ok(r) = serde_json::from_slice::<StateReport>(&p.payload) else { continue };
+                if group.as_ref().is_some_and(|g| *g != r.group) {
+                    continue;
+                }
+                if json {
+                    println!("{}", serde_json::to_string(&r)?);
+                } else {
+                    let detail = match (&r.phase, r.chunks) {
+                        (spark_edge::update::Phase::Rejected { reason, .. }, _) => reason.clone(),
+                        (spark_edge::update::Phase::RolledBack { reason }, _) => reason.clone(),
+                        (_, Some((have, total))) => format!("{have}/{total} chunks"),
+                        _ => String::new(),
+                    };
+                    println!(
+                        "{:<20} {:<32} {:<7} {:<16} {:<10} {:<12} {detail}",
+                        r.device_id,
+                        r.update_id,
+                        r.kind.map(|k| k.to_string()).unwrap_or_default(),
+                        r.name.clone().unwrap_or_default(),
+                        r.version.clone().unwrap_or_default(),
+                        r.phase.as_str(),
+                    );
+                }
+                std::io::stdout().flush()?;
+                latest.insert(r.device_id.clone(), r);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("spark-fleet: {broker}: {e}; retrying");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
+}

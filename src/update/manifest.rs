@@ -1,0 +1,469 @@
+//! The signed update manifest, its envelope, the trusted keys, and
+//! [`verify`]: the pure decision whether a manifest may be applied here.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+use super::clock::TrustedNow;
+use super::{Rejection, UpdateError};
+use crate::model::sha256_hex;
+
+/// What an update replaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Model,
+    Config,
+    Binary,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Model => "model",
+            Kind::Config => "config",
+            Kind::Binary => "binary",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Kind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "model" => Ok(Kind::Model),
+            "config" => Ok(Kind::Config),
+            "binary" => Ok(Kind::Binary),
+            _ => Err(format!("unknown kind {s:?} (model, config or binary)")),
+        }
+    }
+}
+
+/// `MAJOR.MINOR.PATCH`, compared numerically (`1.10.0` > `1.9.0`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Version {
+    pub major: u64,
+    pub minor: u64,
+    pub patch: u64,
+}
+
+impl FromStr for Version {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = s.split('.').collect();
+        let num = |p: &str| -> Result<u64, String> {
+            if p.is_empty() || p.len() > 9 || !p.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(format!("version {s:?} is not MAJOR.MINOR.PATCH"));
+            }
+            p.parse().map_err(|_| format!("version {s:?} is not MAJOR.MINOR.PATCH"))
+        };
+        match parts.as_slice() {
+            [a, b, c] => Ok(Version { major: num(a)?, minor: num(b)?, patch: num(c)? }),
+            _ => Err(format!("version {s:?} is not MAJOR.MINOR.PATCH")),
+        }
+    }
+}
+
+impl TryFrom<String> for Version {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<Version> for String {
+    fn from(v: Version) -> String {
+        v.to_string()
+    }
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.major, self.minor, self.patch)
+    }
+}
+
+/// Who the update is for: listed devices, and/or every device of a group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Targets {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactSpec {
+    /// Plain file name the artifact is stored under (no `/`, no `..`).
+    pub file_name: String,
+    pub length: u64,
+    /// Lower-case hex SHA-256 of the whole artifact.
+    pub sha256: String,
+}
+
+/// For model updates: the expected top result on a known input shipped with
+/// the model. Carried and verified as part of the manifest; running it is
+/// the engine's job (not done here).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Canary {
+    pub input: String,
+    pub label: String,
+    pub min_score: f32,
+}
+
+/// The signed statement. Its exact JSON bytes are what is signed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateManifest {
+    pub kind: Kind,
+    pub name: String,
+    pub version: Version,
+    pub targets: Targets,
+    pub artifact: ArtifactSpec,
+    /// Unix seconds.
+    pub issued_at: u64,
+    /// Unix seconds; judged against trusted time (see [`super::trusted_now`]).
+    pub expires_at: u64,
+    /// Oldest `sparkd` version that may apply this update.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_running_version: Option<Version>,
+    /// Model kind: HailoRT version its HEF was compiled for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hailort_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<Canary>,
+}
+
+/// What travels: the manifest's bytes (base64) and signatures over them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Envelope {
+    pub manifest: String,
+    pub signatures: Vec<SignatureEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignatureEntry {
+    pub key_id: String,
+    /// Hex of the 64-byte ed25519 signature.
+    pub sig: String,
+}
+
+/// Signs `manifest_json` (the exact bytes that will ship) and returns the
+/// envelope's JSON bytes.
+pub fn sign_envelope(manifest_json: &[u8], signers: &[(&str, &SigningKey)]) -> Vec<u8> {
+    let env = Envelope {
+        manifest: B64.encode(manifest_json),
+        signatures: signers
+            .iter()
+            .map(|(id, key)| SignatureEntry { key_id: id.to_string(), sig: hex::encode(key.sign(manifest_json).to_bytes()) })
+            .collect(),
+    };
+    serde_json::to_vec(&env).expect("an envelope serializes")
+}
+
+/// The id chunks use to name their update: the first 32 hex digits of the
+/// SHA-256 of the signed manifest bytes.
+pub fn update_id_of(manifest_bytes: &[u8]) -> String {
+    sha256_hex(manifest_bytes)[..32].to_string()
+}
+
+#[derive(Debug, Clone)]
+pub struct TrustedKey {
+    pub key_id: String,
+    pub key: VerifyingKey,
+}
+
+/// Public keys whose signatures are accepted; several at once for rotation.
+#[derive(Debug, Clone, Default)]
+pub struct TrustedKeys {
+    keys: Vec<TrustedKey>,
+}
+
+impl TrustedKeys {
+    pub fn new(keys: Vec<TrustedKey>) -> Self {
+        Self { keys }
+    }
+
+    /// Parses the keys file: one key per line, `<key_id> <public key>`, the
+    /// key as 64 hex digits or base64 of 32 bytes; `#` starts a comment.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut keys = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let mut it = line.split_whitespace();
+            let (Some(id), Some(k), None) = (it.next(), it.next(), it.next()) else {
+                return Err(format!("line {}: expected `<key_id> <public key>`", n + 1));
+            };
+            if !crate::config::is_topic_segment(id) {
+                return Err(format!("line {}: key id {id:?} must be 1-64 characters of [A-Za-z0-9_.-]", n + 1));
+            }
+            let bytes = decode_key(k).ok_or_else(|| format!("line {}: key is not 32 bytes of hex or base64", n + 1))?;
+            let key = VerifyingKey::from_bytes(&bytes).map_err(|e| format!("line {}: not an ed25519 public key: {e}", n + 1))?;
+            if keys.iter().any(|t: &TrustedKey| t.key_id == id) {
+                return Err(format!("line {}: key id {id} appears twice", n + 1));
+            }
+            keys.push(TrustedKey { key_id: id.to_string(), key });
+        }
+        if keys.is_empty() {
+            return Err("no keys".into());
+        }
+        Ok(Self { keys })
+    }
+
+    /// Reads the keys file; a relative path is looked up in
+    /// `$CREDENTIALS_DIRECTORY` first (like every credential of sparkd).
+    pub fn load(path: &Path) -> Result<Self, UpdateError> {
+        let text = crate::daemon::read_secret(path)
+            .map_err(|e| UpdateError::Keys { path: path.to_path_buf(), message: e.to_string() })?;
+        Self::parse(&text).map_err(|message| UpdateError::Keys { path: path.to_path_buf(), message })
+    }
+
+    pub fn get(&self, key_id: &str) -> Option<&VerifyingKey> {
+        self.keys.iter().find(|k| k.key_id == key_id).map(|k| &k.key)
+    }
+
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.keys.iter().map(|k| k.key_id.as_str())
+    }
+}
+
+/// 32 key bytes from 64 hex digits or base64.
+pub fn decode_key(s: &str) -> Option<[u8; 32]> {
+    let v = if s.len() == 64 { hex::decode(s).ok()? } else { B64.decode(s).ok()? };
+    v.try_into().ok()
+}
+
+/// The accepted versions of one `kind/name`, persisted by the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstalledEntry {
+    /// The version `current` points at.
+    pub active: Option<Version>,
+    /// The newest version ever accepted for activation: replay and rollback
+    /// protection compare against this, so a rolled-back version cannot be
+    /// pushed again (ship a newer one).
+    pub highest: Version,
+    /// The version `previous` points at (the rollback target).
+    #[serde(default)]
+    pub previous: Option<Version>,
+}
+
+/// `"<kind>/<name>"` → versions.
+pub type Installed = BTreeMap<String, InstalledEntry>;
+
+pub(crate) fn installed_key(kind: Kind, name: &str) -> String {
+    format!("{kind}/{name}")
+}
+
+/// Everything [`verify`] needs to know about this device.
+pub struct VerifyContext<'a> {
+    pub keys: &'a TrustedKeys,
+    pub device_id: &'a str,
+    pub group: &'a str,
+    pub now: TrustedNow,
+    /// This sparkd's version, for `min_running_version`.
+    pub running_version: Version,
+    pub max_artifact_bytes: u64,
+    pub installed: &'a Installed,
+}
+
+/// A manifest that passed every check.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub update_id: String,
+    pub manifest: UpdateManifest,
+    /// The signed bytes, exactly as shipped.
+    pub manifest_bytes: Vec<u8>,
+    pub envelope_bytes: Vec<u8>,
+    pub key_id: String,
+}
+
+/// Checks a file or directory name from a manifest: plain, no `/`, no `..`,
+/// no NUL, 1-128 bytes, not hidden.
+pub fn check_plain_name(field: &str, value: &str) -> Result<(), Rejection> {
+    let why = if value.is_empty() {
+        Some("empty")
+    } else if value.len() > 128 {
+        Some("longer than 128 bytes")
+    } else if value.contains('/') || value.contains('\\') {
+        Some("contains a path separator")
+    } else if value.contains('\0') {
+        Some("contains NUL")
+    } else if value == "." || value == ".." || value.contains("..") {
+        Some("contains `..`")
+    } else if value.starts_with('.') {
+        Some("starts with `.`")
+    } else if value.chars().any(char::is_control) {
+        Some("contains a control character")
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(Rejection::UnsafeName { field: field.into(), value: value.into(), why: why.into() }),
+        None => Ok(()),
+    }
+}
+
+/// Checks the envelope's shape and signature (before the manifest is parsed
+/// at all), then the manifest's fields and names. Pure. This is all the
+/// fleet side can check; [`verify`] adds this device's policy.
+pub fn open_envelope(envelope_bytes: &[u8], keys: &TrustedKeys) -> Result<Verified, Rejection> {
+    let malformed = |detail: String| Rejection::MalformedEnvelope { detail };
+    let env: Envelope = serde_json::from_slice(envelope_bytes).map_err(|e| malformed(e.to_string()))?;
+    let manifest_bytes = B64.decode(env.manifest.as_bytes()).map_err(|e| malformed(format!("manifest is not base64: {e}")))?;
+    if env.signatures.is_empty() {
+        return Err(malformed("no signatures".into()));
+    }
+
+    let mut key_id = None;
+    let mut bad = None;
+    for s in &env.signatures {
+        let Some(key) = keys.get(&s.key_id) else { continue };
+        let ok = hex::decode(&s.sig)
+            .ok()
+            .and_then(|b| <[u8; 64]>::try_from(b).ok())
+            .map(|b| key.verify_strict(&manifest_bytes, &Signature::from_bytes(&b)).is_ok())
+            .unwrap_or(false);
+        if ok {
+            key_id = Some(s.key_id.clone());
+            break;
+        }
+        bad.get_or_insert_with(|| s.key_id.clone());
+    }
+    let key_id = match (key_id, bad) {
+        (Some(k), _) => k,
+        (None, Some(key_id)) => return Err(Rejection::BadSignature { key_id }),
+        (None, None) => {
+            return Err(Rejection::UnknownKey { key_ids: env.signatures.iter().map(|s| s.key_id.clone()).collect() });
+        }
+    };
+
+    let m: UpdateManifest = serde_json::from_slice(&manifest_bytes).map_err(|e| {
+        let detail = e.to_string();
+        if detail.contains("unknown field") {
+            Rejection::UnknownManifestField { detail }
+        } else {
+            Rejection::MalformedManifest { detail }
+        }
+    })?;
+    let bad_manifest = |detail: &str| Rejection::MalformedManifest { detail: detail.into() };
+
+    check_plain_name("name", &m.name)?;
+    check_plain_name("artifact.file_name", &m.artifact.file_name)?;
+    if let Some(c) = &m.canary {
+        check_plain_name("canary.input", &c.input)?;
+    }
+    if m.artifact.sha256.len() != 64 || !m.artifact.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(bad_manifest("artifact.sha256 is not 64 hex digits"));
+    }
+    if m.hailort_version.is_some() && m.kind != Kind::Model {
+        return Err(bad_manifest("hailort_version is only for model updates"));
+    }
+    if m.expires_at < m.issued_at {
+        return Err(bad_manifest("expires_at is before issued_at"));
+    }
+    if m.targets.devices.is_empty() && m.targets.group.is_none() {
+        return Err(bad_manifest("targets names no device and no group"));
+    }
+    Ok(Verified {
+        update_id: update_id_of(&manifest_bytes),
+        manifest: m,
+        manifest_bytes,
+        envelope_bytes: envelope_bytes.to_vec(),
+        key_id,
+    })
+}
+
+/// Decides whether `envelope_bytes` may be applied on this device. Pure: no
+/// clock, no disk. Order: envelope shape, signature, manifest fields and
+/// names ([`open_envelope`]), then target, expiry, version, running
+/// version, size bound.
+pub fn verify(envelope_bytes: &[u8], cx: &VerifyContext<'_>) -> Result<Verified, Rejection> {
+    let v = open_envelope(envelope_bytes, cx.keys)?;
+    let m = &v.manifest;
+    let for_me = m.targets.devices.iter().any(|d| d == cx.device_id) || m.targets.group.as_deref() == Some(cx.group);
+    if !for_me {
+        return Err(Rejection::NotTargeted {
+            device_id: cx.device_id.into(),
+            group: cx.group.into(),
+            devices: m.targets.devices.clone(),
+            target_group: m.targets.group.clone(),
+        });
+    }
+
+    if m.expires_at < cx.now.secs {
+        return Err(Rejection::Expired {
+            expires_at: m.expires_at,
+            trusted_now: cx.now.secs,
+            basis: cx.now.basis.as_str().into(),
+        });
+    }
+
+    if let Some(e) = cx.installed.get(&installed_key(m.kind, &m.name))
+        && m.version <= e.highest
+    {
+        return Err(Rejection::NotNewer {
+            kind: m.kind.to_string(),
+            name: m.name.clone(),
+            offered: m.version.to_string(),
+            installed: e.highest.to_string(),
+        });
+    }
+
+    if let Some(req) = m.min_running_version
+        && cx.running_version < req
+    {
+        return Err(Rejection::RunningTooOld { required: req.to_string(), running: cx.running_version.to_string() });
+    }
+
+    if m.artifact.length > cx.max_artifact_bytes {
+        return Err(Rejection::Oversized { length: m.artifact.length, max: cx.max_artifact_bytes });
+    }
+
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_compare_numerically() {
+        let v = |s: &str| s.parse::<Version>().unwrap();
+        assert!(v("1.10.0") > v("1.9.9"));
+        assert!(v("2.0.0") > v("1.99.99"));
+        assert!("1.2".parse::<Version>().is_err());
+        assert!("1.2.x".parse::<Version>().is_err());
+        assert!("1.2.3-rc1".parse::<Version>().is_err());
+    }
+
+    #[test]
+    fn plain_names_refuse_traversal() {
+        for bad in ["", "../x", "a/b", "..", "a\0b", ".hidden", "a..b", &"x".repeat(129)] {
+            assert!(check_plain_name("f", bad).is_err(), "{bad:?}");
+        }
+        assert!(check_plain_name("f", "centerface-1.1.0.onnx").is_ok());
+    }
+}
