@@ -28,7 +28,9 @@ fn start(dir: &Path, camera: bool) -> Run {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let images = dir.join("img");
     std::fs::create_dir_all(&images).unwrap();
-    std::fs::copy(repo.join("models/demo/astronaut.png"), images.join("a.png")).unwrap();
+    // "Idle": the engine is loaded but no frame arrives (the replay source
+    // skips a file it cannot decode), as on a device whose camera is quiet.
+    std::fs::write(images.join("idle.png"), b"not an image").unwrap();
     let cfg = dir.join("sparkd.toml");
     std::fs::write(
         &cfg,
@@ -85,6 +87,34 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// RSS after one inference (activation buffers allocated).
+fn rss_after_frame() -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let r = start(dir.path(), true);
+    drop(r);
+    let images = dir.path().join("img");
+    std::fs::remove_file(images.join("idle.png")).unwrap();
+    std::fs::copy(repo.join("models/demo/astronaut.png"), images.join("a.png")).unwrap();
+    let cfg = dir.path().join("sparkd.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let notify = dir.path().join("n2.sock");
+    let sock = UnixDatagram::bind(&notify).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    std::fs::write(&cfg, text).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_sparkd"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env("NOTIFY_SOCKET", &notify)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let r = Run { child, ready_ms: 0.0 };
+    std::thread::sleep(Duration::from_secs(4));
+    rss_mb(r.child.id())
+}
+
 fn main() {
     let quick = !std::env::args().any(|a| a == "--bench");
     let rounds = if quick { 1 } else { 5 };
@@ -107,4 +137,6 @@ fn main() {
     println!("| start to READY=1 with model load | (no budget) | {re:.0} ms | - |");
     println!("| RSS idle, daemon only (camera off) | budget 15 MB | {mb:.1} MB | {:.2} of budget |", mb / 15.0);
     println!("| RSS idle, ONNX Runtime + demo model loaded | budget 40 MB | {me:.1} MB | {:.2} of budget |", me / 40.0);
+    let busy = rss_after_frame();
+    println!("| RSS after inferring 640x480 frames (activation arena held) | (no budget) | {busy:.1} MB | - |");
 }

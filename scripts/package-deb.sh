@@ -36,9 +36,27 @@ check_inputs() {
   done
 }
 
+# sparkctl's shell completions and man pages, generated from its CLI
+# definition by the arm64 binary itself (under qemu on another host) into the
+# release dir, where the package's `target/release/...` assets find them.
+gen_cli_docs() {
+  local rel="$CARGO_TARGET_DIR/$TARGET/release" run=()
+  [[ "$(uname -m)" == aarch64 ]] || run=("$ROOT/deps/qemu/usr/bin/qemu-aarch64" -L /usr/aarch64-linux-gnu)
+  rm -rf "$rel/completions" "$rel/man" && mkdir -p "$rel/completions" "$rel/man"
+  "${run[@]}" "$rel/sparkctl" completions bash >"$rel/completions/sparkctl"
+  "${run[@]}" "$rel/sparkctl" completions zsh >"$rel/completions/_sparkctl"
+  "${run[@]}" "$rel/sparkctl" completions fish >"$rel/completions/sparkctl.fish"
+  "${run[@]}" "$rel/sparkctl" man --out-dir "$rel/man"
+  # cargo-deb compresses only man pages it did not find under target/release.
+  gzip -9n "$rel/man/"*.1
+}
+
 install_cargo_deb
 check_inputs
+# The build date `sparkctl doctor` holds the clock against (reproducible-builds convention).
+export SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-$(git -C "$ROOT" log -1 --format=%ct 2>/dev/null || date +%s)}"
 "$ROOT/scripts/build-aarch64.sh" >&2
+gen_cli_docs
 
 log "cargo deb --target $TARGET --no-build"
 # The release profile already strips symbols; cargo-deb would need the

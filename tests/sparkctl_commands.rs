@@ -15,7 +15,8 @@ fn json(socket: &Path, args: &[&str], want_code: i32) -> serde_json::Value {
     all.push("--json");
     let (code, out, err) = sparkctl(socket, &all);
     assert_eq!(code, want_code, "sparkctl {args:?}: exit {code}\nstdout: {out}\nstderr: {err}");
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("sparkctl {args:?} --json is not one JSON object ({e}): {out}"))
+    serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("sparkctl {args:?} --json is not one JSON object ({e}): {out}"))
 }
 
 fn check<'a>(doctor: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
@@ -78,7 +79,8 @@ fn read_only_commands_answer_as_json_and_as_plain_tables() {
     }
     let (code, toml_text, _) = sparkctl(&s, &["config", "show"]);
     assert_eq!(code, 0);
-    let parsed: toml::Value = toml::from_str(&toml_text).unwrap_or_else(|e| panic!("config show is not TOML ({e}):\n{toml_text}"));
+    let parsed: toml::Value =
+        toml::from_str(&toml_text).unwrap_or_else(|e| panic!("config show is not TOML ({e}):\n{toml_text}"));
     assert_eq!(parsed["device_id"].as_str(), Some("test-dev"));
     assert_eq!(parsed["mqtt"]["url"].as_str(), Some(broker.url().as_str()));
 
@@ -363,11 +365,7 @@ fn logs_reads_the_journal_or_says_why_it_cannot() {
         other => panic!("logs exited {other}: {out}{err}"),
     }
     // Without journalctl on PATH it says so.
-    let out = std::process::Command::new(sparkctl_bin())
-        .args(["logs"])
-        .env("PATH", dir.path())
-        .output()
-        .unwrap();
+    let out = std::process::Command::new(sparkctl_bin()).args(["logs"]).env("PATH", dir.path()).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("journalctl not found"), "{out:?}");
 }

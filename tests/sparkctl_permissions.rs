@@ -135,7 +135,14 @@ fn readers_read_only_admins_mutate_and_every_mutation_is_logged() {
 
     // In the socket's group: every read-only command works.
     acct.join(&acct.socket_group);
-    for args in [&["status", "--json"][..], &["queue", "--json"], &["link", "--json"], &["engine", "--json"], &["config", "show", "--json"], &["update", "status", "--json"]] {
+    for args in [
+        &["status", "--json"][..],
+        &["queue", "--json"],
+        &["link", "--json"],
+        &["engine", "--json"],
+        &["config", "show", "--json"],
+        &["update", "status", "--json"],
+    ] {
         let (code, out, err) = acct.sparkctl(&sock, args);
         assert_eq!(code, 0, "{args:?} as {}: {err}", acct.user);
         let _: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"));

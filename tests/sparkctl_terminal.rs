@@ -74,8 +74,7 @@ fn status_on_a_terminal_is_an_aligned_coloured_table() {
     let tmux = Tmux::run("status", &sparkctl_cmd(&s, "status"));
     let screen = tmux.wait_for("__DONE__ 0", Duration::from_secs(20));
     let lines: Vec<&str> = screen.lines().take_while(|l| !l.starts_with("__DONE__")).collect();
-    let keys =
-        ["device", "version", "uptime", "engine", "inferences", "frames", "queue", "link", "records lost"];
+    let keys = ["device", "version", "uptime", "engine", "inferences", "frames", "queue", "link", "records lost"];
     assert_eq!(lines.len(), keys.len(), "one line per field:\n{screen}");
     // Values start in one column, two spaces after the longest key.
     let col = "records lost".len() + 2;

@@ -246,7 +246,9 @@ fn unreachable_fix(e: &std::io::Error) -> &'static str {
         std::io::ErrorKind::PermissionDenied => {
             "you may not open the socket: join group sparkd (sudo usermod -aG sparkd $USER) and log in again"
         }
-        _ => "is sparkd running? systemctl start sparkd; systemctl status sparkd (or pass --socket PATH / set SPARKD_SOCKET)",
+        _ => {
+            "is sparkd running? systemctl start sparkd; systemctl status sparkd (or pass --socket PATH / set SPARKD_SOCKET)"
+        }
     }
 }
 
@@ -371,9 +373,15 @@ fn print_queue(q: &QueueReport, o: &Out) {
     let line = |a: &str, b: String, c: String, d: String, e: String| format!("{a:<10} {b:>10} {c:>12} {d:>10} {e:>16}");
     println!("{}", o.bold(&line("STREAM", "PENDING".into(), "BYTES".into(), "DROPPED".into(), "OLDEST".into())));
     for (name, s) in &q.streams {
-        println!("{}", line(name, s.pending.to_string(), human_bytes(s.bytes), s.dropped.to_string(), ago(s.oldest_age_s)));
+        println!(
+            "{}",
+            line(name, s.pending.to_string(), human_bytes(s.bytes), s.dropped.to_string(), ago(s.oldest_age_s))
+        );
     }
-    println!("{}", line("total", q.pending.to_string(), human_bytes(q.bytes), q.dropped.to_string(), ago(q.oldest_age_s)));
+    println!(
+        "{}",
+        line("total", q.pending.to_string(), human_bytes(q.bytes), q.dropped.to_string(), ago(q.oldest_age_s))
+    );
     let eta = q.eta_s.map(duration).unwrap_or_else(|| "-".into());
     println!(
         "drain rate {:.0} rec/s, time to empty {eta}; published {} acked {}",
@@ -517,7 +525,12 @@ fn infer(socket: &Path, file: &Path, out: &Out) -> ExitCode {
         return usage(format!("{}: not a regular file", file.display()));
     }
     if meta.len() > MAX_IMAGE_BYTES as u64 {
-        return usage(format!("{}: {} is larger than the {} limit", file.display(), human_bytes(meta.len()), human_bytes(MAX_IMAGE_BYTES as u64)));
+        return usage(format!(
+            "{}: {} is larger than the {} limit",
+            file.display(),
+            human_bytes(meta.len()),
+            human_bytes(MAX_IMAGE_BYTES as u64)
+        ));
     }
     let bytes = match std::fs::read(file) {
         Ok(b) => b,
@@ -566,12 +579,16 @@ fn config_check(path: Option<&Path>, out: &Out) -> ExitCode {
     let path = path.unwrap_or(Path::new(DEFAULT_CONFIG_PATH));
     let issues: Vec<(usize, String, String)> = match Config::load(path) {
         Ok(_) => vec![],
-        Err(ConfigError::Invalid(issues)) => issues.into_iter().map(|i| (i.line, i.key.clone(), i.to_string())).collect(),
+        Err(ConfigError::Invalid(issues)) => {
+            issues.into_iter().map(|i| (i.line, i.key.clone(), i.to_string())).collect()
+        }
         Err(e) => vec![(0, String::new(), doctor::chain(&e))],
     };
     if out.json {
-        let issues: Vec<_> =
-            issues.iter().map(|(line, key, msg)| serde_json::json!({"line": line, "key": key, "message": msg})).collect();
+        let issues: Vec<_> = issues
+            .iter()
+            .map(|(line, key, msg)| serde_json::json!({"line": line, "key": key, "message": msg}))
+            .collect();
         println!("{}", serde_json::json!({"path": path, "valid": issues.is_empty(), "issues": issues}));
     } else if issues.is_empty() {
         println!("{}: {}", path.display(), out.good("valid"));
@@ -594,7 +611,9 @@ fn logs(follow: bool, lines: u32, json: bool) -> ExitCode {
     cmd.arg(if json { "json" } else { "short-iso" });
     let missing = |e: std::io::Error| {
         if e.kind() == std::io::ErrorKind::NotFound {
-            fail_msg("journalctl not found: sparkd logs to the systemd journal; outside systemd read the daemon's stderr")
+            fail_msg(
+                "journalctl not found: sparkd logs to the systemd journal; outside systemd read the daemon's stderr",
+            )
         } else {
             fail_msg(&format!("running journalctl: {e}"))
         }
@@ -639,7 +658,10 @@ fn doctor(socket: &Path, config_flag: Option<&Path>, out: &Out) -> ExitCode {
     let mut local = Vec::new();
     let file_config = match &path {
         None => {
-            local.push(Check::pass("config", format!("no config file ({DEFAULT_CONFIG_PATH} absent): nothing to check")));
+            local.push(Check::pass(
+                "config",
+                format!("no config file ({DEFAULT_CONFIG_PATH} absent): nothing to check"),
+            ));
             None
         }
         Some(p) => match Config::load(p) {
@@ -649,10 +671,16 @@ fn doctor(socket: &Path, config_flag: Option<&Path>, out: &Out) -> ExitCode {
             }
             Err(e) => {
                 let detail = match &e {
-                    ConfigError::Invalid(issues) => issues.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
+                    ConfigError::Invalid(issues) => {
+                        issues.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+                    }
                     other => doctor::chain(other),
                 };
-                local.push(Check::fail("config", detail, format!("fix the named keys, then: sparkctl config check {}", p.display())));
+                local.push(Check::fail(
+                    "config",
+                    detail,
+                    format!("fix the named keys, then: sparkctl config check {}", p.display()),
+                ));
                 None
             }
         },
@@ -664,7 +692,9 @@ fn doctor(socket: &Path, config_flag: Option<&Path>, out: &Out) -> ExitCode {
             }
             (checks, true)
         }
-        Ok(Response::Error(e)) => (vec![Check::fail("daemon", format!("sparkd refused doctor: {}", e.message), "try again")], true),
+        Ok(Response::Error(e)) => {
+            (vec![Check::fail("daemon", format!("sparkd refused doctor: {}", e.message), "try again")], true)
+        }
         Ok(other) => return unexpected(&other),
         Err(e) => {
             let fix = match &e {
@@ -753,7 +783,16 @@ fn print_doctor(r: &DoctorReport, o: &Out) {
     let (p, wn, f) = (count(CheckStatus::Pass), count(CheckStatus::Warn), count(CheckStatus::Fail));
     let summary = format!("{p} passed, {wn} warnings, {f} failed");
     println!();
-    println!("{}", if f > 0 { o.bad(&summary) } else if wn > 0 { o.warn(&summary) } else { o.good(&summary) });
+    println!(
+        "{}",
+        if f > 0 {
+            o.bad(&summary)
+        } else if wn > 0 {
+            o.warn(&summary)
+        } else {
+            o.good(&summary)
+        }
+    );
 }
 
 #[cfg(test)]

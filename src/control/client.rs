@@ -45,8 +45,8 @@ pub enum ClientError {
 }
 
 pub fn request(socket: &Path, req: &Request, timeout: Duration) -> Result<Response, ClientError> {
-    let mut stream =
-        UnixStream::connect(socket).map_err(|source| ClientError::Unreachable { path: socket.to_path_buf(), source })?;
+    let mut stream = UnixStream::connect(socket)
+        .map_err(|source| ClientError::Unreachable { path: socket.to_path_buf(), source })?;
     let _ = stream.set_read_timeout(Some(timeout));
     let _ = stream.set_write_timeout(Some(timeout));
     protocol::call(&mut stream, req).map_err(|source| ClientError::Protocol { path: socket.to_path_buf(), source })

@@ -53,7 +53,12 @@ pub fn live_checks(config: &Config, status: &StatusReport) -> Vec<Check> {
     vec![
         Check::pass(
             "daemon",
-            format!("sparkd {} running for {}, pid {}", status.version, duration(status.uptime_s as f64), std::process::id()),
+            format!(
+                "sparkd {} running for {}, pid {}",
+                status.version,
+                duration(status.uptime_s as f64),
+                std::process::id()
+            ),
         ),
         engine(config, status, Path::new(HAILO_DEVICE).exists()),
         inference(config, status),
@@ -97,7 +102,8 @@ pub fn model_files(config: &Config) -> Check {
     if config.camera.source == CameraSource::None {
         return Check::pass(NAME, "no model in use (camera.source = none)");
     }
-    let fix = "reinstall the model (apt install --reinstall sparkd) or push it again; check model.manifest in the config";
+    let fix =
+        "reinstall the model (apt install --reinstall sparkd) or push it again; check model.manifest in the config";
     let model = match Model::load(&config.model.manifest) {
         Ok(m) => m,
         Err(e) => return Check::fail(NAME, chain(&e), fix),
@@ -109,7 +115,11 @@ pub fn model_files(config: &Config) -> Check {
     };
     let hef = match model.read_hef() {
         None => "no HEF (CPU only)".to_string(),
-        Some(Ok(bytes)) => format!("{} ok ({})", m.hef.as_ref().map(|h| h.file.display().to_string()).unwrap_or_default(), human_bytes(bytes.len() as u64)),
+        Some(Ok(bytes)) => format!(
+            "{} ok ({})",
+            m.hef.as_ref().map(|h| h.file.display().to_string()).unwrap_or_default(),
+            human_bytes(bytes.len() as u64)
+        ),
         Some(Err(e)) if config.hailo.enabled => return Check::fail(NAME, chain(&e), fix),
         Some(Err(e)) => return Check::warn(NAME, format!("{} (unused: hailo.enabled = false)", chain(&e)), fix),
     };
@@ -139,9 +149,8 @@ pub fn hailort(config: &Config) -> Check {
         return Check::pass("hailort", "not used (hailo.enabled = false)");
     }
     let explicit = (!config.hailo.library.as_os_str().is_empty()).then(|| config.hailo.library.clone());
-    let hef_version = Model::load(&config.model.manifest)
-        .ok()
-        .and_then(|m| m.manifest.hef.and_then(|h| h.hailort_version));
+    let hef_version =
+        Model::load(&config.model.manifest).ok().and_then(|m| m.manifest.hef.and_then(|h| h.hailort_version));
     judge_hailort(
         load_hailort(explicit.as_deref()),
         hailo_sys::driver_version(),
@@ -181,7 +190,9 @@ fn load_hailort(explicit: Option<&Path>) -> HailoLoad {
                 cache.push((key, path.clone(), v.to_string()));
                 HailoLoad::Loaded { path, version: v.to_string() }
             }
-            Err(status) => HailoLoad::Unusable(format!("{} did not report its version (status {status})", path.display())),
+            Err(status) => {
+                HailoLoad::Unusable(format!("{} did not report its version (status {status})", path.display()))
+            }
         },
         Err(e @ hailo_sys::LoadError::NotFound { .. }) => HailoLoad::NotFound(e.to_string()),
         Err(e) => HailoLoad::Unusable(e.to_string()),
@@ -196,7 +207,10 @@ pub fn judge_hailort(lib: HailoLoad, driver: Option<String>, device: bool, hef_v
             return Check::fail(
                 NAME,
                 format!("{HAILO_DEVICE} is present but the HailoRT library is not installed: CPU only"),
-                format!("apt install hailort (HailoRT {}, the version of the hailo_pci driver)", hailo_sys::SUPPORTED_RANGE),
+                format!(
+                    "apt install hailort (HailoRT {}, the version of the hailo_pci driver)",
+                    hailo_sys::SUPPORTED_RANGE
+                ),
             );
         }
         HailoLoad::NotFound(_) => {
@@ -246,7 +260,9 @@ pub fn camera(config: &Config) -> Check {
     match config.camera.source {
         CameraSource::None => Check::pass(NAME, "no camera configured (camera.source = none)"),
         CameraSource::Replay => match crate::source::replay::list_images(&config.camera.replay_dir) {
-            Ok(files) => Check::pass(NAME, format!("replay of {} images in {}", files.len(), config.camera.replay_dir.display())),
+            Ok(files) => {
+                Check::pass(NAME, format!("replay of {} images in {}", files.len(), config.camera.replay_dir.display()))
+            }
             Err(e) => Check::fail(NAME, chain(&e), "check camera.replay_dir in the config"),
         },
         CameraSource::V4l => {
@@ -308,7 +324,10 @@ pub fn clock(now_s: u64, floor_s: u64) -> Check {
             "set the time: timedatectl set-ntp true and let NTP reach its server (or check the RTC battery)",
         )
     } else {
-        Check::pass("clock", format!("{} (after this build's date, {})", utc(now_s), utc(floor_s).get(..10).unwrap_or("")))
+        Check::pass(
+            "clock",
+            format!("{} (after this build's date, {})", utc(now_s), utc(floor_s).get(..10).unwrap_or("")),
+        )
     }
 }
 
@@ -398,7 +417,11 @@ pub fn inference(config: &Config, s: &StatusReport) -> Check {
         return Check::fail(NAME, format!("all {} inferences failed; last error: {last}", i.failed), fix);
     }
     if i.failed > 0 {
-        return Check::warn(NAME, format!("{} of {} inferences failed; last error: {last}", i.failed, i.failed + i.total), fix);
+        return Check::warn(
+            NAME,
+            format!("{} of {} inferences failed; last error: {last}", i.failed, i.failed + i.total),
+            fix,
+        );
     }
     Check::pass(NAME, format!("{} inferences, last took {:.1} ms", i.total, i.last_latency_ms))
 }
@@ -416,7 +439,10 @@ pub fn frames(config: &Config, s: &StatusReport) -> Check {
             "check the camera check above and journalctl -u sparkd -g camera",
         );
     }
-    Check::pass(NAME, format!("{} captured, {} dropped (inference slower than the camera)", i.frames_captured, i.frames_dropped))
+    Check::pass(
+        NAME,
+        format!("{} captured, {} dropped (inference slower than the camera)", i.frames_captured, i.frames_dropped),
+    )
 }
 
 pub fn vpn(s: &StatusReport) -> Check {
@@ -489,7 +515,11 @@ pub fn outbox(s: &StatusReport) -> Check {
     );
     let link_fix = "check the link (sparkctl link), then sparkctl sync --wait";
     if q.disk_low {
-        return Check::fail(NAME, format!("{backlog}; filesystem nearly full: new records replace old ones"), "see the disk check");
+        return Check::fail(
+            NAME,
+            format!("{backlog}; filesystem nearly full: new records replace old ones"),
+            "see the disk check",
+        );
     }
     if s.records_lost > 0 {
         return Check::fail(

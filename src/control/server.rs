@@ -93,7 +93,8 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
         }
         let _ = std::fs::remove_file(path);
     }
-    let listener = UnixListener::bind(path).map_err(|source| ControlError::Bind { path: path.to_path_buf(), source })?;
+    let listener =
+        UnixListener::bind(path).map_err(|source| ControlError::Bind { path: path.to_path_buf(), source })?;
     // Group `sparkd` may read status; the daemon checks rights per request.
     let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660));
     Ok(listener)
@@ -106,7 +107,8 @@ struct Limits {
 
 pub async fn serve(listener: UnixListener, ctx: Arc<ControlContext>, mut shutdown: watch::Receiver<bool>) {
     let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
-    let limits = Arc::new(Limits { heavy: Arc::new(Semaphore::new(MAX_HEAVY)), uploads: Arc::new(Semaphore::new(MAX_UPLOADS)) });
+    let limits =
+        Arc::new(Limits { heavy: Arc::new(Semaphore::new(MAX_HEAVY)), uploads: Arc::new(Semaphore::new(MAX_UPLOADS)) });
     let mut last_busy_log: Option<std::time::Instant> = None;
     loop {
         tokio::select! {
@@ -229,7 +231,7 @@ fn authorize(req: &Request, peer: Option<&UCred>) -> Option<Response> {
             .map(|status| supplementary_groups(&status));
         let listed = || {
             let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-            user_name(&passwd, uid).is_some_and(|name| members.iter().any(|m| *m == name))
+            user_name(&passwd, uid).is_some_and(|name| members.contains(&name))
         };
         if gid == admin_gid || proc_groups.is_some_and(|g| g.contains(&admin_gid)) || listed() {
             return None;
@@ -335,7 +337,12 @@ async fn handle(req: Request, ctx: &Arc<ControlContext>, peer: Option<&UCred>, l
 async fn heavy<T: Send + 'static>(limits: &Limits, f: impl FnOnce() -> T + Send + 'static) -> Result<T, ErrorBody> {
     let permit = match tokio::time::timeout(HEAVY_WAIT, limits.heavy.clone().acquire_owned()).await {
         Ok(Ok(p)) => p,
-        _ => return Err(ErrorBody::new(ErrorCode::Busy, "the daemon is busy with other doctor/infer requests; try again")),
+        _ => {
+            return Err(ErrorBody::new(
+                ErrorCode::Busy,
+                "the daemon is busy with other doctor/infer requests; try again",
+            ));
+        }
     };
     tokio::task::spawn_blocking(move || {
         let out = f();
@@ -356,14 +363,23 @@ pub fn doctor_report(ctx: &ControlContext) -> DoctorReport {
         Ok(status) => doctor::daemon_report(&ctx.config, &ctx.state_dir, &status),
         Err(e) => {
             let mut checks = doctor::system_checks(&ctx.config, &ctx.state_dir);
-            checks.push(protocol::Check::fail("outbox", format!("reading the outbox: {}", doctor::chain(&e)), "journalctl -u sparkd -g outbox"));
+            checks.push(protocol::Check::fail(
+                "outbox",
+                format!("reading the outbox: {}", doctor::chain(&e)),
+                "journalctl -u sparkd -g outbox",
+            ));
             checks
         }
     };
     DoctorReport { checks }
 }
 
-async fn infer(ctx: &Arc<ControlContext>, limits: &Limits, name: String, image_hex: String) -> Result<InferReport, ErrorBody> {
+async fn infer(
+    ctx: &Arc<ControlContext>,
+    limits: &Limits,
+    name: String,
+    image_hex: String,
+) -> Result<InferReport, ErrorBody> {
     let Some(jobs) = ctx.infer.clone() else {
         return Err(ErrorBody::new(ErrorCode::Unavailable, "no inference engine running (camera.source = none)"));
     };
@@ -373,15 +389,25 @@ async fn infer(ctx: &Arc<ControlContext>, limits: &Limits, name: String, image_h
     match jobs.try_send(InferJob { image, reply: tx }) {
         Ok(()) => {}
         Err(crossbeam_channel::TrySendError::Full(_)) => {
-            return Err(ErrorBody::new(ErrorCode::Busy, format!("{INFER_QUEUE} images are already waiting for the engine; try again")));
+            return Err(ErrorBody::new(
+                ErrorCode::Busy,
+                format!("{INFER_QUEUE} images are already waiting for the engine; try again"),
+            ));
         }
         Err(crossbeam_channel::TrySendError::Disconnected(_)) => {
             return Err(ErrorBody::new(ErrorCode::Unavailable, "the inference thread has stopped"));
         }
     }
     let inferred = match tokio::time::timeout(INFER_DEADLINE, rx).await {
-        Err(_) => return Err(ErrorBody::new(ErrorCode::Busy, format!("no answer from the engine within {} s", INFER_DEADLINE.as_secs()))),
-        Ok(Err(_)) => return Err(ErrorBody::new(ErrorCode::Unavailable, "the inference thread stopped before answering")),
+        Err(_) => {
+            return Err(ErrorBody::new(
+                ErrorCode::Busy,
+                format!("no answer from the engine within {} s", INFER_DEADLINE.as_secs()),
+            ));
+        }
+        Ok(Err(_)) => {
+            return Err(ErrorBody::new(ErrorCode::Unavailable, "the inference thread stopped before answering"));
+        }
         Ok(Ok(Err(e))) => return Err(ErrorBody::new(ErrorCode::Internal, format!("inference failed: {e}"))),
         Ok(Ok(Ok(r))) => r,
     };
@@ -494,11 +520,8 @@ pub fn queue_report(ctx: &ControlContext) -> Result<QueueReport, crate::outbox::
 
 pub fn status_report(ctx: &ControlContext) -> Result<StatusReport, crate::outbox::OutboxError> {
     let s = &ctx.shared;
-    let (captured, dropped) = ctx
-        .frames
-        .as_ref()
-        .map(|q| (Shared::count(&q.captured), Shared::count(&q.dropped)))
-        .unwrap_or((0, 0));
+    let (captured, dropped) =
+        ctx.frames.as_ref().map(|q| (Shared::count(&q.captured), Shared::count(&q.dropped))).unwrap_or((0, 0));
     Ok(StatusReport {
         device_id: s.device_id.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -549,7 +572,9 @@ mod tests {
     #[test]
     fn secret_values_are_redacted_but_file_paths_are_shown() {
         assert!(is_secret_key("password") && is_secret_key("api_token") && is_secret_key("signing_keys"));
-        assert!(!is_secret_key("password_file") && !is_secret_key("client_key_file") && !is_secret_key("keep_alive_secs"));
+        assert!(
+            !is_secret_key("password_file") && !is_secret_key("client_key_file") && !is_secret_key("keep_alive_secs")
+        );
         let mut v = serde_json::json!({"mqtt": {"password": "hunter2", "password_file": "/x", "token": ""}});
         let mut out = Vec::new();
         redact(&mut v, "", &mut out);
@@ -564,9 +589,7 @@ mod tests {
     #[test]
     fn images_decode_with_bounds() {
         let mut png = Vec::new();
-        image::RgbImage::new(3, 2)
-            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
-            .unwrap();
+        image::RgbImage::new(3, 2).write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
         assert_eq!(decode_image(&hex::encode(&png)).unwrap().dimensions(), (3, 2));
         assert_eq!(decode_image("zz").unwrap_err().code, ErrorCode::BadRequest);
         assert_eq!(decode_image(&hex::encode(b"plain text")).unwrap_err().code, ErrorCode::BadRequest);

@@ -97,6 +97,11 @@ impl OnnxEngine {
             .map_err(ort_err("setting intra-op threads"))?
             .with_inter_threads(1)
             .map_err(ort_err("setting inter-op threads"))?
+            // Pre-planned memory patterns keep a second copy of every
+            // activation buffer; on a 4-8 GB device resident memory matters
+            // more than the few percent they save.
+            .with_memory_pattern(false)
+            .map_err(ort_err("turning off memory patterns"))?
             .commit_from_memory(model_bytes)
             .map_err(ort_err("loading the model"))?;
         let inputs: Vec<String> = session.inputs().iter().map(|i| i.name().to_string()).collect();

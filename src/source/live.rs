@@ -73,7 +73,8 @@ pub trait FrameSource {
     /// Opens the device and starts streaming.
     fn open(&mut self) -> Result<(), CaptureError>;
     /// The next frame, already paced and converted. Blocks at most a few
-    /// seconds (a stalled device returns [`CaptureError::Stalled`]).
+    /// seconds (a stalled device returns [`CaptureError::Stalled`]); an
+    /// error returned while the stop flag is set ends the loop uncounted.
     fn next_frame(&mut self) -> Result<Frame, CaptureError>;
     /// Stops streaming and releases the device; safe to call when closed.
     fn close(&mut self);
@@ -232,6 +233,8 @@ pub fn run<S: FrameSource>(
                     summary.frames += 1;
                     queue.push(frame);
                 }
+                // Woken by the stop flag: not a failure.
+                Err(_) if stop.load(Ordering::Relaxed) => break 'outer,
                 Err(e) if e.is_frame_only() => {
                     summary.bad_frames += 1;
                     shared.camera_errors.fetch_add(1, Ordering::Relaxed);

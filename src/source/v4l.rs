@@ -34,6 +34,8 @@ use crate::state::Shared;
 const BUFFERS: u32 = 4;
 /// No frame for this long means the device stalled or vanished.
 const STALL_TIMEOUT: Duration = Duration::from_secs(3);
+/// One wait for a buffer; between waits the stop flag is checked.
+const POLL_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// One `/dev/video*` node and what it says about itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,12 +169,21 @@ pub struct V4lSource {
     negotiated: Option<Negotiated>,
     pacer: Pacer,
     number: u64,
+    /// When the last buffer arrived (or the stream started).
+    last_buffer: Instant,
+    /// The daemon's stop flag: a blocked wait for a buffer gives up on it.
+    stop: Option<Arc<AtomicBool>>,
 }
 
 impl V4lSource {
     pub fn new(config: CameraConfig) -> Self {
         let pacer = Pacer::new(config.fps);
-        Self { config, device: None, stream: None, negotiated: None, pacer, number: 0 }
+        Self { config, device: None, stream: None, negotiated: None, pacer, number: 0, last_buffer: Instant::now(), stop: None }
+    }
+
+    /// A source whose waits for a buffer end when `stop` is set.
+    pub fn with_stop(config: CameraConfig, stop: Arc<AtomicBool>) -> Self {
+        Self { stop: Some(stop), ..Self::new(config) }
     }
 
     fn path(&self) -> String {
@@ -233,7 +244,7 @@ impl FrameSource for V4lSource {
         let dev = Device::with_path(&self.config.device).map_err(|source| CaptureError::Open { device: self.path(), source })?;
         let negotiated = self.negotiate(&dev)?;
         let mut stream = MmapStream::with_buffers(&dev, Type::VideoCapture, BUFFERS).map_err(self.io("VIDIOC_REQBUFS/mmap"))?;
-        stream.set_timeout(STALL_TIMEOUT);
+        stream.set_timeout(POLL_TIMEOUT);
         tracing::info!(
             device = %self.path(),
             format = %negotiated.format,
@@ -245,6 +256,7 @@ impl FrameSource for V4lSource {
         self.stream = Some(stream);
         self.negotiated = Some(negotiated);
         self.pacer.reset();
+        self.last_buffer = Instant::now();
         Ok(())
     }
 
@@ -257,13 +269,18 @@ impl FrameSource for V4lSource {
             let (buf, meta) = match CaptureStream::next(stream) {
                 Ok(x) => x,
                 Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                    return Err(CaptureError::Stalled { device, timeout: STALL_TIMEOUT });
+                    let stopping = self.stop.as_ref().is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed));
+                    if stopping || self.last_buffer.elapsed() >= STALL_TIMEOUT {
+                        return Err(CaptureError::Stalled { device, timeout: STALL_TIMEOUT });
+                    }
+                    continue;
                 }
                 // Spurious wake-up of the non-blocking fd: poll again.
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                 Err(source) => return Err(CaptureError::Io { what: "VIDIOC_QBUF/DQBUF", device, source }),
             };
             let now = Instant::now();
+            self.last_buffer = now;
             // Drained continuously, converted only when due.
             if !self.pacer.admit(now) {
                 continue;
@@ -305,14 +322,15 @@ impl FrameSource for V4lSource {
 /// `config.device` into `queue` until `stop`, reopening after any failure.
 pub fn run(config: CameraConfig, queue: Arc<FrameQueue>, shared: Arc<Shared>, stop: Arc<AtomicBool>) {
     if !config.device.exists() {
-        let present = discover();
+        let present = discover().iter().map(|d| d.to_string()).collect::<Vec<_>>().join("; ");
         tracing::warn!(
             device = %config.device.display(),
-            present = %present.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("; "),
+            present = %if present.is_empty() { "no /dev/video* nodes" } else { &present },
             "camera device not present (yet); waiting for it"
         );
     }
-    live::run(V4lSource::new(config), LiveOptions::default(), queue, shared, stop);
+    let source = V4lSource::with_stop(config, stop.clone());
+    live::run(source, LiveOptions::default(), queue, shared, stop);
 }
 
 #[cfg(test)]
