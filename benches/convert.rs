@@ -116,7 +116,8 @@ fn main() {
     let quick = !std::env::args().any(|a| a == "--bench");
     let (rounds, per) = if quick { (1, 1) } else { (7, 10) };
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let photo = image::open(repo.join("models/demo/astronaut.png")).expect("demo photo: run scripts/setup.sh").to_rgb8();
+    let photo =
+        image::open(repo.join("models/demo/astronaut.png")).expect("demo photo: run scripts/setup.sh").to_rgb8();
     let frame = imageops::resize(&photo, 640, 480, imageops::FilterType::Triangle);
     let yuyv = rgb_to_yuyv(&frame);
     let mut jpeg = Vec::new();

@@ -72,7 +72,10 @@ fn make_speech(dir: &Path) -> Speech {
     let wav = dir.join("speech.wav");
     let sp16 = dir.join("speech16.wav");
     let raw = dir.join("speech.raw");
-    run(Command::new("espeak-ng").arg("-w").arg(&wav).arg("The quick brown fox jumps over the lazy dog near the river bank"));
+    run(Command::new("espeak-ng")
+        .arg("-w")
+        .arg(&wav)
+        .arg("The quick brown fox jumps over the lazy dog near the river bank"));
     run(Command::new("sox").arg(&wav).args(["-r", "16000", "-c", "1", "-b", "16", "-e", "signed-integer"]).arg(&sp16));
     // Lead and tail silence around the speech, written raw (headerless).
     run(Command::new("sox")
@@ -156,7 +159,13 @@ fn alsa_capture_returns_the_files_samples_and_vad_finds_the_speech() {
     // (1) Through ALSA and cpal, in a child process that sees the test HOME.
     let t0 = Instant::now();
     let child = Command::new(std::env::current_exe().unwrap())
-        .args(["alsa_capture_returns_the_files_samples_and_vad_finds_the_speech", "--exact", "--nocapture", "--test-threads", "1"])
+        .args([
+            "alsa_capture_returns_the_files_samples_and_vad_finds_the_speech",
+            "--exact",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
         .env("HOME", &home)
         .env(CHILD_OUT, &out)
         .env(CHILD_SAMPLES, n.to_string())
@@ -233,7 +242,10 @@ fn vad_at_48k_finds_the_same_speech_after_resampling() {
     assert!(!segs.is_empty());
     let start_err = samples_to_ms(segs[0].start) as i64 - speech.start_ms() as i64;
     let end_err = samples_to_ms(segs[segs.len() - 1].end) as i64 - speech.end_ms() as i64;
-    assert!((-150..=250).contains(&start_err) && (-300..=500).contains(&end_err), "off by {start_err}/{end_err} ms: {segs:?}");
+    assert!(
+        (-150..=250).contains(&start_err) && (-300..=500).contains(&end_err),
+        "off by {start_err}/{end_err} ms: {segs:?}"
+    );
 }
 
 /// A private PulseAudio server with a 16 kHz mono null sink `mic` whose
@@ -283,8 +295,9 @@ impl Pulse {
             .spawn()
             .expect("pulseaudio not installed: run scripts/setup.sh");
         let p = Pulse { child, socket, home, log };
-        wait_for(Duration::from_secs(10), || p.socket.exists().then_some(()))
-            .unwrap_or_else(|| panic!("pulseaudio did not start: {}", std::fs::read_to_string(&p.log).unwrap_or_default()));
+        wait_for(Duration::from_secs(10), || p.socket.exists().then_some(())).unwrap_or_else(|| {
+            panic!("pulseaudio did not start: {}", std::fs::read_to_string(&p.log).unwrap_or_default())
+        });
         p
     }
 
@@ -325,7 +338,8 @@ fn daemon_publishes_a_speech_event_from_a_real_time_microphone() {
          threshold = 0.5\nmin_speech_ms = 250\nmin_silence_ms = 300\nbuffer_secs = 2.0\n",
         vad_model().display()
     );
-    let daemon = Daemon::start_with_env(&cfg, &[("HOME", pulse.home.as_os_str()), ("PULSE_SERVER", pulse.server().as_ref())]);
+    let daemon =
+        Daemon::start_with_env(&cfg, &[("HOME", pulse.home.as_os_str()), ("PULSE_SERVER", pulse.server().as_ref())]);
     wait_for(Duration::from_secs(15), || daemon.log_text().contains("audio capture started").then_some(()))
         .unwrap_or_else(|| panic!("audio did not start; log:\n{}", daemon.log_text()));
 
@@ -340,7 +354,8 @@ fn daemon_publishes_a_speech_event_from_a_real_time_microphone() {
     eprintln!("speech event: {e}");
     assert_eq!(e["device"], "default");
     assert_eq!(e["stream"], "events");
-    let (start, end, duration) = (e["start_ms"].as_u64().unwrap(), e["end_ms"].as_u64().unwrap(), e["duration_ms"].as_u64().unwrap());
+    let (start, end, duration) =
+        (e["start_ms"].as_u64().unwrap(), e["end_ms"].as_u64().unwrap(), e["duration_ms"].as_u64().unwrap());
     assert_eq!(end - start, duration);
     assert!(e["max_prob"].as_f64().unwrap() > 0.8, "{e}");
     // The whole sentence as one segment, about as long as the speech

@@ -41,7 +41,8 @@ impl Engine for SlowEngine {
         std::thread::sleep(self.delay);
         self.runs.fetch_add(1, Ordering::Relaxed);
         let (h, w) = (input.shape[2] / 4, input.shape[3] / 4);
-        let out = |name: &str, c: usize| Output { name: name.into(), shape: vec![1, c, h, w], data: vec![0.0; c * h * w] };
+        let out =
+            |name: &str, c: usize| Output { name: name.into(), shape: vec![1, c, h, w], data: vec![0.0; c * h * w] };
         Ok(vec![out("heatmap", 1), out("scale", 2), out("offset", 2), out("landmarks", 10)])
     }
 }
@@ -141,8 +142,7 @@ fn slow_engine_behind_a_fast_camera_drops_oldest_frames_with_bounded_memory() {
 
 #[test]
 fn v4l_source_waits_for_a_missing_device_and_stops_promptly() {
-    let mut config = CameraConfig::default();
-    config.device = "/dev/video-spark-test-missing".into();
+    let config = CameraConfig { device: "/dev/video-spark-test-missing".into(), ..CameraConfig::default() };
     let queue = FrameQueue::new(2);
     let shared = Arc::new(Shared::new("t".into()));
     let stop = Arc::new(AtomicBool::new(false));

@@ -82,7 +82,8 @@ pub fn list_inputs() -> Vec<(String, String)> {
 /// Picks a configuration: 16 kHz if the device can, mono if it can, the
 /// best sample format we convert.
 pub fn choose_config(device: &cpal::Device, name: &str) -> Result<(StreamConfig, SampleFormat), AudioError> {
-    let ranges: Vec<_> = device.supported_input_configs().map_err(device_err(name, "querying input configurations"))?.collect();
+    let ranges: Vec<_> =
+        device.supported_input_configs().map_err(device_err(name, "querying input configurations"))?.collect();
     let mut best: Option<(u32, StreamConfig, SampleFormat)> = None;
     for r in &ranges {
         let Some(fmt_rank) = FORMATS.iter().position(|f| *f == r.sample_format()) else { continue };
@@ -95,7 +96,8 @@ pub fn choose_config(device: &cpal::Device, name: &str) -> Result<(StreamConfig,
         // Lower is better: the rate matters most, then mono, then format.
         let score = (rate_rank as u32) * 100 + if mono { 0 } else { 10 } + fmt_rank as u32;
         if best.as_ref().is_none_or(|(s, _, _)| score < *s) {
-            let config = StreamConfig { channels: r.channels(), sample_rate: *rate, buffer_size: cpal::BufferSize::Default };
+            let config =
+                StreamConfig { channels: r.channels(), sample_rate: *rate, buffer_size: cpal::BufferSize::Default };
             best = Some((score, config, r.sample_format()));
         }
     }
@@ -113,7 +115,13 @@ pub fn choose_config(device: &cpal::Device, name: &str) -> Result<(StreamConfig,
             "no usable input configuration (offered: {})",
             ranges
                 .iter()
-                .map(|r| format!("{:?} {}ch {}-{} Hz", r.sample_format(), r.channels(), r.min_sample_rate(), r.max_sample_rate()))
+                .map(|r| format!(
+                    "{:?} {}ch {}-{} Hz",
+                    r.sample_format(),
+                    r.channels(),
+                    r.min_sample_rate(),
+                    r.max_sample_rate()
+                ))
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
@@ -138,7 +146,10 @@ where
         SampleFormat::U8 => build::<u8, _, _>(&device, &config, name, on_samples, on_error),
         SampleFormat::I8 => build::<i8, _, _>(&device, &config, name, on_samples, on_error),
         other => {
-            return Err(AudioError::Unsupported { device: name.to_string(), message: format!("sample format {other:?}") });
+            return Err(AudioError::Unsupported {
+                device: name.to_string(),
+                message: format!("sample format {other:?}"),
+            });
         }
     }?;
     stream.play().map_err(device_err(name, "starting the stream"))?;
@@ -170,7 +181,7 @@ where
     let mut mono: Vec<f32> = Vec::new();
     device
         .build_input_stream::<T, _, _>(
-            config.clone(),
+            *config,
             move |data: &[T], _: &cpal::InputCallbackInfo| {
                 as_f32.clear();
                 as_f32.extend(data.iter().map(|s| f32::from_sample(*s)));

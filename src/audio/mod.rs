@@ -300,9 +300,8 @@ fn run(config: AudioConfig, vad: SileroVad, appender: Appender, shared: Arc<Shar
         if let Some(seg) = detector.restart(rate) {
             emit(&seg, anchor_ms, &shared);
         }
-        match outage.take() {
-            Some(since) => tracing::info!(device = %config.device, after_secs = since.elapsed().as_secs_f64(), "microphone back"),
-            None => {}
+        if let Some(since) = outage.take() {
+            tracing::info!(device = %config.device, after_secs = since.elapsed().as_secs_f64(), "microphone back");
         }
         tracing::info!(
             device = %config.device,

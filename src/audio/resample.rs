@@ -65,7 +65,8 @@ impl Resampler {
                 let x = std::f64::consts::PI * cutoff * d;
                 let sinc = if x.abs() < 1e-12 { 1.0 } else { x.sin() / x };
                 let u = d / half as f64; // 0 at the centre, 1 at the edge
-                let blackman = 0.42 + 0.5 * (std::f64::consts::PI * u).cos() + 0.08 * (2.0 * std::f64::consts::PI * u).cos();
+                let blackman =
+                    0.42 + 0.5 * (std::f64::consts::PI * u).cos() + 0.08 * (2.0 * std::f64::consts::PI * u).cos();
                 (cutoff * sinc * blackman) as f32
             })
             .collect();

@@ -38,7 +38,12 @@ impl SampleRing {
         let capacity = capacity.max(1);
         Self {
             capacity,
-            state: Mutex::new(State { samples: VecDeque::with_capacity(capacity), front_pos: 0, dropped: 0, closed: false }),
+            state: Mutex::new(State {
+                samples: VecDeque::with_capacity(capacity),
+                front_pos: 0,
+                dropped: 0,
+                closed: false,
+            }),
             ready: Condvar::new(),
         }
     }

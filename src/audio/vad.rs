@@ -100,13 +100,18 @@ impl SileroVad {
     /// Speech probability of the next `WINDOW` samples (16 kHz, -1..1).
     pub fn process(&mut self, window: &[f32]) -> Result<f32, AudioError> {
         if window.len() != WINDOW {
-            return Err(AudioError::ModelMismatch(format!("window of {} samples, the model takes {WINDOW}", window.len())));
+            return Err(AudioError::ModelMismatch(format!(
+                "window of {} samples, the model takes {WINDOW}",
+                window.len()
+            )));
         }
         self.input[CONTEXT..].copy_from_slice(window);
         let sr = [SAMPLE_RATE as i64];
         let ort = ort_err::<()>;
-        let input = TensorRef::from_array_view(([1usize, CONTEXT + WINDOW], &self.input[..])).map_err(ort("wrapping the input"))?;
-        let state = TensorRef::from_array_view(([2usize, 1, 128], &self.state[..])).map_err(ort("wrapping the state"))?;
+        let input = TensorRef::from_array_view(([1usize, CONTEXT + WINDOW], &self.input[..]))
+            .map_err(ort("wrapping the input"))?;
+        let state =
+            TensorRef::from_array_view(([2usize, 1, 128], &self.state[..])).map_err(ort("wrapping the state"))?;
         let sr = TensorRef::from_array_view(((), &sr[..])).map_err(ort("wrapping the sample rate"))?;
         let outputs = self
             .session
@@ -124,7 +129,10 @@ impl SileroVad {
             .try_extract_tensor::<f32>()
             .map_err(ort("reading the state"))?;
         if new_state.len() != STATE_LEN {
-            return Err(AudioError::ModelMismatch(format!("stateN has {} values, expected {STATE_LEN}", new_state.len())));
+            return Err(AudioError::ModelMismatch(format!(
+                "stateN has {} values, expected {STATE_LEN}",
+                new_state.len()
+            )));
         }
         let new_state: Vec<f32> = new_state.to_vec();
         drop(outputs);

@@ -134,11 +134,8 @@ fn clamp8(v: i32) -> u8 {
 /// when the frame carries none. The image has the JPEG's own size.
 pub fn mjpeg_to_rgb(data: &[u8]) -> Result<RgbImage, ConvertError> {
     let scan = scan_jpeg(data)?;
-    let decoded = if scan.has_dht {
-        decode_jpeg(data)?
-    } else {
-        decode_jpeg(&with_standard_dht(data, scan.sos_offset))?
-    };
+    let decoded =
+        if scan.has_dht { decode_jpeg(data)? } else { decode_jpeg(&with_standard_dht(data, scan.sos_offset))? };
     Ok(decoded)
 }
 
@@ -285,7 +282,13 @@ const fn put_table(out: &mut [u8; 420], mut i: usize, class_id: u8, bits: &[u8; 
 
 /// Converts one captured buffer of `format` into RGB8. For MJPEG the
 /// image's own size wins over `width`/`height`.
-pub fn to_rgb(format: PixelFormat, data: &[u8], width: u32, height: u32, stride: usize) -> Result<RgbImage, ConvertError> {
+pub fn to_rgb(
+    format: PixelFormat,
+    data: &[u8],
+    width: u32,
+    height: u32,
+    stride: usize,
+) -> Result<RgbImage, ConvertError> {
     match format {
         PixelFormat::Yuyv => yuyv_to_rgb(data, width, height, stride),
         PixelFormat::Mjpeg => mjpeg_to_rgb(data),
@@ -333,7 +336,8 @@ mod tests {
     fn yuyv_bt601_limited_range_known_colours() {
         // Standard BT.601 limited-range codes of black, white and the
         // 100% primaries (ITU-R BT.601 / SMPTE EG 1 colour bars).
-        let cases: [((u8, u8, u8), [u8; 3], &str); 5] = [
+        type Case = ((u8, u8, u8), [u8; 3], &'static str);
+        let cases: [Case; 5] = [
             ((16, 128, 128), [0, 0, 0], "black"),
             ((235, 128, 128), [255, 255, 255], "white"),
             ((81, 90, 240), [255, 0, 0], "red"),

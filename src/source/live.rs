@@ -345,10 +345,9 @@ mod tests {
             std::thread::sleep(Duration::from_millis(1));
             match self.steps.pop_front() {
                 Some(Step::Frame) | None => Ok(self.frame()),
-                Some(Step::BadFrame) => Err(CaptureError::Frame {
-                    device: self.name(),
-                    source: ConvertError::NotJpeg("scripted"),
-                }),
+                Some(Step::BadFrame) => {
+                    Err(CaptureError::Frame { device: self.name(), source: ConvertError::NotJpeg("scripted") })
+                }
                 Some(Step::Unplug) => Err(CaptureError::Io {
                     device: self.name(),
                     what: "VIDIOC_DQBUF",
@@ -394,8 +393,7 @@ mod tests {
             // Absent at start-up: the daemon keeps trying.
             OpenFails, OpenFails, Opens, Frame, Frame, Frame,
             // Unplugged: three failed reopens, then it is back.
-            Unplug, OpenFails, OpenFails, OpenFails, Opens, Frame, Frame,
-            // A second, shorter outage.
+            Unplug, OpenFails, OpenFails, OpenFails, Opens, Frame, Frame, // A second, shorter outage.
             Unplug, Opens, Frame,
         ];
         let (s, shared, queue) = run_until(&script, 20);
@@ -425,7 +423,8 @@ mod tests {
         let stop = Arc::new(AtomicBool::new(false));
         let source = Scripted::new(&[Step::OpenFails; 1000]);
         let (q, sh, st) = (queue.clone(), shared.clone(), stop.clone());
-        let opts = LiveOptions { backoff_min: Duration::from_millis(20), backoff_max: Duration::from_secs(60), ..fast() };
+        let opts =
+            LiveOptions { backoff_min: Duration::from_millis(20), backoff_max: Duration::from_secs(60), ..fast() };
         let t = std::thread::spawn(move || run(source, opts, q, sh, st));
         std::thread::sleep(Duration::from_millis(300));
         let t0 = Instant::now();

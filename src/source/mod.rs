@@ -6,6 +6,7 @@
 
 pub mod convert;
 pub mod live;
+pub mod mjpeg_file;
 pub mod replay;
 pub mod v4l;
 

@@ -122,10 +122,8 @@ pub fn describe(path: &Path) -> DeviceInfo {
             return info;
         }
     }
-    if info.usable {
-        if let Ok(formats) = dev.enum_formats() {
-            info.formats = formats.iter().map(|f| format!("{} ({})", f.fourcc, f.description)).collect();
-        }
+    if let (true, Ok(formats)) = (info.usable, dev.enum_formats()) {
+        info.formats = formats.iter().map(|f| format!("{} ({})", f.fourcc, f.description)).collect();
     }
     info
 }
@@ -178,7 +176,16 @@ pub struct V4lSource {
 impl V4lSource {
     pub fn new(config: CameraConfig) -> Self {
         let pacer = Pacer::new(config.fps);
-        Self { config, device: None, stream: None, negotiated: None, pacer, number: 0, last_buffer: Instant::now(), stop: None }
+        Self {
+            config,
+            device: None,
+            stream: None,
+            negotiated: None,
+            pacer,
+            number: 0,
+            last_buffer: Instant::now(),
+            stop: None,
+        }
     }
 
     /// A source whose waits for a buffer end when `stop` is set.
@@ -241,9 +248,11 @@ impl FrameSource for V4lSource {
 
     fn open(&mut self) -> Result<(), CaptureError> {
         self.close();
-        let dev = Device::with_path(&self.config.device).map_err(|source| CaptureError::Open { device: self.path(), source })?;
+        let dev = Device::with_path(&self.config.device)
+            .map_err(|source| CaptureError::Open { device: self.path(), source })?;
         let negotiated = self.negotiate(&dev)?;
-        let mut stream = MmapStream::with_buffers(&dev, Type::VideoCapture, BUFFERS).map_err(self.io("VIDIOC_REQBUFS/mmap"))?;
+        let mut stream =
+            MmapStream::with_buffers(&dev, Type::VideoCapture, BUFFERS).map_err(self.io("VIDIOC_REQBUFS/mmap"))?;
         stream.set_timeout(POLL_TIMEOUT);
         tracing::info!(
             device = %self.path(),
@@ -357,17 +366,14 @@ mod tests {
         for n in ["video10", "video2", "video0", "videox", "media0", "video-meta"] {
             std::fs::write(dir.path().join(n), b"").unwrap();
         }
-        let names: Vec<String> = video_nodes(dir.path())
-            .iter()
-            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
-            .collect();
+        let names: Vec<String> =
+            video_nodes(dir.path()).iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
         assert_eq!(names, ["video0", "video2", "video10"]);
     }
 
     #[test]
     fn a_missing_device_is_an_open_error_not_a_panic() {
-        let mut c = CameraConfig::default();
-        c.device = "/dev/video-does-not-exist".into();
+        let c = CameraConfig { device: "/dev/video-does-not-exist".into(), ..CameraConfig::default() };
         let mut s = V4lSource::new(c);
         assert!(matches!(s.open(), Err(CaptureError::Open { .. })));
         assert!(matches!(s.next_frame(), Err(CaptureError::Unsupported { .. })));
