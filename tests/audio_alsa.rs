@@ -369,3 +369,22 @@ fn daemon_publishes_a_speech_event_from_a_real_time_microphone() {
     let status = daemon.terminate(Duration::from_secs(15));
     assert!(status.success(), "sparkd exit {status:?}");
 }
+
+#[test]
+fn daemon_refuses_to_start_with_a_corrupt_vad_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bytes = std::fs::read(vad_model()).expect("models/silero_vad.onnx: run scripts/setup.sh");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    let corrupt = dir.path().join("silero_vad.onnx");
+    std::fs::write(&corrupt, bytes).unwrap();
+    let mut cfg = DaemonConfig::new("mqtt://127.0.0.1:1");
+    cfg.camera_off = true;
+    cfg.extra =
+        format!("[audio]\nenabled = true\nmodel = \"{}\"\nmodel_sha256 = \"{SILERO_VAD_SHA256}\"\n", corrupt.display());
+    let out = Command::new(sparkd_bin()).args(["run", "--config"]).arg(cfg.write()).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("VAD model") && err.contains("SHA-256"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
