@@ -73,5 +73,8 @@ fn main() {
         daemon_fps.push(per_round as f64 / t.elapsed().as_secs_f64());
     }
     let (b, d) = (median(bare_fps), median(daemon_fps));
-    println!("| ONNX path, CenterFace 640x480, {threads} threads | bare session.run {b:.2} fps | daemon path (prep+run+decode) {d:.2} fps | ratio {:.3} |", d / b);
+    println!(
+        "| ONNX path, CenterFace 640x480, {threads} threads | bare session.run {b:.2} fps | daemon path (prep+run+decode) {d:.2} fps | ratio {:.3} |",
+        d / b
+    );
 }

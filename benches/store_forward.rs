@@ -104,8 +104,18 @@ fn mosquitto() -> Mosquitto {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("m.conf");
-    std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\nuser root\nmax_queued_messages 0\nlog_dest none\n")).unwrap();
-    let child = Command::new("mosquitto").arg("-c").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("mosquitto");
+    std::fs::write(
+        &conf,
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\nuser root\nmax_queued_messages 0\nlog_dest none\n"),
+    )
+    .unwrap();
+    let child = Command::new("mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto");
     for _ in 0..100 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
             break;
@@ -162,7 +172,11 @@ fn drain_uplink(n: usize, window: u16, batch: usize) -> f64 {
         std::thread::sleep(Duration::from_millis(5));
         if std::env::var_os("BENCH_TRACE").is_some() && last.elapsed() > Duration::from_millis(500) {
             last = Instant::now();
-            eprintln!("published {} acked {}", shared.published.load(std::sync::atomic::Ordering::Relaxed), shared.acked.load(std::sync::atomic::Ordering::Relaxed));
+            eprintln!(
+                "published {} acked {}",
+                shared.published.load(std::sync::atomic::Ordering::Relaxed),
+                shared.acked.load(std::sync::atomic::Ordering::Relaxed)
+            );
         }
     }
     let rate = n as f64 / t.elapsed().as_secs_f64();
@@ -210,10 +224,19 @@ fn main() {
     }
     let window = 100;
     let (a, b) = (ingest_outbox(n), ingest_bare_heed(n));
-    println!("| durable ingest, {n} x ~200 B, {BATCH}/commit | bare heed {b:.0} rec/s | outbox writer {a:.0} rec/s | ratio {:.3} |", a / b);
+    println!(
+        "| durable ingest, {n} x ~200 B, {BATCH}/commit | bare heed {b:.0} rec/s | outbox writer {a:.0} rec/s | ratio {:.3} |",
+        a / b
+    );
     let bare = drain_bare(n, window);
     let up = drain_uplink(n, window, 1);
-    println!("| drain to local Mosquitto, window {window}, unbatched | bare rumqttc {bare:.0} rec/s | uplink {up:.0} rec/s | ratio {:.3} |", up / bare);
+    println!(
+        "| drain to local Mosquitto, window {window}, unbatched | bare rumqttc {bare:.0} rec/s | uplink {up:.0} rec/s | ratio {:.3} |",
+        up / bare
+    );
     let batched = drain_uplink(n, window, 100);
-    println!("| drain, batches of 100 records | bare rumqttc (unbatched) {bare:.0} rec/s | uplink batched {batched:.0} rec/s | ratio {:.3} |", batched / bare);
+    println!(
+        "| drain, batches of 100 records | bare rumqttc (unbatched) {bare:.0} rec/s | uplink batched {batched:.0} rec/s | ratio {:.3} |",
+        batched / bare
+    );
 }

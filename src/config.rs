@@ -402,8 +402,8 @@ impl Config {
 
     /// Reads and validates `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         Self::parse(&text, path)
     }
 
@@ -663,17 +663,13 @@ mod tests {
 
     #[test]
     fn wrong_type_is_reported_with_its_key() {
-        let ConfigError::Invalid(issues) = parse("[camera]\nfps = \"fast\"\n").unwrap_err() else {
-            panic!()
-        };
+        let ConfigError::Invalid(issues) = parse("[camera]\nfps = \"fast\"\n").unwrap_err() else { panic!() };
         assert_eq!((issues[0].line, issues[0].key.as_str()), (2, "camera.fps"));
     }
 
     #[test]
     fn semantic_errors_name_the_key_line() {
-        let ConfigError::Invalid(issues) = parse("[mqtt]\n\nurl = \"http://x\"\n").unwrap_err() else {
-            panic!()
-        };
+        let ConfigError::Invalid(issues) = parse("[mqtt]\n\nurl = \"http://x\"\n").unwrap_err() else { panic!() };
         assert_eq!(issues[0].key, "mqtt.url");
         assert_eq!(issues[0].line, 3);
         assert_eq!(issues[0].to_string(), "t.toml:3: key `mqtt.url`: \"http://x\" must start with mqtt:// or mqtts://");

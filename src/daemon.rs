@@ -15,8 +15,8 @@ use tokio::sync::{Notify, watch};
 
 use crate::config::{BrokerUrl, CameraSource, Config};
 use crate::control::server::{self, ControlContext};
-use crate::engine::onnx::OnnxEngine;
 use crate::engine::hailo::{HailoEngine, HailoOptions, HefSource};
+use crate::engine::onnx::OnnxEngine;
 use crate::engine::select::{Opener, Selector};
 use crate::engine::{Engine, EngineError};
 use crate::model::Model;
@@ -220,8 +220,8 @@ pub fn run(config: Config) -> Result<(), StartError> {
         let wake = wake.clone();
         Arc::new(move || wake.notify_one()) as Arc<dyn Fn() + Send + Sync>
     };
-    let writer = outbox::spawn_writer(outbox.clone(), config.store.commit_batch_max, on_commit)
-        .map_err(StartError::Runtime)?;
+    let writer =
+        outbox::spawn_writer(outbox.clone(), config.store.commit_batch_max, on_commit).map_err(StartError::Runtime)?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -307,7 +307,11 @@ pub fn run(config: Config) -> Result<(), StartError> {
     };
     let settings = UplinkSettings {
         broker,
-        client_id: if config.mqtt.client_id.is_empty() { format!("sparkd-{device_id}") } else { config.mqtt.client_id.clone() },
+        client_id: if config.mqtt.client_id.is_empty() {
+            format!("sparkd-{device_id}")
+        } else {
+            config.mqtt.client_id.clone()
+        },
         topic_prefix: config.mqtt.topic_prefix.clone(),
         device_id: device_id.clone(),
         keep_alive: Duration::from_secs(config.mqtt.keep_alive_secs),

@@ -93,10 +93,7 @@ fn centerface(
     }
     let mut kept = nms(cands, spec.nms_iou);
     kept.truncate(MAX_DETECTIONS);
-    Ok(kept
-        .into_iter()
-        .map(|(b, score)| Detection { label: label.clone(), score, bbox: lb.to_frame(b) })
-        .collect())
+    Ok(kept.into_iter().map(|(b, score)| Detection { label: label.clone(), score, bbox: lb.to_frame(b) }).collect())
 }
 
 fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {

@@ -9,12 +9,15 @@ pub fn init(level: &str) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let under_systemd = std::env::var_os("JOURNAL_STREAM").is_some()
-        || std::path::Path::new("/run/systemd/journal/socket").exists();
+    let under_systemd =
+        std::env::var_os("JOURNAL_STREAM").is_some() || std::path::Path::new("/run/systemd/journal/socket").exists();
     if under_systemd {
         match tracing_journald::layer() {
             Ok(journald) => {
-                let _ = tracing_subscriber::registry().with(filter).with(journald.with_syslog_identifier("sparkd".into())).try_init();
+                let _ = tracing_subscriber::registry()
+                    .with(filter)
+                    .with(journald.with_syslog_identifier("sparkd".into()))
+                    .try_init();
                 return;
             }
             Err(e) => eprintln!("sparkd: journald unavailable ({e}); logging to stderr"),

@@ -144,8 +144,8 @@ impl Model {
         if !(0.0..=1.0).contains(&m.output.score_threshold) || !(0.0..=1.0).contains(&m.output.nms_iou) {
             return Err(bad("output thresholds must be in [0, 1]".into()));
         }
-        for (what, sha) in std::iter::once(("onnx.sha256", &m.onnx.sha256))
-            .chain(m.hef.as_ref().map(|h| ("hef.sha256", &h.sha256)))
+        for (what, sha) in
+            std::iter::once(("onnx.sha256", &m.onnx.sha256)).chain(m.hef.as_ref().map(|h| ("hef.sha256", &h.sha256)))
         {
             if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(bad(format!("`{what}` is not a SHA-256 hex digest")));

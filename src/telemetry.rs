@@ -75,7 +75,9 @@ impl Sampler {
                 s.refresh_cpu_usage();
                 s
             })
-            .map_err(|e| tracing::warn!(error = %e, "telemetry: system statistics unavailable; CPU and memory left out"))
+            .map_err(
+                |e| tracing::warn!(error = %e, "telemetry: system statistics unavailable; CPU and memory left out"),
+            )
             .ok();
         let disks = Disks::new_with_refreshed_list()
             .map_err(|e| tracing::warn!(error = %e, "telemetry: disk list unavailable"))
@@ -161,7 +163,9 @@ pub fn read_thermal_zones(root: &Path) -> BTreeMap<String, f32> {
             continue;
         }
         let kind = std::fs::read_to_string(e.path().join("type")).map(|s| s.trim().to_string()).unwrap_or(name);
-        if let Some(milli) = std::fs::read_to_string(e.path().join("temp")).ok().and_then(|s| s.trim().parse::<i64>().ok()) {
+        if let Some(milli) =
+            std::fs::read_to_string(e.path().join("temp")).ok().and_then(|s| s.trim().parse::<i64>().ok())
+        {
             out.insert(kind, milli as f32 / 1000.0);
         }
     }

@@ -223,9 +223,11 @@ fn root_store(path: &Path) -> Result<RootCertStore, TlsError> {
     for (i, cert) in certificates(path, FileKind::CaFile)?.into_iter().enumerate() {
         // Every certificate must parse: a bundle half-ignored is a
         // configuration error found later, the hard way.
-        roots
-            .add(cert)
-            .map_err(|source| TlsError::BadCaCertificate { path: path.to_path_buf(), index: i + 1, source })?;
+        roots.add(cert).map_err(|source| TlsError::BadCaCertificate {
+            path: path.to_path_buf(),
+            index: i + 1,
+            source,
+        })?;
     }
     Ok(roots)
 }

@@ -356,11 +356,8 @@ fn fill_window(s: &UplinkSettings, client: &AsyncClient, epoch: &mut Epoch, deps
         // One message per stream per turn: a long backlog in one stream
         // shares the window evenly with fresh records of the others.
         let ahead = epoch.ahead[i].make_contiguous();
-        let (payload, n) = if per_msg == 1 {
-            (ahead[0].payload.clone(), 1)
-        } else {
-            batch_payload(ahead, per_msg, s.batch_max_bytes)
-        };
+        let (payload, n) =
+            if per_msg == 1 { (ahead[0].payload.clone(), 1) } else { batch_payload(ahead, per_msg, s.batch_max_bytes) };
         let c = Carried { stream, first: ahead[0].seq, last: ahead[n - 1].seq, count: n as u64 };
         if client.try_publish(s.topic(stream.as_str()), QoS::AtLeastOnce, false, payload).is_err() {
             return; // client channel full: the next event retries

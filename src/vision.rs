@@ -87,6 +87,7 @@ pub fn prepare(frame: &RgbImage, spec: &InputSpec, out: &mut Tensor) -> Letterbo
     let inv_std: [f32; 3] = std::array::from_fn(|c| 1.0 / spec.std[order[c]]);
     let mean: [f32; 3] = std::array::from_fn(|c| spec.mean[order[c]]);
     let pad: [f32; 3] = std::array::from_fn(|c| (spec.pad_value - mean[c]) * inv_std[c]);
+    let identity = (nw, nh) == (fw, fh);
     let xs = axis_map(fw as usize, nw as usize);
     let ys = axis_map(fh as usize, nh as usize);
     let raw = frame.as_raw();
@@ -105,6 +106,20 @@ pub fn prepare(frame: &RgbImage, spec: &InputSpec, out: &mut Tensor) -> Letterbo
             continue;
         }
         let (y0, y1, wy) = ys[y];
+        if identity {
+            // Frame already at the model's size: no interpolation.
+            let r = &raw[y0 * stride..(y0 + 1) * stride];
+            for x in 0..nw as usize {
+                let p = &r[x * 3..x * 3 + 3];
+                o0[x] = (p[order[0]] as f32 - mean[0]) * inv_std[0];
+                o1[x] = (p[order[1]] as f32 - mean[1]) * inv_std[1];
+                o2[x] = (p[order[2]] as f32 - mean[2]) * inv_std[2];
+            }
+            o0[nw as usize..].fill(pad[0]);
+            o1[nw as usize..].fill(pad[1]);
+            o2[nw as usize..].fill(pad[2]);
+            continue;
+        }
         let (r0, r1) = (&raw[y0 * stride..(y0 + 1) * stride], &raw[y1 * stride..(y1 + 1) * stride]);
         for (x, &(x0, x1, wx)) in xs.iter().enumerate() {
             let (a, b) = (x0 * 3, x1 * 3);

@@ -54,7 +54,8 @@ fn restart_continues_seq_where_it_stopped() {
     let consumer = Consumer::start(broker.port, "spark/+/inference");
     let cfg = DaemonConfig::new(&broker.url());
     let d = Daemon::start(&cfg);
-    wait_for(Duration::from_secs(60), || (consumer.seqs("inference").len() >= 3).then_some(())).expect("first run records");
+    wait_for(Duration::from_secs(60), || (consumer.seqs("inference").len() >= 3).then_some(()))
+        .expect("first run records");
     assert!(d.terminate(Duration::from_secs(15)).success());
     let first_max = *consumer.seqs("inference").iter().max().unwrap();
     let before = consumer.seqs("inference").len();
@@ -119,11 +120,8 @@ fn sparkctl_without_daemon_exits_3_with_a_hint() {
 
 fn run_expect_failure(cfg: &DaemonConfig) -> String {
     let path = cfg.write();
-    let out = std::process::Command::new(sparkd_bin())
-        .args(["run", "--config"])
-        .arg(&path)
-        .output()
-        .expect("run sparkd");
+    let out =
+        std::process::Command::new(sparkd_bin()).args(["run", "--config"]).arg(&path).output().expect("run sparkd");
     assert_eq!(out.status.code(), Some(1), "expected exit 1: {out:?}");
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!err.contains("panicked"), "panic instead of an error: {err}");

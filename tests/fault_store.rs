@@ -138,13 +138,16 @@ fn full_filesystem_keeps_daemon_running_and_recovers() {
     cfg.extra = "[store]\nmax_megabytes = 64\n[load]\nevents_per_sec = 2000.0\nevent_bytes = 300\n".into();
     let state = mnt.join("state");
     let path = cfg.write();
-    let text = std::fs::read_to_string(&path).unwrap().replace(&cfg.state_dir().display().to_string(), &state.display().to_string());
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace(&cfg.state_dir().display().to_string(), &state.display().to_string());
     std::fs::write(&path, &text).unwrap();
     // Start with the rewritten config (state on the small filesystem).
     let d = start_with_config(&cfg, &path);
     let full = wait_for(Duration::from_secs(60), || {
         let s = status_json(&cfg.socket());
-        (s["queue"]["space_errors"].as_u64().unwrap_or(0) > 0 && s["queue"]["dropped"].as_u64().unwrap_or(0) > 0).then_some(s)
+        (s["queue"]["space_errors"].as_u64().unwrap_or(0) > 0 && s["queue"]["dropped"].as_u64().unwrap_or(0) > 0)
+            .then_some(s)
     })
     .expect("the full filesystem never showed in status");
     eprintln!("full: dropped {} lost {}", full["queue"]["dropped"], full["records_lost"]);
@@ -153,7 +156,10 @@ fn full_filesystem_keeps_daemon_running_and_recovers() {
     let before = full["queue"]["streams"]["events"]["next_seq"].as_u64().unwrap();
     std::thread::sleep(Duration::from_secs(2));
     let still = status_json(&cfg.socket());
-    assert!(still["queue"]["streams"]["events"]["next_seq"].as_u64().unwrap() > before + 1000, "ingest stalled: {still}");
+    assert!(
+        still["queue"]["streams"]["events"]["next_seq"].as_u64().unwrap() > before + 1000,
+        "ingest stalled: {still}"
+    );
 
     // Space returns; the backlog drains.
     std::fs::remove_file(&filler).unwrap();

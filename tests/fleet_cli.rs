@@ -94,14 +94,43 @@ fn keygen_sign_verify_round_trip_and_tampering_is_caught() {
 
     // Targets are required; traversal in the stored name is refused.
     let out = fleet(&[
-        "sign", "--key", private.to_str().unwrap(), "--kind", "model", "--name", "m", "--version", "1.0.0",
-        "--artifact", art.to_str().unwrap(), "--expires-in-days", "1", "--out", bundle.to_str().unwrap(),
+        "sign",
+        "--key",
+        private.to_str().unwrap(),
+        "--kind",
+        "model",
+        "--name",
+        "m",
+        "--version",
+        "1.0.0",
+        "--artifact",
+        art.to_str().unwrap(),
+        "--expires-in-days",
+        "1",
+        "--out",
+        bundle.to_str().unwrap(),
     ]);
     assert!(!out.status.success());
     let out = fleet(&[
-        "sign", "--key", private.to_str().unwrap(), "--kind", "model", "--name", "m", "--version", "1.0.0",
-        "--artifact", art.to_str().unwrap(), "--file-name", "../x", "--device", "d", "--expires-in-days", "1",
-        "--out", bundle.to_str().unwrap(),
+        "sign",
+        "--key",
+        private.to_str().unwrap(),
+        "--kind",
+        "model",
+        "--name",
+        "m",
+        "--version",
+        "1.0.0",
+        "--artifact",
+        art.to_str().unwrap(),
+        "--file-name",
+        "../x",
+        "--device",
+        "d",
+        "--expires-in-days",
+        "1",
+        "--out",
+        bundle.to_str().unwrap(),
     ]);
     assert!(!out.status.success());
 }
@@ -148,8 +177,11 @@ fn push_delivers_manifest_and_chunks_that_reassemble_and_stage_on_a_device() {
     assert_eq!(manifest.json, serde_json::from_slice::<serde_json::Value>(&bundle.envelope).unwrap());
 
     // Reassemble by index and check the SHA-256.
-    let mut chunks: Vec<Chunk> =
-        msgs.iter().filter(|m| m.topic == chunk_topic).map(|m| serde_json::from_value(m.json.clone()).unwrap()).collect();
+    let mut chunks: Vec<Chunk> = msgs
+        .iter()
+        .filter(|m| m.topic == chunk_topic)
+        .map(|m| serde_json::from_value(m.json.clone()).unwrap())
+        .collect();
     chunks.sort_by_key(|c| c.index);
     let whole: Vec<u8> = chunks.iter().flat_map(|c| c.bytes().unwrap()).collect();
     assert_eq!(sha256_hex(&whole), sha256_hex(&art_bytes));
@@ -195,5 +227,8 @@ fn push_delivers_manifest_and_chunks_that_reassemble_and_stage_on_a_device() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let line = stdout.lines().find(|l| l.contains("dev-7")).unwrap_or_else(|| panic!("watch printed: {stdout}"));
     let j: serde_json::Value = serde_json::from_str(line).unwrap();
-    assert_eq!((j["state"].as_str(), j["version"].as_str(), j["group"].as_str()), (Some("active"), Some("2.0.0"), Some("lab")));
+    assert_eq!(
+        (j["state"].as_str(), j["version"].as_str(), j["group"].as_str()),
+        (Some("active"), Some("2.0.0"), Some("lab"))
+    );
 }

@@ -109,14 +109,18 @@ fn hailo_is_used_falls_back_mid_stream_without_loss_and_recovers() {
     wait_for(Duration::from_secs(30), || (status_json(&s.cfg.socket())["engine"]["active"] == "hailo").then_some(()))
         .expect("back on the accelerator");
     let n = consumer.records("inference").len();
-    wait_for(Duration::from_secs(30), || engines(&consumer)[n.min(engines(&consumer).len())..].iter().any(|e| e == "hailo").then_some(()))
-        .expect("hailo records after recovery");
+    wait_for(Duration::from_secs(30), || {
+        engines(&consumer)[n.min(engines(&consumer).len())..].iter().any(|e| e == "hailo").then_some(())
+    })
+    .expect("hailo records after recovery");
     let st = status_json(&s.cfg.socket());
     assert_eq!(st["inference"]["failed"], 0, "no frame lost to the accelerator: {st}");
     assert!(d.terminate(Duration::from_secs(15)).success());
     let seqs = consumer.seqs("inference");
     assert_no_gaps(&seqs, "inference across fallback and recovery");
-    assert!(st["engine"]["hailo_seconds"].as_f64().unwrap() > 0.0 && st["engine"]["cpu_seconds"].as_f64().unwrap() > 0.0);
+    assert!(
+        st["engine"]["hailo_seconds"].as_f64().unwrap() > 0.0 && st["engine"]["cpu_seconds"].as_f64().unwrap() > 0.0
+    );
 }
 
 fn cpu_with_reason(env: &[(&str, &str)], hailort_version: &str, reason: &str) {
@@ -137,7 +141,11 @@ fn cpu_with_reason(env: &[(&str, &str)], hailort_version: &str, reason: &str) {
 
 #[test]
 fn cpu_is_used_when_the_library_is_missing() {
-    cpu_with_reason(&[("HAILORT_LIBRARY", "/nonexistent/libhailort.so.4.23.0")], "4.23.0", "/nonexistent/libhailort.so");
+    cpu_with_reason(
+        &[("HAILORT_LIBRARY", "/nonexistent/libhailort.so.4.23.0")],
+        "4.23.0",
+        "/nonexistent/libhailort.so",
+    );
 }
 
 #[test]

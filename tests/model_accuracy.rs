@@ -16,8 +16,9 @@ fn repo() -> PathBuf {
 fn detect(name: &str) -> Vec<spark_edge::detect::Detection> {
     let model = Model::load(&repo().join("models/centerface.toml")).expect("manifest");
     let bytes = model.read_onnx().expect("model (run scripts/setup.sh)");
-    let mut engine = OnnxEngine::new(&repo().join("deps/onnxruntime/libonnxruntime.so"), &bytes, &model.manifest.input.name, 1)
-        .expect("engine");
+    let mut engine =
+        OnnxEngine::new(&repo().join("deps/onnxruntime/libonnxruntime.so"), &bytes, &model.manifest.input.name, 1)
+            .expect("engine");
     let img = image::open(repo().join("models/demo").join(name)).expect("photo").to_rgb8();
     infer_frame(&mut engine, &model, &img, &mut Tensor::zeros(&[1])).expect("inference").detections
 }

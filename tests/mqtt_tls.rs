@@ -33,7 +33,12 @@ impl Pki {
         pki.ca("ca", "spark-test-ca");
         pki.ca("rogue-ca", "rogue-test-ca");
         pki.leaf("server", "ca", "localhost", "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth");
-        pki.leaf("other-server", "ca", "broker.example", "subjectAltName=DNS:broker.example\nextendedKeyUsage=serverAuth");
+        pki.leaf(
+            "other-server",
+            "ca",
+            "broker.example",
+            "subjectAltName=DNS:broker.example\nextendedKeyUsage=serverAuth",
+        );
         pki.leaf("client", "ca", "test-dev", "extendedKeyUsage=clientAuth");
         pki.leaf("rogue-client", "rogue-ca", "test-dev", "extendedKeyUsage=clientAuth");
         pki
@@ -63,18 +68,43 @@ impl Pki {
 
     fn ca(&self, name: &str, cn: &str) {
         self.openssl(&[
-            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-keyout", &format!("{name}.key"), "-out", &format!("{name}.pem"), "-days", "2",
-            "-subj", &format!("/CN={cn}"),
-            "-addext", "basicConstraints=critical,CA:TRUE",
-            "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.pem"),
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={cn}"),
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
         ]);
     }
 
     fn leaf(&self, name: &str, ca: &str, cn: &str, ext: &str) {
         self.openssl(&[
-            "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr"), "-subj", &format!("/CN={cn}"),
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            &format!("/CN={cn}"),
         ]);
         let ext_file = format!("{name}.ext");
         std::fs::write(
@@ -83,9 +113,21 @@ impl Pki {
         )
         .expect("write ext");
         self.openssl(&[
-            "x509", "-req", "-in", &format!("{name}.csr"), "-CA", &format!("{ca}.pem"), "-CAkey",
-            &format!("{ca}.key"), "-CAcreateserial", "-out", &format!("{name}.pem"), "-days", "2",
-            "-extfile", &ext_file,
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            &format!("{ca}.pem"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-out",
+            &format!("{name}.pem"),
+            "-days",
+            "2",
+            "-extfile",
+            &ext_file,
         ]);
     }
 
@@ -258,7 +300,8 @@ fn broker_certificate_for_another_name_is_refused() {
     let consumer = Consumer::start(broker.broker.port, "spark/test-dev/telemetry");
     let cfg = config(&broker.url(), &mtls_keys(&pki, "ca", "client"));
     let d = Daemon::start(&cfg);
-    let err = assert_refused_and_running(d, &cfg, &consumer, &["\"localhost\"", "broker.example", "mqtt.tls_server_name"]);
+    let err =
+        assert_refused_and_running(d, &cfg, &consumer, &["\"localhost\"", "broker.example", "mqtt.tls_server_name"]);
     eprintln!("mqtt_tls: hostname mismatch: {err}");
 }
 

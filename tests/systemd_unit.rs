@@ -97,10 +97,8 @@ fn verify_harness_reports_unknown_keys() {
 #[test]
 fn unit_security_exposure_is_at_most_2_0() {
     let root = Root::with_unit(&unit_text());
-    let out = systemd_tool(
-        "systemd-analyze",
-        &["security", "--offline=yes", &root.arg(), "--no-pager", "sparkd.service"],
-    );
+    let out =
+        systemd_tool("systemd-analyze", &["security", "--offline=yes", &root.arg(), "--no-pager", "sparkd.service"]);
     let printed = text(&out);
     let marker = "Overall exposure level for sparkd.service:";
     let exposure: f64 = printed

@@ -152,10 +152,7 @@ fn accepted_model_update_swaps_current_keeps_previous_and_rolls_back() {
     assert_eq!(std::fs::read(u.current_model_manifest("centerface").unwrap()).unwrap(), a1);
     let e = &u.installed()["model/centerface"];
     assert_eq!((e.active, e.previous, e.highest), (Some(v("1.0.0")), None, v("1.1.0")));
-    assert_eq!(
-        u.record(&r2.update_id).unwrap().unwrap().phase,
-        Phase::RolledBack { reason: "canary failed".into() }
-    );
+    assert_eq!(u.record(&r2.update_id).unwrap().unwrap().phase, Phase::RolledBack { reason: "canary failed".into() });
     assert_eq!(u.record(&r1.update_id).unwrap().unwrap().phase, Phase::Active);
     // A second rollback has nothing to go back to.
     assert!(matches!(u.rollback(Kind::Model, "centerface", "again"), Err(UpdateError::NoPrevious { .. })));
@@ -186,12 +183,24 @@ fn every_refusal_is_typed_and_leaves_the_disk_untouched() {
     };
     let mut cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("not json", b"not json".to_vec(), "malformed_envelope"),
-        ("manifest not base64", br#"{"manifest":"!!","signatures":[{"key_id":"k1","sig":"00"}]}"#.to_vec(), "malformed_envelope"),
+        (
+            "manifest not base64",
+            br#"{"manifest":"!!","signatures":[{"key_id":"k1","sig":"00"}]}"#.to_vec(),
+            "malformed_envelope",
+        ),
         ("no signatures", sign_envelope(b"{}", &[]), "malformed_envelope"),
         ("unknown key", sign_envelope(&serde_json::to_vec(&good()).unwrap(), &[("k9", &key(9))]), "unknown_key"),
-        ("wrong key under a trusted id", sign_envelope(&serde_json::to_vec(&good()).unwrap(), &[("k1", &key(2))]), "bad_signature"),
+        (
+            "wrong key under a trusted id",
+            sign_envelope(&serde_json::to_vec(&good()).unwrap(), &[("k1", &key(2))]),
+            "bad_signature",
+        ),
         ("expired", with(&|m| m.expires_at = WALL - 1), "expired"),
-        ("other device", with(&|m| m.targets = Targets { devices: vec!["dev-2".into()], group: Some("other".into()) }), "not_targeted"),
+        (
+            "other device",
+            with(&|m| m.targets = Targets { devices: vec!["dev-2".into()], group: Some("other".into()) }),
+            "not_targeted",
+        ),
         ("same version", with(&|m| m.version = v("1.0.0")), "not_newer"),
         ("older version", with(&|m| m.version = v("0.9.9")), "not_newer"),
         ("needs newer sparkd", with(&|m| m.min_running_version = Some(v("9.0.0"))), "running_too_old"),
@@ -206,7 +215,11 @@ fn every_refusal_is_typed_and_leaves_the_disk_untouched() {
     // A signed manifest with a field this device does not know.
     let mut value = serde_json::to_value(good()).unwrap();
     value["run_before_install"] = "rm -rf /".into();
-    cases.push(("unknown manifest field", sign_envelope(&serde_json::to_vec(&value).unwrap(), &[("k1", &key(1))]), "unknown_manifest_field"));
+    cases.push((
+        "unknown manifest field",
+        sign_envelope(&serde_json::to_vec(&value).unwrap(), &[("k1", &key(1))]),
+        "unknown_manifest_field",
+    ));
     // A valid signature over other bytes than the shipped manifest.
     let mut env: serde_json::Value = serde_json::from_slice(&sign(&good())).unwrap();
     let other = sign(&manifest(Kind::Model, "centerface", "1.3.0", &art));
@@ -260,7 +273,8 @@ fn artifact_mismatches_are_rejected_without_touching_current() {
 
     assert_eq!(snapshot(&d.path().join("models")), models_before);
     assert_eq!(u.installed(), &installed_before);
-    let rejected: Vec<_> = u.records().unwrap().into_iter().filter(|r| matches!(r.phase, Phase::Rejected { .. })).collect();
+    let rejected: Vec<_> =
+        u.records().unwrap().into_iter().filter(|r| matches!(r.phase, Phase::Rejected { .. })).collect();
     assert_eq!(rejected.len(), 2);
 
     // A digest-rejected update may be sent again, correctly this time.
@@ -363,7 +377,11 @@ fn key_rotation_accepts_either_trusted_key_and_refuses_retired_ones() {
 #[test]
 fn trusted_keys_file_parses_hex_and_base64_and_refuses_junk() {
     let k = key(3).verifying_key().to_bytes();
-    let text = format!("# fleet keys\nold {}\nnew {}  # rotated in\n", hex::encode(k), base64_of(&key(4).verifying_key().to_bytes()));
+    let text = format!(
+        "# fleet keys\nold {}\nnew {}  # rotated in\n",
+        hex::encode(k),
+        base64_of(&key(4).verifying_key().to_bytes())
+    );
     let keys = TrustedKeys::parse(&text).unwrap();
     assert_eq!(keys.ids().collect::<Vec<_>>(), ["old", "new"]);
     assert!(TrustedKeys::parse("").is_err());
@@ -471,7 +489,10 @@ fn state_reports_serialize_with_a_state_tag() {
     let a = artifact("r", 100);
     let rec = u.receive_manifest(&sign(&manifest(Kind::Model, "centerface", "1.0.0", &a)), WALL).unwrap();
     let j = serde_json::to_value(u.report(&rec)).unwrap();
-    assert_eq!((j["state"].as_str(), j["device_id"].as_str(), j["kind"].as_str()), (Some("received"), Some(DEVICE), Some("model")));
+    assert_eq!(
+        (j["state"].as_str(), j["device_id"].as_str(), j["kind"].as_str()),
+        (Some("received"), Some(DEVICE), Some("model"))
+    );
     let r = Rejection::Expired { expires_at: 1, trusted_now: 2, basis: "wall clock".into() };
     let j = serde_json::to_value(u.rejection_report("", &r)).unwrap();
     assert_eq!(j["state"], "rejected");
@@ -575,7 +596,10 @@ fn sigkill_at_every_transition_leaves_old_or_new_active_and_the_update_completes
         let is_new = assert_consistent(d.path(), &a_old, &a_new);
         // Only a crash at or after the swap may have the new version active.
         let after_swap = ["swapped", "installed", "active"].contains(&point);
-        assert!(is_new == after_swap || point == "activating" || point == "previous-linked", "{point}: is_new={is_new}");
+        assert!(
+            is_new == after_swap || point == "activating" || point == "previous-linked",
+            "{point}: is_new={is_new}"
+        );
 
         // Delivering again (what a re-push does) and activating finishes it.
         let mut u = open(d.path());

@@ -213,11 +213,7 @@ pub fn library_version(lib: &HailoRt) -> Result<LibraryVersion, u32> {
     // SAFETY: `v` is a valid, writable `hailo_version_t` (three u32s in every
     // HailoRT 4.x release) that outlives the call.
     let status = unsafe { lib.hailo_get_library_version(&mut v) };
-    if status == 0 {
-        Ok(LibraryVersion { major: v.major, minor: v.minor, revision: v.revision })
-    } else {
-        Err(status)
-    }
+    if status == 0 { Ok(LibraryVersion { major: v.major, minor: v.minor, revision: v.revision }) } else { Err(status) }
 }
 
 /// HailoRT's text for a status code, when it has one.

@@ -148,9 +148,7 @@ fn main() {
 
 fn random_seed() -> Result<[u8; 32]> {
     let mut seed = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut seed))
-        .context("reading /dev/urandom")?;
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut seed)).context("reading /dev/urandom")?;
     Ok(seed)
 }
 
@@ -345,7 +343,10 @@ fn push(
         Ok(Err(e)) => bail!("MQTT connection to {broker}: {e}"),
         Err(_) => bail!("the broker did not acknowledge every publish within 120 s"),
     }
-    println!("pushed update {id}: manifest to {manifest_topic}, {} chunks to {chunk_topic}, all acknowledged", chunks.len());
+    println!(
+        "pushed update {id}: manifest to {manifest_topic}, {} chunks to {chunk_topic}, all acknowledged",
+        chunks.len()
+    );
     Ok(())
 }
 
@@ -356,7 +357,10 @@ fn watch(broker: &str, group: Option<String>, prefix: &str, json: bool, timeout_
     let end = timeout_secs.map(|s| Instant::now() + Duration::from_secs(s));
     let mut latest: BTreeMap<String, StateReport> = BTreeMap::new();
     if !json {
-        println!("{:<20} {:<32} {:<7} {:<16} {:<10} {:<12} DETAIL", "DEVICE", "UPDATE", "KIND", "NAME", "VERSION", "STATE");
+        println!(
+            "{:<20} {:<32} {:<7} {:<16} {:<10} {:<12} DETAIL",
+            "DEVICE", "UPDATE", "KIND", "NAME", "VERSION", "STATE"
+        );
     }
     loop {
         if end.is_some_and(|e| Instant::now() >= e) {

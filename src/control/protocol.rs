@@ -184,6 +184,19 @@ pub struct StatusReport {
     pub inference: InferenceReport,
     pub records_lost: u64,
     pub telemetry_samples: u64,
+    #[serde(default)]
+    pub sensors: SensorReport,
+}
+
+/// Camera and microphone counters since start.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SensorReport {
+    pub camera_reconnects: u64,
+    pub camera_errors: u64,
+    pub audio_windows: u64,
+    pub audio_windows_dropped: u64,
+    pub audio_segments: u64,
+    pub audio_errors: u64,
 }
 
 /// How one doctor check came out.

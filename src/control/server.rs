@@ -25,7 +25,7 @@ use tokio::sync::{Notify, Semaphore, watch};
 use super::protocol::{
     self, ConfigReport, DoctorReport, ErrorBody, ErrorCode, InferDetection, InferReport, InferenceReport,
     MAX_IMAGE_BYTES, MAX_REQUEST_BYTES, MAX_UPLOAD_BYTES, PROTOCOL_VERSION, QueueReport, Request, Response,
-    ResponseFrame, StatusReport, StreamQueue, UpdateReport, UpdateState,
+    ResponseFrame, SensorReport, StatusReport, StreamQueue, UpdateReport, UpdateState,
 };
 use crate::config::Config;
 use crate::outbox::Outbox;
@@ -538,6 +538,14 @@ pub fn status_report(ctx: &ControlContext) -> Result<StatusReport, crate::outbox
         },
         records_lost: Shared::count(&s.records_lost),
         telemetry_samples: Shared::count(&s.telemetry_samples),
+        sensors: SensorReport {
+            camera_reconnects: Shared::count(&s.camera_reconnects),
+            camera_errors: Shared::count(&s.camera_errors),
+            audio_windows: Shared::count(&s.audio_windows),
+            audio_windows_dropped: Shared::count(&s.audio_windows_dropped),
+            audio_segments: Shared::count(&s.audio_segments),
+            audio_errors: Shared::count(&s.audio_errors),
+        },
     })
 }
 

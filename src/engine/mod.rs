@@ -39,7 +39,9 @@ impl std::fmt::Display for EngineKind {
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    #[error("ONNX Runtime library not found; tried: {tried}. Install it with scripts/setup.sh, or set model.onnxruntime_library or ORT_DYLIB_PATH to libonnxruntime.so from the onnxruntime==1.31.1 wheel on PyPI")]
+    #[error(
+        "ONNX Runtime library not found; tried: {tried}. Install it with scripts/setup.sh, or set model.onnxruntime_library or ORT_DYLIB_PATH to libonnxruntime.so from the onnxruntime==1.31.1 wheel on PyPI"
+    )]
     OrtLibraryMissing { tried: String },
     #[error("loading ONNX Runtime from {path}")]
     OrtLoad {

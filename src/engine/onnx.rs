@@ -36,7 +36,9 @@ pub fn library_candidates(configured: &Path) -> Vec<PathBuf> {
         }
     }
     out.push(PathBuf::from("deps/onnxruntime/libonnxruntime.so"));
-    for d in ["/usr/lib/sparkd", "/usr/local/lib", "/usr/lib/aarch64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/usr/lib"] {
+    for d in
+        ["/usr/lib/sparkd", "/usr/local/lib", "/usr/lib/aarch64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/usr/lib"]
+    {
         out.push(Path::new(d).join("libonnxruntime.so"));
     }
     out
@@ -87,7 +89,12 @@ pub struct OnnxEngine {
 
 impl OnnxEngine {
     /// Builds a session from model bytes already checked against the manifest.
-    pub fn new(library: &Path, model_bytes: &[u8], input_name: &str, intra_threads: usize) -> Result<Self, EngineError> {
+    pub fn new(
+        library: &Path,
+        model_bytes: &[u8],
+        input_name: &str,
+        intra_threads: usize,
+    ) -> Result<Self, EngineError> {
         let (_, env) = load_runtime(library)?;
         let session = Session::builder(env)
             .map_err(ort_err("creating a session builder"))?
@@ -106,9 +113,7 @@ impl OnnxEngine {
             .map_err(ort_err("loading the model"))?;
         let inputs: Vec<String> = session.inputs().iter().map(|i| i.name().to_string()).collect();
         if inputs.len() != 1 || inputs[0] != input_name {
-            return Err(EngineError::ModelMismatch(format!(
-                "manifest input {input_name:?}, model inputs {inputs:?}"
-            )));
+            return Err(EngineError::ModelMismatch(format!("manifest input {input_name:?}, model inputs {inputs:?}")));
         }
         let output_names = session.outputs().iter().map(|o| o.name().to_string()).collect();
         Ok(Self { session, input_name: input_name.to_string(), output_names })
@@ -128,11 +133,10 @@ impl Engine for OnnxEngine {
     }
 
     fn run(&mut self, input: &Tensor) -> Result<Vec<Output>, EngineError> {
-        let view = TensorRef::from_array_view((input.shape.clone(), &input.data[..])).map_err(ort_err("wrapping the input"))?;
-        let outputs = self
-            .session
-            .run(ort::inputs![self.input_name.as_str() => view])
-            .map_err(ort_err("running the model"))?;
+        let view = TensorRef::from_array_view((input.shape.clone(), &input.data[..]))
+            .map_err(ort_err("wrapping the input"))?;
+        let outputs =
+            self.session.run(ort::inputs![self.input_name.as_str() => view]).map_err(ort_err("running the model"))?;
         let mut out = Vec::with_capacity(self.output_names.len());
         for name in &self.output_names {
             let value = outputs

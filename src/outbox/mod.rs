@@ -178,8 +178,7 @@ fn map_size_for(max_bytes: u64) -> usize {
 
 impl Outbox {
     pub fn open(dir: &Path, opts: OutboxOptions) -> Result<Self, OutboxError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|source| OutboxError::CreateDir { path: dir.to_path_buf(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| OutboxError::CreateDir { path: dir.to_path_buf(), source })?;
         let open_err = |source| OutboxError::Open { path: dir.to_path_buf(), source };
         // SAFETY: the environment is opened once per process per directory
         // (the daemon holds the only handle), and default durable flags are
@@ -230,9 +229,8 @@ impl Outbox {
         let rtxn = self.inner.env.read_txn()?;
         let mut c = [StreamCounters::default(); 3];
         for s in Stream::ALL {
-            let get = |w: &str| -> Result<u64, heed::Error> {
-                Ok(self.inner.meta.get(&rtxn, &meta_key(w, s))?.unwrap_or(0))
-            };
+            let get =
+                |w: &str| -> Result<u64, heed::Error> { Ok(self.inner.meta.get(&rtxn, &meta_key(w, s))?.unwrap_or(0)) };
             c[s as usize] = StreamCounters {
                 next_seq: get("seq")?.max(1),
                 pending: get("count")?,
@@ -557,8 +555,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let o = Outbox::open(dir.path(), opts(1 << 24)).unwrap();
-            let r = o.commit(&[append(Stream::Inference, "{}"), append(Stream::Telemetry, "{}"), append(Stream::Inference, "{}")]).unwrap();
-            assert_eq!(r, vec![OpResult::Appended { seq: 1 }, OpResult::Appended { seq: 1 }, OpResult::Appended { seq: 2 }]);
+            let r = o
+                .commit(&[
+                    append(Stream::Inference, "{}"),
+                    append(Stream::Telemetry, "{}"),
+                    append(Stream::Inference, "{}"),
+                ])
+                .unwrap();
+            assert_eq!(
+                r,
+                vec![OpResult::Appended { seq: 1 }, OpResult::Appended { seq: 1 }, OpResult::Appended { seq: 2 }]
+            );
         }
         let o = Outbox::open(dir.path(), opts(1 << 24)).unwrap();
         let r = o.commit(&[append(Stream::Inference, "{\"a\":1}")]).unwrap();
@@ -574,7 +581,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let o = Outbox::open(dir.path(), opts(1 << 24)).unwrap();
         o.commit(&[append(Stream::Events, "{}"), append(Stream::Events, "{}"), append(Stream::Events, "{}")]).unwrap();
-        let r = o.commit(&[Op::Ack { stream: Stream::Events, first: 1, last: 1 }, Op::Ack { stream: Stream::Events, first: 3, last: 99 }]).unwrap();
+        let r = o
+            .commit(&[
+                Op::Ack { stream: Stream::Events, first: 1, last: 1 },
+                Op::Ack { stream: Stream::Events, first: 3, last: 99 },
+            ])
+            .unwrap();
         assert_eq!(r, vec![OpResult::Acked { removed: 1 }, OpResult::Acked { removed: 1 }]);
         let left: Vec<u64> = o.read_after(Stream::Events, 0, 10).unwrap().iter().map(|p| p.seq).collect();
         assert_eq!(left, vec![2]);
@@ -589,7 +601,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let o = Outbox::open(dir.path(), opts(1 << 24)).unwrap();
         let big = format!("{{\"x\":\"{}\"}}", "a".repeat(MAX_RECORD_BYTES));
-        let r = o.commit(&[append(Stream::Events, "[1]"), append(Stream::Events, &big), append(Stream::Events, "{}")]).unwrap();
+        let r = o
+            .commit(&[append(Stream::Events, "[1]"), append(Stream::Events, &big), append(Stream::Events, "{}")])
+            .unwrap();
         assert!(matches!(r[0], OpResult::Rejected(_)));
         assert!(matches!(r[1], OpResult::Rejected(_)));
         assert_eq!(r[2], OpResult::Appended { seq: 1 });

@@ -198,9 +198,7 @@ impl Appender {
     /// Queues an acknowledgement of `first..=last` of `stream` without
     /// waiting for its commit. Blocks only while the writer's channel is full.
     pub fn ack(&self, stream: Stream, first: u64, last: u64) -> Result<(), OutboxError> {
-        self.tx
-            .send(Request { op: Op::Ack { stream, first, last }, reply: None })
-            .map_err(|_| OutboxError::WriterGone)
+        self.tx.send(Request { op: Op::Ack { stream, first, last }, reply: None }).map_err(|_| OutboxError::WriterGone)
     }
 }
 
@@ -214,7 +212,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let o = Outbox::open(
             dir.path(),
-            OutboxOptions { device_id: "d".into(), max_bytes: 1 << 26, drop_order: Stream::ALL.to_vec(), ttl_ms: [0; 3] },
+            OutboxOptions {
+                device_id: "d".into(),
+                max_bytes: 1 << 26,
+                drop_order: Stream::ALL.to_vec(),
+                ttl_ms: [0; 3],
+            },
         )
         .unwrap();
         let w = spawn_writer(o.clone(), 64, Arc::new(|| {})).unwrap();

@@ -112,7 +112,13 @@ mod tests {
     use super::*;
 
     fn frame(n: u64) -> Frame {
-        Frame { number: n, captured_at: Instant::now(), captured_ms: 0, origin: String::new(), image: RgbImage::new(1, 1) }
+        Frame {
+            number: n,
+            captured_at: Instant::now(),
+            captured_ms: 0,
+            origin: String::new(),
+            image: RgbImage::new(1, 1),
+        }
     }
 
     #[test]

@@ -174,7 +174,10 @@ pub fn sign_envelope(manifest_json: &[u8], signers: &[(&str, &SigningKey)]) -> V
         manifest: B64.encode(manifest_json),
         signatures: signers
             .iter()
-            .map(|(id, key)| SignatureEntry { key_id: id.to_string(), sig: hex::encode(key.sign(manifest_json).to_bytes()) })
+            .map(|(id, key)| SignatureEntry {
+                key_id: id.to_string(),
+                sig: hex::encode(key.sign(manifest_json).to_bytes()),
+            })
             .collect(),
     };
     serde_json::to_vec(&env).expect("an envelope serializes")
@@ -220,7 +223,8 @@ impl TrustedKeys {
                 return Err(format!("line {}: key id {id:?} must be 1-64 characters of [A-Za-z0-9_.-]", n + 1));
             }
             let bytes = decode_key(k).ok_or_else(|| format!("line {}: key is not 32 bytes of hex or base64", n + 1))?;
-            let key = VerifyingKey::from_bytes(&bytes).map_err(|e| format!("line {}: not an ed25519 public key: {e}", n + 1))?;
+            let key = VerifyingKey::from_bytes(&bytes)
+                .map_err(|e| format!("line {}: not an ed25519 public key: {e}", n + 1))?;
             if keys.iter().any(|t: &TrustedKey| t.key_id == id) {
                 return Err(format!("line {}: key id {id} appears twice", n + 1));
             }
@@ -332,7 +336,8 @@ pub fn check_plain_name(field: &str, value: &str) -> Result<(), Rejection> {
 pub fn open_envelope(envelope_bytes: &[u8], keys: &TrustedKeys) -> Result<Verified, Rejection> {
     let malformed = |detail: String| Rejection::MalformedEnvelope { detail };
     let env: Envelope = serde_json::from_slice(envelope_bytes).map_err(|e| malformed(e.to_string()))?;
-    let manifest_bytes = B64.decode(env.manifest.as_bytes()).map_err(|e| malformed(format!("manifest is not base64: {e}")))?;
+    let manifest_bytes =
+        B64.decode(env.manifest.as_bytes()).map_err(|e| malformed(format!("manifest is not base64: {e}")))?;
     if env.signatures.is_empty() {
         return Err(malformed("no signatures".into()));
     }

@@ -22,9 +22,9 @@ mod wire;
 pub use clock::{TRUSTED_TIME_FLOOR_UNIX, TimeBasis, TrustedNow, trusted_now};
 pub use fsio::CRASH_ENV;
 pub use manifest::{
-    ArtifactSpec, Canary, Envelope, InstalledEntry, Installed, Kind, SignatureEntry, Targets, TrustedKey,
-    TrustedKeys, UpdateManifest, Verified, VerifyContext, Version, check_plain_name, decode_key, open_envelope, sign_envelope, update_id_of,
-    verify,
+    ArtifactSpec, Canary, Envelope, Installed, InstalledEntry, Kind, SignatureEntry, Targets, TrustedKey, TrustedKeys,
+    UpdateManifest, Verified, VerifyContext, Version, check_plain_name, decode_key, open_envelope, sign_envelope,
+    update_id_of, verify,
 };
 pub use store::{BinarySlot, Phase, UpdateRecord, Updater, UpdaterOptions, wall_clock_secs};
 pub use wire::{Bundle, CHUNK_MAX_BYTES, Chunk, StateReport, chunk_artifact, envelope_update_id, topics};

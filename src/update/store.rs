@@ -36,7 +36,7 @@ use sha2::{Digest, Sha256};
 
 use super::clock::trusted_now;
 use super::fsio::{crash_point, free_bytes, fsync_dir, remove_any, swap_symlink, write_atomic};
-use super::manifest::{Installed, InstalledEntry, Kind, TrustedKeys, Version, VerifyContext, installed_key, verify};
+use super::manifest::{Installed, InstalledEntry, Kind, TrustedKeys, VerifyContext, Version, installed_key, verify};
 use super::wire::{CHUNK_MAX_BYTES, Chunk, StateReport};
 use super::{Rejection, UpdateError};
 use crate::record::now_ms;
@@ -52,8 +52,13 @@ pub enum Phase {
     Active,
     /// Was active; a newer version of the same name is active now.
     Superseded,
-    Rejected { code: String, reason: String },
-    RolledBack { reason: String },
+    Rejected {
+        code: String,
+        reason: String,
+    },
+    RolledBack {
+        reason: String,
+    },
 }
 
 impl Phase {
@@ -415,7 +420,9 @@ impl Updater {
 
     fn chunk_count(&self, id: &str) -> u32 {
         fs::read_dir(self.update_dir(id).join("chunks"))
-            .map(|d| d.filter_map(Result::ok).filter(|e| !e.file_name().to_string_lossy().starts_with('.')).count() as u32)
+            .map(|d| {
+                d.filter_map(Result::ok).filter(|e| !e.file_name().to_string_lossy().starts_with('.')).count() as u32
+            })
             .unwrap_or(0)
     }
 
@@ -465,7 +472,10 @@ impl Updater {
         }
         let actual = crate::model::sha256_hex(&bytes);
         if !actual.eq_ignore_ascii_case(&chunk.sha256_of_chunk) {
-            return Err(corrupt(format!("truncated or corrupt: SHA-256 {actual}, the chunk says {}", chunk.sha256_of_chunk)));
+            return Err(corrupt(format!(
+                "truncated or corrupt: SHA-256 {actual}, the chunk says {}",
+                chunk.sha256_of_chunk
+            )));
         }
         let path = self.chunk_path(&rec.update_id, chunk.index);
         if !path.exists() {
@@ -509,7 +519,9 @@ impl Updater {
             for i in 0..total {
                 let p = self.chunk_path(&rec.update_id, i);
                 buf.clear();
-                fs::File::open(&p).and_then(|mut f| f.read_to_end(&mut buf)).map_err(UpdateError::io("reading chunk", &p))?;
+                fs::File::open(&p)
+                    .and_then(|mut f| f.read_to_end(&mut buf))
+                    .map_err(UpdateError::io("reading chunk", &p))?;
                 hasher.update(&buf);
                 length += buf.len() as u64;
                 out.write_all(&buf).map_err(UpdateError::io("writing", &partial))?;
@@ -632,9 +644,14 @@ impl Updater {
         }
         if rec.kind == Kind::Binary {
             let slot = rec.slot.unwrap_or(BinarySlot::SlotA);
-            let pending = PendingBinary { update_id: rec.update_id.clone(), version: rec.version, slot, requested_ms: now_ms() };
+            let pending =
+                PendingBinary { update_id: rec.update_id.clone(), version: rec.version, slot, requested_ms: now_ms() };
             write_json(&self.bin_dir().join("pending.json"), &pending)?;
-            let e = self.installed.entry(key).or_insert(InstalledEntry { active: None, highest: rec.version, previous: None });
+            let e = self.installed.entry(key).or_insert(InstalledEntry {
+                active: None,
+                highest: rec.version,
+                previous: None,
+            });
             e.highest = e.highest.max(rec.version);
             self.save_installed()?;
             crash_point("installed");

@@ -59,13 +59,7 @@ pub struct Chunk {
 
 impl Chunk {
     pub fn new(update_id: &str, index: u32, total: u32, bytes: &[u8]) -> Self {
-        Self {
-            update_id: update_id.into(),
-            index,
-            total,
-            sha256_of_chunk: sha256_hex(bytes),
-            data: B64.encode(bytes),
-        }
+        Self { update_id: update_id.into(), index, total, sha256_of_chunk: sha256_hex(bytes), data: B64.encode(bytes) }
     }
 
     pub fn bytes(&self) -> Result<Vec<u8>, String> {
