@@ -12,7 +12,7 @@ t0=$SECONDS
 scripts/setup.sh
 export RUST_BACKTRACE=1
 cargo build --locked --workspace --all-targets
-cargo test --locked --workspace -- --test-threads=4
+cargo test --locked --workspace --no-fail-fast -- --test-threads=4
 echo "[test] x86_64 suite done in $((SECONDS - t0)) s"
 if [[ "${SPARK_SKIP_AARCH64:-0}" != 1 ]]; then
   scripts/test-aarch64.sh
