@@ -29,6 +29,14 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // HailoRT writes `hailort.log` into the working directory unless told
+    // otherwise, which a sandboxed service cannot do. Set it here, while the
+    // process is still single-threaded, so hailo-sys never has to.
+    if std::env::var_os(hailo_sys::ENV_LOGGER_PATH).is_none() {
+        // SAFETY: no other thread exists yet, so nothing reads the
+        // environment concurrently.
+        unsafe { std::env::set_var(hailo_sys::ENV_LOGGER_PATH, "NONE") };
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { path } => match Config::load(&path) {
