@@ -41,13 +41,20 @@ APT_PACKAGES=(
   python3-pip unzip                             # the onnxruntime wheel
   mosquitto mosquitto-clients                   # broker for the qemu end-to-end run
 )
-# No crate links ALSA or libcamera yet. When cpal (ALSA) is added, the build
-# also needs the arm64 headers: `dpkg --add-architecture arm64 && apt-get
-# install libasound2-dev:arm64` plus PKG_CONFIG_ALLOW_CROSS=1 and
-# PKG_CONFIG_PATH=/usr/lib/aarch64-linux-gnu/pkgconfig.
+# cpal links ALSA: the build needs the arm64 ALSA library and headers
+# (multiarch: `dpkg --add-architecture arm64`), found through pkg-config's
+# arm64 directory (see build()).
+ARM64_PACKAGES=(libasound2-dev:arm64)
 
 install_apt() {
   if [[ "${SPARK_SKIP_APT:-0}" == 1 ]]; then return; fi
+  if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+    log "dpkg --add-architecture arm64 (for libasound2-dev:arm64)"
+    dpkg --add-architecture arm64
+  fi
+  for p in "${ARM64_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || APT_PACKAGES+=("$p")
+  done
   local missing=()
   for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -134,6 +141,8 @@ build() {
   if [[ "${SPARK_SKIP_BUILD:-0}" == 1 ]]; then return; fi
   log "cargo build --release --target $TARGET (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
   local t0=$SECONDS
+  # pkg-config finds the arm64 .pc files through the target-specific
+  # variables in .cargo/config.toml (alsa-sys).
   (cd "$ROOT" && cargo build --release --locked --target "$TARGET" --bin sparkd --bin sparkctl)
   log "release build took $((SECONDS - t0)) s"
   check_binaries
