@@ -89,10 +89,7 @@ impl Paths {
 /// Reads a secret named in the config: relative names are looked up in
 /// `$CREDENTIALS_DIRECTORY` (systemd `LoadCredential=`) first.
 pub fn read_secret(path: &Path) -> Result<String, StartError> {
-    let candidate = match std::env::var_os("CREDENTIALS_DIRECTORY") {
-        Some(dir) if path.is_relative() && Path::new(&dir).join(path).exists() => Path::new(&dir).join(path),
-        _ => path.to_path_buf(),
-    };
+    let candidate = crate::tls::credential_path(path);
     std::fs::read_to_string(&candidate)
         .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
         .map_err(|source| StartError::Secret { path: candidate, source })

@@ -67,9 +67,19 @@ impl Broker {
             dir.path().display()
         )
         .expect("write conf");
+        Self::spawn(port, dir)
+    }
+
+    /// A new broker on `port` reusing a previous broker's persistence folder.
+    pub fn restart_in(port: u16, dir: tempfile::TempDir) -> Self {
+        Self::spawn(port, dir)
+    }
+
+    /// Starts mosquitto with `dir/mosquitto.conf` and waits for its port.
+    fn spawn(port: u16, dir: tempfile::TempDir) -> Self {
         let child = Command::new("mosquitto")
             .arg("-c")
-            .arg(&conf)
+            .arg(dir.path().join("mosquitto.conf"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -77,22 +87,6 @@ impl Broker {
         let b = Broker { port, child, dir };
         wait_for(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).ok())
             .expect("mosquitto did not start");
-        b
-    }
-
-    /// A new broker on `port` reusing a previous broker's persistence folder.
-    pub fn restart_in(port: u16, dir: tempfile::TempDir) -> Self {
-        let conf = dir.path().join("mosquitto.conf");
-        let child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto");
-        let b = Broker { port, child, dir };
-        wait_for(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).ok())
-            .expect("mosquitto did not restart");
         b
     }
 
