@@ -41,7 +41,7 @@ check_inputs() {
 # release dir, where the package's `target/release/...` assets find them.
 gen_cli_docs() {
   local rel="$CARGO_TARGET_DIR/$TARGET/release" run=()
-  [[ "$(uname -m)" == aarch64 ]] || run=("$ROOT/deps/qemu/usr/bin/qemu-aarch64" -L /usr/aarch64-linux-gnu)
+  [[ "$(uname -m)" == aarch64 ]] || run=("$ROOT/scripts/qemu-aarch64")
   rm -rf "$rel/completions" "$rel/man" && mkdir -p "$rel/completions" "$rel/man"
   "${run[@]}" "$rel/sparkctl" completions bash >"$rel/completions/sparkctl"
   "${run[@]}" "$rel/sparkctl" completions zsh >"$rel/completions/_sparkctl"

@@ -23,7 +23,7 @@ TARGET=aarch64-unknown-linux-gnu
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target-aarch64}"
 REL="$CARGO_TARGET_DIR/$TARGET/release"
 ORT_LIB="$DEPS/onnxruntime-aarch64/libonnxruntime.so.1.31.1"
-QEMU=("$DEPS/qemu/usr/bin/qemu-aarch64" -cpu cortex-a76 -L /usr/aarch64-linux-gnu)
+QEMU=("$ROOT/scripts/qemu-aarch64")
 E2E_TIMEOUT="${SPARK_E2E_TIMEOUT_SECS:-600}"
 
 log() { printf '[test-aarch64] %s\n' "$*" >&2; }
@@ -39,7 +39,7 @@ if [[ "${SPARK_SKIP_UNIT:-0}" != 1 ]]; then
   log "cargo test --release --target $TARGET --lib (under qemu)"
   t0=$SECONDS
   (cd "$ROOT" && \
-    CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="${QEMU[*]}" \
+    CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="$ROOT/scripts/qemu-aarch64" \
     ORT_DYLIB_PATH="$ORT_LIB" \
     cargo test --release --locked --target "$TARGET" --lib)
   log "unit tests under qemu took $((SECONDS - t0)) s (build included)"

@@ -10,6 +10,7 @@ pub mod control;
 pub mod daemon;
 pub mod detect;
 pub mod engine;
+pub mod heap;
 pub mod identity;
 pub mod link;
 pub mod loadgen;

@@ -1,4 +1,8 @@
-//! Logging setup: journald under systemd, stderr otherwise.
+//! Logging setup: journald when systemd connected our stderr to the journal,
+//! stderr otherwise (plain text unless stderr is a terminal).
+
+use std::io::IsTerminal;
+use std::os::unix::fs::MetadataExt;
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
@@ -9,9 +13,7 @@ pub fn init(level: &str) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let under_systemd =
-        std::env::var_os("JOURNAL_STREAM").is_some() || std::path::Path::new("/run/systemd/journal/socket").exists();
-    if under_systemd {
+    if stderr_is_journal() {
         match tracing_journald::layer() {
             Ok(journald) => {
                 let _ = tracing_subscriber::registry()
@@ -25,6 +27,48 @@ pub fn init(level: &str) {
     }
     let _ = tracing_subscriber::registry()
         .with(filter)
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_target(false)
+                // Escape codes only for a person at a terminal, never in files or pipes.
+                .with_ansi(std::io::stderr().is_terminal()),
+        )
         .try_init();
+}
+
+/// systemd's documented test: `$JOURNAL_STREAM` is `<device>:<inode>` of the
+/// stream it gave us, and only counts while stderr is still that stream (a
+/// technician running `sparkd run` in a shell on the device wants stderr,
+/// even though the journal socket exists there).
+fn stderr_is_journal() -> bool {
+    let Some(value) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(stderr) = std::fs::metadata("/proc/self/fd/2") else {
+        return false;
+    };
+    journal_stream_matches(&value.to_string_lossy(), stderr.dev(), stderr.ino())
+}
+
+fn journal_stream_matches(value: &str, dev: u64, ino: u64) -> bool {
+    let mut parts = value.splitn(2, ':');
+    let (Some(d), Some(i)) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    d.trim().parse::<u64>().ok() == Some(dev) && i.trim().parse::<u64>().ok() == Some(ino)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::journal_stream_matches;
+
+    #[test]
+    fn journal_stream_must_name_our_stderr() {
+        assert!(journal_stream_matches("25:1234", 25, 1234));
+        assert!(!journal_stream_matches("25:1234", 25, 999));
+        assert!(!journal_stream_matches("26:1234", 25, 1234));
+        assert!(!journal_stream_matches("garbage", 25, 1234));
+        assert!(!journal_stream_matches("", 0, 0));
+    }
 }

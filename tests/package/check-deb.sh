@@ -141,7 +141,7 @@ ok "installed unit: systemd-analyze verify silent, security exposure $exposure"
 
 # --- 6. installed binary + installed config ---------------------------------
 if [[ -x "$QEMU" ]]; then
-  "$QEMU" -cpu cortex-a76 -L /usr/aarch64-linux-gnu "$R/usr/bin/sparkd" check-config "$R/etc/sparkd/sparkd.toml" >/dev/null \
+  "$ROOT/scripts/qemu-aarch64" "$R/usr/bin/sparkd" check-config "$R/etc/sparkd/sparkd.toml" >/dev/null \
     || fail "the installed sparkd rejects the installed config"
   ok "installed arm64 sparkd (qemu) accepts /etc/sparkd/sparkd.toml"
 else
