@@ -48,6 +48,9 @@ pub enum CameraSource {
     /// A V4L2 capture device (USB/UVC camera, or a CSI camera through
     /// libcamera's V4L2 compatibility layer).
     V4l,
+    /// Loop over the frames of a recorded MJPEG stream (`mjpeg_file`).
+    #[serde(alias = "mjpeg_file")]
+    MjpegFile,
     /// No camera: the daemon only samples telemetry.
     None,
 }
@@ -67,8 +70,11 @@ pub struct CameraConfig {
     /// Capture size asked of the device (it may pick the nearest).
     pub width: u32,
     pub height: u32,
-    /// `auto` (MJPEG, else YUYV), `mjpeg` or `yuyv`.
+    /// `auto` (MJPEG, YUYV, NV12, YU12: the first offered), or one of
+    /// `mjpeg`, `yuyv`, `nv12`, `yu12`.
     pub pixel_format: String,
+    /// Recorded MJPEG stream (concatenated JPEGs) for `source = "mjpeg-file"`.
+    pub mjpeg_file: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -284,6 +290,7 @@ impl Default for CameraConfig {
             width: 640,
             height: 480,
             pixel_format: "auto".into(),
+            mjpeg_file: PathBuf::new(),
         }
     }
 }
@@ -500,8 +507,11 @@ impl Config {
         if !(self.load.events_per_sec >= 0.0 && self.load.events_per_sec <= 1_000_000.0) {
             bad("load.events_per_sec", "must be between 0 and 1000000".into());
         }
-        if !["auto", "mjpeg", "yuyv"].contains(&self.camera.pixel_format.as_str()) {
-            bad("camera.pixel_format", "must be auto, mjpeg or yuyv".into());
+        if !["auto", "mjpeg", "yuyv", "nv12", "yu12"].contains(&self.camera.pixel_format.as_str()) {
+            bad("camera.pixel_format", "must be auto, mjpeg, yuyv, nv12 or yu12".into());
+        }
+        if self.camera.source == CameraSource::MjpegFile && self.camera.mjpeg_file.as_os_str().is_empty() {
+            bad("camera.mjpeg_file", "camera.source = \"mjpeg-file\" needs the file to replay".into());
         }
         if self.camera.width == 0 || self.camera.height == 0 || self.camera.width > 8192 || self.camera.height > 8192 {
             bad("camera.width", "camera size out of range".into());
@@ -682,6 +692,15 @@ mod tests {
         let u = BrokerUrl::parse("mqtt://127.0.0.1:4000").unwrap();
         assert_eq!((u.host.as_str(), u.port, u.tls), ("127.0.0.1", 4000, false));
         assert!(BrokerUrl::parse("mqtt://h:99999").is_err());
+    }
+
+    #[test]
+    fn mjpeg_file_source_needs_its_file_and_takes_both_spellings() {
+        let ConfigError::Invalid(issues) = parse("[camera]\nsource = \"mjpeg-file\"\n").unwrap_err() else { panic!() };
+        assert_eq!(issues[0].key, "camera.mjpeg_file");
+        let c =
+            parse("[camera]\nsource = \"mjpeg_file\"\nmjpeg_file = \"/x.mjpeg\"\npixel_format = \"nv12\"\n").unwrap();
+        assert_eq!(c.camera.source, CameraSource::MjpegFile);
     }
 
     #[test]

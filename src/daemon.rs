@@ -112,13 +112,16 @@ pub fn build_engine(config: &Config, model: &Model, shared: &Arc<Shared>) -> Res
     if opener.is_none() && config.hailo.enabled {
         shared.update_engine(|e| e.last_error = Some("model manifest names no HEF: CPU only".into()));
     }
-    Ok(Box::new(Selector::new(
+    let engine = Selector::new(
         Box::new(cpu),
         opener,
         Duration::from_secs_f64(config.hailo.reprobe_min_secs),
         Duration::from_secs_f64(config.hailo.reprobe_max_secs),
         shared.clone(),
-    )))
+    );
+    drop(bytes);
+    crate::memory::release_after_load();
+    Ok(Box::new(engine))
 }
 
 /// How to open the Hailo engine for this model, if the model has a HEF and
@@ -158,6 +161,7 @@ fn hailo_opener(config: &Config, model: &Model) -> Option<Opener> {
 /// Where frames come from.
 enum Capture {
     Replay(Vec<PathBuf>),
+    MjpegFile(PathBuf),
     V4l,
 }
 
@@ -169,7 +173,15 @@ struct Threads {
 }
 
 pub fn run(config: Config) -> Result<(), StartError> {
+    run_from(config, None)
+}
+
+/// [`run`]; `config_path` is the file `config` was read from (`sparkctl
+/// config reload` reads it again).
+pub fn run_from(config: Config, config_path: Option<PathBuf>) -> Result<(), StartError> {
     let paths = Paths::resolve(&config);
+    // A config activated by a fleet update takes the file's place.
+    let config = crate::update::agent::startup_config(config, &paths.state_dir);
     let device_id = identity::device_id(&config.device_id).map_err(StartError::Identity)?;
     tracing::info!(device_id = %device_id, state_dir = %paths.state_dir.display(), "sparkd starting");
 
@@ -195,9 +207,17 @@ pub fn run(config: Config) -> Result<(), StartError> {
         source => {
             let capture = match source {
                 CameraSource::Replay => Capture::Replay(replay::list_images(&config.camera.replay_dir)?),
+                CameraSource::MjpegFile => {
+                    let path = config.camera.mjpeg_file.clone();
+                    let frames = crate::source::mjpeg_file::probe(&path)
+                        .map_err(|e| StartError::Camera(format!("camera.mjpeg_file: {:#}", anyhow::Error::new(e))))?;
+                    tracing::info!(file = %path.display(), frames, "camera: replaying an MJPEG recording");
+                    Capture::MjpegFile(path)
+                }
                 _ => Capture::V4l,
             };
-            let model = Arc::new(Model::load(&config.model.manifest)?);
+            // The fleet-activated version of the model, when there is one.
+            let model = Arc::new(crate::update::agent::startup_model(&config, &paths.state_dir)?);
             let engine = build_engine(&config, &model, &shared)?;
             let kind = engine.kind();
             shared.update_engine(|e| e.model = format!("{} {}", model.manifest.name, model.manifest.version));
@@ -228,6 +248,10 @@ pub fn run(config: Config) -> Result<(), StartError> {
         .map_err(StartError::Runtime)?;
 
     let frames = camera.as_ref().map(|_| FrameQueue::new(config.camera.queue_frames));
+    // Fleet model updates hand a checked engine to the inference thread.
+    let (swap_tx, swap_rx) = crossbeam_channel::bounded(1);
+    let swap = camera.is_some().then_some(swap_tx);
+    let updates = spawn_update_agent(&config, config_path, &device_id, &paths, &shared, swap);
     // `sparkctl infer` images for the inference thread (bounded; full = busy).
     let (infer_tx, infer_rx) = crossbeam_channel::bounded(server::INFER_QUEUE);
     let infer_tx = camera.as_ref().map(|_| infer_tx);
@@ -274,6 +298,13 @@ pub fn run(config: Config) -> Result<(), StartError> {
                 .name("camera-replay".into())
                 .spawn(move || replay::run(files, fps, q, stop))
                 .map_err(StartError::Runtime)?,
+            Capture::MjpegFile(path) => {
+                let sh = shared.clone();
+                std::thread::Builder::new()
+                    .name("camera-mjpeg".into())
+                    .spawn(move || crate::source::mjpeg_file::run(&path, fps, q, sh, stop))
+                    .map_err(StartError::Runtime)?
+            }
             Capture::V4l => {
                 let (camera, sh) = (config.camera.clone(), shared.clone());
                 std::thread::Builder::new()
@@ -286,7 +317,9 @@ pub fn run(config: Config) -> Result<(), StartError> {
         threads.inference = Some(
             std::thread::Builder::new()
                 .name("inference".into())
-                .spawn(move || crate::pipeline::run(engine, model, queue, appender, sh, abort, infer_rx))
+                .spawn(move || {
+                    crate::pipeline::run_swappable(engine, model, queue, appender, sh, abort, infer_rx, swap_rx)
+                })
                 .map_err(StartError::Runtime)?,
         );
     }
@@ -322,7 +355,8 @@ pub fn run(config: Config) -> Result<(), StartError> {
         password,
         tls,
     };
-    let uplink_task = runtime.spawn(uplink::run(
+    let (update_requests, update_link) = updates.unzip();
+    let uplink_task = runtime.spawn(uplink::run_with_updates(
         settings,
         UplinkDeps {
             outbox: outbox.clone(),
@@ -332,6 +366,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
             gate,
             shutdown: shutdown_rx.clone(),
         },
+        update_link,
     ));
     let ctx = Arc::new(ControlContext {
         shared: shared.clone(),
@@ -341,6 +376,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
         config: config.clone(),
         state_dir: paths.state_dir.clone(),
         infer: infer_tx,
+        updates: update_requests,
     });
     let control_task = runtime.spawn(server::serve(listener, ctx, shutdown_rx.clone()));
 
@@ -387,6 +423,36 @@ pub fn run(config: Config) -> Result<(), StartError> {
     let _ = std::fs::remove_file(&paths.socket);
     tracing::info!("sparkd stopped");
     Ok(())
+}
+
+/// Starts the fleet update agent. A broken update setup (unreadable keys
+/// file, corrupt store) is logged and leaves the daemon running without
+/// updates: the device keeps doing its job and `sparkctl update status`
+/// says why.
+fn spawn_update_agent(
+    config: &Config,
+    config_path: Option<PathBuf>,
+    device_id: &str,
+    paths: &Paths,
+    shared: &Arc<Shared>,
+    swap: Option<crossbeam_channel::Sender<crate::pipeline::EngineSwap>>,
+) -> Option<(tokio::sync::mpsc::Sender<crate::update::agent::Request>, crate::update::agent::UplinkLink)> {
+    let deps = crate::update::agent::AgentDeps {
+        config: config.clone(),
+        device_id: device_id.to_string(),
+        state_dir: paths.state_dir.clone(),
+        shared: shared.clone(),
+        swap,
+        model_name: Model::load(&config.model.manifest).ok().map(|m| m.manifest.name),
+        config_path,
+    };
+    match crate::update::agent::spawn(deps) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::error!(error = %format!("{:#}", anyhow::Error::new(e)), "fleet updates disabled");
+            None
+        }
+    }
 }
 
 fn spawn_telemetry(

@@ -87,6 +87,27 @@ pub fn record_body(model: &Model, frame: &Frame, r: &Inferred) -> String {
     serde_json::to_string(&body).unwrap_or_else(|_| "{}".into())
 }
 
+/// The prepared `input` of `frame` as a picture, for [`crate::snapshot`].
+fn model_view(model: &Model, frame: &Frame, input: &Tensor) -> crate::snapshot::Reply {
+    let spec = &model.manifest.input;
+    let image = vision::tensor_to_rgb(input, spec)
+        .ok_or_else(|| format!("the prepared input has shape {:?}, not the manifest's", input.shape))?;
+    Ok(crate::snapshot::ModelView {
+        image,
+        content: vision::fitted_size(frame.image.dimensions(), spec),
+        frame_origin: frame.origin.clone(),
+        frame_number: frame.number,
+        frame_size: frame.image.dimensions(),
+        captured_ms: frame.captured_ms,
+        model: format!("{} {}", model.manifest.name, model.manifest.version),
+        resize: match spec.resize {
+            crate::model::Resize::Letterbox => "letterbox",
+            crate::model::Resize::Stretch => "stretch",
+        }
+        .into(),
+    })
+}
+
 /// One image from `sparkctl infer`: run through the live engine between
 /// camera frames and answered on `reply`; it writes no record.
 pub struct InferJob {
@@ -94,10 +115,18 @@ pub struct InferJob {
     pub reply: tokio::sync::oneshot::Sender<Result<Inferred, String>>,
 }
 
+/// A new engine and model from a fleet update, already warmed up and
+/// canary-checked; `done` is answered once the next frame runs on it.
+pub struct EngineSwap {
+    pub engine: Box<dyn Engine>,
+    pub model: Arc<Model>,
+    pub done: crossbeam_channel::Sender<()>,
+}
+
 /// Runs until the queue is closed and drained (graceful stop) or `abort` is set.
 /// `jobs` (bounded, filled by the control socket) is polled between frames.
 pub fn run(
-    mut engine: Box<dyn Engine>,
+    engine: Box<dyn Engine>,
     model: Arc<Model>,
     queue: Arc<FrameQueue>,
     appender: Appender,
@@ -105,9 +134,31 @@ pub fn run(
     abort: Arc<AtomicBool>,
     jobs: crossbeam_channel::Receiver<InferJob>,
 ) {
+    run_swappable(engine, model, queue, appender, shared, abort, jobs, crossbeam_channel::never())
+}
+
+/// [`run`], also switching to an engine received on `swaps` between frames
+/// (the old engine is dropped there, on this thread).
+#[allow(clippy::too_many_arguments)]
+pub fn run_swappable(
+    mut engine: Box<dyn Engine>,
+    mut model: Arc<Model>,
+    queue: Arc<FrameQueue>,
+    appender: Appender,
+    shared: Arc<Shared>,
+    abort: Arc<AtomicBool>,
+    jobs: crossbeam_channel::Receiver<InferJob>,
+    swaps: crossbeam_channel::Receiver<EngineSwap>,
+) {
     let mut input = Tensor::zeros(&[1]);
     let mut last_error_log: Option<Instant> = None;
     while !abort.load(Ordering::Relaxed) {
+        if let Ok(swap) = swaps.try_recv() {
+            engine = swap.engine;
+            model = swap.model;
+            let _ = swap.done.send(());
+            tracing::info!(model = %model.manifest.name, version = %model.manifest.version, "inference switched to the updated model");
+        }
         while let Ok(job) = jobs.try_recv() {
             let _ = job.reply.send(infer_frame(engine.as_mut(), &model, &job.image, &mut input));
         }
@@ -117,7 +168,11 @@ pub fn run(
             }
             continue;
         };
-        match infer_frame(engine.as_mut(), &model, &frame.image, &mut input) {
+        let popped_at = Instant::now();
+        let inferred = infer_frame(engine.as_mut(), &model, &frame.image, &mut input);
+        // `sparkctl camera snapshot`: the tensor is prepared even if the engine failed.
+        shared.snapshots.serve(popped_at, || model_view(&model, &frame, &input));
+        match inferred {
             Ok(r) => {
                 shared.last_latency_us.store(r.latency.as_micros() as u64, Ordering::Relaxed);
                 let body = record_body(&model, &frame, &r);

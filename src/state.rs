@@ -74,6 +74,10 @@ pub struct Shared {
     pub audio_segments: AtomicU64,
     /// Microphone failures: failed opens, stream errors, model errors.
     pub audio_errors: AtomicU64,
+    /// Recent microphone levels (`sparkctl mic level`); bounded.
+    pub audio_levels: crate::audio::level::Levels,
+    /// `sparkctl camera snapshot` requests waiting for the next frame; bounded.
+    pub snapshots: crate::snapshot::SnapshotTap,
 }
 
 impl Shared {
@@ -99,6 +103,8 @@ impl Shared {
             audio_windows_dropped: AtomicU64::new(0),
             audio_segments: AtomicU64::new(0),
             audio_errors: AtomicU64::new(0),
+            audio_levels: crate::audio::level::Levels::default(),
+            snapshots: crate::snapshot::SnapshotTap::default(),
         }
     }
 

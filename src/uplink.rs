@@ -30,6 +30,7 @@ use crate::config::BrokerUrl;
 use crate::outbox::{Appender, Outbox};
 use crate::record::{Stream, now_ms};
 use crate::state::Shared;
+use crate::update::agent::{self, UplinkLink};
 
 #[derive(Debug, Clone)]
 pub struct UplinkSettings {
@@ -128,7 +129,13 @@ impl Epoch {
     }
 }
 
-pub async fn run(settings: UplinkSettings, mut deps: UplinkDeps) {
+pub async fn run(settings: UplinkSettings, deps: UplinkDeps) {
+    run_with_updates(settings, deps, None).await
+}
+
+/// [`run`], also subscribed to the fleet update topics: manifests and chunks
+/// go to the update agent, its state reports go out (see `update::agent`).
+pub async fn run_with_updates(settings: UplinkSettings, mut deps: UplinkDeps, mut updates: Option<UplinkLink>) {
     let mut backoff = settings.reconnect_min;
     deps.shared.update_link(|l| {
         l.broker = format!("{}:{}", settings.broker.host, settings.broker.port);
@@ -144,7 +151,7 @@ pub async fn run(settings: UplinkSettings, mut deps: UplinkDeps) {
                 _ = deps.shutdown.changed() => return,
             }
         }
-        let outcome = run_epoch(&settings, &mut deps).await;
+        let outcome = run_epoch(&settings, &mut deps, &mut updates).await;
         deps.shared.update_link(|l| {
             if l.broker_connected {
                 l.since_ms = now_ms();
@@ -228,7 +235,7 @@ fn connection_error_text(e: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-async fn run_epoch(s: &UplinkSettings, deps: &mut UplinkDeps) -> EpochEnd {
+async fn run_epoch(s: &UplinkSettings, deps: &mut UplinkDeps, updates: &mut Option<UplinkLink>) -> EpochEnd {
     let cap = s.window as usize * 2 + 16;
     let (client, mut eventloop) = AsyncClient::new(mqtt_options(s), cap);
     let mut epoch = Epoch::new();
@@ -248,6 +255,15 @@ async fn run_epoch(s: &UplinkSettings, deps: &mut UplinkDeps) -> EpochEnd {
                         l.reconnects += 1;
                     });
                     publish_status(s, &client, &mut epoch, deps, true);
+                    // Clean sessions: subscribe again on every connection.
+                    for t in updates.iter().flat_map(|u| u.subscriptions.iter()) {
+                        let _ = client.try_subscribe(t, QoS::AtLeastOnce);
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if let Some(u) = updates.as_ref() {
+                        forward_update(u, p.topic, p.payload.to_vec()).await;
+                    }
                 }
                 Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
                     if let Some(Some(c)) = epoch.queued.pop_front() {
@@ -280,6 +296,14 @@ async fn run_epoch(s: &UplinkSettings, deps: &mut UplinkDeps) -> EpochEnd {
             _ = deps.wake.notified() => {
                 epoch.dirty = [true; 3];
             }
+            Some(report) = next_report(updates), if connected => {
+                if let Ok(payload) = serde_json::to_vec(&report) {
+                    let topic = crate::update::topics::state(&s.topic_prefix, &s.device_id);
+                    if client.try_publish(topic, QoS::AtLeastOnce, false, payload).is_ok() {
+                        epoch.queued.push_back(None);
+                    }
+                }
+            }
             _ = status_tick.tick() => {
                 if connected {
                     publish_status(s, &client, &mut epoch, deps, true);
@@ -302,6 +326,36 @@ async fn run_epoch(s: &UplinkSettings, deps: &mut UplinkDeps) -> EpochEnd {
         if connected {
             fill_window(s, &client, &mut epoch, deps);
         }
+    }
+}
+
+/// Hands an update manifest or chunk to the update agent. A full queue
+/// pauses this loop for at most [`agent::FORWARD_WAIT`]; then the message
+/// is dropped and counted, and a new push resumes the transfer.
+async fn forward_update(u: &UplinkLink, topic: String, payload: Vec<u8>) {
+    if !(topic.ends_with("/update/manifest") || topic.ends_with("/update/chunk")) {
+        return; // our own update/state and anything else under update/#
+    }
+    let req = agent::Request::Mqtt { topic, payload };
+    let req = match u.requests.try_send(req) {
+        Ok(()) => return,
+        Err(tokio::sync::mpsc::error::TrySendError::Full(r)) => r,
+        Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => return,
+    };
+    if !matches!(tokio::time::timeout(agent::FORWARD_WAIT, u.requests.send(req)).await, Ok(Ok(()))) {
+        let n = u.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        // A push can overflow many times in a row: log the 1st, 2nd, 4th, ...
+        if n.is_power_of_two() {
+            tracing::warn!(dropped = n, "update agent busy: update message dropped; push again to resume");
+        }
+    }
+}
+
+/// The next state report to publish; pending forever without an agent.
+async fn next_report(updates: &mut Option<UplinkLink>) -> Option<crate::update::StateReport> {
+    match updates {
+        Some(u) => u.reports.recv().await,
+        None => std::future::pending().await,
     }
 }
 

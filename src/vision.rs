@@ -57,6 +57,44 @@ fn axis_map(src: usize, dst: usize) -> Vec<(usize, usize, f32)> {
         .collect()
 }
 
+/// The size a `frame`-sized image takes inside the model input: the whole
+/// input when stretched, the aspect-preserving fit (top-left, padded
+/// right/bottom) when letterboxed.
+pub fn fitted_size(frame: (u32, u32), spec: &InputSpec) -> (u32, u32) {
+    let (tw, th) = (spec.width, spec.height);
+    let (fw, fh) = frame;
+    match spec.resize {
+        Resize::Stretch => (tw, th),
+        Resize::Letterbox => {
+            let s = (tw as f32 / fw as f32).min(th as f32 / fh as f32);
+            (((fw as f32 * s).round() as u32).clamp(1, tw), ((fh as f32 * s).round() as u32).clamp(1, th))
+        }
+    }
+}
+
+/// The inverse of [`prepare`]'s normalisation: the tensor back as the RGB
+/// picture the model was given (padding included), rounded to 8 bits.
+/// `None` when the tensor is not the NCHW batch-1 shape `spec` describes.
+pub fn tensor_to_rgb(t: &Tensor, spec: &InputSpec) -> Option<RgbImage> {
+    let (w, h) = (spec.width as usize, spec.height as usize);
+    if t.shape != [1, 3, h, w] || t.data.len() != 3 * w * h {
+        return None;
+    }
+    let order = match spec.color {
+        ColorOrder::Rgb => [0usize, 1, 2],
+        ColorOrder::Bgr => [2usize, 1, 0],
+    };
+    let plane = w * h;
+    let mut img = RgbImage::new(spec.width, spec.height);
+    for (i, px) in img.as_mut().chunks_exact_mut(3).enumerate() {
+        for (c, &src) in order.iter().enumerate() {
+            let v = t.data[c * plane + i] * spec.std[src] + spec.mean[src];
+            px[src] = v.round().clamp(0.0, 255.0) as u8;
+        }
+    }
+    Some(img)
+}
+
 /// Resizes `frame` as `spec` says and writes the normalised NCHW tensor into
 /// `out` (reused across frames to avoid an allocation per frame).
 ///
@@ -65,15 +103,8 @@ fn axis_map(src: usize, dst: usize) -> Vec<(usize, usize, f32)> {
 pub fn prepare(frame: &RgbImage, spec: &InputSpec, out: &mut Tensor) -> Letterbox {
     let (tw, th) = (spec.width, spec.height);
     let (fw, fh) = frame.dimensions();
-    let (nw, nh, sx, sy) = match spec.resize {
-        Resize::Stretch => (tw, th, tw as f32 / fw as f32, th as f32 / fh as f32),
-        Resize::Letterbox => {
-            let s = (tw as f32 / fw as f32).min(th as f32 / fh as f32);
-            let nw = ((fw as f32 * s).round() as u32).clamp(1, tw);
-            let nh = ((fh as f32 * s).round() as u32).clamp(1, th);
-            (nw, nh, nw as f32 / fw as f32, nh as f32 / fh as f32)
-        }
-    };
+    let (nw, nh) = fitted_size((fw, fh), spec);
+    let (sx, sy) = (nw as f32 / fw as f32, nh as f32 / fh as f32);
     let (w, h) = (tw as usize, th as usize);
     let plane = w * h;
     out.shape.clear();
@@ -191,6 +222,25 @@ mod tests {
         let img = RgbImage::new(16, 8);
         let lb = prepare(&img, &spec(8, 8, ColorOrder::Rgb, Resize::Letterbox), &mut t);
         assert_eq!(lb.to_frame([1.0, 1.0, 2.0, 3.0]), [2.0, 2.0, 4.0, 6.0]);
+    }
+
+    #[test]
+    fn tensor_back_to_rgb_is_the_letterboxed_frame_with_its_padding() {
+        // 4x2 frame into an 8x8 BGR input: scale 2, content 8x4, pad below.
+        let img = RgbImage::from_pixel(4, 2, image::Rgb([110, 120, 130]));
+        let mut s = spec(8, 8, ColorOrder::Bgr, Resize::Letterbox);
+        s.pad_value = 7.0;
+        let mut t = Tensor::zeros(&[1]);
+        prepare(&img, &s, &mut t);
+        assert_eq!(fitted_size((4, 2), &s), (8, 4));
+        let back = tensor_to_rgb(&t, &s).unwrap();
+        assert_eq!(back.dimensions(), (8, 8));
+        assert_eq!(back.get_pixel(7, 3).0, [110, 120, 130]);
+        assert_eq!(back.get_pixel(0, 4).0, [7, 7, 7]);
+        assert_eq!(back.get_pixel(7, 7).0, [7, 7, 7]);
+        // A tensor of another shape is refused, not misread.
+        assert!(tensor_to_rgb(&Tensor::zeros(&[1, 3, 4, 4]), &s).is_none());
+        assert_eq!(fitted_size((4, 2), &spec(8, 8, ColorOrder::Rgb, Resize::Stretch)), (8, 8));
     }
 
     #[test]

@@ -22,6 +22,7 @@
 //! model is a start-up error.
 
 pub mod capture;
+pub mod level;
 pub mod resample;
 pub mod ring;
 pub mod segment;
@@ -235,6 +236,8 @@ fn run(config: AudioConfig, vad: SileroVad, appender: Appender, shared: Arc<Shar
     let mut last_model_error_log: Option<Instant> = None;
     let mut segments: Vec<Segment> = Vec::new();
     let mut buf: Vec<f32> = Vec::with_capacity(READ_CHUNK);
+    // Sized for the device's rate once it opens.
+    let mut meter;
     let device = config.device.clone();
     let emit = |seg: &Segment, anchor_ms: u64, shared: &Shared| {
         let start_ms = anchor_ms + samples_to_ms(seg.start);
@@ -297,6 +300,8 @@ fn run(config: AudioConfig, vad: SileroVad, appender: Appender, shared: Arc<Shar
         let ring = Arc::new(SampleRing::new(capacity));
         *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(ring.clone());
         let anchor_ms = now_ms();
+        meter = level::LevelMeter::new(rate);
+        shared.audio_levels.set_capture(level::CaptureState { pcm: Some(input.info.pcm.clone()), sample_rate: rate });
         if let Some(seg) = detector.restart(rate) {
             emit(&seg, anchor_ms, &shared);
         }
@@ -329,6 +334,8 @@ fn run(config: AudioConfig, vad: SileroVad, appender: Appender, shared: Arc<Shar
                 tracing::debug!(samples = read.dropped_before, "audio dropped: the model fell behind");
             }
             expected = read.start_pos + read.count as u64;
+            // The level meter (`sparkctl mic level`) sees what the model sees.
+            meter.push(&buf, |rms, peak| shared.audio_levels.record(rms, peak, now_ms()));
             if read.count > 0 {
                 match detector.push(&buf, &mut segments) {
                     Ok(n) => {
@@ -349,6 +356,7 @@ fn run(config: AudioConfig, vad: SileroVad, appender: Appender, shared: Arc<Shar
         }
         ring.close();
         drop(input);
+        shared.audio_levels.set_capture(level::CaptureState::default());
         if let Some(seg) = detector.flush() {
             emit(&seg, anchor_ms, &shared);
         }

@@ -15,7 +15,7 @@ use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use spark_edge::config::{BrokerUrl, is_topic_segment};
 use spark_edge::model::sha256_hex;
 use spark_edge::update::{
-    ArtifactSpec, Bundle, CHUNK_MAX_BYTES, Kind, StateReport, Targets, TrustedKeys, UpdateManifest, Version,
+    ArtifactSpec, Bundle, CHUNK_MAX_BYTES, Canary, Kind, StateReport, Targets, TrustedKeys, UpdateManifest, Version,
     check_plain_name, chunk_artifact, decode_key, open_envelope, sign_envelope, topics, wall_clock_secs,
 };
 
@@ -62,6 +62,26 @@ enum Command {
         min_running_version: Option<Version>,
         #[arg(long)]
         hailort_version: Option<String>,
+        /// Model canary: a file inside the model pack the device runs before
+        /// switching (with --canary-label and --canary-min-score).
+        #[arg(long, requires_all = ["canary_label", "canary_min_score"])]
+        canary_input: Option<String>,
+        #[arg(long)]
+        canary_label: Option<String>,
+        #[arg(long)]
+        canary_min_score: Option<f32>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Bundle a model's files into one model pack (the artifact of a model
+    /// update): the model.toml (written as `model.toml`), the files it names
+    /// and the canary input.
+    Pack {
+        /// The model manifest (TOML); stored in the pack as model.toml.
+        #[arg(long)]
+        model: PathBuf,
+        /// Further files (ONNX, HEF, canary image), stored under their file names.
+        files: Vec<PathBuf>,
         #[arg(long)]
         out: PathBuf,
     },
@@ -118,6 +138,9 @@ fn main() {
             expires_in_days,
             min_running_version,
             hailort_version,
+            canary_input,
+            canary_label,
+            canary_min_score,
             out,
         } => sign(SignArgs {
             keys,
@@ -130,8 +153,13 @@ fn main() {
             expires_in_days,
             min_running_version,
             hailort_version,
+            canary: match (canary_input, canary_label, canary_min_score) {
+                (Some(input), Some(label), Some(min_score)) => Some(Canary { input, label, min_score }),
+                _ => None,
+            },
             out,
         }),
+        Command::Pack { model, files, out } => pack(&model, &files, &out),
         Command::Verify { keys, bundle } => verify(&keys, &bundle),
         Command::Push { broker, device, group, topic_prefix, chunk_bytes, bundle } => {
             push(&broker, device, group, &topic_prefix, chunk_bytes, &bundle)
@@ -199,7 +227,23 @@ struct SignArgs {
     expires_in_days: u64,
     min_running_version: Option<Version>,
     hailort_version: Option<String>,
+    canary: Option<Canary>,
     out: PathBuf,
+}
+
+fn pack(model: &Path, files: &[PathBuf], out: &Path) -> Result<()> {
+    let mut entries = vec![(
+        spark_edge::update::pack::MODEL_MANIFEST.to_string(),
+        std::fs::read(model).with_context(|| format!("reading {}", model.display()))?,
+    )];
+    for f in files {
+        let name = f.file_name().and_then(|n| n.to_str()).ok_or_else(|| anyhow!("{}: no file name", f.display()))?;
+        entries.push((name.to_string(), std::fs::read(f).with_context(|| format!("reading {}", f.display()))?));
+    }
+    let bytes = spark_edge::update::pack::write_pack(&entries)?;
+    std::fs::write(out, &bytes).with_context(|| format!("writing {}", out.display()))?;
+    println!("packed {} files ({} bytes) -> {}", entries.len(), bytes.len(), out.display());
+    Ok(())
 }
 
 fn sign(a: SignArgs) -> Result<()> {
@@ -229,7 +273,7 @@ fn sign(a: SignArgs) -> Result<()> {
         expires_at: issued_at + a.expires_in_days.max(1) * 86_400,
         min_running_version: a.min_running_version,
         hailort_version: a.hailort_version,
-        canary: None,
+        canary: a.canary,
     };
     let manifest_json = serde_json::to_vec_pretty(&manifest)?;
     let signers = a.keys.iter().map(|p| read_private_key(p)).collect::<Result<Vec<_>>>()?;

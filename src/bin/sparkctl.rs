@@ -5,6 +5,10 @@
 //! Human output is aligned tables, coloured only when stdout is a terminal
 //! (and `NO_COLOR` is unset); `--json` prints one JSON object on stdout.
 
+// In a folder of its own: a file directly in src/bin/ would be a binary.
+#[path = "sparkctl/sensors.rs"]
+mod sensors;
+
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -48,6 +52,16 @@ enum Command {
     Link,
     /// Active inference engine and fallbacks.
     Engine,
+    /// Cameras sparkd sees, and a frame as the model sees it.
+    Camera {
+        #[command(subcommand)]
+        action: sensors::CameraAction,
+    },
+    /// A live level meter of sparkd's microphone.
+    Mic {
+        #[command(subcommand)]
+        action: sensors::MicAction,
+    },
     /// Run one JPEG/PNG file through the live engine and show what it found.
     Infer {
         #[arg(value_name = "FILE")]
@@ -102,6 +116,10 @@ enum Command {
 enum ConfigAction {
     /// The daemon's running configuration as TOML (secret values redacted).
     Show,
+    /// Make the daemon re-read its config file (same checks as check-config) and
+    /// apply what can change live; prints the keys that need a restart. Needs
+    /// root or sparkd-admin.
+    Reload,
     /// Validate a config file (default: /etc/sparkd/sparkd.toml) without the daemon.
     Check {
         #[arg(value_name = "PATH")]
@@ -111,8 +129,15 @@ enum ConfigAction {
 
 #[derive(Subcommand)]
 enum UpdateAction {
-    /// What the update subsystem is doing.
+    /// What the update subsystem is doing: installed versions and every known update.
     Status,
+    /// Apply a signed update bundle (e.g. from a USB stick) with the same checks
+    /// as a fleet push: sparkctl reads the file and sends it over the socket.
+    /// Needs root or sparkd-admin.
+    Apply {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
 }
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -149,6 +174,10 @@ fn main() -> ExitCode {
         Command::Logs { follow, lines } => logs(follow, lines, cli.json),
         Command::Doctor { config } => doctor(&socket(), config.as_deref(), &out),
         Command::Infer { file } => infer(&socket(), &file, &out),
+        Command::Camera { action } => sensors::camera(&socket(), action, &out),
+        Command::Mic { action } => sensors::mic(&socket(), action, &out),
+        Command::Update { action: UpdateAction::Apply { file } } => update_apply(&socket(), &file, &out),
+        Command::Config { action: ConfigAction::Reload } => config_reload(&socket(), &out),
         Command::Sync { wait, timeout_secs } => {
             let socket = socket();
             let r = match ask(&socket, &Request::Sync, TIMEOUT, &out) {
@@ -450,7 +479,119 @@ fn print_config(c: &ConfigReport) -> ExitCode {
 
 fn print_update(u: &UpdateReport, o: &Out) {
     let state = serde_json::to_value(u.state).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
-    rows(&[("state", o.warn(&state)), ("installed", u.installed_version.clone()), ("note", u.message.clone())]);
+    rows(&[("state", o.warn(&state)), ("sparkd", u.installed_version.clone()), ("note", u.message.clone())]);
+    if !u.restart_required.is_empty() {
+        rows(&[("needs restart", o.warn(&u.restart_required.join(", ")))]);
+    }
+    if u.dropped_messages > 0 {
+        rows(&[("dropped", format!("{} update messages (push again to resume)", u.dropped_messages))]);
+    }
+    if !u.installed.is_empty() {
+        println!();
+        println!("{:<8} {:<16} {:<10} {:<10} {:<10}", "KIND", "NAME", "ACTIVE", "PREVIOUS", "HIGHEST");
+        for i in &u.installed {
+            println!("{:<8} {:<16} {:<10} {:<10} {:<10}", i.kind, i.name, dash(&i.active), dash(&i.previous), i.highest);
+        }
+    }
+    if !u.updates.is_empty() {
+        println!();
+        println!("{:<32} {:<7} {:<16} {:<10} {:<12} {:<10} DETAIL", "UPDATE", "KIND", "NAME", "VERSION", "STATE", "CHANGED");
+        for r in &u.updates {
+            let state = match r.state.as_str() {
+                "active" => o.good(&r.state),
+                "rejected" | "rolled_back" => o.bad(&r.state),
+                _ => r.state.clone(),
+            };
+            let detail = match (&r.code, &r.reason) {
+                (Some(c), Some(why)) => format!("{c}: {why}"),
+                (None, Some(why)) => why.clone(),
+                _ => String::new(),
+            };
+            println!(
+                "{:<32} {:<7} {:<16} {:<10} {:<12} {:<10} {detail}",
+                r.update_id,
+                r.kind,
+                r.name,
+                r.version,
+                state,
+                ago(Some(since_ms(r.updated_ms))),
+            );
+        }
+    }
+}
+
+/// `config reload`: exit 0 when the file passed and was applied.
+fn config_reload(socket: &Path, out: &Out) -> ExitCode {
+    let (applied, restart_required) = match ask(socket, &Request::ConfigReload, TIMEOUT, out) {
+        Ok(Response::ConfigReloaded { applied, restart_required }) => (applied, restart_required),
+        Ok(r) => return unexpected(&r),
+        Err(code) => return code,
+    };
+    if out.json {
+        println!("{}", serde_json::json!({"applied": applied, "restart_required": restart_required}));
+    } else {
+        let list = |v: &[String]| if v.is_empty() { "-".to_string() } else { v.join(", ") };
+        rows(&[("applied", list(&applied)), ("needs restart", out.warn(&list(&restart_required)))]);
+    }
+    ExitCode::SUCCESS
+}
+
+/// Largest bundle file `update apply` reads (the daemon bounds the artifact
+/// again with `update.max_artifact_megabytes`).
+const MAX_BUNDLE_BYTES: u64 = 1 << 30;
+
+/// `update apply FILE`: reads the bundle with the technician's rights (a USB
+/// stick mounted after sparkd started is invisible to the sandboxed daemon)
+/// and sends its envelope, then its chunks, over the socket; the daemon runs
+/// the same checks as for a fleet push. Exit 0 only when the update ended active.
+fn update_apply(socket: &Path, file: &Path, out: &Out) -> ExitCode {
+    let bundle = match std::fs::metadata(file) {
+        Ok(m) if m.len() > MAX_BUNDLE_BYTES => return fail_msg(&format!("{}: larger than 1 GiB", file.display())),
+        Ok(_) => match std::fs::read(file) {
+            Ok(b) => b,
+            Err(e) => return fail_msg(&format!("reading {}: {e}", file.display())),
+        },
+        Err(e) => return fail_msg(&format!("{}: {e}", file.display())),
+    };
+    let b = match spark_edge::update::Bundle::parse(&bundle) {
+        Ok(b) => b,
+        Err(e) => return fail_msg(&format!("{}: {e}", file.display())),
+    };
+    drop(bundle);
+    let Some(id) = b.update_id() else { return fail_msg(&format!("{}: the envelope does not decode", file.display())) };
+    let envelope = String::from_utf8_lossy(&b.envelope).into_owned();
+    let mut last = match ask(socket, &Request::UpdateApplyManifest { envelope }, TIMEOUT, out) {
+        Ok(Response::UpdateApplied { update }) => update,
+        Ok(r) => return unexpected(&r),
+        Err(code) => return code,
+    };
+    if last.state == "received" {
+        let chunks = spark_edge::update::chunk_artifact(&id, &b.artifact, spark_edge::update::CHUNK_MAX_BYTES);
+        let tty = std::io::stderr().is_terminal() && !out.json;
+        for (i, c) in chunks.iter().enumerate() {
+            let Ok(chunk) = serde_json::to_string(c) else { return fail_msg("encoding a chunk") };
+            // The last chunk verifies, checks and activates: allow for it.
+            last = match ask(socket, &Request::UpdateApplyChunk { chunk }, Duration::from_secs(180), out) {
+                Ok(Response::UpdateApplied { update }) => update,
+                Ok(r) => return unexpected(&r),
+                Err(code) => return code,
+            };
+            if tty {
+                eprint!("\rsent {}/{} chunks\x1b[K", i + 1, chunks.len());
+            }
+        }
+        if tty {
+            eprintln!();
+        }
+    }
+    let v = last;
+    if out.json {
+        println!("{}", serde_json::to_value(&v).unwrap_or_default());
+    } else {
+        let detail = v.reason.clone().map(|r| format!(" ({r})")).unwrap_or_default();
+        println!("{} {} {} ({}): {}{detail}", v.kind, v.name, v.version, v.update_id, v.state);
+    }
+    if v.state == "active" { ExitCode::SUCCESS } else { ExitCode::from(1) }
 }
 
 // ---- sync --wait ---------------------------------------------------------------

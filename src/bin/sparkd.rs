@@ -49,10 +49,10 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
-        Command::Run { config } => {
-            let config = match config {
+        Command::Run { config: config_path } => {
+            let config = match &config_path {
                 None => Config::demo(),
-                Some(p) => match Config::load(&p) {
+                Some(p) => match Config::load(p) {
                     Ok(c) => c,
                     Err(e) => {
                         eprintln!("sparkd: {}", report(&e));
@@ -61,7 +61,7 @@ fn main() -> ExitCode {
                 },
             };
             spark_edge::logging::init(&config.log.level);
-            match spark_edge::daemon::run(config) {
+            match spark_edge::daemon::run_from(config, config_path) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     let msg = report(&e);

@@ -265,6 +265,10 @@ pub fn camera(config: &Config) -> Check {
             }
             Err(e) => Check::fail(NAME, chain(&e), "check camera.replay_dir in the config"),
         },
+        CameraSource::MjpegFile => match crate::source::mjpeg_file::probe(&config.camera.mjpeg_file) {
+            Ok(n) => Check::pass(NAME, format!("replay of {n} MJPEG frames in {}", config.camera.mjpeg_file.display())),
+            Err(e) => Check::fail(NAME, chain(&e), "check camera.mjpeg_file in the config"),
+        },
         CameraSource::V4l => {
             let dev = &config.camera.device;
             // Opening a V4L2 node does not disturb a capture in progress.

@@ -3,9 +3,13 @@
 //! `protocol` holds the request/response types and the framing, shared by
 //! both sides; `server` is the daemon's listener and its authorization;
 //! `doctor` judges the checks `sparkctl doctor` shows (in the daemon, or in
-//! `sparkctl` when the daemon is down); `client` is what `sparkctl` uses.
+//! `sparkctl` when the daemon is down); `client` is what `sparkctl` uses; `update` turns the update agent's
+//! answers into `update status` / `update apply` responses; `sensors` answers
+//! `camera list`, `camera snapshot` and `mic level`.
 
 pub mod client;
 pub mod doctor;
 pub mod protocol;
+pub mod sensors;
 pub mod server;
+pub mod update;

@@ -36,7 +36,20 @@ pub enum Request {
     Doctor,
     /// The running configuration, secrets redacted.
     ConfigShow,
+    /// Re-read the config file through the checks of `sparkd check-config`
+    /// and apply what can change live.
+    ConfigReload,
     UpdateStatus,
+    /// `update apply`, step 1: a bundle's signed envelope (JSON text). The
+    /// client reads the file with its own rights and sends the bytes.
+    UpdateApplyManifest {
+        envelope: String,
+    },
+    /// `update apply`, step 2..: one chunk, the JSON of an MQTT update chunk
+    /// (at most 256 KiB of data). The last one activates the update.
+    UpdateApplyChunk {
+        chunk: String,
+    },
     /// Run one image through the live engine. The client reads the file (with
     /// its own rights, in its own mount namespace) and sends the bytes.
     Infer {
@@ -45,12 +58,28 @@ pub enum Request {
         /// The encoded image (JPEG or PNG), hex.
         image_hex: String,
     },
+    /// The V4L2 devices the daemon sees, with formats, sizes and rates.
+    CameraList,
+    /// The next camera frame as the model sees it (after resize/letterbox).
+    CameraSnapshot,
+    /// Microphone level windows numbered `from_seq` and later; `None` gives
+    /// none, only where the stream is (a meter starts there).
+    MicLevel {
+        #[serde(default)]
+        from_seq: Option<u64>,
+    },
 }
 
 impl Request {
     /// Requests that change the daemon's behaviour (need admin rights).
     pub fn is_mutating(&self) -> bool {
-        matches!(self, Request::Sync)
+        matches!(
+            self,
+            Request::Sync
+                | Request::ConfigReload
+                | Request::UpdateApplyManifest { .. }
+                | Request::UpdateApplyChunk { .. }
+        )
     }
 
     /// The command's name as the CLI spells it, for logs and messages.
@@ -63,15 +92,20 @@ impl Request {
             Request::Sync => "sync",
             Request::Doctor => "doctor",
             Request::ConfigShow => "config show",
+            Request::ConfigReload => "config reload",
             Request::UpdateStatus => "update status",
+            Request::UpdateApplyManifest { .. } | Request::UpdateApplyChunk { .. } => "update apply",
             Request::Infer { .. } => "infer",
+            Request::CameraList => "camera list",
+            Request::CameraSnapshot => "camera snapshot",
+            Request::MicLevel { .. } => "mic level",
         }
     }
 
     /// Largest frame this request may arrive in.
     pub fn max_frame(&self) -> usize {
         match self {
-            Request::Infer { .. } => MAX_UPLOAD_BYTES,
+            Request::Infer { .. } | Request::UpdateApplyChunk { .. } => MAX_UPLOAD_BYTES,
             _ => MAX_REQUEST_BYTES,
         }
     }
@@ -96,6 +130,8 @@ pub enum ErrorCode {
     /// The request is valid but this daemon cannot serve it now (no engine).
     Unavailable,
     Internal,
+    /// A valid request the daemon decided against (an update that fails its checks).
+    Refused,
     /// A code this client does not know (a newer daemon).
     #[serde(other)]
     Other,
@@ -126,7 +162,15 @@ pub enum Response {
     Doctor(DoctorReport),
     Config(ConfigReport),
     Update(UpdateReport),
+    /// The end state of `update apply`.
+    UpdateApplied { update: UpdateView },
+    /// `config reload`: dotted keys now in effect, and those that changed
+    /// but need a restart.
+    ConfigReloaded { applied: Vec<String>, restart_required: Vec<String> },
     Inference(InferReport),
+    Cameras(CameraListReport),
+    Snapshot(SnapshotReport),
+    MicLevel(MicLevelReport),
     Error(ErrorBody),
 }
 
@@ -258,8 +302,12 @@ pub struct ConfigReport {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum UpdateState {
-    /// This build has no update subsystem: nothing is staged or applied.
+    /// Updates cannot be applied (no trusted keys, or the update store did not open).
     Unavailable,
+    /// Ready; nothing under way.
+    Idle,
+    /// An update is being received, checked or activated.
+    InProgress,
     /// A state this client does not know (a newer daemon).
     #[serde(other)]
     Other,
@@ -268,8 +316,48 @@ pub enum UpdateState {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UpdateReport {
     pub state: UpdateState,
+    /// This sparkd's version.
     pub installed_version: String,
     pub message: String,
+    /// Versions of each model/config/binary name accepted here.
+    #[serde(default)]
+    pub installed: Vec<InstalledView>,
+    /// Every update this device knows, oldest first.
+    #[serde(default)]
+    pub updates: Vec<UpdateView>,
+    #[serde(default)]
+    pub trusted_keys: Vec<String>,
+    /// Update messages or reports dropped because the agent was busy.
+    #[serde(default)]
+    pub dropped_messages: u64,
+    /// Config keys changed (config update or reload) that take effect at the next start.
+    #[serde(default)]
+    pub restart_required: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstalledView {
+    pub kind: String,
+    pub name: String,
+    pub active: Option<String>,
+    pub previous: Option<String>,
+    pub highest: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpdateView {
+    pub update_id: String,
+    pub kind: String,
+    pub name: String,
+    pub version: String,
+    /// `received`, `verified`, `staged`, `activating`, `active`,
+    /// `superseded`, `rejected`, `rolled_back`.
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub updated_ms: u64,
 }
 
 /// One detection of `sparkctl infer`, box `[x1, y1, x2, y2]` in image pixels.
@@ -293,6 +381,108 @@ pub struct InferReport {
     pub latency_ms: f64,
     /// Best first.
     pub detections: Vec<InferDetection>,
+}
+
+/// `sparkctl camera list`: the `/dev/video*` nodes as the daemon sees them
+/// (its rights, its device sandbox).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CameraListReport {
+    /// `camera.source` and `camera.device` of the running daemon.
+    pub source: String,
+    pub configured_device: String,
+    pub devices: Vec<CameraDevice>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CameraDevice {
+    pub path: String,
+    pub driver: String,
+    pub card: String,
+    pub bus: String,
+    /// Single-planar video capture with streaming I/O: what sparkd can use.
+    pub capture: bool,
+    /// The node this daemon streams from (`camera.source = "v4l"`).
+    pub in_use: bool,
+    pub formats: Vec<CameraFormat>,
+    /// Why the node could not be queried (permissions, not a V4L2 node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CameraFormat {
+    pub fourcc: String,
+    pub description: String,
+    /// sparkd converts this format.
+    pub supported: bool,
+    pub sizes: Vec<CameraSize>,
+    /// The driver listed more sizes or rates than the report holds.
+    #[serde(default)]
+    pub truncated: bool,
+}
+
+/// One frame size with its rates; a stepwise/continuous driver gives one
+/// entry whose `width`x`height` is the smallest size and `range` the rest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CameraSize {
+    pub width: u32,
+    pub height: u32,
+    /// Frames per second offered at this size, as the driver lists them.
+    pub fps: Vec<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range: Option<SizeRange>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SizeRange {
+    pub max_width: u32,
+    pub max_height: u32,
+    pub step_width: u32,
+    pub step_height: u32,
+}
+
+/// `sparkctl camera snapshot`: the model's input picture.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotReport {
+    pub width: u32,
+    pub height: u32,
+    /// RGB8 rows, top to bottom, base64 (the client writes the PNG).
+    pub rgb_base64: String,
+    pub model: String,
+    /// `letterbox` or `stretch`.
+    pub resize: String,
+    /// The frame's area in the picture (top-left; the rest is padding).
+    pub content_width: u32,
+    pub content_height: u32,
+    pub frame_origin: String,
+    pub frame_number: u64,
+    pub frame_width: u32,
+    pub frame_height: u32,
+    pub captured_ms: u64,
+}
+
+/// `sparkctl mic level`: recent level windows of the microphone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MicLevelReport {
+    /// `audio.device`.
+    pub device: String,
+    /// The ALSA PCM open now; `None` while the microphone is unavailable.
+    pub pcm: Option<String>,
+    pub sample_rate: u32,
+    pub window_ms: u32,
+    /// The number the next window will get (ask from it next time).
+    pub next_seq: u64,
+    pub windows: Vec<LevelSample>,
+}
+
+/// One level window; dBFS relative to full scale (a full-scale sine is
+/// -3 dBFS RMS), -120 for digital silence.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LevelSample {
+    pub seq: u64,
+    pub ts_ms: u64,
+    pub rms_dbfs: f32,
+    pub peak_dbfs: f32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -409,6 +599,10 @@ mod tests {
             Request::ConfigShow,
             Request::UpdateStatus,
             Request::Infer { name: "a.png".into(), image_hex: "89504e47".into() },
+            Request::CameraList,
+            Request::CameraSnapshot,
+            Request::MicLevel { from_seq: None },
+            Request::MicLevel { from_seq: Some(42) },
         ]
     }
 
@@ -426,6 +620,14 @@ mod tests {
         let hex = "00".repeat(MAX_REQUEST_BYTES);
         let big_infer = format!(r#"{{"v":1,"request":{{"cmd":"infer","name":"x","image_hex":"{hex}"}}}}"#);
         assert!(matches!(decode_request(big_infer.as_bytes()), Ok(Request::Infer { .. })));
+    }
+
+    #[test]
+    fn mic_level_without_a_sequence_number_parses_as_none() {
+        let r = decode_request(br#"{"v":1,"request":{"cmd":"mic-level"}}"#).unwrap();
+        assert_eq!(r, Request::MicLevel { from_seq: None });
+        let r = decode_request(br#"{"v":1,"request":{"cmd":"camera-snapshot"}}"#).unwrap();
+        assert_eq!(r, Request::CameraSnapshot);
     }
 
     #[test]
@@ -479,7 +681,7 @@ mod tests {
         }
 
         #[test]
-        fn truncated_frames_are_errors(req in 0usize..9, cut_frac in 0.0f64..1.0) {
+        fn truncated_frames_are_errors(req in 0usize..all_requests().len(), cut_frac in 0.0f64..1.0) {
             let bytes = encode(&RequestFrame { v: 1, request: all_requests()[req].clone() }).unwrap();
             let cut = ((bytes.len() as f64) * cut_frac) as usize;
             prop_assert!(cut < bytes.len());

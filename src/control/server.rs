@@ -25,7 +25,7 @@ use tokio::sync::{Notify, Semaphore, watch};
 use super::protocol::{
     self, ConfigReport, DoctorReport, ErrorBody, ErrorCode, InferDetection, InferReport, InferenceReport,
     MAX_IMAGE_BYTES, MAX_REQUEST_BYTES, MAX_UPLOAD_BYTES, PROTOCOL_VERSION, QueueReport, Request, Response,
-    ResponseFrame, SensorReport, StatusReport, StreamQueue, UpdateReport, UpdateState,
+    ResponseFrame, SensorReport, StatusReport, StreamQueue,
 };
 use crate::config::Config;
 use crate::outbox::Outbox;
@@ -62,6 +62,8 @@ pub struct ControlContext {
     pub state_dir: PathBuf,
     /// Images for the live engine (`sparkctl infer`); `None` without a camera.
     pub infer: Option<crossbeam_channel::Sender<InferJob>>,
+    /// The fleet update agent; `None` when updates are disabled.
+    pub updates: Option<tokio::sync::mpsc::Sender<crate::update::agent::Request>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,7 +102,7 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
     Ok(listener)
 }
 
-struct Limits {
+pub(super) struct Limits {
     heavy: Arc<Semaphore>,
     uploads: Arc<Semaphore>,
 }
@@ -319,22 +321,25 @@ async fn handle(req: Request, ctx: &Arc<ControlContext>, peer: Option<&UCred>, l
             }
         }
         Request::ConfigShow => Response::Config(redacted_config(&ctx.config)),
-        Request::UpdateStatus => Response::Update(UpdateReport {
-            state: UpdateState::Unavailable,
-            installed_version: env!("CARGO_PKG_VERSION").to_string(),
-            message: "this build has no update subsystem: nothing is staged, downloading or applied; \
-                      a new version arrives only as a new package"
-                .into(),
-        }),
+        Request::UpdateStatus => super::update::status(ctx.updates.as_ref()).await,
+        Request::ConfigReload => super::update::config_reload(ctx.updates.as_ref()).await,
+        Request::UpdateApplyManifest { envelope } => super::update::apply_manifest(ctx.updates.as_ref(), envelope).await,
+        Request::UpdateApplyChunk { chunk } => super::update::apply_chunk(ctx.updates.as_ref(), chunk).await,
         Request::Infer { name, image_hex } => match infer(ctx, limits, name, image_hex).await {
             Ok(r) => Response::Inference(r),
             Err(e) => Response::Error(e),
         },
+        Request::CameraList => super::sensors::camera_list(ctx, limits).await,
+        Request::CameraSnapshot => super::sensors::camera_snapshot(ctx, limits).await,
+        Request::MicLevel { from_seq } => super::sensors::mic_level(ctx, from_seq),
     }
 }
 
 /// Runs `f` on the blocking pool, at most [`MAX_HEAVY`] at a time.
-async fn heavy<T: Send + 'static>(limits: &Limits, f: impl FnOnce() -> T + Send + 'static) -> Result<T, ErrorBody> {
+pub(super) async fn heavy<T: Send + 'static>(
+    limits: &Limits,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ErrorBody> {
     let permit = match tokio::time::timeout(HEAVY_WAIT, limits.heavy.clone().acquire_owned()).await {
         Ok(Ok(p)) => p,
         _ => {

@@ -1,13 +1,16 @@
 //! Pure pixel-format conversion of camera buffers into RGB8 frames.
 //!
-//! Owns the two formats UVC cameras deliver: packed YUYV 4:2:2 (YUY2) and
-//! MJPEG (one JPEG per buffer, often without Huffman tables). No IO, no
+//! Owns the formats cameras deliver: packed YUYV 4:2:2 (YUY2) and MJPEG
+//! (one JPEG per buffer, often without Huffman tables) from UVC cameras,
+//! and the 4:2:0 formats NV12 and YU12 (I420) that libcamera's ISP output
+//! (CSI cameras through libcamerify) is usually offered in. No IO, no
 //! device knowledge: a buffer, its size and stride in; an [`RgbImage`] out.
 //!
-//! - YUYV is converted with BT.601 limited-range ("studio swing",
-//!   Y 16..235, Cb/Cr 16..240) coefficients in 8-bit fixed point, which is
-//!   what UVC cameras send (the UVC spec's default colour matching
-//!   descriptor is BT.601/SMPTE 170M).
+//! - YUYV, NV12 and YU12 are converted with BT.601 limited-range ("studio
+//!   swing", Y 16..235, Cb/Cr 16..240) coefficients in 8-bit fixed point,
+//!   which is what UVC cameras send (the UVC spec's default colour matching
+//!   descriptor is BT.601/SMPTE 170M) and what libcamera tags its
+//!   SD-sized YUV output with.
 //! - MJPEG: UVC devices may omit the DHT segment and rely on the standard
 //!   tables of JPEG Annex K.3 (the AVI1/MJPEG convention). When a frame has no
 //!   DHT before its first SOS, [`mjpeg_to_rgb`] inserts the standard one, so
@@ -24,6 +27,12 @@ pub enum PixelFormat {
     Yuyv,
     /// Motion JPEG: each buffer is one JPEG image (V4L2 `MJPG`).
     Mjpeg,
+    /// 4:2:0, a Y plane then one plane of interleaved `U V` pairs at half
+    /// width and height (V4L2 `NV12`, single-planar: both in one buffer).
+    Nv12,
+    /// 4:2:0, a Y plane, then a U plane and a V plane at half width and
+    /// height (V4L2 `YU12`, also called I420).
+    Yu12,
 }
 
 impl PixelFormat {
@@ -32,6 +41,8 @@ impl PixelFormat {
         match self {
             PixelFormat::Yuyv => *b"YUYV",
             PixelFormat::Mjpeg => *b"MJPG",
+            PixelFormat::Nv12 => *b"NV12",
+            PixelFormat::Yu12 => *b"YU12",
         }
     }
 
@@ -39,6 +50,8 @@ impl PixelFormat {
         match code {
             b"YUYV" | b"YUY2" => Some(PixelFormat::Yuyv),
             b"MJPG" | b"JPEG" => Some(PixelFormat::Mjpeg),
+            b"NV12" => Some(PixelFormat::Nv12),
+            b"YU12" | b"I420" => Some(PixelFormat::Yu12),
             _ => None,
         }
     }
@@ -47,6 +60,25 @@ impl PixelFormat {
         match self {
             PixelFormat::Yuyv => "yuyv",
             PixelFormat::Mjpeg => "mjpeg",
+            PixelFormat::Nv12 => "nv12",
+            PixelFormat::Yu12 => "yu12",
+        }
+    }
+
+    /// The config spelling (`camera.pixel_format`) of a format, if any.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [PixelFormat::Mjpeg, PixelFormat::Yuyv, PixelFormat::Nv12, PixelFormat::Yu12]
+            .into_iter()
+            .find(|f| f.as_str() == name)
+    }
+
+    /// Bytes of one row of the (first) plane: the smallest valid
+    /// `bytesperline`. MJPEG has no rows.
+    pub fn min_stride(self, width: u32) -> usize {
+        match self {
+            PixelFormat::Yuyv => 2 * width as usize,
+            PixelFormat::Nv12 | PixelFormat::Yu12 => width as usize,
+            PixelFormat::Mjpeg => 0,
         }
     }
 }
@@ -59,10 +91,12 @@ impl std::fmt::Display for PixelFormat {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConvertError {
-    #[error("YUYV frame {width}x{height} (stride {stride}) needs {needed} bytes, buffer has {got}")]
-    ShortBuffer { width: u32, height: u32, stride: usize, needed: usize, got: usize },
-    #[error("YUYV frame size {width}x{height} invalid (width must be even and non-zero, stride >= 2*width)")]
-    BadGeometry { width: u32, height: u32 },
+    #[error("{format} frame {width}x{height} (stride {stride}) needs {needed} bytes, buffer has {got}")]
+    ShortBuffer { format: &'static str, width: u32, height: u32, stride: usize, needed: usize, got: usize },
+    #[error(
+        "{format} frame size {width}x{height} invalid (sizes must be even and non-zero, the stride at least one row)"
+    )]
+    BadGeometry { format: &'static str, width: u32, height: u32 },
     #[error("MJPEG buffer is not a JPEG: {0}")]
     NotJpeg(&'static str),
     #[error("decoding an MJPEG frame")]
@@ -81,12 +115,12 @@ pub fn yuyv_to_rgb_into(
 ) -> Result<(), ConvertError> {
     let (w, h) = (width as usize, height as usize);
     if w == 0 || h == 0 || w % 2 != 0 || stride < 2 * w {
-        return Err(ConvertError::BadGeometry { width, height });
+        return Err(ConvertError::BadGeometry { format: "YUYV", width, height });
     }
     // The last row needs only its pixels, not a full stride.
     let needed = stride * (h - 1) + 2 * w;
     if src.len() < needed {
-        return Err(ConvertError::ShortBuffer { width, height, stride, needed, got: src.len() });
+        return Err(ConvertError::ShortBuffer { format: "YUYV", width, height, stride, needed, got: src.len() });
     }
     if out.dimensions() != (width, height) {
         *out = RgbImage::new(width, height);
@@ -128,6 +162,88 @@ pub fn yuyv_to_rgb(src: &[u8], width: u32, height: u32, stride: usize) -> Result
 #[inline(always)]
 fn clamp8(v: i32) -> u8 {
     v.clamp(0, 255) as u8
+}
+
+/// One BT.601 limited-range pixel in 8-bit fixed point (the same arithmetic
+/// as the YUYV loop).
+#[inline(always)]
+fn yuv_px(y: u8, u: u8, v: u8, o: &mut [u8]) {
+    let (d, e) = (u as i32 - 128, v as i32 - 128);
+    let c = 298 * (y as i32 - 16);
+    o[0] = clamp8((c + 409 * e + 128) >> 8);
+    o[1] = clamp8((c - 100 * d - 208 * e + 128) >> 8);
+    o[2] = clamp8((c + 516 * d + 128) >> 8);
+}
+
+/// Where the chroma of a 4:2:0 frame lies in its single-planar buffer.
+#[derive(Debug, Clone, Copy)]
+enum Chroma420 {
+    /// NV12: one plane of `U V` pairs, rows of `stride` bytes, after Y.
+    Interleaved,
+    /// YU12: a U plane then a V plane, rows of `stride / 2` bytes.
+    Planar,
+}
+
+/// Converts one 4:2:0 frame (NV12 or YU12, V4L2 single-planar layout: the
+/// chroma plane(s) follow the Y plane of `stride * height` bytes).
+fn yuv420_to_rgb(
+    src: &[u8],
+    width: u32,
+    height: u32,
+    stride: usize,
+    chroma: Chroma420,
+) -> Result<RgbImage, ConvertError> {
+    let format = match chroma {
+        Chroma420::Interleaved => "NV12",
+        Chroma420::Planar => "YU12",
+    };
+    let (w, h) = (width as usize, height as usize);
+    if w == 0
+        || h == 0
+        || !w.is_multiple_of(2)
+        || !h.is_multiple_of(2)
+        || stride < w
+        || (matches!(chroma, Chroma420::Planar) && !stride.is_multiple_of(2))
+    {
+        return Err(ConvertError::BadGeometry { format, width, height });
+    }
+    let y_size = stride * h;
+    // (offset of U, offset of V, chroma row stride, step between samples)
+    let (u_off, v_off, c_stride, step) = match chroma {
+        Chroma420::Interleaved => (y_size, y_size + 1, stride, 2),
+        Chroma420::Planar => (y_size, y_size + (stride / 2) * (h / 2), stride / 2, 1),
+    };
+    // The last chroma row needs only its samples, not a full stride.
+    let needed = match chroma {
+        Chroma420::Interleaved => y_size + c_stride * (h / 2 - 1) + w,
+        Chroma420::Planar => v_off + c_stride * (h / 2 - 1) + w / 2,
+    };
+    if src.len() < needed {
+        return Err(ConvertError::ShortBuffer { format, width, height, stride, needed, got: src.len() });
+    }
+    let mut out = RgbImage::new(width, height);
+    let dst: &mut [u8] = &mut out;
+    for (y, row_out) in dst.chunks_exact_mut(3 * w).enumerate() {
+        let luma = &src[y * stride..y * stride + w];
+        let crow = (y / 2) * c_stride;
+        for (x, o) in row_out.chunks_exact_mut(3).enumerate() {
+            let k = crow + (x / 2) * step;
+            yuv_px(luma[x], src[u_off + k], src[v_off + k], o);
+        }
+    }
+    Ok(out)
+}
+
+/// Converts one NV12 frame (Y plane of `stride * height` bytes, then the
+/// interleaved `U V` plane with the same row stride).
+pub fn nv12_to_rgb(src: &[u8], width: u32, height: u32, stride: usize) -> Result<RgbImage, ConvertError> {
+    yuv420_to_rgb(src, width, height, stride, Chroma420::Interleaved)
+}
+
+/// Converts one YU12/I420 frame (Y plane of `stride * height` bytes, then
+/// U and V planes with rows of `stride / 2` bytes).
+pub fn yu12_to_rgb(src: &[u8], width: u32, height: u32, stride: usize) -> Result<RgbImage, ConvertError> {
+    yuv420_to_rgb(src, width, height, stride, Chroma420::Planar)
 }
 
 /// Decodes one MJPEG buffer into RGB8, inserting the standard Huffman tables
@@ -292,6 +408,8 @@ pub fn to_rgb(
     match format {
         PixelFormat::Yuyv => yuyv_to_rgb(data, width, height, stride),
         PixelFormat::Mjpeg => mjpeg_to_rgb(data),
+        PixelFormat::Nv12 => nv12_to_rgb(data, width, height, stride),
+        PixelFormat::Yu12 => yu12_to_rgb(data, width, height, stride),
     }
 }
 
@@ -473,9 +591,118 @@ mod tests {
 
     #[test]
     fn fourcc_round_trip() {
-        for f in [PixelFormat::Yuyv, PixelFormat::Mjpeg] {
+        for f in [PixelFormat::Yuyv, PixelFormat::Mjpeg, PixelFormat::Nv12, PixelFormat::Yu12] {
             assert_eq!(PixelFormat::from_fourcc(&f.fourcc()), Some(f));
+            assert_eq!(PixelFormat::from_name(f.as_str()), Some(f));
         }
-        assert_eq!(PixelFormat::from_fourcc(b"NV12"), None);
+        assert_eq!(PixelFormat::from_fourcc(b"I420"), Some(PixelFormat::Yu12));
+        assert_eq!(PixelFormat::from_fourcc(b"H264"), None);
+        assert_eq!(PixelFormat::from_name("auto"), None);
+    }
+
+    /// The colour-bar codes of `yuyv_bt601_limited_range_known_colours`:
+    /// (Y, U, V) and the RGB they stand for.
+    type Bar = ((u8, u8, u8), [u8; 3], &'static str);
+    const BARS: [Bar; 5] = [
+        ((16, 128, 128), [0, 0, 0], "black"),
+        ((235, 128, 128), [255, 255, 255], "white"),
+        ((81, 90, 240), [255, 0, 0], "red"),
+        ((145, 54, 34), [0, 255, 0], "green"),
+        ((41, 240, 110), [0, 0, 255], "blue"),
+    ];
+
+    /// A 4:2:0 frame of `BARS` as 2x2 blocks side by side (10x2 pixels),
+    /// rows padded to `stride`: (NV12, YU12) buffers.
+    fn bars_420(stride: usize) -> (Vec<u8>, Vec<u8>) {
+        let (w, h) = (2 * BARS.len(), 2);
+        let mut luma = vec![0u8; stride * h];
+        for (i, ((y, _, _), _, _)) in BARS.iter().enumerate() {
+            for row in 0..h {
+                luma[row * stride + 2 * i] = *y;
+                luma[row * stride + 2 * i + 1] = *y;
+            }
+        }
+        let mut nv12 = luma.clone();
+        let mut uv = vec![0u8; stride]; // one chroma row
+        for (i, ((_, u, v), _, _)) in BARS.iter().enumerate() {
+            uv[2 * i] = *u;
+            uv[2 * i + 1] = *v;
+        }
+        nv12.extend_from_slice(&uv);
+        let mut yu12 = luma;
+        let mut u_plane = vec![0u8; stride / 2];
+        let mut v_plane = vec![0u8; stride / 2];
+        for (i, ((_, u, v), _, _)) in BARS.iter().enumerate() {
+            u_plane[i] = *u;
+            v_plane[i] = *v;
+        }
+        yu12.extend_from_slice(&u_plane);
+        yu12.extend_from_slice(&v_plane);
+        assert_eq!(w, 10);
+        (nv12, yu12)
+    }
+
+    #[test]
+    fn nv12_and_yu12_bt601_limited_range_known_colours() {
+        for stride in [10usize, 16] {
+            let (nv12, yu12) = bars_420(stride);
+            let a = nv12_to_rgb(&nv12, 10, 2, stride).unwrap();
+            let b = yu12_to_rgb(&yu12, 10, 2, stride).unwrap();
+            for (i, (_, want, name)) in BARS.iter().enumerate() {
+                for (x, y) in [(2 * i, 0), (2 * i + 1, 0), (2 * i, 1), (2 * i + 1, 1)] {
+                    assert_close(a.get_pixel(x as u32, y).0, *want, 2, name);
+                    assert_close(b.get_pixel(x as u32, y).0, *want, 2, name);
+                }
+            }
+            // Same samples, same arithmetic: the three YUV paths agree exactly.
+            assert_eq!(a.as_raw(), b.as_raw());
+        }
+    }
+
+    #[test]
+    fn nv12_matches_yuyv_when_chroma_is_shared_by_2x2_blocks() {
+        // Random luma; chroma constant over each 2x2 block, so YUYV (4:2:2)
+        // carries the same information and must give the same pixels.
+        let (w, h) = (16usize, 8usize);
+        let mut rng = fastrand::Rng::with_seed(11);
+        let luma: Vec<u8> = (0..w * h).map(|_| rng.u8(..)).collect();
+        let chroma: Vec<(u8, u8)> = (0..(w / 2) * (h / 2)).map(|_| (rng.u8(..), rng.u8(..))).collect();
+        let mut nv12 = luma.clone();
+        for &(u, v) in &chroma {
+            nv12.extend_from_slice(&[u, v]);
+        }
+        let mut yuyv = Vec::new();
+        for y in 0..h {
+            for x in (0..w).step_by(2) {
+                let (u, v) = chroma[(y / 2) * (w / 2) + x / 2];
+                yuyv.extend_from_slice(&[luma[y * w + x], u, luma[y * w + x + 1], v]);
+            }
+        }
+        let a = nv12_to_rgb(&nv12, w as u32, h as u32, w).unwrap();
+        let b = yuyv_to_rgb(&yuyv, w as u32, h as u32, 2 * w).unwrap();
+        assert_eq!(a.as_raw(), b.as_raw());
+        // And both stay within one step of the f64 reference.
+        let reference = yuyv_to_rgb_reference(&yuyv, w as u32, h as u32, 2 * w);
+        for (p, q) in a.pixels().zip(reference.pixels()) {
+            assert_close(p.0, q.0, 1, "nv12 vs f64");
+        }
+    }
+
+    #[test]
+    fn yuv420_rejects_short_buffers_and_odd_sizes() {
+        // 4x2 NV12: 8 luma + 4 chroma bytes.
+        assert!(nv12_to_rgb(&[16; 12], 4, 2, 4).is_ok());
+        assert!(matches!(
+            nv12_to_rgb(&[16; 11], 4, 2, 4),
+            Err(ConvertError::ShortBuffer { format: "NV12", needed: 12, .. })
+        ));
+        // 4x2 YU12: 8 luma + 2 U + 2 V.
+        assert!(yu12_to_rgb(&[16; 12], 4, 2, 4).is_ok());
+        assert!(matches!(yu12_to_rgb(&[16; 11], 4, 2, 4), Err(ConvertError::ShortBuffer { format: "YU12", .. })));
+        for (w, h, stride) in [(3, 2, 4), (4, 3, 4), (4, 2, 3), (0, 2, 4)] {
+            assert!(matches!(nv12_to_rgb(&[0; 64], w, h, stride), Err(ConvertError::BadGeometry { .. })));
+        }
+        assert!(matches!(yu12_to_rgb(&[0; 64], 4, 2, 5), Err(ConvertError::BadGeometry { .. })));
+        assert!(to_rgb(PixelFormat::Nv12, &[16; 12], 4, 2, 4).is_ok());
     }
 }

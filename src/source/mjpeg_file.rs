@@ -83,6 +83,17 @@ fn frame_end(data: &[u8], start: usize) -> Option<usize> {
     }
 }
 
+/// Largest recording replayed: the whole file is held in memory.
+pub const MAX_FILE_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Opens `path` as the daemon would and returns its frame count: a start-up
+/// check for `camera.source = "mjpeg-file"`.
+pub fn probe(path: &Path) -> Result<usize, CaptureError> {
+    let mut s = MjpegFileSource::new(path, 1.0);
+    s.open()?;
+    Ok(s.frame_count())
+}
+
 /// Loops over the frames of an MJPEG file at `fps`.
 pub struct MjpegFileSource {
     path: PathBuf,
@@ -119,7 +130,15 @@ impl FrameSource for MjpegFileSource {
     }
 
     fn open(&mut self) -> Result<(), CaptureError> {
-        self.data = std::fs::read(&self.path).map_err(|source| CaptureError::Open { device: self.name(), source })?;
+        let open_err = |source| CaptureError::Open { device: self.name(), source };
+        let size = std::fs::metadata(&self.path).map_err(open_err)?.len();
+        if size > MAX_FILE_BYTES {
+            return Err(CaptureError::Unsupported {
+                device: self.name(),
+                message: format!("{size} bytes; recordings of at most {MAX_FILE_BYTES} bytes are replayed"),
+            });
+        }
+        self.data = std::fs::read(&self.path).map_err(open_err)?;
         self.frames = split_frames(&self.data);
         if self.frames.is_empty() {
             return Err(CaptureError::Unsupported {
@@ -275,5 +294,8 @@ mod tests {
         std::fs::write(f.path(), b"not a jpeg at all").unwrap();
         let mut s = MjpegFileSource::new(f.path(), 5.0);
         assert!(matches!(s.open(), Err(CaptureError::Unsupported { .. })));
+        assert!(probe(f.path()).is_err());
+        std::fs::write(f.path(), jpeg([1, 2, 3]).repeat(2)).unwrap();
+        assert_eq!(probe(f.path()).unwrap(), 2);
     }
 }

@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use v4l::buffer::Type;
 use v4l::capability::Flags as CapFlags;
+use v4l::frameinterval::FrameIntervalEnum;
+use v4l::framesize::FrameSizeEnum;
 use v4l::io::mmap::Stream as MmapStream;
 use v4l::io::traits::{CaptureStream, Stream as _};
 use v4l::video::Capture;
@@ -48,8 +50,47 @@ pub struct DeviceInfo {
     pub usable: bool,
     /// Capture formats as `FOURCC (description)`.
     pub formats: Vec<String>,
+    /// Formats with their frame sizes and rates; filled by [`inventory`]
+    /// only (the log lines need just the names).
+    pub details: Vec<FormatInfo>,
     /// Set when the node could not be queried.
     pub error: Option<String>,
+}
+
+/// Most nodes, formats, sizes and rates [`inventory`] reports: a driver
+/// that enumerates without end cannot grow the answer without bound.
+pub const MAX_NODES: usize = 64;
+pub const MAX_FORMATS: usize = 32;
+pub const MAX_SIZES: usize = 64;
+pub const MAX_RATES: usize = 16;
+
+/// One capture format of a node (`VIDIOC_ENUM_FMT`) with its frame sizes
+/// (`VIDIOC_ENUM_FRAMESIZES`) and, per discrete size, its frame intervals
+/// (`VIDIOC_ENUM_FRAMEINTERVALS`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FormatInfo {
+    pub fourcc: String,
+    pub description: String,
+    /// sparkd converts this format.
+    pub supported: bool,
+    pub sizes: Vec<SizeInfo>,
+    /// More sizes (or rates) than the report bounds were left out.
+    pub truncated: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SizeInfo {
+    /// One size; `intervals` are frame periods as (numerator, denominator)
+    /// seconds, fastest first as the driver lists them. A stepwise interval
+    /// range is given as its two ends.
+    Discrete { width: u32, height: u32, intervals: Vec<(u32, u32)> },
+    /// Any size in a range (stepwise or continuous drivers, libcamera).
+    Range { min_width: u32, min_height: u32, max_width: u32, max_height: u32, step_width: u32, step_height: u32 },
+}
+
+/// Frames per second of a frame period `num/den` seconds; `None` for 0.
+pub fn fps_of((num, den): (u32, u32)) -> Option<f64> {
+    (num > 0 && den > 0).then(|| den as f64 / num as f64)
 }
 
 impl std::fmt::Display for DeviceInfo {
@@ -101,6 +142,7 @@ pub fn describe(path: &Path) -> DeviceInfo {
         bus: String::new(),
         usable: false,
         formats: Vec::new(),
+        details: Vec::new(),
         error: None,
     };
     let dev = match Device::with_path(path) {
@@ -128,24 +170,102 @@ pub fn describe(path: &Path) -> DeviceInfo {
     info
 }
 
-/// Picks the pixel format from what the device offers. `preference` is
-/// `camera.pixel_format`: `auto` (MJPEG, else YUYV), `mjpeg` or `yuyv`.
+/// Formats `auto` takes, best first.
 ///
 /// MJPEG first: at 640x480 and above a USB 2 camera often offers 30 fps
 /// only in MJPEG, and the JPEG decode costs less than the USB bandwidth
-/// YUYV would need.
+/// YUYV would need. YUYV next (every UVC camera has it). NV12 and YU12
+/// last: they are what libcamera's V4L2 layer offers for CSI cameras, half
+/// the bytes of YUYV, and as cheap to convert.
+pub const AUTO_ORDER: [PixelFormat; 4] = [PixelFormat::Mjpeg, PixelFormat::Yuyv, PixelFormat::Nv12, PixelFormat::Yu12];
+
+/// Every `/dev/video*` node under `dev_dir` with its formats, frame sizes
+/// and rates (`sparkctl camera list`). Read-only ioctls: safe on a node
+/// another process (or this daemon) is streaming from.
+pub fn inventory(dev_dir: &Path) -> Vec<DeviceInfo> {
+    video_nodes(dev_dir).into_iter().take(MAX_NODES).map(|p| describe_formats(describe(&p))).collect()
+}
+
+/// Adds the per-format sizes and rates to a described capture node.
+fn describe_formats(mut info: DeviceInfo) -> DeviceInfo {
+    if info.error.is_some() || !info.usable {
+        return info;
+    }
+    let dev = match Device::with_path(&info.path) {
+        Ok(d) => d,
+        Err(e) => {
+            info.error = Some(format!("cannot open: {e}"));
+            return info;
+        }
+    };
+    let formats = match dev.enum_formats() {
+        Ok(f) => f,
+        Err(e) => {
+            info.error = Some(format!("VIDIOC_ENUM_FMT: {e}"));
+            return info;
+        }
+    };
+    for f in formats.into_iter().take(MAX_FORMATS) {
+        let mut fi = FormatInfo {
+            fourcc: f.fourcc.str().map(str::to_string).unwrap_or_else(|_| format!("{:?}", f.fourcc.repr)),
+            description: f.description.clone(),
+            supported: PixelFormat::from_fourcc(&f.fourcc.repr).is_some(),
+            sizes: Vec::new(),
+            truncated: false,
+        };
+        // A driver without VIDIOC_ENUM_FRAMESIZES just has no size list.
+        let sizes = dev.enum_framesizes(f.fourcc).unwrap_or_default();
+        fi.truncated = sizes.len() > MAX_SIZES;
+        for size in sizes.into_iter().take(MAX_SIZES) {
+            fi.sizes.push(match size.size {
+                FrameSizeEnum::Discrete(d) => {
+                    let ivals = dev.enum_frameintervals(f.fourcc, d.width, d.height).unwrap_or_default();
+                    fi.truncated |= ivals.len() > MAX_RATES;
+                    let intervals = ivals
+                        .into_iter()
+                        .take(MAX_RATES)
+                        .flat_map(|i| match i.interval {
+                            FrameIntervalEnum::Discrete(t) => vec![(t.numerator, t.denominator)],
+                            FrameIntervalEnum::Stepwise(r) => {
+                                vec![(r.min.numerator, r.min.denominator), (r.max.numerator, r.max.denominator)]
+                            }
+                        })
+                        .collect();
+                    SizeInfo::Discrete { width: d.width, height: d.height, intervals }
+                }
+                FrameSizeEnum::Stepwise(r) => SizeInfo::Range {
+                    min_width: r.min_width,
+                    min_height: r.min_height,
+                    max_width: r.max_width,
+                    max_height: r.max_height,
+                    step_width: r.step_width,
+                    step_height: r.step_height,
+                },
+            });
+        }
+        info.details.push(fi);
+    }
+    info
+}
+
+/// Picks the pixel format from what the device offers. `preference` is
+/// `camera.pixel_format`: `auto` ([`AUTO_ORDER`]), `mjpeg`, `yuyv`, `nv12`
+/// or `yu12`.
 pub fn choose_format(preference: &str, offered: &[[u8; 4]]) -> Result<PixelFormat, String> {
     let has = |f: PixelFormat| offered.iter().any(|o| PixelFormat::from_fourcc(o) == Some(f));
-    let wanted: &[PixelFormat] = match preference {
-        "mjpeg" => &[PixelFormat::Mjpeg],
-        "yuyv" => &[PixelFormat::Yuyv],
-        _ => &[PixelFormat::Mjpeg, PixelFormat::Yuyv],
+    let one;
+    let wanted: &[PixelFormat] = match PixelFormat::from_name(preference) {
+        Some(f) => {
+            one = [f];
+            &one
+        }
+        None => &AUTO_ORDER,
     };
     wanted.iter().copied().find(|f| has(*f)).ok_or_else(|| {
         let list = offered.iter().map(|o| String::from_utf8_lossy(o).into_owned()).collect::<Vec<_>>().join(", ");
         format!(
             "no usable pixel format (camera.pixel_format = {preference:?}; the device offers [{list}]; \
-             sparkd converts MJPG and YUYV)"
+             sparkd converts MJPG, YUYV, NV12 and YU12)"
         )
     })
 }
@@ -236,7 +356,8 @@ impl V4lSource {
         if let Err(e) = dev.set_params(&v4l::video::capture::Parameters::with_fps(fps)) {
             tracing::debug!(device = %self.path(), error = %e, "camera did not take a frame rate; pacing in software");
         }
-        let stride = if got.stride >= got.width * 2 { got.stride as usize } else { got.width as usize * 2 };
+        // Drivers may leave bytesperline 0 (or too small); rows are then packed.
+        let stride = (got.stride as usize).max(format.min_stride(got.width));
         Ok(Negotiated { format, width: got.width, height: got.height, stride })
     }
 }
@@ -381,5 +502,31 @@ mod tests {
         // Describing a regular file reports the failure instead of panicking.
         let f = tempfile::NamedTempFile::new().unwrap();
         assert!(describe(f.path()).error.is_some());
+    }
+
+    #[test]
+    fn inventory_of_no_nodes_is_empty_and_a_bogus_node_is_reported_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(inventory(dir.path()).is_empty());
+        std::fs::write(dir.path().join("video0"), b"not a device").unwrap();
+        let found = inventory(dir.path());
+        assert_eq!(found.len(), 1);
+        assert!(!found[0].usable && found[0].error.is_some() && found[0].details.is_empty(), "{:?}", found[0]);
+    }
+
+    #[test]
+    fn frame_periods_become_rates() {
+        assert_eq!(fps_of((1, 30)), Some(30.0));
+        assert_eq!(fps_of((1001, 30000)).map(|f| (f * 100.0).round()), Some(2997.0));
+        assert_eq!(fps_of((0, 30)), None);
+        assert_eq!(fps_of((1, 0)), None);
+    }
+
+    #[test]
+    fn auto_takes_nv12_then_yu12_when_nothing_better_is_offered() {
+        assert_eq!(choose_format("auto", &[*b"YU12", *b"NV12", *b"H264"]), Ok(PixelFormat::Nv12));
+        assert_eq!(choose_format("auto", &[*b"YU12", *b"RGB3"]), Ok(PixelFormat::Yu12));
+        assert_eq!(choose_format("nv12", &[*b"YUYV", *b"NV12"]), Ok(PixelFormat::Nv12));
+        assert!(choose_format("yu12", &[*b"NV12"]).unwrap_err().contains("NV12"));
     }
 }

@@ -291,6 +291,9 @@ pub struct VerifyContext<'a> {
     pub running_version: Version,
     pub max_artifact_bytes: u64,
     pub installed: &'a Installed,
+    /// This device's HailoRT library version (`4.23.0`), when one loads.
+    /// `None`: no accelerator library, a model runs on the CPU.
+    pub hailort: Option<&'a str>,
 }
 
 /// A manifest that passed every check.
@@ -447,12 +450,35 @@ pub fn verify(envelope_bytes: &[u8], cx: &VerifyContext<'_>) -> Result<Verified,
         return Err(Rejection::Oversized { length: m.artifact.length, max: cx.max_artifact_bytes });
     }
 
+    // HailoRT refuses a HEF built for another major.minor; refuse it before
+    // any byte of it is downloaded.
+    if let (Some(want), Some(have)) = (&m.hailort_version, cx.hailort)
+        && major_minor(want) != major_minor(have)
+    {
+        return Err(Rejection::HailortMismatch { required: want.clone(), device: have.into() });
+    }
+
     Ok(v)
+}
+
+/// `4.23.0` → `4.23`.
+fn major_minor(v: &str) -> &str {
+    match v.match_indices('.').nth(1) {
+        Some((i, _)) => &v[..i],
+        None => v,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hailort_versions_compare_by_major_minor() {
+        assert_eq!(major_minor("4.23.0"), major_minor("4.23.1"));
+        assert_ne!(major_minor("4.23.0"), major_minor("4.20.0"));
+        assert_eq!(major_minor("4.23"), "4.23");
+    }
 
     #[test]
     fn versions_compare_numerically() {

@@ -13,9 +13,11 @@
 //! [`verify`] accepted its manifest; `current` only ever points at a version
 //! whose artifact's length and SHA-256 matched the signed manifest.
 
+pub mod agent;
 mod clock;
 mod fsio;
 mod manifest;
+pub mod pack;
 mod store;
 mod wire;
 
@@ -68,6 +70,14 @@ pub enum Rejection {
     ArtifactDigest { expected: String, actual: String },
     #[error("chunk {index} of update {update_id} refused: {detail}")]
     CorruptChunk { update_id: String, index: u32, detail: String },
+    #[error("the HEF needs HailoRT {required}, this device has {device}")]
+    HailortMismatch { required: String, device: String },
+    #[error("the model pack cannot be used here: {detail}")]
+    BadPack { detail: String },
+    #[error("the config does not pass check-config: {detail}")]
+    InvalidConfig { detail: String },
+    #[error("not supported by this device: {detail}")]
+    Unsupported { detail: String },
 }
 
 impl Rejection {
@@ -89,6 +99,10 @@ impl Rejection {
             Rejection::ArtifactLength { .. } => "artifact_length",
             Rejection::ArtifactDigest { .. } => "artifact_digest",
             Rejection::CorruptChunk { .. } => "corrupt_chunk",
+            Rejection::HailortMismatch { .. } => "hailort_mismatch",
+            Rejection::BadPack { .. } => "bad_pack",
+            Rejection::InvalidConfig { .. } => "invalid_config",
+            Rejection::Unsupported { .. } => "unsupported",
         }
     }
 }

@@ -184,6 +184,8 @@ pub struct Updater {
     opts: UpdaterOptions,
     installed: Installed,
     high_water: u64,
+    /// This device's HailoRT version, for `hailort_version` (see [`Self::set_hailort_version`]).
+    hailort: Option<String>,
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, UpdateError> {
@@ -218,7 +220,7 @@ impl Updater {
         fs::create_dir_all(&updates).map_err(UpdateError::io("creating", &updates))?;
         let installed = read_json::<Installed>(&updates.join("installed.json"))?.unwrap_or_default();
         let high_water = read_json::<ClockFile>(&updates.join("clock.json"))?.unwrap_or_default().high_water;
-        let mut u = Self { opts, installed, high_water };
+        let mut u = Self { opts, installed, high_water, hailort: None };
         u.recover()?;
         Ok(u)
     }
@@ -262,6 +264,62 @@ impl Updater {
     /// Path of the active model's artifact (see [`Self::current_artifact`]).
     pub fn current_model_manifest(&self, name: &str) -> Option<PathBuf> {
         self.current_artifact(Kind::Model, name)
+    }
+
+    /// The HailoRT library version model manifests are checked against
+    /// (`None`: no library here; models run on the CPU).
+    pub fn set_hailort_version(&mut self, version: Option<String>) {
+        self.hailort = version;
+    }
+
+    /// The signed manifest of a known update (read from its envelope).
+    pub fn manifest_of(&self, update_id: &str) -> Result<super::UpdateManifest, UpdateError> {
+        if !is_update_id(update_id) {
+            return Err(UpdateError::UnknownUpdate { update_id: update_id.into() });
+        }
+        let path = self.update_dir(update_id).join("envelope.json");
+        let bytes = fs::read(&path).map_err(UpdateError::io("reading", &path))?;
+        let corrupt = |message: String| UpdateError::CorruptState { path: path.clone(), message };
+        let env: super::Envelope = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        use base64::Engine as _;
+        let m = base64::engine::general_purpose::STANDARD.decode(env.manifest).map_err(|e| corrupt(e.to_string()))?;
+        serde_json::from_slice(&m).map_err(|e| corrupt(e.to_string()))
+    }
+
+    /// The version folder a staged model or config was placed in.
+    pub fn staged_dir(&self, rec: &UpdateRecord) -> Option<PathBuf> {
+        Some(self.store_dir(rec.kind, &rec.name)?.join(rec.version_dir_name()))
+    }
+
+    /// Gives up an update that has not been activated (a check of the
+    /// daemon's failed: HailoRT, pack, canary, config): its chunks and
+    /// staged folder are removed and it ends as `phase` (`Rejected` or
+    /// `RolledBack`). Nothing active changes and the highest accepted
+    /// version does not move, so a fixed build of it can be sent again.
+    pub fn abandon(&mut self, update_id: &str, phase: Phase) -> Result<UpdateRecord, UpdateError> {
+        let Some(mut rec) = self.record(update_id)? else {
+            return Err(UpdateError::UnknownUpdate { update_id: update_id.into() });
+        };
+        if !matches!(rec.phase, Phase::Received | Phase::Verified | Phase::Staged) {
+            return Err(UpdateError::WrongPhase {
+                update_id: update_id.into(),
+                action: "be abandoned",
+                phase: rec.phase.as_str().into(),
+            });
+        }
+        let dir = self.update_dir(update_id);
+        for p in [dir.join("chunks"), dir.join("artifact"), dir.join("artifact.partial")] {
+            remove_any(&p).map_err(UpdateError::io("removing", &p))?;
+        }
+        if rec.phase == Phase::Staged
+            && let Some(staged) = self.staged_dir(&rec)
+        {
+            remove_any(&staged).map_err(UpdateError::io("removing", &staged))?;
+        }
+        rec.phase = phase;
+        self.save(&mut rec)?;
+        Self::audit(&rec);
+        Ok(rec)
     }
 
     pub fn installed(&self) -> &Installed {
@@ -371,6 +429,7 @@ impl Updater {
             running_version: self.opts.running_version,
             max_artifact_bytes: self.opts.max_artifact_bytes,
             installed: &self.installed,
+            hailort: self.hailort.as_deref(),
         };
         let v = verify(envelope, &cx).inspect_err(|r| {
             tracing::info!(target: "audit", code = r.code(), reason = %r, "update manifest rejected");

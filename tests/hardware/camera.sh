@@ -11,6 +11,8 @@
 #   DEVICE=/dev/video2 PIXEL_FORMAT=yuyv tests/hardware/camera.sh
 #   WIDTH=1280 HEIGHT=720 FPS=10 SECONDS_PER_RUN=15 tests/hardware/camera.sh
 #   LIBCAMERIFY=1 tests/hardware/camera.sh            CSI camera via libcamerify
+#   MIC=1 MIC_DEVICE=default tests/hardware/camera.sh also meter the microphone
+#   SNAPSHOT=/tmp/snap.png ...                        where the model-input PNG goes
 #   SPARKD=/usr/bin/sparkd SPARKCTL=/usr/bin/sparkctl ...   binaries to use
 #   MANIFEST=/usr/share/sparkd/models/centerface.toml ...   model to run
 #
@@ -25,6 +27,9 @@ WIDTH="${WIDTH:-640}"
 HEIGHT="${HEIGHT:-480}"
 FPS="${FPS:-5}"
 SECONDS_PER_RUN="${SECONDS_PER_RUN:-10}"
+SNAPSHOT="${SNAPSHOT:-/tmp/sparkd-camera-snapshot.png}"
+MIC="${MIC:-0}"
+MIC_DEVICE="${MIC_DEVICE:-default}"
 
 failures=0
 pass() { printf 'PASS  %s\n' "$*"; }
@@ -99,6 +104,18 @@ else
   skip "v4l2-ctl not installed (apt-get install v4l-utils): formats not listed here; sparkd logs what it negotiates"
 fi
 
+# 3b. What sparkctl's own inventory says, with this user's rights.
+SPARKD_BIN="$(find_bin sparkd "${SPARKD:-}")"
+SPARKCTL_BIN="$(find_bin sparkctl "${SPARKCTL:-}")"
+if [[ -n "$SPARKCTL_BIN" ]]; then
+  if out="$("$SPARKCTL_BIN" camera list --local 2>&1)"; then
+    pass "sparkctl camera list --local finds a capture device"
+  else
+    fail "sparkctl camera list --local finds no capture device"
+  fi
+  echo "$out" | plain | sed 's/^/      /'
+fi
+
 # 4. libcamera (CSI cameras).
 LAUNCH=()
 if [[ "${LIBCAMERIFY:-0}" == 1 ]]; then
@@ -118,8 +135,6 @@ for c in rpicam-hello libcamera-hello; do
 done
 
 # 5. sparkd itself, for SECONDS_PER_RUN seconds.
-SPARKD_BIN="$(find_bin sparkd "${SPARKD:-}")"
-SPARKCTL_BIN="$(find_bin sparkctl "${SPARKCTL:-}")"
 MANIFEST="${MANIFEST:-}"
 if [[ -z "$MANIFEST" ]]; then
   for m in "$ROOT/models/centerface.toml" /usr/share/sparkd/models/centerface.toml; do
@@ -153,6 +168,18 @@ interval_secs = 60
 # Nothing listens here: records stay in the private outbox, which is deleted.
 url = "mqtt://127.0.0.1:9"
 EOF
+  if [[ "$MIC" == 1 ]]; then
+    VAD=""
+    for m in "$ROOT/models/silero_vad.onnx" /usr/share/sparkd/models/silero_vad.onnx; do
+      [[ -f "$m" ]] && { VAD="$m"; break; }
+    done
+    if [[ -n "$VAD" ]]; then
+      printf '[audio]\nenabled = true\ndevice = "%s"\nmodel = "%s"\n' "$MIC_DEVICE" "$VAD" >>"$work/sparkd.toml"
+    else
+      warn "MIC=1 but no Silero VAD model (scripts/setup.sh): microphone not checked"
+      MIC=0
+    fi
+  fi
   [[ -f "$ROOT/deps/onnxruntime/libonnxruntime.so" && -z "${ORT_DYLIB_PATH:-}" ]] &&
     export ORT_DYLIB_PATH="$ROOT/deps/onnxruntime/libonnxruntime.so"
   info "running ${LAUNCH[*]:+${LAUNCH[*]} }$SPARKD_BIN for ${SECONDS_PER_RUN}s (log: $work/sparkd.log)"
@@ -160,7 +187,32 @@ EOF
   pid=$!
   for _ in $(seq 1 100); do [[ -S "$work/sparkd.sock" ]] && break; kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
   sleep "$SECONDS_PER_RUN"
-  status="$("$SPARKCTL_BIN" --socket "$work/sparkd.sock" status --json 2>&1)"
+  ctl() { "$SPARKCTL_BIN" --socket "$work/sparkd.sock" "$@"; }
+  # What sparkd sees, with its rights; the node it streams from is marked.
+  if list="$(ctl camera list --json 2>&1)"; then
+    in_use="$(python3 -c 'import json,sys
+r=json.loads(sys.argv[1]); print(" ".join(d["path"] for d in r["devices"] if d.get("in_use")))' "$list" 2>/dev/null)"
+    pass "sparkctl camera list: sparkd sees a capture device${in_use:+, streaming from $in_use}"
+  else
+    fail "sparkctl camera list: sparkd sees no capture device"
+  fi
+  ctl camera list 2>&1 | plain | sed 's/^/      /'
+  # The next frame as the model sees it.
+  if snap="$(ctl camera snapshot --force "$SNAPSHOT" 2>&1)"; then
+    pass "sparkctl camera snapshot: $SNAPSHOT (look at it: this is the model's input)"
+  else
+    fail "sparkctl camera snapshot failed"
+  fi
+  echo "$snap" | plain | sed 's/^/      /'
+  if [[ "$MIC" == 1 ]]; then
+    info "speak into the microphone now (3 s):"
+    if meter="$(ctl mic level --seconds 3 2>&1)"; then
+      pass "sparkctl mic level: $(echo "$meter" | tail -1)"
+    else
+      fail "sparkctl mic level: $(echo "$meter" | tail -1)"
+    fi
+  fi
+  status="$(ctl status --json 2>&1)"
   kill -TERM "$pid" 2>/dev/null
   wait "$pid" 2>/dev/null
   captured="$(json_field "$status" inference.frames_captured)"

@@ -1,0 +1,667 @@
+//! The daemon side of fleet updates: one named thread that owns the
+//! [`Updater`], fed by the uplink (manifests and chunks from MQTT) and the
+//! control socket (`sparkctl update status` / `update apply`), and that
+//! reports every step on `<prefix>/<device>/update/state`.
+//!
+//! Owns the order of a model activation: pack unpacked, model loaded, engine
+//! built with the daemon's own [`crate::daemon::build_engine`], warmed up,
+//! canary checked, and only then `activate()` and the switch of the inference
+//! thread's engine. It does not speak MQTT (the uplink moves the bytes) and
+//! does not decide trust (that is [`super::verify`]).
+//!
+//! **Architecture Invariant:** the uplink never waits on this thread for
+//! longer than [`FORWARD_WAIT`]: a full request channel costs at most that
+//! pause of the MQTT loop, then the message is dropped, counted and logged
+//! (the transfer resumes when the operator pushes again: held chunks are kept).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use super::pack::{self, MODEL_MANIFEST};
+use super::{Chunk, Installed, Kind, Phase, Rejection, StateReport, UpdateError, UpdateRecord, Updater};
+use super::{UpdaterOptions, wall_clock_secs};
+use crate::config::Config;
+use crate::model::Model;
+use crate::pipeline::EngineSwap;
+use crate::state::Shared;
+
+/// Requests queued for the agent (MQTT messages plus a few control calls).
+pub const REQUEST_QUEUE: usize = 48;
+/// State reports queued for the uplink; beyond it reports are dropped and
+/// counted (the records stay on disk and in `sparkctl update status`).
+pub const REPORT_QUEUE: usize = 256;
+/// Longest the MQTT loop waits for room in the request queue.
+pub const FORWARD_WAIT: Duration = Duration::from_millis(500);
+/// Folder inside a staged model version that holds the unpacked pack.
+pub const UNPACKED: &str = "pack";
+/// Progress reports while chunks arrive: at most one per this interval.
+const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+/// How long the inference thread may take to pick up a new engine.
+const SWAP_DEADLINE: Duration = Duration::from_secs(20);
+
+/// What the agent is asked to do.
+pub enum Request {
+    /// A message on one of the update topics.
+    Mqtt {
+        topic: String,
+        payload: Vec<u8>,
+    },
+    Status {
+        reply: oneshot::Sender<StatusView>,
+    },
+    /// `sparkctl config reload`.
+    ReloadConfig {
+        reply: oneshot::Sender<Result<ConfigChange, String>>,
+    },
+    /// `sparkctl update apply`: the bundle's envelope, sent by the client
+    /// (which reads the file with its own rights).
+    ApplyManifest {
+        envelope: Vec<u8>,
+        reply: oneshot::Sender<Result<UpdateRecord, String>>,
+    },
+    /// `sparkctl update apply`: one chunk (the MQTT chunk JSON).
+    ApplyChunk {
+        chunk: Vec<u8>,
+        reply: oneshot::Sender<Result<UpdateRecord, String>>,
+    },
+}
+
+/// `sparkctl update status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusView {
+    pub installed: Installed,
+    pub records: Vec<UpdateRecord>,
+    /// Trusted key ids; empty: every update is refused.
+    pub trusted_keys: Vec<String>,
+    /// Update messages dropped because the agent was busy (push again).
+    pub dropped_messages: u64,
+    pub hailort_version: Option<String>,
+    /// Config keys changed since start that take effect at the next start.
+    pub restart_required: Vec<String>,
+}
+
+/// The uplink's side: where to forward update messages and where reports come from.
+pub struct UplinkLink {
+    pub requests: mpsc::Sender<Request>,
+    pub reports: mpsc::Receiver<StateReport>,
+    pub dropped: Arc<AtomicU64>,
+    pub subscriptions: [String; 2],
+}
+
+/// Everything the agent thread needs from the daemon.
+pub struct AgentDeps {
+    pub config: Config,
+    pub device_id: String,
+    pub state_dir: PathBuf,
+    pub shared: Arc<Shared>,
+    /// The inference thread's engine switch; `None` without a camera.
+    pub swap: Option<crossbeam_channel::Sender<EngineSwap>>,
+    /// The model the daemon runs (model updates for another name are refused).
+    pub model_name: Option<String>,
+    /// The file the running config was read from (`None`: the demo config).
+    pub config_path: Option<PathBuf>,
+}
+
+/// The name of the daemon's config in config updates (`--kind config --name sparkd`).
+pub const CONFIG_NAME: &str = "sparkd";
+
+/// What a config update or `sparkctl config reload` changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigChange {
+    /// Dotted keys now in effect.
+    pub applied: Vec<String>,
+    /// Dotted keys that changed but take effect at the next start.
+    pub restart_required: Vec<String>,
+}
+
+/// Dotted keys whose values differ between `a` and `b`.
+pub fn changed_keys(a: &Config, b: &Config) -> Vec<String> {
+    fn walk(prefix: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+        match (a, b) {
+            (serde_json::Value::Object(x), serde_json::Value::Object(y)) => {
+                let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+                for k in keys {
+                    let null = serde_json::Value::Null;
+                    let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    walk(&key, x.get(k).unwrap_or(&null), y.get(k).unwrap_or(&null), out);
+                }
+            }
+            _ if a != b => out.push(prefix.to_string()),
+            _ => {}
+        }
+    }
+    let (Ok(a), Ok(b)) = (serde_json::to_value(a), serde_json::to_value(b)) else { return vec![] };
+    let mut out = Vec::new();
+    walk("", &a, &b, &mut out);
+    out
+}
+
+/// The config the daemon starts with: the fleet-activated one
+/// (`<state>/configs/sparkd/current`) when there is one, it passes the
+/// checks of `sparkd check-config` and keeps `state_dir`; else `file_config`.
+pub fn startup_config(file_config: Config, state_dir: &Path) -> Config {
+    let current = state_dir.join("configs").join(CONFIG_NAME).join("current");
+    let Ok(manifest) = std::fs::read(current.join("manifest.json")) else { return file_config };
+    let Ok(m) = serde_json::from_slice::<super::UpdateManifest>(&manifest) else { return file_config };
+    match Config::load(&current.join(&m.artifact.file_name)) {
+        Ok(c) if c.state_dir == file_config.state_dir => {
+            tracing::info!(version = %m.version, "running the fleet-activated config");
+            c
+        }
+        Ok(_) => file_config,
+        Err(e) => {
+            tracing::error!(error = %error_chain(&e), "the fleet-activated config is invalid; running the file's");
+            file_config
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("opening the update store")]
+    Open(#[from] UpdateError),
+    #[error("starting the update thread")]
+    Thread(#[source] std::io::Error),
+}
+
+/// Opens the store (recovering from a crash), then runs the agent on its
+/// own thread. Returns the control socket's sender and the uplink's link.
+pub fn spawn(deps: AgentDeps) -> Result<(mpsc::Sender<Request>, UplinkLink), AgentError> {
+    let opts = UpdaterOptions::from_config(&deps.config, &deps.device_id, &deps.state_dir)?;
+    let keys: Vec<String> = opts.keys.ids().map(String::from).collect();
+    let mut updater = Updater::open(opts)?;
+    let hailort = device_hailort_version(&deps.config);
+    updater.set_hailort_version(hailort.clone());
+    let (req_tx, req_rx) = mpsc::channel(REQUEST_QUEUE);
+    let (rep_tx, rep_rx) = mpsc::channel(REPORT_QUEUE);
+    let dropped = Arc::new(AtomicU64::new(0));
+    let prefix = deps.config.mqtt.topic_prefix.clone();
+    let subscriptions = super::topics::subscriptions(&prefix, &deps.device_id, &deps.config.group);
+    let mut agent = Agent {
+        running: deps.config.clone(),
+        updater,
+        deps,
+        reports: rep_tx,
+        dropped: dropped.clone(),
+        keys,
+        hailort,
+        last_progress: None,
+        restart_required: Default::default(),
+    };
+    std::thread::Builder::new()
+        .name("update-agent".into())
+        .spawn(move || agent.run(req_rx))
+        .map_err(AgentError::Thread)?;
+    Ok((req_tx.clone(), UplinkLink { requests: req_tx, reports: rep_rx, dropped, subscriptions }))
+}
+
+/// The HailoRT library's version when Hailo is enabled and a library loads.
+fn device_hailort_version(config: &Config) -> Option<String> {
+    if !config.hailo.enabled {
+        return None;
+    }
+    let lib = (!config.hailo.library.as_os_str().is_empty()).then_some(config.hailo.library.as_path());
+    let (lib, _) = hailo_sys::load(lib).ok()?;
+    let v = hailo_sys::library_version(&lib).ok()?;
+    Some(format!("{}.{}.{}", v.major, v.minor, v.revision))
+}
+
+/// The model the daemon starts with: the fleet-activated version of the
+/// configured model (`<state>/models/<name>/current/pack/model.toml`) when
+/// there is one and it loads with intact files, else the configured model.
+pub fn startup_model(config: &Config, state_dir: &Path) -> Result<Model, crate::model::ModelError> {
+    let configured = Model::load(&config.model.manifest)?;
+    let current = state_dir.join("models").join(&configured.manifest.name).join("current");
+    let path = current.join(UNPACKED).join(MODEL_MANIFEST);
+    if !path.exists() {
+        return Ok(configured);
+    }
+    match Model::load(&path).and_then(|m| m.read_onnx().map(|_| m)) {
+        Ok(m) => {
+            tracing::info!(model = %m.manifest.name, version = %m.manifest.version, "running the fleet-activated model");
+            Ok(m)
+        }
+        Err(e) => {
+            tracing::error!(error = %format!("{:#}", anyhow::Error::new(e)), "the fleet-activated model does not load; running the configured one");
+            Ok(configured)
+        }
+    }
+}
+
+struct Agent {
+    updater: Updater,
+    deps: AgentDeps,
+    reports: mpsc::Sender<StateReport>,
+    dropped: Arc<AtomicU64>,
+    keys: Vec<String>,
+    hailort: Option<String>,
+    last_progress: Option<Instant>,
+    /// The config in effect (the start one, then each applied change).
+    running: Config,
+    restart_required: std::collections::BTreeSet<String>,
+}
+
+/// Why an activation check failed: refused outright, or tried and rolled back.
+enum Failed {
+    Reject(Rejection),
+    RollBack(String),
+}
+
+impl Agent {
+    fn run(&mut self, mut requests: mpsc::Receiver<Request>) {
+        // Staged before a crash or restart: finish it now.
+        self.resume_staged();
+        while let Some(req) = requests.blocking_recv() {
+            match req {
+                Request::Mqtt { topic, payload } => {
+                    if topic.ends_with("/update/manifest") {
+                        let _ = self.on_manifest(&payload);
+                    } else if topic.ends_with("/update/chunk") {
+                        let _ = self.on_chunk(&payload);
+                    }
+                }
+                Request::Status { reply } => {
+                    let _ = reply.send(self.status());
+                }
+                Request::ReloadConfig { reply } => {
+                    let _ = reply.send(self.reload_config());
+                }
+                Request::ApplyManifest { envelope, reply } => {
+                    let _ = reply.send(self.on_manifest(&envelope));
+                }
+                Request::ApplyChunk { chunk, reply } => {
+                    let _ = reply.send(self.on_chunk(&chunk));
+                }
+            }
+        }
+    }
+
+    fn status(&self) -> StatusView {
+        StatusView {
+            installed: self.updater.installed().clone(),
+            records: self.updater.records().unwrap_or_default(),
+            trusted_keys: self.keys.clone(),
+            dropped_messages: self.dropped.load(Ordering::Relaxed),
+            hailort_version: self.hailort.clone(),
+            restart_required: self.restart_required.iter().cloned().collect(),
+        }
+    }
+
+    fn send(&self, report: StateReport) {
+        if self.reports.try_send(report).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("update state report dropped: the uplink is not taking them");
+        }
+    }
+
+    fn report(&self, rec: &UpdateRecord) {
+        self.send(self.updater.report(rec));
+    }
+
+    /// A report of `rec` in `phase` (steps the store passes through in one call).
+    fn report_as(&self, rec: &UpdateRecord, phase: Phase) {
+        let mut r = self.updater.report(rec);
+        r.phase = phase;
+        r.chunks = None;
+        self.send(r);
+    }
+
+    fn reject(&self, update_id: &str, r: &Rejection) {
+        tracing::warn!(update_id, code = r.code(), reason = %r, "update refused");
+        self.send(self.updater.rejection_report(update_id, r));
+    }
+
+    /// The accepted record, or why the manifest was refused.
+    fn on_manifest(&mut self, envelope: &[u8]) -> Result<UpdateRecord, String> {
+        let id = super::envelope_update_id(envelope).unwrap_or_default();
+        match self.updater.receive_manifest(envelope, wall_clock_secs()) {
+            Ok(rec) => {
+                self.last_progress = None;
+                self.report(&rec);
+                if let Some(r) = self.refusal_before_transfer(&rec) {
+                    let text = format!("{}: {r}", r.code());
+                    self.give_up(&rec.update_id, Failed::Reject(r));
+                    return Err(text);
+                }
+                Ok(rec)
+            }
+            Err(UpdateError::Rejected(r)) => {
+                self.reject(&id, &r);
+                Err(format!("{}: {r}", r.code()))
+            }
+            Err(e) => {
+                self.io_failure(&id, &e);
+                Err(error_chain(&e))
+            }
+        }
+    }
+
+    /// Policy of this daemon the pure `verify()` does not know.
+    fn refusal_before_transfer(&self, rec: &UpdateRecord) -> Option<Rejection> {
+        match rec.kind {
+            Kind::Model if self.deps.model_name.as_deref().is_some_and(|n| n != rec.name) => Some(Rejection::BadPack {
+                detail: format!("this device runs model {:?}, not {:?}", self.deps.model_name, rec.name),
+            }),
+            Kind::Config if rec.name != CONFIG_NAME => Some(Rejection::Unsupported {
+                detail: format!("the only config this device takes is {CONFIG_NAME:?}, not {:?}", rec.name),
+            }),
+            Kind::Binary => {
+                Some(Rejection::Unsupported { detail: "binary updates are not activated by this build yet".into() })
+            }
+            _ => None,
+        }
+    }
+
+    /// The update's record after this chunk (activated when it was the
+    /// last), or why the chunk was refused.
+    fn on_chunk(&mut self, payload: &[u8]) -> Result<UpdateRecord, String> {
+        let chunk: Chunk = match serde_json::from_slice(payload) {
+            Ok(c) => c,
+            Err(e) => {
+                let r =
+                    Rejection::CorruptChunk { update_id: String::new(), index: 0, detail: format!("not a chunk: {e}") };
+                self.reject("", &r);
+                return Err(format!("{}: {r}", r.code()));
+            }
+        };
+        match self.updater.receive_chunk(&chunk) {
+            Ok(rec) if rec.phase == Phase::Staged => {
+                self.report_as(&rec, Phase::Verified);
+                self.report(&rec);
+                self.activate_staged(rec.clone());
+                self.updater.record(&rec.update_id).ok().flatten().ok_or_else(|| "the update vanished".into())
+            }
+            Ok(rec) => {
+                if rec.phase == Phase::Received && self.last_progress.is_none_or(|t| t.elapsed() >= PROGRESS_EVERY) {
+                    self.last_progress = Some(Instant::now());
+                    self.report(&rec);
+                }
+                Ok(rec) // receiving, or a late duplicate of a finished update
+            }
+            Err(UpdateError::Rejected(r)) => {
+                // A bad chunk is not stored; an artifact that fails its
+                // length or digest ends the update as rejected.
+                match self.updater.record(&chunk.update_id) {
+                    Ok(Some(rec)) if matches!(rec.phase, Phase::Rejected { .. }) => {
+                        tracing::warn!(update_id = %rec.update_id, code = r.code(), reason = %r, "update refused");
+                        self.report(&rec)
+                    }
+                    _ => self.reject(&chunk.update_id, &r),
+                }
+                Err(format!("{}: {r}", r.code()))
+            }
+            Err(e @ UpdateError::UnknownUpdate { .. }) => {
+                tracing::debug!(update_id = %chunk.update_id, "chunk for an update with no accepted manifest: dropped");
+                Err(e.to_string())
+            }
+            Err(e) => {
+                self.io_failure(&chunk.update_id, &e);
+                Err(error_chain(&e))
+            }
+        }
+    }
+
+    fn io_failure(&self, update_id: &str, e: &UpdateError) {
+        let msg = error_chain(e);
+        tracing::error!(update_id, error = %msg, "update step failed");
+        let r = Rejection::Unsupported { detail: msg.clone() };
+        let mut report = self.updater.rejection_report(update_id, &r);
+        // Not a decision about the update: the device could not do the step.
+        report.phase = Phase::Rejected { code: "device_error".into(), reason: msg };
+        self.send(report);
+    }
+
+    /// Updates left `Staged` by a restart are activated (or given up) now.
+    fn resume_staged(&mut self) {
+        let staged: Vec<UpdateRecord> =
+            self.updater.records().unwrap_or_default().into_iter().filter(|r| r.phase == Phase::Staged).collect();
+        for rec in staged {
+            tracing::info!(update_id = %rec.update_id, "resuming a staged update after a restart");
+            self.activate_staged(rec);
+        }
+    }
+
+    /// Model: unpack, load, build, warm up, canary, then activate and swap.
+    fn activate_staged(&mut self, rec: UpdateRecord) {
+        if let Some(r) = self.refusal_before_transfer(&rec) {
+            return self.give_up(&rec.update_id, Failed::Reject(r));
+        }
+        self.report_as(&rec, Phase::Activating);
+        match rec.kind {
+            Kind::Model => self.activate_model(rec),
+            Kind::Config => self.activate_config(rec),
+            Kind::Binary => {
+                let r = Rejection::Unsupported { detail: "binary updates are not activated here".into() };
+                self.give_up(&rec.update_id, Failed::Reject(r))
+            }
+        }
+    }
+
+    /// Config: the same checks as `sparkd check-config`, then activate and
+    /// apply what can change live; the rest is reported as needing a restart.
+    fn activate_config(&mut self, rec: UpdateRecord) {
+        let new = match self.check_config(&rec) {
+            Ok(c) => c,
+            Err(f) => return self.give_up(&rec.update_id, f),
+        };
+        let rec = match self.updater.activate(&rec.update_id) {
+            Ok(r) => r,
+            Err(UpdateError::Rejected(r)) => return self.report_rejected_record(&rec.update_id, &r),
+            Err(e) => return self.io_failure(&rec.update_id, &e),
+        };
+        match self.apply_config(new) {
+            Ok(change) => {
+                tracing::info!(target: "audit", update_id = %rec.update_id, version = %rec.version,
+                    applied = ?change.applied, restart_required = ?change.restart_required, "config update active");
+                self.report(&rec);
+            }
+            Err(why) => self.roll_back(&rec, &why),
+        }
+    }
+
+    fn check_config(&self, rec: &UpdateRecord) -> Result<Config, Failed> {
+        let bad = |detail: String| Failed::Reject(Rejection::InvalidConfig { detail });
+        let dir = self.updater.staged_dir(rec).ok_or_else(|| bad("no store folder".into()))?;
+        let path = dir.join(&rec.file_name);
+        let new = Config::load(&path).map_err(|e| bad(error_chain(&e)))?;
+        self.check_reload(&new).map_err(bad)?;
+        Ok(new)
+    }
+
+    /// What a new config may not change while running, and whether its
+    /// update keys load.
+    fn check_reload(&self, new: &Config) -> Result<(), String> {
+        if new.state_dir != self.running.state_dir {
+            return Err("state_dir cannot change in a running daemon (it holds this update)".into());
+        }
+        UpdaterOptions::from_config(new, &self.deps.device_id, &self.deps.state_dir).map_err(|e| error_chain(&e))?;
+        Ok(())
+    }
+
+    /// Applies `new` where it can live (today: `[update]`, the update
+    /// agent's own settings); every other changed key needs a restart.
+    fn apply_config(&mut self, new: Config) -> Result<ConfigChange, String> {
+        let changed = changed_keys(&self.running, &new);
+        let (applied, restart_required): (Vec<String>, Vec<String>) =
+            changed.into_iter().partition(|k| k.starts_with("update."));
+        if !applied.is_empty() {
+            let opts = UpdaterOptions::from_config(&new, &self.deps.device_id, &self.deps.state_dir)
+                .map_err(|e| error_chain(&e))?;
+            self.keys = opts.keys.ids().map(String::from).collect();
+            let mut updater = Updater::open(opts).map_err(|e| error_chain(&e))?;
+            updater.set_hailort_version(self.hailort.clone());
+            self.updater = updater;
+        }
+        self.restart_required.extend(restart_required.iter().cloned());
+        self.running = new;
+        Ok(ConfigChange { applied, restart_required })
+    }
+
+    /// `sparkctl config reload`: the config file again, through the same checks.
+    fn reload_config(&mut self) -> Result<ConfigChange, String> {
+        let Some(path) = self.deps.config_path.clone() else {
+            return Err("sparkd runs the built-in demo configuration: there is no file to reload".into());
+        };
+        let new = Config::load(&path).map_err(|e| error_chain(&e))?;
+        self.check_reload(&new)?;
+        let change = self.apply_config(new)?;
+        tracing::info!(target: "audit", path = %path.display(), applied = ?change.applied,
+            restart_required = ?change.restart_required, "config reloaded");
+        Ok(change)
+    }
+
+    fn activate_model(&mut self, rec: UpdateRecord) {
+        let checked = self.check_model(&rec);
+        let (engine, model) = match checked {
+            Ok(v) => v,
+            Err(f) => return self.give_up(&rec.update_id, f),
+        };
+        let rec = match self.updater.activate(&rec.update_id) {
+            Ok(r) => r,
+            Err(UpdateError::Rejected(r)) => return self.report_rejected_record(&rec.update_id, &r),
+            Err(e) => return self.io_failure(&rec.update_id, &e),
+        };
+        if let (Some(engine), Some(swap)) = (engine, &self.deps.swap) {
+            let label = format!("{} {}", model.manifest.name, model.manifest.version);
+            if let Err(why) = switch_engine(swap, engine, model) {
+                tracing::error!(reason = %why, "the inference thread did not take the new model; rolling back");
+                return self.roll_back(&rec, &why);
+            }
+            self.deps.shared.update_engine(|e| e.model = label);
+        }
+        tracing::info!(update_id = %rec.update_id, name = %rec.name, version = %rec.version, "model update active");
+        self.report(&rec);
+    }
+
+    fn report_rejected_record(&self, update_id: &str, r: &Rejection) {
+        match self.updater.record(update_id) {
+            Ok(Some(rec)) => self.report(&rec),
+            _ => self.reject(update_id, r),
+        }
+    }
+
+    fn roll_back(&mut self, rec: &UpdateRecord, why: &str) {
+        if let Err(e) = self.updater.rollback(rec.kind, &rec.name, why) {
+            tracing::error!(error = %e, "rollback failed");
+        }
+        match self.updater.record(&rec.update_id) {
+            Ok(Some(r)) => self.report(&r),
+            _ => self.report_as(rec, Phase::RolledBack { reason: why.into() }),
+        }
+    }
+
+    fn give_up(&mut self, update_id: &str, f: Failed) {
+        let phase = match &f {
+            Failed::Reject(r) => {
+                tracing::warn!(update_id, code = r.code(), reason = %r, "update refused");
+                Phase::Rejected { code: r.code().into(), reason: r.to_string() }
+            }
+            Failed::RollBack(why) => {
+                tracing::warn!(update_id, reason = %why, "model update failed its checks; previous model kept");
+                Phase::RolledBack { reason: why.clone() }
+            }
+        };
+        match self.updater.abandon(update_id, phase) {
+            Ok(rec) => self.report(&rec),
+            Err(e) => self.io_failure(update_id, &e),
+        }
+    }
+
+    /// Everything short of the switch. Returns the warmed-up engine when the
+    /// daemon runs one (no camera: the files are checked, nothing is built).
+    fn check_model(&self, rec: &UpdateRecord) -> Result<(Option<Box<dyn crate::engine::Engine>>, Arc<Model>), Failed> {
+        let bad = |detail: String| Failed::Reject(Rejection::BadPack { detail });
+        let dir = self.updater.staged_dir(rec).ok_or_else(|| bad("no store folder".into()))?;
+        let unpacked = dir.join(UNPACKED);
+        if !unpacked.exists() {
+            let bytes = std::fs::read(dir.join(&rec.file_name)).map_err(|e| bad(format!("reading the pack: {e}")))?;
+            pack::unpack(&bytes, &unpacked).map_err(|e| bad(format!("{:#}", anyhow::Error::new(e))))?;
+        }
+        let model =
+            Model::load(&unpacked.join(MODEL_MANIFEST)).map_err(|e| bad(format!("{:#}", anyhow::Error::new(e))))?;
+        if model.manifest.name != rec.name || model.manifest.version != rec.version.to_string() {
+            return Err(bad(format!(
+                "model.toml says {} {}, the signed manifest {} {}",
+                model.manifest.name, model.manifest.version, rec.name, rec.version
+            )));
+        }
+        model.read_onnx().map_err(|e| bad(format!("{:#}", anyhow::Error::new(e))))?;
+        let manifest = self.updater.manifest_of(&rec.update_id).map_err(|e| bad(e.to_string()))?;
+        let canary = match &manifest.canary {
+            Some(c) => {
+                let p = unpacked.join(&c.input);
+                let img = image::open(&p)
+                    .map_err(|e| bad(format!("canary input {} is not in the pack or not an image: {e}", c.input)))?;
+                Some((c.clone(), img.to_rgb8()))
+            }
+            None => None,
+        };
+        let model = Arc::new(model);
+        if self.deps.swap.is_none() {
+            tracing::info!(name = %rec.name, "no camera, so no engine: model files checked, canary not run");
+            return Ok((None, model));
+        }
+        let mut engine = crate::daemon::build_engine(&self.deps.config, &model, &self.deps.shared)
+            .map_err(|e| Failed::RollBack(format!("the new engine does not build: {:#}", anyhow::Error::new(e))))?;
+        let mut input = crate::vision::Tensor::zeros(&[1]);
+        // Warm-up: the first run allocates; a failure here is a failure of the model.
+        let warm = canary
+            .as_ref()
+            .map(|(_, img)| img.clone())
+            .unwrap_or_else(|| image::RgbImage::new(model.manifest.input.width, model.manifest.input.height));
+        crate::pipeline::infer_frame(engine.as_mut(), &model, &warm, &mut input)
+            .map_err(|e| Failed::RollBack(format!("warm-up inference failed: {e}")))?;
+        if let Some((c, img)) = canary {
+            let r = crate::pipeline::infer_frame(engine.as_mut(), &model, &img, &mut input)
+                .map_err(|e| Failed::RollBack(format!("canary inference failed: {e}")))?;
+            let top = r.detections.iter().max_by(|a, b| a.score.total_cmp(&b.score));
+            match top {
+                Some(d) if d.label == c.label && d.score >= c.min_score => {
+                    tracing::info!(label = %d.label, score = d.score, "canary passed");
+                }
+                Some(d) => {
+                    return Err(Failed::RollBack(format!(
+                        "canary missed: {} gave {} {:.3}, expected {} >= {}",
+                        c.input, d.label, d.score, c.label, c.min_score
+                    )));
+                }
+                None => {
+                    return Err(Failed::RollBack(format!(
+                        "canary missed: {} gave no detection, expected {} >= {}",
+                        c.input, c.label, c.min_score
+                    )));
+                }
+            }
+        }
+        Ok((Some(engine), model))
+    }
+}
+
+/// Hands the new engine to the inference thread and waits until it runs on it.
+fn switch_engine(
+    swap: &crossbeam_channel::Sender<EngineSwap>,
+    engine: Box<dyn crate::engine::Engine>,
+    model: Arc<Model>,
+) -> Result<(), String> {
+    let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+    swap.send_timeout(EngineSwap { engine, model, done: done_tx }, SWAP_DEADLINE)
+        .map_err(|_| "the inference thread is not running".to_string())?;
+    done_rx.recv_timeout(SWAP_DEADLINE).map_err(|_| "the inference thread did not switch in time".to_string())
+}
+
+/// An error and its sources on one line.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cur = c.source();
+    }
+    text
+}

@@ -1,0 +1,582 @@
+//! Fleet updates through the real daemon: `spark-fleet` signs and pushes
+//! over a real Mosquitto to real `sparkd` processes, which report on
+//! `spark/<device>/update/state`.
+
+mod common;
+#[path = "hailo-double/double.rs"]
+mod double;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+fn fleet_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_spark-fleet"))
+}
+
+fn fleet(args: &[&str]) -> String {
+    let out = Command::new(fleet_bin()).args(args).output().expect("run spark-fleet");
+    assert!(
+        out.status.success(),
+        "spark-fleet {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// A signing key pair and a place to build bundles.
+struct Lab {
+    dir: tempfile::TempDir,
+    key: PathBuf,
+    public: PathBuf,
+}
+
+impl Lab {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fleet(&["keygen", "--out", s(&dir.path().join("keys")), "--key-id", "fleet-test"]);
+        let key = dir.path().join("keys/fleet-test.key");
+        let public = dir.path().join("keys/fleet-test.pub");
+        Lab { dir, key, public }
+    }
+
+    /// The demo model as a pack at `version`, with `extra` files (canary images).
+    fn pack(&self, version: &str, extra: &[&str]) -> PathBuf {
+        let d = self.dir.path().join(format!("pack-{version}"));
+        std::fs::create_dir_all(&d).unwrap();
+        let toml = std::fs::read_to_string(repo().join("models/centerface.toml")).unwrap();
+        let toml = toml.replace("version = \"1.0.0\"", &format!("version = \"{version}\""));
+        std::fs::write(d.join("model.toml"), toml).unwrap();
+        let out = d.join("centerface.pack");
+        let onnx = repo().join("models/centerface.onnx");
+        let mut args = vec!["pack", "--model", s(&d.join("model.toml")), "--out", s(&out)]
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>();
+        args.push(s(&onnx).into());
+        for e in extra {
+            args.push(s(&repo().join("models/demo").join(e)).into());
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        fleet(&refs);
+        out
+    }
+
+    /// Signs `artifact` as model `centerface` `version`; `target` is e.g.
+    /// `["--device", "test-dev"]`; `more` adds options (canary, key).
+    fn sign(&self, artifact: &Path, version: &str, target: &[&str], more: &[&str], key: Option<&Path>) -> PathBuf {
+        let out = self.dir.path().join(format!("b-{version}-{}.bundle", fastrand_id()));
+        let mut args = vec![
+            "sign",
+            "--key",
+            s(key.unwrap_or(&self.key)),
+            "--kind",
+            "model",
+            "--name",
+            "centerface",
+            "--version",
+            version,
+            "--artifact",
+            s(artifact),
+            "--expires-in-days",
+            "30",
+            "--out",
+            s(&out),
+        ];
+        args.extend_from_slice(target);
+        args.extend_from_slice(more);
+        fleet(&args);
+        out
+    }
+}
+
+fn fastrand_id() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+fn push(broker: &Broker, target: &[&str], bundle: &Path) {
+    let url = broker.url();
+    let mut args = vec!["push", "--broker", url.as_str()];
+    args.extend_from_slice(target);
+    args.push(s(bundle));
+    fleet(&args);
+}
+
+/// The update id of a bundle (from `spark-fleet verify`'s output is not
+/// needed: the envelope line decodes directly).
+fn update_id(bundle: &Path) -> String {
+    let bytes = std::fs::read(bundle).unwrap();
+    spark_edge::update::Bundle::parse(&bytes).unwrap().update_id().unwrap()
+}
+
+fn daemon_config(broker: &Broker, lab: &Lab, camera: bool) -> DaemonConfig {
+    let mut cfg = DaemonConfig::new(&broker.url());
+    cfg.camera_off = !camera;
+    cfg.fps = 2.0;
+    cfg.telemetry_secs = 2.0;
+    cfg.extra = format!("[update]\ntrusted_keys_file = \"{}\"\n", lab.public.display());
+    cfg
+}
+
+/// State reports for `id` (or every report when `id` is empty), in arrival order.
+fn states(c: &Consumer, id: &str) -> Vec<serde_json::Value> {
+    c.snapshot()
+        .into_iter()
+        .filter(|m| m.topic.ends_with("/update/state"))
+        .map(|m| m.json)
+        .filter(|j| id.is_empty() || j["update_id"] == id)
+        .collect()
+}
+
+/// Waits for a report of `id` in `state`; panics with every report seen.
+fn wait_state(c: &Consumer, id: &str, state: &str, d: &Daemon) -> serde_json::Value {
+    wait_for(Duration::from_secs(120), || states(c, id).into_iter().find(|j| j["state"] == state))
+        .unwrap_or_else(|| panic!("no {state} report for {id}; reports: {:#?}\nlog:\n{}", states(c, ""), d.log_text()))
+}
+
+fn engine_model(socket: &Path) -> String {
+    let (code, out, err) = sparkctl(socket, &["engine", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["model"].as_str().unwrap_or_default().to_string()
+}
+
+fn inference_total(socket: &Path) -> u64 {
+    status_json(socket)["inference"]["total"].as_u64().unwrap_or(0)
+}
+
+/// After a refused update: the old model is still the one running, and
+/// frames keep being inferred.
+fn assert_old_model_keeps_running(socket: &Path) {
+    assert_eq!(engine_model(socket), "centerface 1.0.0");
+    let before = inference_total(socket);
+    wait_for(Duration::from_secs(60), || (inference_total(socket) > before).then_some(()))
+        .expect("inference stopped after a refused update");
+}
+
+const DEV: [&str; 2] = ["--device", "test-dev"];
+
+#[test]
+fn pushed_model_update_becomes_active_and_the_engine_runs_the_new_version() {
+    let broker = Broker::start();
+    let lab = Lab::new();
+    let cfg = daemon_config(&broker, &lab, true);
+    let d = Daemon::start(&cfg);
+    let c = Consumer::start(broker.port, "spark/#");
+    assert_eq!(engine_model(&cfg.socket()), "centerface 1.0.0");
+
+    let pack = lab.pack("1.1.0", &["astronaut.png"]);
+    let canary = ["--canary-input", "astronaut.png", "--canary-label", "face", "--canary-min-score", "0.5"];
+    let bundle = lab.sign(&pack, "1.1.0", &DEV, &canary, None);
+    let id = update_id(&bundle);
+    push(&broker, &DEV, &bundle);
+    wait_state(&c, &id, "active", &d);
+
+    let seen: Vec<String> = states(&c, &id).iter().map(|j| j["state"].as_str().unwrap().to_string()).collect();
+    for step in ["received", "verified", "staged", "activating", "active"] {
+        assert!(seen.iter().any(|s| s == step), "no {step} report: {seen:?}");
+    }
+    assert_eq!(engine_model(&cfg.socket()), "centerface 1.1.0");
+    // Frames are inferred by the new model: its records name the new version.
+    wait_for(Duration::from_secs(60), || {
+        c.records("inference").iter().any(|r| r["model_version"] == "1.1.0").then_some(())
+    })
+    .expect("no inference record from model 1.1.0");
+
+    let (code, out, err) = sparkctl(&cfg.socket(), &["update", "status", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let u: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(u["state"], "idle", "{u}");
+    let m = u["installed"].as_array().unwrap().iter().find(|i| i["name"] == "centerface").cloned().unwrap();
+    assert_eq!(m["active"], "1.1.0", "{u}");
+    assert!(u["updates"].as_array().unwrap().iter().any(|r| r["update_id"] == id && r["state"] == "active"), "{u}");
+    let (code, human, _) = sparkctl(&cfg.socket(), &["update", "status"]);
+    assert_eq!(code, 0);
+    assert!(human.contains("centerface") && human.contains("1.1.0") && human.contains("active"), "{human}");
+
+    // The activated model survives a restart.
+    assert!(d.terminate(Duration::from_secs(20)).success());
+    let d = Daemon::start(&cfg);
+    assert_eq!(engine_model(&cfg.socket()), "centerface 1.1.0", "log:\n{}", d.log_text());
+}
+
+#[test]
+fn replayed_or_older_model_update_is_rejected_as_not_newer() {
+    let broker = Broker::start();
+    let lab = Lab::new();
+    let cfg = daemon_config(&broker, &lab, false);
+    let d = Daemon::start(&cfg);
+    let c = Consumer::start(broker.port, "spark/#");
+    let pack = lab.pack("1.2.0", &[]);
+    let bundle = lab.sign(&pack, "1.2.0", &DEV, &[], None);
+    let id = update_id(&bundle);
+    push(&broker, &DEV, &bundle);
+    wait_state(&c, &id, "active", &d);
+
+    // The same bundle again, and an older version: both refused.
+    push(&broker, &DEV, &bundle);
+    let older = lab.sign(&lab.pack("1.1.0", &[]), "1.1.0", &DEV, &[], None);
+    push(&broker, &DEV, &older);
+    let refused = wait_for(Duration::from_secs(60), || {
+        let r: Vec<_> = states(&c, "").into_iter().filter(|j| j["code"] == "not_newer").collect();
+        (r.len() >= 2).then_some(r)
+    })
+    .unwrap_or_else(|| panic!("not two not_newer reports: {:#?}", states(&c, "")));
+    assert!(refused.iter().all(|j| j["state"] == "rejected"), "{refused:?}");
+    let (_, out, _) = sparkctl(&cfg.socket(), &["update", "status", "--json"]);
+    let u: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let m = u["installed"].as_array().unwrap().iter().find(|i| i["name"] == "centerface").cloned().unwrap();
+    assert_eq!(m["active"], "1.2.0", "{u}");
+}
+
+#[test]
+fn bad_signature_other_device_and_corrupt_artifact_are_rejected_and_the_old_model_keeps_running() {
+    let broker = Broker::start();
+    let lab = Lab::new();
+    let cfg = daemon_config(&broker, &lab, true);
+    let d = Daemon::start(&cfg);
+    let c = Consumer::start(broker.port, "spark/#");
+    let pack = lab.pack("1.1.0", &[]);
+
+    // Bad signature: a different key under the trusted key's id.
+    let impostor = lab.dir.path().join("impostor");
+    fleet(&["keygen", "--out", s(&impostor), "--key-id", "fleet-test"]);
+    let forged = lab.sign(&pack, "1.1.0", &DEV, &[], Some(&impostor.join("fleet-test.key")));
+    push(&broker, &DEV, &forged);
+    let r = wait_for(Duration::from_secs(60), || states(&c, "").into_iter().find(|j| j["code"] == "bad_signature"))
+        .unwrap_or_else(|| panic!("no bad_signature report: {:#?}", states(&c, "")));
+    assert_eq!(r["state"], "rejected");
+
+    // Signed for another device, delivered on this device's topic.
+    let other = lab.sign(&pack, "1.1.0", &["--device", "other-dev"], &[], None);
+    push(&broker, &DEV, &other);
+    let r = wait_for(Duration::from_secs(60), || states(&c, "").into_iter().find(|j| j["code"] == "not_targeted"))
+        .unwrap_or_else(|| panic!("no not_targeted report: {:#?}", states(&c, "")));
+    assert_eq!(r["state"], "rejected");
+
+    // A byte of the artifact flipped after signing: reassembled, then refused.
+    let good = lab.sign(&pack, "1.1.0", &DEV, &[], None);
+    let mut bytes = std::fs::read(&good).unwrap();
+    let last = bytes.len() - 100;
+    bytes[last] ^= 0xff;
+    let corrupt = lab.dir.path().join("corrupt.bundle");
+    std::fs::write(&corrupt, bytes).unwrap();
+    let id = update_id(&corrupt);
+    push(&broker, &DEV, &corrupt);
+    let r = wait_state(&c, &id, "rejected", &d);
+    assert_eq!(r["code"], "artifact_digest", "{r}");
+
+    assert!(!states(&c, "").iter().any(|j| j["state"] == "active"), "{:#?}", states(&c, ""));
+    assert_old_model_keeps_running(&cfg.socket());
+}
+
+#[test]
+fn canary_mismatch_rolls_back_and_the_old_model_keeps_running() {
+    let broker = Broker::start();
+    let lab = Lab::new();
+    let cfg = daemon_config(&broker, &lab, true);
+    let d = Daemon::start(&cfg);
+    let c = Consumer::start(broker.port, "spark/#");
+    // The canary demands a face on a picture of a cup of coffee.
+    let pack = lab.pack("1.1.0", &["coffee.png"]);
+    let canary = ["--canary-input", "coffee.png", "--canary-label", "face", "--canary-min-score", "0.9"];
+    let bundle = lab.sign(&pack, "1.1.0", &DEV, &canary, None);
+    let id = update_id(&bundle);
+    push(&broker, &DEV, &bundle);
+    let r = wait_state(&c, &id, "rolled_back", &d);
+    assert!(r["reason"].as_str().unwrap().contains("canary"), "{r}");
+    assert!(!states(&c, &id).iter().any(|j| j["state"] == "active"));
+    assert_old_model_keeps_running(&cfg.socket());
+    let (_, out, _) = sparkctl(&cfg.socket(), &["update", "status", "--json"]);
+    let u: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        u["updates"].as_array().unwrap().iter().any(|r| r["update_id"] == id && r["state"] == "rolled_back"),
+        "{u}"
+    );
+}
+
+#[test]
+fn sigkill_mid_transfer_then_restart_and_push_again_resumes_and_completes() {
+    let broker = Broker::start();
+    let lab = Lab::new();
+    let cfg = daemon_config(&broker, &lab, false);
+    // The update agent stops right after storing its first chunk (test hook).
+    let d = Daemon::start_with_env(&cfg, &[(spark_edge::update::CRASH_ENV, std::ffi::OsStr::new("chunk"))]);
+    let c = Consumer::start(broker.port, "spark/#");
+    let pack = lab.pack("1.1.0", &[]);
+    let bundle = lab.sign(&pack, "1.1.0", &DEV, &[], None);
+    let id = update_id(&bundle);
+    push(&broker, &DEV, &bundle);
+    let chunks = cfg.state_dir().join("updates").join(&id).join("chunks");
+    let held = |p: &Path| {
+        std::fs::read_dir(p)
+            .map(|d| d.filter_map(Result::ok).filter(|e| !e.file_name().to_string_lossy().starts_with('.')).count())
+            .unwrap_or(0)
+    };
+    wait_for(Duration::from_secs(60), || (held(&chunks) >= 1).then_some(()))
+        .unwrap_or_else(|| panic!("no chunk stored; log:\n{}", d.log_text()));
+    d.kill9();
+    let held_before = held(&chunks);
+
+    let d = Daemon::start(&cfg);
+    // Still receiving after the restart, with the chunks it had kept.
+    let (_, out, _) = sparkctl(&cfg.socket(), &["update", "status", "--json"]);
+    let u: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(u["updates"].as_array().unwrap().iter().any(|r| r["update_id"] == id && r["state"] == "received"), "{u}");
+    assert!(held(&chunks) >= held_before, "chunks lost in the restart");
+    push(&broker, &DEV, &bundle);
+    wait_state(&c, &id, "active", &d);
+    let active = cfg.state_dir().join("models/centerface/current/pack/model.toml");
+    assert!(std::fs::read_to_string(active).unwrap().contains("version = \"1.1.0\""));
+}
+
+#[test]
+fn sparkctl_update_apply_installs_a_bundle_file_with_the_same_checks() {
+    let broker = Broker::start();
+    let lab = Lab::new();
+    let cfg = daemon_config(&broker, &lab, true);
+    let d = Daemon::start(&cfg);
+    let pack = lab.pack("1.1.0", &[]);
+    let bundle = lab.sign(&pack, "1.1.0", &DEV, &[], None);
+    let (code, out, err) = sparkctl(&cfg.socket(), &["update", "apply", s(&bundle), "--json"]);
+    assert_eq!(code, 0, "{out}{err}\nlog:\n{}", d.log_text());
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["state"], "active", "{v}");
+    assert_eq!(engine_model(&cfg.socket()), "centerface 1.1.0");
+    // The same file again is a replay: refused, exit 1, nothing changes.
+    let (code, _, err) = sparkctl(&cfg.socket(), &["update", "apply", s(&bundle)]);
+    assert_eq!(code, 1);
+    assert!(err.contains("not_newer"), "{err}");
+    assert_eq!(engine_model(&cfg.socket()), "centerface 1.1.0");
+}
+
+/// One more `sparkd` with its own device id and no camera (cheap).
+fn start_device(broker: &Broker, lab: &Lab, name: &str) -> (DaemonConfig, Child) {
+    let cfg = daemon_config(broker, lab, false);
+    let text = std::fs::read_to_string(cfg.write())
+        .unwrap()
+        .replace("device_id = \"test-dev\"", &format!("device_id = \"{name}\""));
+    let path = cfg.dir.path().join("device.toml");
+    std::fs::write(&path, text).unwrap();
+    let log = std::fs::File::create(cfg.dir.path().join("sparkd.log")).unwrap();
+    let child = Command::new(sparkd_bin())
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn sparkd");
+    (cfg, child)
+}
+
+#[test]
+fn fleet_of_twenty_devices_receives_a_group_push_and_watch_shows_every_device_active() {
+    const N: usize = 20;
+    let broker = Broker::start();
+    let lab = Lab::new();
+    let devices: Vec<(DaemonConfig, Child)> =
+        (0..N).map(|i| start_device(&broker, &lab, &format!("fleet-{i:02}"))).collect();
+    for (cfg, _) in &devices {
+        let sock = cfg.socket();
+        wait_for(Duration::from_secs(60), || std::os::unix::net::UnixStream::connect(&sock).ok())
+            .expect("a fleet device did not open its socket");
+    }
+    // Every device is subscribed once the broker shows it connected; the
+    // retained status says so.
+    let c = Consumer::start(broker.port, "spark/#");
+    wait_for(Duration::from_secs(60), || {
+        let online: std::collections::BTreeSet<String> = c
+            .snapshot()
+            .into_iter()
+            .filter(|m| m.topic.ends_with("/status") && m.json["online"] == true)
+            .filter_map(|m| m.json["device_id"].as_str().map(String::from))
+            .collect();
+        (online.len() == N).then_some(())
+    })
+    .expect("not every device came online");
+    // Subscriptions follow the CONNACK; give the SUBACKs a moment to land.
+    std::thread::sleep(Duration::from_secs(1));
+
+    let url = broker.url();
+    let watch_out = lab.dir.path().join("watch.jsonl");
+    let watch = Command::new(fleet_bin())
+        .args(["watch", "--broker", &url, "--group", "default", "--json", "--timeout-secs", "300"])
+        .stdout(std::fs::File::create(&watch_out).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn watch");
+    std::thread::sleep(Duration::from_secs(1));
+    let bundle = lab.sign(&lab.pack("1.1.0", &[]), "1.1.0", &["--group", "default"], &[], None);
+    let id = update_id(&bundle);
+    push(&broker, &["--group", "default"], &bundle);
+
+    let active = |c: &Consumer| -> std::collections::BTreeSet<String> {
+        states(c, &id)
+            .into_iter()
+            .filter(|j| j["state"] == "active")
+            .filter_map(|j| j["device_id"].as_str().map(String::from))
+            .collect()
+    };
+    wait_for(Duration::from_secs(300), || (active(&c).len() == N).then_some(()))
+        .unwrap_or_else(|| panic!("only {:?} of {N} active; reports: {:#?}", active(&c), states(&c, "")));
+    std::thread::sleep(Duration::from_secs(1));
+
+    // What the operator sees: every device active in `spark-fleet watch`.
+    let mut watch = watch;
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let text = std::fs::read_to_string(&watch_out).unwrap();
+    let watched: std::collections::BTreeSet<String> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|j| j["update_id"] == id && j["state"] == "active")
+        .filter_map(|j| j["device_id"].as_str().map(String::from))
+        .collect();
+    assert_eq!(watched.len(), N, "watch showed active: {watched:?}\n{text}");
+    for (_, mut child) in devices {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// Signs `text` as a config update (`--kind config --name sparkd`).
+fn sign_config(lab: &Lab, text: &str, version: &str) -> PathBuf {
+    let file = lab.dir.path().join(format!("sparkd-{version}.toml"));
+    std::fs::write(&file, text).unwrap();
+    let out = lab.dir.path().join(format!("config-{version}.bundle"));
+    fleet(&[
+        "sign",
+        "--key",
+        s(&lab.key),
+        "--kind",
+        "config",
+        "--name",
+        "sparkd",
+        "--version",
+        version,
+        "--artifact",
+        s(&file),
+        "--file-name",
+        "sparkd.toml",
+        "--expires-in-days",
+        "30",
+        "--device",
+        "test-dev",
+        "--out",
+        s(&out),
+    ]);
+    out
+}
+
+fn update_status(socket: &Path) -> serde_json::Value {
+    let (code, out, err) = sparkctl(socket, &["update", "status", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+#[test]
+fn config_update_is_checked_applied_live_where_possible_and_names_keys_needing_restart() {
+    let broker = Broker::start();
+    let lab = Lab::new();
+    let cfg = daemon_config(&broker, &lab, false);
+    let d = Daemon::start(&cfg);
+    let c = Consumer::start(broker.port, "spark/#");
+    let text = std::fs::read_to_string(cfg.dir.path().join("sparkd.toml")).unwrap();
+
+    // Refused: does not pass check-config; nothing changes.
+    let bad = sign_config(&lab, &format!("{text}bogus_key = 1\n"), "1.0.0");
+    let id = update_id(&bad);
+    push(&broker, &DEV, &bad);
+    let r = wait_state(&c, &id, "rejected", &d);
+    assert_eq!(r["code"], "invalid_config", "{r}");
+
+    // Accepted: the update limit applies at once, the telemetry interval at the next start.
+    let new = text.replace("interval_secs = 2.000", "interval_secs = 3.000") + "max_artifact_megabytes = 1\n";
+    let good = sign_config(&lab, &new, "1.1.0");
+    let id = update_id(&good);
+    push(&broker, &DEV, &good);
+    wait_state(&c, &id, "active", &d);
+    let u = update_status(&cfg.socket());
+    let restart: Vec<&str> = u["restart_required"].as_array().unwrap().iter().filter_map(|v| v.as_str()).collect();
+    assert_eq!(restart, ["telemetry.interval_secs"], "{u}");
+
+    // Live: a 7 MB model is now over the 1 MB bound.
+    let model = lab.sign(&lab.pack("1.1.0", &[]), "1.1.0", &DEV, &[], None);
+    push(&broker, &DEV, &model);
+    let r = wait_for(Duration::from_secs(60), || states(&c, "").into_iter().find(|j| j["code"] == "oversized"))
+        .unwrap_or_else(|| panic!("no oversized report: {:#?}", states(&c, "")));
+    assert_eq!(r["state"], "rejected");
+
+    // At the next start the daemon runs the activated config.
+    assert!(d.terminate(Duration::from_secs(20)).success());
+    let _d = Daemon::start(&cfg);
+    let (code, out, _) = sparkctl(&cfg.socket(), &["config", "show", "--json"]);
+    assert_eq!(code, 0);
+    let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(shown["config"]["telemetry"]["interval_secs"], 3.0, "{shown}");
+    assert_eq!(shown["config"]["update"]["max_artifact_megabytes"], 1, "{shown}");
+}
+
+#[test]
+fn sparkctl_config_reload_applies_the_file_and_names_keys_needing_restart() {
+    let broker = Broker::start();
+    let lab = Lab::new();
+    let cfg = daemon_config(&broker, &lab, false);
+    let _d = Daemon::start(&cfg);
+    let path = cfg.dir.path().join("sparkd.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        format!("{text}max_artifact_megabytes = 5\n").replace("interval_secs = 2.000", "interval_secs = 4.000"),
+    )
+    .unwrap();
+    let (code, out, err) = sparkctl(&cfg.socket(), &["config", "reload", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["applied"], serde_json::json!(["update.max_artifact_megabytes"]), "{v}");
+    assert_eq!(v["restart_required"], serde_json::json!(["telemetry.interval_secs"]), "{v}");
+
+    // A file that fails check-config is refused with its file, line and key.
+    std::fs::write(&path, format!("{text}bogus_key = 1\n")).unwrap();
+    let (code, _, err) = sparkctl(&cfg.socket(), &["config", "reload"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("bogus_key"), "{err}");
+}
+
+#[test]
+fn model_built_for_another_hailort_version_is_refused_before_any_chunk() {
+    let broker = Broker::start();
+    let lab = Lab::new();
+    let cfg = daemon_config(&broker, &lab, false);
+    // The HailoRT double, loaded as production loads libhailort, says 4.23.0.
+    let lib = double::library();
+    let d = Daemon::start_with_env(
+        &cfg,
+        &[("HAILORT_LIBRARY", lib.as_os_str()), ("HAILO_DOUBLE_VERSION", std::ffi::OsStr::new("4.23.0"))],
+    );
+    let c = Consumer::start(broker.port, "spark/#");
+    let pack = lab.pack("1.1.0", &[]);
+    let other = lab.sign(&pack, "1.1.0", &DEV, &["--hailort-version", "4.20.0"], None);
+    let id = update_id(&other);
+    push(&broker, &DEV, &other);
+    let r = wait_for(Duration::from_secs(60), || states(&c, "").into_iter().find(|j| j["code"] == "hailort_mismatch"))
+        .unwrap_or_else(|| panic!("no hailort_mismatch report: {:#?}\nlog:\n{}", states(&c, ""), d.log_text()));
+    assert_eq!(r["state"], "rejected");
+    assert!(!cfg.state_dir().join("updates").join(&id).exists(), "a refused manifest wrote state");
+
+    // The same model for this device's HailoRT (another patch level) is taken.
+    let same = lab.sign(&pack, "1.1.0", &DEV, &["--hailort-version", "4.23.1"], None);
+    let id = update_id(&same);
+    push(&broker, &DEV, &same);
+    wait_state(&c, &id, "active", &d);
+}
