@@ -111,6 +111,38 @@ fn row(what: &str, reference: &str, ours: &str, (r, o): (f64, f64)) {
     println!("| {what} | {reference} {r:.2} ms | {ours} {o:.2} ms | {:.1}x |", r / o);
 }
 
+/// NV12 (stride = width) from a YUYV frame: its luma, and the chroma of
+/// every even row.
+fn yuyv_to_nv12(yuyv: &[u8], w: usize, h: usize) -> Vec<u8> {
+    let mut out: Vec<u8> = yuyv.chunks_exact(2).map(|p| p[0]).collect();
+    for y in (0..h).step_by(2) {
+        for pair in yuyv[y * 2 * w..(y + 1) * 2 * w].chunks_exact(4) {
+            out.extend_from_slice(&[pair[1], pair[3]]);
+        }
+    }
+    out
+}
+
+/// The plain per-pixel `f64` BT.601 limited-range NV12 conversion.
+fn nv12_to_rgb_reference(src: &[u8], w: usize, h: usize) -> RgbImage {
+    let mut out = RgbImage::new(w as u32, h as u32);
+    for y in 0..h {
+        for x in 0..w {
+            let luma = src[y * w + x] as f64;
+            let k = w * h + (y / 2) * w + (x / 2) * 2;
+            let (u, v) = (src[k] as f64 - 128.0, src[k + 1] as f64 - 128.0);
+            let c = 1.164 * (luma - 16.0);
+            let q = |f: f64| f.round().clamp(0.0, 255.0) as u8;
+            out.put_pixel(
+                x as u32,
+                y as u32,
+                image::Rgb([q(c + 1.596 * v), q(c - 0.392 * u - 0.813 * v), q(c + 2.017 * u)]),
+            );
+        }
+    }
+    out
+}
+
 fn main() {
     // `cargo test --benches` runs this with `--bench` absent: keep it short then.
     let quick = !std::env::args().any(|a| a == "--bench");
@@ -140,6 +172,18 @@ fn main() {
             per,
             || drop(std::hint::black_box(convert::yuyv_to_rgb_reference(&yuyv, 640, 480, 1280))),
             || convert::yuyv_to_rgb_into(&yuyv, 640, 480, 1280, &mut out).unwrap(),
+        ),
+    );
+    let nv12 = yuyv_to_nv12(&yuyv, 640, 480);
+    row(
+        "NV12 → RGB8",
+        "naive f64 per pixel",
+        "fixed point (`nv12_to_rgb`)",
+        compare(
+            rounds,
+            per,
+            || drop(std::hint::black_box(nv12_to_rgb_reference(&nv12, 640, 480))),
+            || drop(std::hint::black_box(convert::nv12_to_rgb(&nv12, 640, 480, 640).unwrap())),
         ),
     );
     row(

@@ -254,11 +254,14 @@ async fn run_epoch(s: &UplinkSettings, deps: &mut UplinkDeps, updates: &mut Opti
                         l.since_ms = now_ms();
                         l.reconnects += 1;
                     });
-                    publish_status(s, &client, &mut epoch, deps, true);
-                    // Clean sessions: subscribe again on every connection.
+                    // Clean sessions: subscribe again on every connection,
+                    // before the online status: the broker handles a client's
+                    // packets in order, so whoever sees `online` knows the
+                    // update topics are subscribed.
                     for t in updates.iter().flat_map(|u| u.subscriptions.iter()) {
                         let _ = client.try_subscribe(t, QoS::AtLeastOnce);
                     }
+                    publish_status(s, &client, &mut epoch, deps, true);
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     if let Some(u) = updates.as_ref() {

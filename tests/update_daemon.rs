@@ -165,6 +165,18 @@ fn assert_old_model_keeps_running(socket: &Path) {
 
 const DEV: [&str; 2] = ["--device", "test-dev"];
 
+/// Waits for `device`'s retained `online` status: the daemon subscribes to
+/// its update topics before publishing it, so a push after this is received.
+fn wait_online(c: &Consumer, device: &str) {
+    wait_for(Duration::from_secs(60), || {
+        c.snapshot()
+            .into_iter()
+            .any(|m| m.topic.ends_with("/status") && m.json["online"] == true && m.json["device_id"] == device)
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("{device} did not come online"));
+}
+
 #[test]
 fn pushed_model_update_becomes_active_and_the_engine_runs_the_new_version() {
     let broker = Broker::start();
@@ -172,6 +184,7 @@ fn pushed_model_update_becomes_active_and_the_engine_runs_the_new_version() {
     let cfg = daemon_config(&broker, &lab, true);
     let d = Daemon::start(&cfg);
     let c = Consumer::start(broker.port, "spark/#");
+    wait_online(&c, "test-dev");
     assert_eq!(engine_model(&cfg.socket()), "centerface 1.0.0");
 
     let pack = lab.pack("1.1.0", &["astronaut.png"]);
@@ -216,6 +229,7 @@ fn replayed_or_older_model_update_is_rejected_as_not_newer() {
     let cfg = daemon_config(&broker, &lab, false);
     let d = Daemon::start(&cfg);
     let c = Consumer::start(broker.port, "spark/#");
+    wait_online(&c, "test-dev");
     let pack = lab.pack("1.2.0", &[]);
     let bundle = lab.sign(&pack, "1.2.0", &DEV, &[], None);
     let id = update_id(&bundle);
@@ -245,6 +259,7 @@ fn bad_signature_other_device_and_corrupt_artifact_are_rejected_and_the_old_mode
     let cfg = daemon_config(&broker, &lab, true);
     let d = Daemon::start(&cfg);
     let c = Consumer::start(broker.port, "spark/#");
+    wait_online(&c, "test-dev");
     let pack = lab.pack("1.1.0", &[]);
 
     // Bad signature: a different key under the trusted key's id.
@@ -286,6 +301,7 @@ fn canary_mismatch_rolls_back_and_the_old_model_keeps_running() {
     let cfg = daemon_config(&broker, &lab, true);
     let d = Daemon::start(&cfg);
     let c = Consumer::start(broker.port, "spark/#");
+    wait_online(&c, "test-dev");
     // The canary demands a face on a picture of a cup of coffee.
     let pack = lab.pack("1.1.0", &["coffee.png"]);
     let canary = ["--canary-input", "coffee.png", "--canary-label", "face", "--canary-min-score", "0.9"];
@@ -312,6 +328,7 @@ fn sigkill_mid_transfer_then_restart_and_push_again_resumes_and_completes() {
     // The update agent stops right after storing its first chunk (test hook).
     let d = Daemon::start_with_env(&cfg, &[(spark_edge::update::CRASH_ENV, std::ffi::OsStr::new("chunk"))]);
     let c = Consumer::start(broker.port, "spark/#");
+    wait_online(&c, "test-dev");
     let pack = lab.pack("1.1.0", &[]);
     let bundle = lab.sign(&pack, "1.1.0", &DEV, &[], None);
     let id = update_id(&bundle);
@@ -391,8 +408,8 @@ fn fleet_of_twenty_devices_receives_a_group_push_and_watch_shows_every_device_ac
         wait_for(Duration::from_secs(60), || std::os::unix::net::UnixStream::connect(&sock).ok())
             .expect("a fleet device did not open its socket");
     }
-    // Every device is subscribed once the broker shows it connected; the
-    // retained status says so.
+    // Every device subscribes to its update topics before it publishes its
+    // (retained) online status.
     let c = Consumer::start(broker.port, "spark/#");
     wait_for(Duration::from_secs(60), || {
         let online: std::collections::BTreeSet<String> = c
@@ -404,8 +421,6 @@ fn fleet_of_twenty_devices_receives_a_group_push_and_watch_shows_every_device_ac
         (online.len() == N).then_some(())
     })
     .expect("not every device came online");
-    // Subscriptions follow the CONNACK; give the SUBACKs a moment to land.
-    std::thread::sleep(Duration::from_secs(1));
 
     let url = broker.url();
     let watch_out = lab.dir.path().join("watch.jsonl");
@@ -415,7 +430,13 @@ fn fleet_of_twenty_devices_receives_a_group_push_and_watch_shows_every_device_ac
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn watch");
-    std::thread::sleep(Duration::from_secs(1));
+    // Watch is subscribed once it prints a probe report.
+    let probe = br#"{"device_id":"probe","group":"default","update_id":"","state":"received","ts":0}"#;
+    wait_for(Duration::from_secs(30), || {
+        publish(&broker, "spark/probe/update/state", probe.to_vec());
+        std::fs::read_to_string(&watch_out).unwrap_or_default().contains("probe").then_some(())
+    })
+    .expect("spark-fleet watch did not subscribe");
     let bundle = lab.sign(&lab.pack("1.1.0", &[]), "1.1.0", &["--group", "default"], &[], None);
     let id = update_id(&bundle);
     push(&broker, &["--group", "default"], &bundle);
@@ -429,20 +450,23 @@ fn fleet_of_twenty_devices_receives_a_group_push_and_watch_shows_every_device_ac
     };
     wait_for(Duration::from_secs(300), || (active(&c).len() == N).then_some(()))
         .unwrap_or_else(|| panic!("only {:?} of {N} active; reports: {:#?}", active(&c), states(&c, "")));
-    std::thread::sleep(Duration::from_secs(1));
 
     // What the operator sees: every device active in `spark-fleet watch`.
+    let watched = || -> std::collections::BTreeSet<String> {
+        std::fs::read_to_string(&watch_out)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|j| j["update_id"] == id && j["state"] == "active")
+            .filter_map(|j| j["device_id"].as_str().map(String::from))
+            .collect()
+    };
+    let shown = wait_for(Duration::from_secs(60), || Some(watched()).filter(|w| w.len() == N));
     let mut watch = watch;
     let _ = watch.kill();
     let _ = watch.wait();
-    let text = std::fs::read_to_string(&watch_out).unwrap();
-    let watched: std::collections::BTreeSet<String> = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|j| j["update_id"] == id && j["state"] == "active")
-        .filter_map(|j| j["device_id"].as_str().map(String::from))
-        .collect();
-    assert_eq!(watched.len(), N, "watch showed active: {watched:?}\n{text}");
+    let text = std::fs::read_to_string(&watch_out).unwrap_or_default();
+    assert_eq!(shown.map(|w| w.len()), Some(N), "watch showed active: {:?}\n{text}", watched());
     for (_, mut child) in devices {
         let _ = child.kill();
         let _ = child.wait();
@@ -491,6 +515,7 @@ fn config_update_is_checked_applied_live_where_possible_and_names_keys_needing_r
     let cfg = daemon_config(&broker, &lab, false);
     let d = Daemon::start(&cfg);
     let c = Consumer::start(broker.port, "spark/#");
+    wait_online(&c, "test-dev");
     let text = std::fs::read_to_string(cfg.dir.path().join("sparkd.toml")).unwrap();
 
     // Refused: does not pass check-config; nothing changes.
@@ -565,6 +590,7 @@ fn model_built_for_another_hailort_version_is_refused_before_any_chunk() {
         &[("HAILORT_LIBRARY", lib.as_os_str()), ("HAILO_DOUBLE_VERSION", std::ffi::OsStr::new("4.23.0"))],
     );
     let c = Consumer::start(broker.port, "spark/#");
+    wait_online(&c, "test-dev");
     let pack = lab.pack("1.1.0", &[]);
     let other = lab.sign(&pack, "1.1.0", &DEV, &["--hailort-version", "4.20.0"], None);
     let id = update_id(&other);
@@ -579,4 +605,119 @@ fn model_built_for_another_hailort_version_is_refused_before_any_chunk() {
     let id = update_id(&same);
     push(&broker, &DEV, &same);
     wait_state(&c, &id, "active", &d);
+}
+
+/// Publishes one QoS 1 message and waits for the broker's PUBACK.
+fn publish(broker: &Broker, topic: &str, payload: Vec<u8>) {
+    let id = format!("test-pub-{}-{}", std::process::id(), fastrand_id());
+    let mut o = rumqttc::MqttOptions::new(id, "127.0.0.1", broker.port);
+    o.set_max_packet_size(4 << 20, 4 << 20);
+    let (client, mut conn) = rumqttc::Client::new(o, 10);
+    client.publish(topic, rumqttc::QoS::AtLeastOnce, false, payload).unwrap();
+    for ev in conn.iter() {
+        match ev {
+            Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => break,
+            Ok(_) => {}
+            Err(e) => panic!("publishing to {topic}: {e}"),
+        }
+    }
+}
+
+#[test]
+fn corrupt_or_malformed_chunks_are_reported_and_the_transfer_goes_on() {
+    let broker = Broker::start();
+    let lab = Lab::new();
+    let cfg = daemon_config(&broker, &lab, false);
+    let d = Daemon::start(&cfg);
+    let c = Consumer::start(broker.port, "spark/#");
+    wait_online(&c, "test-dev");
+    let bundle = lab.sign(&lab.pack("1.1.0", &[]), "1.1.0", &DEV, &[], None);
+    let id = update_id(&bundle);
+    let b = spark_edge::update::Bundle::parse(&std::fs::read(&bundle).unwrap()).unwrap();
+    publish(&broker, "spark/test-dev/update/manifest", b.envelope.clone());
+    wait_state(&c, &id, "received", &d);
+
+    // Not a chunk at all.
+    publish(&broker, "spark/test-dev/update/chunk", b"{\"not\":\"a chunk\"}".to_vec());
+    // A chunk whose bytes were damaged in transit (its SHA no longer matches).
+    let mut chunk = spark_edge::update::chunk_artifact(&id, &b.artifact, spark_edge::update::CHUNK_MAX_BYTES)
+        .into_iter()
+        .next()
+        .unwrap();
+    let mut bytes = chunk.bytes().unwrap();
+    bytes[10] ^= 0xff;
+    chunk.data = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &bytes);
+    publish(&broker, "spark/test-dev/update/chunk", serde_json::to_vec(&chunk).unwrap());
+    let refused = wait_for(Duration::from_secs(60), || {
+        let r: Vec<_> = states(&c, "").into_iter().filter(|j| j["code"] == "corrupt_chunk").collect();
+        (r.len() >= 2).then_some(r)
+    })
+    .unwrap_or_else(|| panic!("not two corrupt_chunk reports: {:#?}", states(&c, "")));
+    assert!(refused.iter().any(|j| j["update_id"] == id), "{refused:?}");
+    assert!(!cfg.state_dir().join("updates").join(&id).join("chunks/00000000").exists(), "a corrupt chunk was stored");
+
+    // The good copies arrive: the same update completes.
+    push(&broker, &DEV, &bundle);
+    wait_state(&c, &id, "active", &d);
+}
+
+/// Starts `sparkd` (camera on) that stops at update crash point `at`, with
+/// stdout in a file so the test sees when it got there.
+fn start_crashing(cfg: &DaemonConfig, at: &str) -> (Child, PathBuf) {
+    let path = cfg.write();
+    let out = cfg.dir.path().join(format!("stdout-{at}.txt"));
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(cfg.dir.path().join("sparkd.log")).unwrap();
+    let child = Command::new(sparkd_bin())
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .env(spark_edge::update::CRASH_ENV, at)
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("spawn sparkd");
+    (child, out)
+}
+
+#[test]
+fn sigkill_at_each_step_of_a_model_update_leaves_a_model_running_and_the_update_completes() {
+    let lab = Lab::new();
+    let pack = lab.pack("1.1.0", &["astronaut.png"]);
+    let canary = ["--canary-input", "astronaut.png", "--canary-label", "face", "--canary-min-score", "0.5"];
+    let bundle = lab.sign(&pack, "1.1.0", &DEV, &canary, None);
+    for at in ["received", "chunk", "verified", "staged", "activating", "swapped", "installed", "active"] {
+        let broker = Broker::start();
+        let cfg = daemon_config(&broker, &lab, true);
+        let (mut child, stdout) = start_crashing(&cfg, at);
+        let c = Consumer::start(broker.port, "spark/#");
+        wait_online(&c, "test-dev");
+        push(&broker, &DEV, &bundle);
+        let line = format!("SPARK_UPDATE_CRASH_POINT {at}");
+        wait_for(Duration::from_secs(120), || {
+            std::fs::read_to_string(&stdout).unwrap_or_default().contains(&line).then_some(())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{at}: crash point not reached; log:\n{}",
+                std::fs::read_to_string(cfg.dir.path().join("sparkd.log")).unwrap_or_default()
+            )
+        });
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+
+        // Restarted: it runs the old model or the new one, never neither.
+        let d = Daemon::start(&cfg);
+        let running = engine_model(&cfg.socket());
+        assert!(running == "centerface 1.0.0" || running == "centerface 1.1.0", "{at}: running {running:?}");
+        // A transfer cut short resumes with a new push; a finished one is
+        // refused as a replay. Either way 1.1.0 ends up running.
+        push(&broker, &DEV, &bundle);
+        wait_for(Duration::from_secs(120), || (engine_model(&cfg.socket()) == "centerface 1.1.0").then_some(()))
+            .unwrap_or_else(|| {
+                panic!("{at}: 1.1.0 never ran; status {}\nlog:\n{}", update_status(&cfg.socket()), d.log_text())
+            });
+        let u = update_status(&cfg.socket());
+        let m = u["installed"].as_array().unwrap().iter().find(|i| i["name"] == "centerface").cloned().unwrap();
+        assert_eq!(m["active"], "1.1.0", "{at}: {u}");
+    }
 }

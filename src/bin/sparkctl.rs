@@ -490,12 +490,22 @@ fn print_update(u: &UpdateReport, o: &Out) {
         println!();
         println!("{:<8} {:<16} {:<10} {:<10} {:<10}", "KIND", "NAME", "ACTIVE", "PREVIOUS", "HIGHEST");
         for i in &u.installed {
-            println!("{:<8} {:<16} {:<10} {:<10} {:<10}", i.kind, i.name, dash(&i.active), dash(&i.previous), i.highest);
+            println!(
+                "{:<8} {:<16} {:<10} {:<10} {:<10}",
+                i.kind,
+                i.name,
+                dash(&i.active),
+                dash(&i.previous),
+                i.highest
+            );
         }
     }
     if !u.updates.is_empty() {
         println!();
-        println!("{:<32} {:<7} {:<16} {:<10} {:<12} {:<10} DETAIL", "UPDATE", "KIND", "NAME", "VERSION", "STATE", "CHANGED");
+        println!(
+            "{:<32} {:<7} {:<16} {:<10} {:<12} {:<10} DETAIL",
+            "UPDATE", "KIND", "NAME", "VERSION", "STATE", "CHANGED"
+        );
         for r in &u.updates {
             let state = match r.state.as_str() {
                 "active" => o.good(&r.state),
@@ -523,7 +533,7 @@ fn print_update(u: &UpdateReport, o: &Out) {
 /// `config reload`: exit 0 when the file passed and was applied.
 fn config_reload(socket: &Path, out: &Out) -> ExitCode {
     let (applied, restart_required) = match ask(socket, &Request::ConfigReload, TIMEOUT, out) {
-        Ok(Response::ConfigReloaded { applied, restart_required }) => (applied, restart_required),
+        Ok(Response::ConfigReloaded(c)) => (c.applied, c.restart_required),
         Ok(r) => return unexpected(&r),
         Err(code) => return code,
     };
@@ -561,7 +571,7 @@ fn update_apply(socket: &Path, file: &Path, out: &Out) -> ExitCode {
     let Some(id) = b.update_id() else { return fail_msg(&format!("{}: the envelope does not decode", file.display())) };
     let envelope = String::from_utf8_lossy(&b.envelope).into_owned();
     let mut last = match ask(socket, &Request::UpdateApplyManifest { envelope }, TIMEOUT, out) {
-        Ok(Response::UpdateApplied { update }) => update,
+        Ok(Response::UpdateApplied(r)) => r.update,
         Ok(r) => return unexpected(&r),
         Err(code) => return code,
     };
@@ -572,7 +582,7 @@ fn update_apply(socket: &Path, file: &Path, out: &Out) -> ExitCode {
             let Ok(chunk) = serde_json::to_string(c) else { return fail_msg("encoding a chunk") };
             // The last chunk verifies, checks and activates: allow for it.
             last = match ask(socket, &Request::UpdateApplyChunk { chunk }, Duration::from_secs(180), out) {
-                Ok(Response::UpdateApplied { update }) => update,
+                Ok(Response::UpdateApplied(r)) => r.update,
                 Ok(r) => return unexpected(&r),
                 Err(code) => return code,
             };

@@ -163,10 +163,8 @@ pub enum Response {
     Config(ConfigReport),
     Update(UpdateReport),
     /// The end state of `update apply`.
-    UpdateApplied { update: UpdateView },
-    /// `config reload`: dotted keys now in effect, and those that changed
-    /// but need a restart.
-    ConfigReloaded { applied: Vec<String>, restart_required: Vec<String> },
+    UpdateApplied(UpdateApplyReport),
+    ConfigReloaded(ConfigReloadReport),
     Inference(InferReport),
     Cameras(CameraListReport),
     Snapshot(SnapshotReport),
@@ -332,6 +330,20 @@ pub struct UpdateReport {
     pub dropped_messages: u64,
     /// Config keys changed (config update or reload) that take effect at the next start.
     #[serde(default)]
+    pub restart_required: Vec<String>,
+}
+
+/// `update apply`: where the update ended (or stands, mid-transfer).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpdateApplyReport {
+    pub update: UpdateView,
+}
+
+/// `config reload`: dotted keys now in effect, and those that changed but
+/// take effect at the next start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfigReloadReport {
+    pub applied: Vec<String>,
     pub restart_required: Vec<String>,
 }
 

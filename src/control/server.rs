@@ -323,7 +323,9 @@ async fn handle(req: Request, ctx: &Arc<ControlContext>, peer: Option<&UCred>, l
         Request::ConfigShow => Response::Config(redacted_config(&ctx.config)),
         Request::UpdateStatus => super::update::status(ctx.updates.as_ref()).await,
         Request::ConfigReload => super::update::config_reload(ctx.updates.as_ref()).await,
-        Request::UpdateApplyManifest { envelope } => super::update::apply_manifest(ctx.updates.as_ref(), envelope).await,
+        Request::UpdateApplyManifest { envelope } => {
+            super::update::apply_manifest(ctx.updates.as_ref(), envelope).await
+        }
         Request::UpdateApplyChunk { chunk } => super::update::apply_chunk(ctx.updates.as_ref(), chunk).await,
         Request::Infer { name, image_hex } => match infer(ctx, limits, name, image_hex).await {
             Ok(r) => Response::Inference(r),

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::protocol::{ErrorBody, ErrorCode, InstalledView, Response, UpdateReport, UpdateState, UpdateView};
+use super::protocol::{
+    ConfigReloadReport, ErrorBody, ErrorCode, InstalledView, Response, UpdateApplyReport, UpdateReport, UpdateState,
+    UpdateView,
+};
 use crate::update::agent::Request;
 use crate::update::{Phase, UpdateRecord};
 
@@ -122,7 +125,7 @@ async fn apply(
         return Response::Error(ErrorBody::new(ErrorCode::Unavailable, "fleet updates are disabled (see the log)"));
     };
     match ask(agent, make, APPLY_DEADLINE).await {
-        Some(Ok(rec)) => Response::UpdateApplied { update: view(&rec) },
+        Some(Ok(rec)) => Response::UpdateApplied(UpdateApplyReport { update: view(&rec) }),
         Some(Err(why)) => Response::Error(ErrorBody::new(ErrorCode::Refused, why)),
         None => Response::Error(ErrorBody::new(
             ErrorCode::Busy,
@@ -141,7 +144,9 @@ pub async fn config_reload(agent: Option<&mpsc::Sender<Request>>) -> Response {
         ));
     };
     match ask(agent, |reply| Request::ReloadConfig { reply }, QUEUE_WAIT).await {
-        Some(Ok(c)) => Response::ConfigReloaded { applied: c.applied, restart_required: c.restart_required },
+        Some(Ok(c)) => {
+            Response::ConfigReloaded(ConfigReloadReport { applied: c.applied, restart_required: c.restart_required })
+        }
         Some(Err(why)) => Response::Error(ErrorBody::new(ErrorCode::Refused, why)),
         None => Response::Error(ErrorBody::new(ErrorCode::Busy, "the update agent did not answer in time; try again")),
     }

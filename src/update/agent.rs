@@ -6,8 +6,11 @@
 //! Owns the order of a model activation: pack unpacked, model loaded, engine
 //! built with the daemon's own [`crate::daemon::build_engine`], warmed up,
 //! canary checked, and only then `activate()` and the switch of the inference
-//! thread's engine. It does not speak MQTT (the uplink moves the bytes) and
-//! does not decide trust (that is [`super::verify`]).
+//! thread's engine; and of a config activation (the checks of `sparkd
+//! check-config`, then the `[update]` keys applied live, the rest reported as
+//! needing a restart), shared with `sparkctl config reload`. It does not
+//! speak MQTT (the uplink moves the bytes) and does not decide trust (that is
+//! [`super::verify`]). Binary updates are refused (`unsupported`).
 //!
 //! **Architecture Invariant:** the uplink never waits on this thread for
 //! longer than [`FORWARD_WAIT`]: a full request channel costs at most that
@@ -30,7 +33,8 @@ use crate::model::Model;
 use crate::pipeline::EngineSwap;
 use crate::state::Shared;
 
-/// Requests queued for the agent (MQTT messages plus a few control calls).
+/// Requests queued for the agent (MQTT messages plus a few control calls);
+/// at most ~17 MB of chunk payloads (48 × 256 KiB as base64).
 pub const REQUEST_QUEUE: usize = 48;
 /// State reports queued for the uplink; beyond it reports are dropped and
 /// counted (the records stay on disk and in `sparkctl update status`).
@@ -245,6 +249,9 @@ struct Agent {
     running: Config,
     restart_required: std::collections::BTreeSet<String>,
 }
+
+/// A new engine that passed warm-up and canary, not yet switched in.
+type CheckedEngine = Box<dyn crate::engine::Engine>;
 
 /// Why an activation check failed: refused outright, or tried and rolled back.
 enum Failed {
@@ -574,7 +581,7 @@ impl Agent {
 
     /// Everything short of the switch. Returns the warmed-up engine when the
     /// daemon runs one (no camera: the files are checked, nothing is built).
-    fn check_model(&self, rec: &UpdateRecord) -> Result<(Option<Box<dyn crate::engine::Engine>>, Arc<Model>), Failed> {
+    fn check_model(&self, rec: &UpdateRecord) -> Result<(Option<CheckedEngine>, Arc<Model>), Failed> {
         let bad = |detail: String| Failed::Reject(Rejection::BadPack { detail });
         let dir = self.updater.staged_dir(rec).ok_or_else(|| bad("no store folder".into()))?;
         let unpacked = dir.join(UNPACKED);
