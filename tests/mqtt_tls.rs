@@ -219,6 +219,16 @@ fn run_expect_exit(cfg: &DaemonConfig) -> (i32, String) {
     (st.code().unwrap_or(-1), err)
 }
 
+/// A fresh PKI, a Mosquitto TLS listener presenting `server`'s certificate
+/// (signed by the PKI's CA, client certificates required), and a consumer
+/// on the broker's plain loopback port.
+fn tls_broker(server: &str) -> (Pki, TlsBroker, Consumer) {
+    let pki = Pki::new();
+    let broker = Broker::start_tls(&pki.listener(&pki.cert(server), &pki.key(server), &pki.cert("ca")));
+    let consumer = Consumer::start(broker.broker.port, "spark/test-dev/telemetry");
+    (pki, broker, consumer)
+}
+
 #[test]
 fn mutual_tls_delivers_records_with_the_key_from_the_credentials_directory() {
     let t0 = Instant::now();
@@ -257,10 +267,7 @@ fn mutual_tls_delivers_records_with_the_key_from_the_credentials_directory() {
 
 #[test]
 fn broker_certificate_from_an_unknown_ca_is_refused_and_reported() {
-    let pki = Pki::new();
-    let (cert, key, ca) = (pki.cert("server"), pki.key("server"), pki.cert("ca"));
-    let broker = Broker::start_tls(&pki.listener(&cert, &key, &ca));
-    let consumer = Consumer::start(broker.broker.port, "spark/test-dev/telemetry");
+    let (pki, broker, consumer) = tls_broker("server");
     // sparkd trusts only the rogue CA, which did not sign the broker.
     let cfg = config(&broker.url(), &mtls_keys(&pki, "rogue-ca", "client"));
     let d = Daemon::start(&cfg);
@@ -270,10 +277,7 @@ fn broker_certificate_from_an_unknown_ca_is_refused_and_reported() {
 
 #[test]
 fn client_certificate_from_an_unknown_ca_is_refused_by_the_broker() {
-    let pki = Pki::new();
-    let (cert, key, ca) = (pki.cert("server"), pki.key("server"), pki.cert("ca"));
-    let broker = Broker::start_tls(&pki.listener(&cert, &key, &ca));
-    let consumer = Consumer::start(broker.broker.port, "spark/test-dev/telemetry");
+    let (pki, broker, consumer) = tls_broker("server");
     let cfg = config(&broker.url(), &mtls_keys(&pki, "ca", "rogue-client"));
     let d = Daemon::start(&cfg);
     let err = assert_refused_and_running(d, &cfg, &consumer, &["client certificate"]);
@@ -282,10 +286,7 @@ fn client_certificate_from_an_unknown_ca_is_refused_by_the_broker() {
 
 #[test]
 fn missing_client_certificate_is_refused_by_a_broker_that_requires_one() {
-    let pki = Pki::new();
-    let (cert, key, ca) = (pki.cert("server"), pki.key("server"), pki.cert("ca"));
-    let broker = Broker::start_tls(&pki.listener(&cert, &key, &ca));
-    let consumer = Consumer::start(broker.broker.port, "spark/test-dev/telemetry");
+    let (pki, broker, consumer) = tls_broker("server");
     let cfg = config(&broker.url(), &[("ca_file", toml_path(&pki.cert("ca")))]);
     let d = Daemon::start(&cfg);
     let err = assert_refused_and_running(d, &cfg, &consumer, &["client certificate"]);
@@ -294,10 +295,7 @@ fn missing_client_certificate_is_refused_by_a_broker_that_requires_one() {
 
 #[test]
 fn broker_certificate_for_another_name_is_refused() {
-    let pki = Pki::new();
-    let (cert, key, ca) = (pki.cert("other-server"), pki.key("other-server"), pki.cert("ca"));
-    let broker = Broker::start_tls(&pki.listener(&cert, &key, &ca));
-    let consumer = Consumer::start(broker.broker.port, "spark/test-dev/telemetry");
+    let (pki, broker, consumer) = tls_broker("other-server");
     let cfg = config(&broker.url(), &mtls_keys(&pki, "ca", "client"));
     let d = Daemon::start(&cfg);
     let err =
@@ -307,10 +305,7 @@ fn broker_certificate_for_another_name_is_refused() {
 
 #[test]
 fn tls_server_name_checks_the_certificate_against_the_configured_name() {
-    let pki = Pki::new();
-    let (cert, key, ca) = (pki.cert("other-server"), pki.key("other-server"), pki.cert("ca"));
-    let broker = Broker::start_tls(&pki.listener(&cert, &key, &ca));
-    let consumer = Consumer::start(broker.broker.port, "spark/test-dev/telemetry");
+    let (pki, broker, consumer) = tls_broker("other-server");
     // Connect to 127.0.0.1; the certificate says broker.example.
     let url = format!("mqtts://127.0.0.1:{}", broker.tls_port);
     let mut keys = mtls_keys(&pki, "ca", "client");
@@ -325,10 +320,7 @@ fn tls_server_name_checks_the_certificate_against_the_configured_name() {
 
 #[test]
 fn tls_server_name_is_a_real_check_not_a_bypass() {
-    let pki = Pki::new();
-    let (cert, key, ca) = (pki.cert("other-server"), pki.key("other-server"), pki.cert("ca"));
-    let broker = Broker::start_tls(&pki.listener(&cert, &key, &ca));
-    let consumer = Consumer::start(broker.broker.port, "spark/test-dev/telemetry");
+    let (pki, broker, consumer) = tls_broker("other-server");
     // A name the broker's certificate does not carry.
     let mut keys = mtls_keys(&pki, "ca", "client");
     keys.push(("tls_server_name", "\"mqtt.example\"".into()));
