@@ -584,17 +584,21 @@ fn drain_sparkd(n: u64, batch: usize, timeout: Duration) -> Drain {
 struct Kill {
     accepted: u64,
     lost: u64,
+    /// Seconds from the start of the killed process to the SIGKILL.
+    at_secs: f64,
 }
 
 fn kill_bridge(n: u64, outage: bool) -> Kill {
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut cloud, consumer) = cloud_with_consumer(dir.path(), &format!("cloud-consumer-kb-{outage}"), outage);
+    let started = Instant::now();
     let mut local = bridge_broker(dir.path(), cloud.port);
     let acked = Arc::new(AtomicU64::new(0));
     let (port, a2) = (local.port, acked.clone());
     let producer = std::thread::spawn(move || produce(port, n, a2));
     wait_for(Duration::from_secs(600), || (acked.load(Ordering::Relaxed) >= n / 2).then_some(()))
         .expect("producer never reached half way");
+    let at_secs = started.elapsed().as_secs_f64();
     local.kill9();
     let done = producer.join().expect("producer thread");
     local.spawn();
@@ -603,13 +607,14 @@ fn kill_bridge(n: u64, outage: bool) -> Kill {
     }
     let accepted: Vec<u64> = (1..=n).filter(|&q| done[q as usize]).collect();
     let (lost, _, _) = consumer.wait_all(|| accepted.iter().copied(), Duration::from_secs(600));
-    Kill { accepted: accepted.len() as u64, lost }
+    Kill { accepted: accepted.len() as u64, lost, at_secs }
 }
 
 fn kill_sparkd(n: u64, batch: usize, outage: bool) -> Kill {
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut cloud, consumer) = cloud_with_consumer(dir.path(), &format!("cloud-consumer-ks-{outage}"), outage);
     let mut d = Sparkd::new(cloud.port, batch);
+    let started = Instant::now();
     d.start(LOAD_RATE);
     let mut seen_before = 0;
     wait_for(Duration::from_secs(600), || {
@@ -618,6 +623,7 @@ fn kill_sparkd(n: u64, batch: usize, outage: bool) -> Kill {
         (last >= n / 2).then_some(())
     })
     .expect("sparkd never reached half way");
+    let at_secs = started.elapsed().as_secs_f64();
     d.kill9();
     d.start(0.0);
     let (after, _) = d.events().expect("sparkctl queue after restart");
@@ -632,7 +638,7 @@ fn kill_sparkd(n: u64, batch: usize, outage: bool) -> Kill {
         eprintln!("sparkd: events next_seq went back from {} to {} across the SIGKILL", seen_before + 1, after + 1);
     }
     d.stop();
-    Kill { accepted, lost }
+    Kill { accepted, lost, at_secs }
 }
 
 fn env_n(name: &str, default: u64) -> u64 {
@@ -681,12 +687,13 @@ fn main() {
         let when = if outage { "cloud down (outage)" } else { "cloud up" };
         eprintln!("SIGKILL half way through {kill_n} records, {when} ...");
         let b = kill_bridge(kill_n, outage);
-        eprintln!("  bridge: accepted {} lost {}", b.accepted, b.lost);
+        eprintln!("  bridge: killed after {:.1} s, accepted {} lost {}", b.at_secs, b.accepted, b.lost);
         let s = kill_sparkd(kill_n, batch, outage);
-        eprintln!("  sparkd: accepted {} lost {}", s.accepted, s.lost);
+        eprintln!("  sparkd: killed after {:.1} s, accepted {} lost {}", s.at_secs, s.accepted, s.lost);
         row(format!(
-            "| SIGKILL during ingest, {when}: lost of accepted | {} of {} | {} of {} | |",
-            b.lost, b.accepted, s.lost, s.accepted
+            "| SIGKILL during ingest, {when}: lost of accepted | {} of {} (killed {:.1} s after start) | {} of {} \
+             (killed {:.1} s after start) | |",
+            b.lost, b.accepted, b.at_secs, s.lost, s.accepted, s.at_secs
         ));
     }
 }

@@ -525,6 +525,9 @@ impl Config {
         if !(0.0..=1.0).contains(&self.audio.threshold) {
             bad("audio.threshold", "must be in [0, 1]".into());
         }
+        if !(1..=3600).contains(&self.update.binary_health_secs) {
+            bad("update.binary_health_secs", "must be 1..=3600".into());
+        }
         if !(self.audio.buffer_secs > 0.0 && self.audio.buffer_secs <= 60.0) {
             bad("audio.buffer_secs", "must be in (0, 60]".into());
         }
@@ -641,11 +644,19 @@ pub struct UpdateConfig {
     pub max_artifact_megabytes: u64,
     /// Free space staging leaves untouched on the state filesystem.
     pub reserve_megabytes: u64,
+    /// A new `sparkd` binary must stay up this long after READY before it
+    /// is confirmed; one that exits or is killed sooner is rolled back.
+    pub binary_health_secs: u64,
 }
 
 impl Default for UpdateConfig {
     fn default() -> Self {
-        Self { trusted_keys_file: PathBuf::new(), max_artifact_megabytes: 256, reserve_megabytes: 64 }
+        Self {
+            trusted_keys_file: PathBuf::new(),
+            max_artifact_megabytes: 256,
+            reserve_megabytes: 64,
+            binary_health_secs: 30,
+        }
     }
 }
 

@@ -1,7 +1,9 @@
 //! `sparkd run`: builds every part from the config, runs them, and stops them
 //! in order on SIGTERM.
 //!
-//! Start order: store → engine → control socket → threads → uplink → READY.
+//! Start order: store → update store (completes an interrupted activation) →
+//! engine (from the update store's `current` model) → control socket →
+//! threads → uplink → READY.
 //! Stop order: sources → inference drains its queue → telemetry → uplink
 //! (waits briefly for PUBACKs) → outbox writer commits the rest → exit 0.
 
@@ -181,7 +183,13 @@ pub fn run(config: Config) -> Result<(), StartError> {
 pub fn run_from(config: Config, config_path: Option<PathBuf>) -> Result<(), StartError> {
     let paths = Paths::resolve(&config);
     // A config activated by a fleet update takes the file's place.
-    let config = crate::update::agent::startup_config(config, &paths.state_dir);
+    let (config, fleet_config) = crate::update::agent::startup_config(config, &paths.state_dir);
+    // For `sparkctl config show`: where the running config came from.
+    let config_source = match (&fleet_config, &config_path) {
+        (Some(p), _) => format!("fleet config update {}", p.display()),
+        (None, Some(p)) => p.display().to_string(),
+        (None, None) => "built-in demo configuration".to_string(),
+    };
     let device_id = identity::device_id(&config.device_id).map_err(StartError::Identity)?;
     tracing::info!(device_id = %device_id, state_dir = %paths.state_dir.display(), "sparkd starting");
 
@@ -199,6 +207,13 @@ pub fn run_from(config: Config, config_path: Option<PathBuf>) -> Result<(), Star
         },
     )?;
     let shared = Arc::new(Shared::new(device_id.clone()));
+
+    // The update store first: opening it completes an activation a crash
+    // cut short, so the model loaded below is the one `current` names.
+    // Fleet model updates hand a checked engine to the inference thread.
+    let (swap_tx, swap_rx) = crossbeam_channel::bounded(1);
+    let swap = (config.camera.source != CameraSource::None).then_some(swap_tx);
+    let updates = spawn_update_agent(&config, config_path, &device_id, &paths, &shared, swap);
 
     // Engine and model first: a broken model is a start failure, not a
     // half-running daemon.
@@ -248,10 +263,6 @@ pub fn run_from(config: Config, config_path: Option<PathBuf>) -> Result<(), Star
         .map_err(StartError::Runtime)?;
 
     let frames = camera.as_ref().map(|_| FrameQueue::new(config.camera.queue_frames));
-    // Fleet model updates hand a checked engine to the inference thread.
-    let (swap_tx, swap_rx) = crossbeam_channel::bounded(1);
-    let swap = camera.is_some().then_some(swap_tx);
-    let updates = spawn_update_agent(&config, config_path, &device_id, &paths, &shared, swap);
     // `sparkctl infer` images for the inference thread (bounded; full = busy).
     let (infer_tx, infer_rx) = crossbeam_channel::bounded(server::INFER_QUEUE);
     let infer_tx = camera.as_ref().map(|_| infer_tx);
@@ -356,6 +367,7 @@ pub fn run_from(config: Config, config_path: Option<PathBuf>) -> Result<(), Star
         tls,
     };
     let (update_requests, update_link) = updates.unzip();
+    let update_ready = update_requests.clone();
     let uplink_task = runtime.spawn(uplink::run_with_updates(
         settings,
         UplinkDeps {
@@ -374,6 +386,7 @@ pub fn run_from(config: Config, config_path: Option<PathBuf>) -> Result<(), Star
         frames,
         uplink_wake: wake.clone(),
         config: config.clone(),
+        config_source,
         state_dir: paths.state_dir.clone(),
         infer: infer_tx,
         updates: update_requests,
@@ -381,6 +394,12 @@ pub fn run_from(config: Config, config_path: Option<PathBuf>) -> Result<(), Star
     let control_task = runtime.spawn(server::serve(listener, ctx, shutdown_rx.clone()));
 
     crate::notify::ready();
+    // A binary on trial starts its health period at READY.
+    if let Some(tx) = &update_ready
+        && tx.try_send(crate::update::agent::Request::Ready).is_err()
+    {
+        tracing::warn!("update agent busy at READY: a binary on trial will not be confirmed this run");
+    }
     let watchdog = runtime.spawn(crate::notify::watchdog_loop(shutdown_rx.clone()));
     let rate_sampler = {
         let (shared, mut stop) = (shared.clone(), shutdown_rx.clone());
@@ -523,5 +542,7 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+        // A binary update was staged: stop as on SIGTERM, then exit 75.
+        _ = crate::update::binary::restart_wanted() => {}
     }
 }

@@ -64,6 +64,8 @@ fn read_only_commands_answer_as_json_and_as_plain_tables() {
     assert_eq!(c["config"]["device_id"], "test-dev");
     assert_eq!(c["config"]["mqtt"]["url"], broker.url());
     assert_eq!(c["redacted"], serde_json::json!([]));
+    let file = cfg.dir.path().join("sparkd.toml");
+    assert_eq!(c["source"], file.display().to_string(), "config show names the file it runs");
 
     // Human output: aligned tables, no colour when stdout is not a terminal.
     for (args, needle) in [
@@ -82,6 +84,7 @@ fn read_only_commands_answer_as_json_and_as_plain_tables() {
     assert_eq!(code, 0);
     let parsed: toml::Value =
         toml::from_str(&toml_text).unwrap_or_else(|e| panic!("config show is not TOML ({e}):\n{toml_text}"));
+    assert!(toml_text.contains(&format!("# from: {}", file.display())), "{toml_text}");
     assert_eq!(parsed["device_id"].as_str(), Some("test-dev"));
     assert_eq!(parsed["mqtt"]["url"].as_str(), Some(broker.url().as_str()));
 

@@ -467,6 +467,9 @@ fn print_config(c: &ConfigReport) -> ExitCode {
     match toml::to_string_pretty(&c.config) {
         Ok(text) => {
             println!("# sparkd's running configuration, every default filled in");
+            if let Some(source) = &c.source {
+                println!("# from: {source}");
+            }
             if !c.redacted.is_empty() {
                 println!("# redacted: {}", c.redacted.join(", "));
             }
@@ -878,7 +881,7 @@ fn config_drift(socket: &Path, file: &Config, path: &Path) -> Check {
         Ok(Response::Config(c)) => c.config,
         _ => return Check::warn("config-applied", "could not read the running config", "sparkctl config show"),
     };
-    let on_disk = spark_edge::control::server::redacted_config(file).config;
+    let on_disk = spark_edge::control::server::redacted_config(file, "").config;
     let mut changed = Vec::new();
     diff_keys(&on_disk, &running, "", &mut changed);
     if changed.is_empty() {

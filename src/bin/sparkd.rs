@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use spark_edge::config::{Config, ConfigError};
+use spark_edge::update::binary::{self, Boot};
 
 #[derive(Parser)]
 #[command(name = "sparkd", version, about = "spark-edge daemon: capture, inference, durable outbox, MQTT uplink")]
@@ -61,7 +62,14 @@ fn main() -> ExitCode {
                 },
             };
             spark_edge::logging::init(&config.log.level);
+            // The packaged binary launches the right one; a slot binary
+            // (started by it) does not launch again.
+            if std::env::var_os(binary::SLOT_ENV).is_none() {
+                launch(&config);
+            }
             match spark_edge::daemon::run_from(config, config_path) {
+                // A binary update was staged: the service manager starts us again.
+                Ok(()) if binary::restart_requested() => ExitCode::from(binary::RESTART_EXIT_CODE),
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     let msg = report(&e);
@@ -70,6 +78,29 @@ fn main() -> ExitCode {
                     ExitCode::from(1)
                 }
             }
+        }
+    }
+}
+
+/// Runs the binary the update store chose (docs/updates.md, "Binary A/B"):
+/// returns only when this packaged binary is to run.
+fn launch(config: &Config) {
+    let state_dir = spark_edge::daemon::Paths::resolve(config).state_dir;
+    match binary::prepare_start(&state_dir) {
+        Ok(Boot::Packaged) => {}
+        Ok(Boot::Exec { slot, path, trial, update_id }) => {
+            tracing::info!(binary = %path.display(), slot = slot.dir_name(), trial, "starting the sparkd of the binary slot");
+            let err = binary::exec(&path, slot);
+            tracing::error!(binary = %path.display(), error = %err, "cannot start the slot's sparkd; running the packaged one");
+            if let (true, Some(id)) = (trial, update_id) {
+                let why = format!("the new binary cannot be started: {err}");
+                if let Err(e) = binary::roll_back(&state_dir, &id, &why) {
+                    tracing::error!(error = %report(&e), "recording the binary rollback");
+                }
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %report(&e), "reading the binary update state; running the packaged sparkd");
         }
     }
 }

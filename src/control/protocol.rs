@@ -295,6 +295,12 @@ pub struct ConfigReport {
     pub config: serde_json::Value,
     /// Dotted keys whose values were replaced by `"<redacted>"`.
     pub redacted: Vec<String>,
+    /// Where the running config came from: the file it was read from, a
+    /// fleet config update, or the built-in demo configuration. The config
+    /// is the one the daemon started with (`config reload` and config
+    /// updates apply only `[update]` live; other changes need a restart).
+    #[serde(default)]
+    pub source: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

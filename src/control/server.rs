@@ -59,6 +59,8 @@ pub struct ControlContext {
     pub uplink_wake: Arc<Notify>,
     /// The configuration the daemon runs with (for `config show`, `doctor`).
     pub config: Config,
+    /// Where `config` came from: its file, a fleet config update, or the demo.
+    pub config_source: String,
     pub state_dir: PathBuf,
     /// Images for the live engine (`sparkctl infer`); `None` without a camera.
     pub infer: Option<crossbeam_channel::Sender<InferJob>>,
@@ -320,7 +322,7 @@ async fn handle(req: Request, ctx: &Arc<ControlContext>, peer: Option<&UCred>, l
                 Err(e) => Response::Error(e),
             }
         }
-        Request::ConfigShow => Response::Config(redacted_config(&ctx.config)),
+        Request::ConfigShow => Response::Config(redacted_config(&ctx.config, &ctx.config_source)),
         Request::UpdateStatus => super::update::status(ctx.updates.as_ref()).await,
         Request::ConfigReload => super::update::config_reload(ctx.updates.as_ref()).await,
         Request::UpdateApplyManifest { envelope } => {
@@ -458,11 +460,11 @@ pub fn decode_image(image_hex: &str) -> Result<image::RgbImage, ErrorBody> {
 }
 
 /// The running config as JSON with secret values replaced by `"<redacted>"`.
-pub fn redacted_config(config: &Config) -> ConfigReport {
+pub fn redacted_config(config: &Config, source: &str) -> ConfigReport {
     let mut value = serde_json::to_value(config).unwrap_or(serde_json::Value::Null);
     let mut redacted = Vec::new();
     redact(&mut value, "", &mut redacted);
-    ConfigReport { config: value, redacted }
+    ConfigReport { config: value, redacted, source: Some(source.to_string()) }
 }
 
 /// Keys whose value would be a secret itself. Keys naming a file that holds
@@ -598,7 +600,7 @@ mod tests {
         assert_eq!(v["mqtt"]["token"], "");
         assert_eq!(out, vec!["mqtt.password".to_string()]);
         // The real config has no inline secret today.
-        assert!(redacted_config(&Config::default()).redacted.is_empty());
+        assert!(redacted_config(&Config::default(), "test").redacted.is_empty());
     }
 
     #[test]

@@ -10,7 +10,11 @@
 //! check-config`, then the `[update]` keys applied live, the rest reported as
 //! needing a restart), shared with `sparkctl config reload`. It does not
 //! speak MQTT (the uplink moves the bytes) and does not decide trust (that is
-//! [`super::verify`]). Binary updates are refused (`unsupported`).
+//! [`super::verify`]). A binary update is staged into the inactive slot, then
+//! the daemon stops with [`binary::RESTART_EXIT_CODE`] so the service manager
+//! starts it again and the launcher ([`binary::prepare_start`]) tries the new
+//! binary; on trial, this agent confirms it after READY plus
+//! `update.binary_health_secs`, and reports the launcher's rollbacks.
 //!
 //! **Architecture Invariant:** the uplink never waits on this thread for
 //! longer than [`FORWARD_WAIT`]: a full request channel costs at most that
@@ -25,6 +29,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
+use super::binary;
 use super::pack::{self, MODEL_MANIFEST};
 use super::{Chunk, Installed, Kind, Phase, Rejection, StateReport, UpdateError, UpdateRecord, Updater};
 use super::{UpdaterOptions, wall_clock_secs};
@@ -72,6 +77,12 @@ pub enum Request {
     ApplyChunk {
         chunk: Vec<u8>,
         reply: oneshot::Sender<Result<UpdateRecord, String>>,
+    },
+    /// The daemon sent READY: a binary on trial starts its health period.
+    Ready,
+    /// A binary on trial stayed up for its health period.
+    ConfirmBinary {
+        update_id: String,
     },
 }
 
@@ -148,19 +159,21 @@ pub fn changed_keys(a: &Config, b: &Config) -> Vec<String> {
 /// The config the daemon starts with: the fleet-activated one
 /// (`<state>/configs/sparkd/current`) when there is one, it passes the
 /// checks of `sparkd check-config` and keeps `state_dir`; else `file_config`.
-pub fn startup_config(file_config: Config, state_dir: &Path) -> Config {
+/// The path is the fleet config's file when that one was chosen.
+pub fn startup_config(file_config: Config, state_dir: &Path) -> (Config, Option<PathBuf>) {
     let current = state_dir.join("configs").join(CONFIG_NAME).join("current");
-    let Ok(manifest) = std::fs::read(current.join("manifest.json")) else { return file_config };
-    let Ok(m) = serde_json::from_slice::<super::UpdateManifest>(&manifest) else { return file_config };
-    match Config::load(&current.join(&m.artifact.file_name)) {
+    let Ok(manifest) = std::fs::read(current.join("manifest.json")) else { return (file_config, None) };
+    let Ok(m) = serde_json::from_slice::<super::UpdateManifest>(&manifest) else { return (file_config, None) };
+    let path = current.join(&m.artifact.file_name);
+    match Config::load(&path) {
         Ok(c) if c.state_dir == file_config.state_dir => {
             tracing::info!(version = %m.version, "running the fleet-activated config");
-            c
+            (c, Some(path))
         }
-        Ok(_) => file_config,
+        Ok(_) => (file_config, None),
         Err(e) => {
             tracing::error!(error = %error_chain(&e), "the fleet-activated config is invalid; running the file's");
-            file_config
+            (file_config, None)
         }
     }
 }
@@ -196,6 +209,8 @@ pub fn spawn(deps: AgentDeps) -> Result<(mpsc::Sender<Request>, UplinkLink), Age
         hailort,
         last_progress: None,
         restart_required: Default::default(),
+        own_requests: req_tx.downgrade(),
+        trial: None,
     };
     std::thread::Builder::new()
         .name("update-agent".into())
@@ -248,6 +263,11 @@ struct Agent {
     /// The config in effect (the start one, then each applied change).
     running: Config,
     restart_required: std::collections::BTreeSet<String>,
+    /// For the health timer of a binary on trial (weak: the queue still
+    /// closes when the daemon drops its senders).
+    own_requests: mpsc::WeakSender<Request>,
+    /// The binary update this process is on trial for, until confirmed.
+    trial: Option<String>,
 }
 
 /// A new engine that passed warm-up and canary, not yet switched in.
@@ -261,6 +281,7 @@ enum Failed {
 
 impl Agent {
     fn run(&mut self, mut requests: mpsc::Receiver<Request>) {
+        self.resume_binary();
         // Staged before a crash or restart: finish it now.
         self.resume_staged();
         while let Some(req) = requests.blocking_recv() {
@@ -284,6 +305,8 @@ impl Agent {
                 Request::ApplyChunk { chunk, reply } => {
                     let _ = reply.send(self.on_chunk(&chunk));
                 }
+                Request::Ready => self.start_health_period(),
+                Request::ConfirmBinary { update_id } => self.confirm_binary(&update_id),
             }
         }
     }
@@ -357,8 +380,19 @@ impl Agent {
             Kind::Config if rec.name != CONFIG_NAME => Some(Rejection::Unsupported {
                 detail: format!("the only config this device takes is {CONFIG_NAME:?}, not {:?}", rec.name),
             }),
-            Kind::Binary => {
-                Some(Rejection::Unsupported { detail: "binary updates are not activated by this build yet".into() })
+            Kind::Binary if rec.name != binary::BINARY_NAME => Some(Rejection::Unsupported {
+                detail: format!("the only binary this device takes is {:?}, not {:?}", binary::BINARY_NAME, rec.name),
+            }),
+            Kind::Binary if rec.version <= binary::running_version(&self.deps.state_dir) => Some(Rejection::NotNewer {
+                kind: rec.kind.to_string(),
+                name: rec.name.clone(),
+                offered: rec.version.to_string(),
+                installed: binary::running_version(&self.deps.state_dir).to_string(),
+            }),
+            Kind::Binary if rec.phase != Phase::Activating && binary::binary_in_flight(&self.deps.state_dir) => {
+                Some(Rejection::Unsupported {
+                    detail: "another binary update waits for its restart or is on trial; push again after it".into(),
+                })
             }
             _ => None,
         }
@@ -442,10 +476,98 @@ impl Agent {
         match rec.kind {
             Kind::Model => self.activate_model(rec),
             Kind::Config => self.activate_config(rec),
-            Kind::Binary => {
-                let r = Rejection::Unsupported { detail: "binary updates are not activated here".into() };
-                self.give_up(&rec.update_id, Failed::Reject(r))
+            Kind::Binary => self.activate_binary(rec),
+        }
+    }
+
+    /// Binary: `pending.json` for the launcher, then a restart to try it.
+    fn activate_binary(&mut self, rec: UpdateRecord) {
+        let rec = match self.updater.activate(&rec.update_id) {
+            Ok(r) => r,
+            Err(UpdateError::Rejected(r)) => return self.report_rejected_record(&rec.update_id, &r),
+            Err(e) => return self.io_failure(&rec.update_id, &e),
+        };
+        tracing::info!(target: "audit", update_id = %rec.update_id, version = %rec.version,
+            slot = rec.slot.map(|s| s.dir_name()).unwrap_or("?"), "binary staged; restarting to try it");
+        // A moment for the uplink to publish `activating` before it stops.
+        std::thread::sleep(Duration::from_secs(1));
+        binary::request_restart();
+    }
+
+    /// At start: report what the launcher decided, finish an interrupted
+    /// confirmation, note a trial, and request again a binary activation
+    /// that a crash left without its `pending.json`.
+    fn resume_binary(&mut self) {
+        let dir = self.deps.state_dir.clone();
+        if let Some(id) = binary::take_outcome(&dir)
+            && let Ok(Some(rec)) = self.updater.record(&id)
+        {
+            self.report(&rec);
+        }
+        match binary::read_trial(&dir) {
+            Ok(Some(t)) if binary::active_slot(&dir) == Some(t.slot) => self.confirm_binary(&t.update_id),
+            Ok(Some(t)) if binary::running_slot() == Some(t.slot) => {
+                tracing::info!(update_id = %t.update_id, version = %t.version, slot = t.slot.dir_name(),
+                    "running a new binary on trial: confirmed after READY and update.binary_health_secs");
+                self.trial = Some(t.update_id);
             }
+            Ok(Some(t)) => {
+                // Some other binary runs while a trial is recorded: the
+                // trial did not happen or did not last.
+                match binary::roll_back(&dir, &t.update_id, "the new binary was not the one that started") {
+                    Ok(()) => {
+                        if let Ok(Some(rec)) = self.updater.record(&t.update_id) {
+                            self.report(&rec);
+                        }
+                        let _ = binary::take_outcome(&dir);
+                    }
+                    Err(e) => self.io_failure(&t.update_id, &e),
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %error_chain(&e), "reading the binary trial state"),
+        }
+        if !binary::binary_in_flight(&dir) {
+            let cut: Vec<UpdateRecord> = self
+                .updater
+                .records()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|r| r.kind == Kind::Binary && r.phase == Phase::Activating)
+                .collect();
+            for rec in cut {
+                self.report(&rec);
+                self.activate_binary(rec);
+            }
+        }
+    }
+
+    /// READY was sent: a binary on trial is confirmed if it is still up
+    /// after `update.binary_health_secs`.
+    fn start_health_period(&mut self) {
+        let Some(update_id) = self.trial.clone() else { return };
+        let secs = self.running.update.binary_health_secs;
+        let requests = self.own_requests.clone();
+        let spawned = std::thread::Builder::new().name("binary-health".into()).spawn(move || {
+            std::thread::sleep(Duration::from_secs(secs));
+            if let Some(tx) = requests.upgrade() {
+                let _ = tx.blocking_send(Request::ConfirmBinary { update_id });
+            }
+        });
+        if let Err(e) = spawned {
+            // Unconfirmed, the trial is rolled back at the next start.
+            tracing::error!(error = %e, "cannot start the binary health timer");
+        }
+    }
+
+    fn confirm_binary(&mut self, update_id: &str) {
+        match self.updater.confirm_binary(update_id) {
+            Ok(rec) => {
+                tracing::info!(target: "audit", update_id, version = %rec.version, "binary update active");
+                self.trial = None;
+                self.report(&rec);
+            }
+            Err(e) => self.io_failure(update_id, &e),
         }
     }
 

@@ -14,6 +14,7 @@
 //! whose artifact's length and SHA-256 matched the signed manifest.
 
 pub mod agent;
+pub mod binary;
 mod clock;
 mod fsio;
 mod manifest;

@@ -16,6 +16,8 @@
 //! configs/<name>/...              the same for config updates
 //! bin/slot-a, bin/slot-b          binary slots; bin/active -> the running slot
 //! bin/pending.json                binary activation request for the next start
+//! bin/trial.json                  the pending binary is being tried (src/update/binary.rs)
+//! bin/report.json                 a binary outcome the next agent must report
 //! ```
 //!
 //! Phases: `Received` (signed manifest accepted, chunks arriving) →
@@ -158,7 +160,7 @@ impl UpdaterOptions {
             group: config.group.clone(),
             keys,
             max_artifact_bytes: u.max_artifact_megabytes.saturating_mul(1 << 20),
-            running_version: env!("CARGO_PKG_VERSION").parse().expect("the package version is MAJOR.MINOR.PATCH"),
+            running_version: super::binary::running_version(state_dir),
             reserve_bytes: u.reserve_megabytes.saturating_mul(1 << 20),
         })
     }
@@ -170,13 +172,14 @@ struct ClockFile {
     high_water: u64,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// `bin/pending.json`: a staged binary to try at the next start.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PendingBinary {
-    update_id: String,
-    version: Version,
-    slot: BinarySlot,
-    requested_ms: u64,
+pub(super) struct PendingBinary {
+    pub update_id: String,
+    pub version: Version,
+    pub slot: BinarySlot,
+    pub requested_ms: u64,
 }
 
 /// The device side of fleet updates. Single-threaded: the caller owns it.
@@ -188,7 +191,7 @@ pub struct Updater {
     hailort: Option<String>,
 }
 
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, UpdateError> {
+pub(super) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, UpdateError> {
     match fs::read(path) {
         Ok(b) => serde_json::from_slice(&b)
             .map(Some)
@@ -198,9 +201,37 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, Upd
     }
 }
 
-fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), UpdateError> {
-    let bytes = serde_json::to_vec_pretty(value).expect("update state serializes");
+pub(super) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), UpdateError> {
+    let bytes = serde_json::to_vec_pretty(value)
+        .map_err(|e| UpdateError::CorruptState { path: path.to_path_buf(), message: e.to_string() })?;
     write_atomic(path, &bytes).map_err(UpdateError::io("writing", path))
+}
+
+/// Sets the phase of a record without an [`Updater`] (the binary launcher
+/// runs before the daemon and needs no keys). `None`: no such record.
+pub(super) fn set_record_phase(
+    state_dir: &Path,
+    update_id: &str,
+    phase: Phase,
+) -> Result<Option<UpdateRecord>, UpdateError> {
+    if !is_update_id(update_id) {
+        return Ok(None);
+    }
+    let path = state_dir.join("updates").join(update_id).join("state.json");
+    let Some(mut rec) = read_json::<UpdateRecord>(&path)? else { return Ok(None) };
+    rec.phase = phase;
+    rec.updated_ms = now_ms();
+    write_json(&path, &rec)?;
+    Updater::audit(&rec);
+    Ok(Some(rec))
+}
+
+/// The record of `update_id` read without an [`Updater`].
+pub(super) fn read_record(state_dir: &Path, update_id: &str) -> Result<Option<UpdateRecord>, UpdateError> {
+    if !is_update_id(update_id) {
+        return Ok(None);
+    }
+    read_json(&state_dir.join("updates").join(update_id).join("state.json"))
 }
 
 fn is_update_id(s: &str) -> bool {
@@ -669,8 +700,9 @@ impl Updater {
             return Err(UpdateError::UnknownUpdate { update_id: update_id.into() });
         };
         match rec.phase {
-            Phase::Staged => {}
-            Phase::Activating if rec.kind != Kind::Binary => {}
+            // A binary left `Activating` without its `pending.json` (a crash
+            // between the two writes) is requested again.
+            Phase::Staged | Phase::Activating => {}
             _ => {
                 return Err(UpdateError::WrongPhase {
                     update_id: update_id.into(),
@@ -753,6 +785,59 @@ impl Updater {
         self.settle_records(rec.kind, &rec.name)?;
         self.collect_old_versions(&dir, rec.version);
         Ok(())
+    }
+
+    /// Confirms a binary on trial (it stayed up for the health period): points
+    /// `bin/active` at its slot (the truth from then on), records the
+    /// versions, marks it `Active` (the binary it replaces `Superseded`),
+    /// then removes `trial.json` and `pending.json`. Idempotent, so an
+    /// interrupted confirmation is finished at the next start.
+    pub fn confirm_binary(&mut self, update_id: &str) -> Result<UpdateRecord, UpdateError> {
+        let Some(mut rec) = self.record(update_id)? else {
+            return Err(UpdateError::UnknownUpdate { update_id: update_id.into() });
+        };
+        let slot = match (rec.kind, &rec.phase, rec.slot) {
+            (Kind::Binary, Phase::Activating | Phase::Active, Some(slot)) => slot,
+            _ => {
+                return Err(UpdateError::WrongPhase {
+                    update_id: update_id.into(),
+                    action: "be confirmed as the running binary",
+                    phase: rec.phase.as_str().into(),
+                });
+            }
+        };
+        let bin = self.bin_dir();
+        swap_symlink(&bin.join("active"), Path::new(slot.dir_name())).map_err(UpdateError::io("swapping", &bin))?;
+        crash_point("binary-swapped");
+        let e = self.installed.entry(installed_key(rec.kind, &rec.name)).or_insert(InstalledEntry {
+            active: None,
+            highest: rec.version,
+            previous: None,
+        });
+        if e.active != Some(rec.version) {
+            e.previous = e.active;
+            e.active = Some(rec.version);
+        }
+        e.highest = e.highest.max(rec.version);
+        self.save_installed()?;
+        if rec.phase != Phase::Active {
+            rec.phase = Phase::Active;
+            self.save(&mut rec)?;
+            Self::audit(&rec);
+        }
+        for mut r in self.records()? {
+            if r.kind == Kind::Binary && r.name == rec.name && r.update_id != rec.update_id && r.phase == Phase::Active
+            {
+                r.phase = Phase::Superseded;
+                self.save(&mut r)?;
+                Self::audit(&r);
+            }
+        }
+        for f in ["trial.json", "pending.json"] {
+            remove_any(&bin.join(f)).map_err(UpdateError::io("removing", bin.join(f)))?;
+        }
+        fsync_dir(&bin).map_err(UpdateError::io("syncing", &bin))?;
+        Ok(rec)
     }
 
     /// Removes version directories older than `active` other than the
