@@ -49,7 +49,8 @@ fn records_survive_20_sigkills_during_ingest_and_drain() {
 
 #[test]
 fn records_survive_10_broker_sigkills_during_drain() {
-    let mut broker = Broker::start();
+    // Saving on every change: see `Broker::start_saving_every_change`.
+    let mut broker = Broker::start_saving_every_change();
     let port = broker.port;
     let consumer = Consumer::start(port, "spark/#");
     let mut cfg = DaemonConfig::new(&broker.url());

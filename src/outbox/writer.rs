@@ -21,9 +21,35 @@ use crate::record::{Stream, now_ms};
 /// Depth of the writer's request channel.
 const CHANNEL_DEPTH: usize = 4096;
 
+/// The writer's answer to one request. It carries the channel's sender back
+/// home, so the appender can reuse the channel, while a writer that dies
+/// before answering still drops the only sender and disconnects it.
+struct Reply {
+    result: Result<OpResult, String>,
+    sender: Sender<Reply>,
+}
+
 struct Request {
     op: Op,
-    reply: Option<Sender<Result<OpResult, String>>>,
+    reply: Option<Sender<Reply>>,
+}
+
+impl Request {
+    fn answer(reply: Sender<Reply>, result: Result<OpResult, String>) {
+        let _ = reply.send(Reply { result, sender: reply.clone() });
+    }
+}
+
+/// Most reply channels one thread keeps for reuse.
+const MAX_SPARE_REPLIES: usize = 8192;
+
+thread_local! {
+    /// Reply channels whose answer was taken, ready for this thread's next
+    /// append: an append then costs no channel allocation, and the writer's
+    /// reply frees nothing across threads (glibc serialises such frees on
+    /// the allocating thread's arena).
+    static SPARE_REPLIES: std::cell::RefCell<Vec<(Sender<Reply>, Receiver<Reply>)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Sends writes to the writer thread. Cloneable; blocking calls.
@@ -90,7 +116,7 @@ fn run(outbox: Outbox, rx: Receiver<Request>, batch_max: usize, on_commit: Arc<d
         }
         // Move the ops out (no per-record copy); keep the reply channels.
         ops.clear();
-        let mut replies: Vec<Option<Sender<Result<OpResult, String>>>> = Vec::with_capacity(batch.len());
+        let mut replies: Vec<Option<Sender<Reply>>> = Vec::with_capacity(batch.len());
         for r in batch.drain(..) {
             ops.push(r.op);
             replies.push(r.reply);
@@ -101,7 +127,7 @@ fn run(outbox: Outbox, rx: Receiver<Request>, batch_max: usize, on_commit: Arc<d
                 backoff = Duration::from_millis(50);
                 for (reply, res) in replies.into_iter().zip(results) {
                     if let Some(reply) = reply {
-                        let _ = reply.send(Ok(res));
+                        Request::answer(reply, Ok(res));
                     }
                 }
                 if appended {
@@ -115,7 +141,7 @@ fn run(outbox: Outbox, rx: Receiver<Request>, batch_max: usize, on_commit: Arc<d
                 let msg = format!("{:#}", anyhow::Error::new(e));
                 tracing::error!(error = %msg, ops = ops.len(), "outbox commit failed");
                 for reply in replies.into_iter().flatten() {
-                    let _ = reply.send(Err(msg.clone()));
+                    Request::answer(reply, Err(msg.clone()));
                 }
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -136,19 +162,27 @@ pub enum AppendError {
 
 /// An append queued with [`Appender::submit`].
 pub struct PendingAppend {
-    answer: Receiver<Result<OpResult, String>>,
+    answer: Receiver<Reply>,
 }
 
 impl PendingAppend {
     /// Blocks until the append's transaction committed (or failed).
     pub fn wait(self) -> Result<u64, AppendError> {
-        Self::outcome(self.answer.recv().map_err(|_| OutboxError::WriterGone)?)
+        let Reply { result, sender } = self.answer.recv().map_err(|_| OutboxError::WriterGone)?;
+        // Empty again, and `sender` is its only sender: keep it for reuse.
+        SPARE_REPLIES.with(|s| {
+            let mut spares = s.borrow_mut();
+            if spares.len() < MAX_SPARE_REPLIES {
+                spares.push((sender, self.answer));
+            }
+        });
+        Self::outcome(result)
     }
 
     /// The outcome if the commit already happened.
     pub fn try_wait(&self) -> Option<Result<u64, AppendError>> {
         match self.answer.try_recv() {
-            Ok(r) => Some(Self::outcome(r)),
+            Ok(r) => Some(Self::outcome(r.result)),
             Err(crossbeam_channel::TryRecvError::Empty) => None,
             Err(crossbeam_channel::TryRecvError::Disconnected) => Some(Err(OutboxError::WriterGone.into())),
         }
@@ -178,7 +212,7 @@ impl Appender {
     /// its outcome after the commit. Lets one producer keep many appends in
     /// one group commit.
     pub fn submit(&self, stream: Stream, ts_ms: u64, body: String) -> Result<PendingAppend, AppendError> {
-        let (reply, answer) = bounded(1);
+        let (reply, answer) = SPARE_REPLIES.with(|s| s.borrow_mut().pop()).unwrap_or_else(|| bounded(1));
         self.tx
             .send(Request { op: Op::Append { stream, ts_ms, body }, reply: Some(reply) })
             .map_err(|_| OutboxError::WriterGone)?;
@@ -206,6 +240,32 @@ impl Appender {
 mod tests {
     use super::*;
     use crate::outbox::OutboxOptions;
+
+    #[test]
+    fn a_request_dropped_unanswered_reports_the_writer_gone() {
+        // Warm this thread's spare channels first: a reused channel must
+        // disconnect just like a new one.
+        let dir = tempfile::tempdir().unwrap();
+        let o = Outbox::open(
+            dir.path(),
+            OutboxOptions {
+                device_id: "d".into(),
+                max_bytes: 1 << 26,
+                drop_order: Stream::ALL.to_vec(),
+                ttl_ms: [0; 3],
+            },
+        )
+        .unwrap();
+        let w = spawn_writer(o, 8, Arc::new(|| {})).unwrap();
+        assert_eq!(w.appender.append(Stream::Events, "{}".into()).unwrap(), 1);
+        assert_eq!(w.appender.append(Stream::Events, "{}".into()).unwrap(), 2);
+        w.join();
+        // A "writer" that takes the request and dies without answering.
+        let (tx, rx) = bounded::<Request>(4);
+        let pending = Appender { tx }.submit(Stream::Events, 1, "{}".into()).unwrap();
+        drop(rx.recv().unwrap());
+        assert!(matches!(pending.wait(), Err(AppendError::Outbox(OutboxError::WriterGone))));
+    }
 
     #[test]
     fn concurrent_appends_get_unique_increasing_seqs() {

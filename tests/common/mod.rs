@@ -53,6 +53,21 @@ impl Broker {
     }
 
     pub fn start_on(port: u16) -> Self {
+        Self::start_with(port, "autosave_interval 1")
+    }
+
+    /// A broker that writes its persistence file after every change instead
+    /// of once a second. Mosquitto sends PUBACK before it persists: a SIGKILL
+    /// loses what it acknowledged since its last save and had not yet handed
+    /// to a subscriber. That loss is the broker's, and with a save each second
+    /// a loaded machine made it visible in the broker-kill test (tens of
+    /// records); saving on every change shrinks the window to one pass of
+    /// its event loop, so the test measures sparkd, not Mosquitto.
+    pub fn start_saving_every_change() -> Self {
+        Self::start_with(free_port(), "autosave_on_changes true\nautosave_interval 1")
+    }
+
+    fn start_with(port: u16, autosave: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let conf = dir.path().join("mosquitto.conf");
         // `user root`: as root, mosquitto would otherwise drop to `mosquitto`
@@ -63,7 +78,7 @@ impl Broker {
         writeln!(
             f,
             "listener {port} 127.0.0.1\nallow_anonymous true\nuser root\nmax_queued_messages 0\n\
-             persistence true\npersistence_location {}/\nautosave_interval 1\nlog_dest none",
+             persistence true\npersistence_location {}/\n{autosave}\nlog_dest none",
             dir.path().display()
         )
         .expect("write conf");
