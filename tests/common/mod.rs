@@ -2,6 +2,8 @@
 //! MQTT consumer that records every message.
 #![allow(dead_code)]
 
+pub mod witness;
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::TcpListener;
@@ -435,6 +437,38 @@ pub fn assert_all_accepted_arrived(queue: &serde_json::Value, consumer: &Consume
             &missing[..missing.len().min(10)]
         );
     }
+}
+
+/// The consumer check of fault tests that SIGKILL the broker (see
+/// [`witness`]): every accepted seq arrived, or the broker acknowledged it
+/// (and then lost it: Mosquitto acknowledges before it persists). A seq that
+/// did neither was deleted by sparkd without a PUBACK: that fails. Returns
+/// how many acknowledged seqs the broker lost.
+pub fn assert_accepted_arrived_or_broker_acked(
+    queue: &serde_json::Value,
+    consumer: &Consumer,
+    acked: &witness::Acked,
+) -> usize {
+    let _ = wait_for(Duration::from_secs(20), || missing_count(queue, consumer).eq(&0).then_some(()));
+    let sets = consumer.seq_sets();
+    let mut broker_lost = 0;
+    for (name, s) in queue["streams"].as_object().expect("streams") {
+        let last = s["next_seq"].as_u64().unwrap_or(1).saturating_sub(1);
+        let dropped = s["dropped"].as_u64().unwrap_or(0);
+        let (got, acks) = (sets.get(name), acked.get(name));
+        let missing: Vec<u64> = (dropped + 1..=last).filter(|q| !got.is_some_and(|g| g.contains(q))).collect();
+        let unacked: Vec<u64> = missing.iter().copied().filter(|q| !acks.is_some_and(|a| a.contains(q))).collect();
+        assert!(
+            unacked.is_empty(),
+            "stream {name}: {} of seqs {}..={last} neither arrived nor were acknowledged by the broker \
+             (first: {:?}); dropped {dropped}",
+            unacked.len(),
+            dropped + 1,
+            &unacked[..unacked.len().min(10)]
+        );
+        broker_lost += missing.len();
+    }
+    broker_lost
 }
 
 fn missing_count(queue: &serde_json::Value, consumer: &Consumer) -> usize {
