@@ -400,6 +400,9 @@ pub fn run_from(config: Config, config_path: Option<PathBuf>) -> Result<(), Star
     {
         tracing::warn!("update agent busy at READY: a binary on trial will not be confirmed this run");
     }
+    // Backstop for a binary on trial that its agent does not confirm.
+    let trial_deadline =
+        runtime.spawn(crate::update::binary::trial_deadline(paths.state_dir.clone(), config.update.binary_health_secs));
     let watchdog = runtime.spawn(crate::notify::watchdog_loop(shutdown_rx.clone()));
     let rate_sampler = {
         let (shared, mut stop) = (shared.clone(), shutdown_rx.clone());
@@ -435,6 +438,7 @@ pub fn run_from(config: Config, config_path: Option<PathBuf>) -> Result<(), Star
         let _ = tokio::time::timeout(Duration::from_secs(1), control_task).await;
         watchdog.abort();
         rate_sampler.abort();
+        trial_deadline.abort();
     });
     runtime.shutdown_timeout(Duration::from_secs(1));
     // 3. Every appender is gone: the writer commits what is queued and stops.

@@ -323,7 +323,10 @@ async fn handle(req: Request, ctx: &Arc<ControlContext>, peer: Option<&UCred>, l
             }
         }
         Request::ConfigShow => Response::Config(redacted_config(&ctx.config, &ctx.config_source)),
-        Request::UpdateStatus => super::update::status(ctx.updates.as_ref()).await,
+        Request::UpdateStatus => {
+            let running = crate::update::binary::running_version(&ctx.state_dir).to_string();
+            super::update::status(ctx.updates.as_ref(), running).await
+        }
         Request::ConfigReload => super::update::config_reload(ctx.updates.as_ref()).await,
         Request::UpdateApplyManifest { envelope } => {
             super::update::apply_manifest(ctx.updates.as_ref(), envelope).await

@@ -36,10 +36,10 @@ fn view(r: &UpdateRecord) -> UpdateView {
     }
 }
 
-fn unavailable(message: &str) -> UpdateReport {
+fn unavailable(running: String, message: &str) -> UpdateReport {
     UpdateReport {
         state: UpdateState::Unavailable,
-        installed_version: env!("CARGO_PKG_VERSION").to_string(),
+        installed_version: running,
         message: message.into(),
         installed: vec![],
         updates: vec![],
@@ -59,9 +59,12 @@ async fn ask<T>(
     tokio::time::timeout(deadline, rx).await.ok()?.ok()
 }
 
-pub async fn status(agent: Option<&mpsc::Sender<Request>>) -> Response {
+/// `running` is the version of the binary this process runs: a slot
+/// binary's signed version, or the package's.
+pub async fn status(agent: Option<&mpsc::Sender<Request>>, running: String) -> Response {
     let Some(agent) = agent else {
         return Response::Update(unavailable(
+            running,
             "fleet updates are disabled: the update store or keys did not load (see the log)",
         ));
     };
@@ -81,7 +84,7 @@ pub async fn status(agent: Option<&mpsc::Sender<Request>>) -> Response {
     };
     Response::Update(UpdateReport {
         state,
-        installed_version: env!("CARGO_PKG_VERSION").to_string(),
+        installed_version: running,
         message,
         installed: v
             .installed

@@ -567,7 +567,14 @@ impl Agent {
                 self.trial = None;
                 self.report(&rec);
             }
-            Err(e) => self.io_failure(update_id, &e),
+            Err(e) => {
+                self.io_failure(update_id, &e);
+                // Unconfirmed, this binary must not keep running as if it
+                // were: restart so the launcher rolls it back.
+                if self.trial.is_some() {
+                    binary::request_restart();
+                }
+            }
         }
     }
 

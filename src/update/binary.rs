@@ -215,6 +215,26 @@ pub fn exec(path: &Path, slot: BinarySlot) -> std::io::Error {
     std::process::Command::new(path).arg0(argv0).args(args).env(SLOT_ENV, slot.dir_name()).exec()
 }
 
+/// Beyond the health period, how long the agent may take to confirm.
+pub const CONFIRM_GRACE_SECS: u64 = 30;
+
+/// On trial: if this binary is still unconfirmed `health_secs` +
+/// [`CONFIRM_GRACE_SECS`] after READY (its update agent did not start, or
+/// the confirmation keeps failing), the daemon restarts so the launcher
+/// rolls it back. Returns at once when this binary is not on trial.
+pub async fn trial_deadline(state_dir: PathBuf, health_secs: u64) {
+    let on_trial = |slot| matches!(read_trial(&state_dir), Ok(Some(t)) if t.slot == slot);
+    if let Some(slot) = running_slot()
+        && on_trial(slot)
+    {
+        tokio::time::sleep(std::time::Duration::from_secs(health_secs.saturating_add(CONFIRM_GRACE_SECS))).await;
+        if on_trial(slot) && active_slot(&state_dir) != Some(slot) {
+            tracing::error!(slot = slot.dir_name(), "this binary was not confirmed in time; restarting to roll back");
+            request_restart();
+        }
+    }
+}
+
 fn restart_notify() -> &'static tokio::sync::Notify {
     static N: OnceLock<tokio::sync::Notify> = OnceLock::new();
     N.get_or_init(tokio::sync::Notify::new)

@@ -7,7 +7,7 @@ use std::path::Path;
 
 /// **Test-only.** When this environment variable names a crash point (`received`,
 /// `verified`, `staged`, `activating`, `previous-linked`, `swapped`,
-/// `installed`, `active`, `rolled-back`, `chunk`), the process prints
+/// `installed`, `active`, `rolled-back`, `chunk`, `binary-swapped`), the process prints
 /// `SPARK_UPDATE_CRASH_POINT <name>` on stdout right after that step is
 /// durable and then blocks forever, so a test can SIGKILL it exactly there.
 /// Never set it on a device.
