@@ -11,43 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use common::fleet::{Lab, fleet, fleet_bin, s};
 use common::*;
 
-fn fleet_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_spark-fleet"))
-}
-
-fn fleet(args: &[&str]) -> String {
-    let out = Command::new(fleet_bin()).args(args).output().expect("run spark-fleet");
-    assert!(
-        out.status.success(),
-        "spark-fleet {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
-/// A signing key pair and a place to build bundles.
-struct Lab {
-    dir: tempfile::TempDir,
-    key: PathBuf,
-    public: PathBuf,
-}
-
 impl Lab {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        fleet(&["keygen", "--out", s(&dir.path().join("keys")), "--key-id", "fleet-test"]);
-        let key = dir.path().join("keys/fleet-test.key");
-        let public = dir.path().join("keys/fleet-test.pub");
-        Lab { dir, key, public }
-    }
-
     /// A copy of the test-built `sparkd`, stripped of debug info so the
     /// transfer stays small (the code is the same).
     fn good_binary(&self) -> PathBuf {

@@ -10,43 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::fleet::{Lab, fleet, fleet_bin, s};
 use common::*;
 
-fn fleet_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_spark-fleet"))
-}
-
-fn fleet(args: &[&str]) -> String {
-    let out = Command::new(fleet_bin()).args(args).output().expect("run spark-fleet");
-    assert!(
-        out.status.success(),
-        "spark-fleet {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
-/// A signing key pair and a place to build bundles.
-struct Lab {
-    dir: tempfile::TempDir,
-    key: PathBuf,
-    public: PathBuf,
-}
-
 impl Lab {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        fleet(&["keygen", "--out", s(&dir.path().join("keys")), "--key-id", "fleet-test"]);
-        let key = dir.path().join("keys/fleet-test.key");
-        let public = dir.path().join("keys/fleet-test.pub");
-        Lab { dir, key, public }
-    }
-
     /// The demo model as a pack at `version`, with `extra` files (canary images).
     fn pack(&self, version: &str, extra: &[&str]) -> PathBuf {
         let d = self.dir.path().join(format!("pack-{version}"));
@@ -177,14 +144,29 @@ fn wait_online(c: &Consumer, device: &str) {
     .unwrap_or_else(|| panic!("{device} did not come online"));
 }
 
-#[test]
-fn pushed_model_update_becomes_active_and_the_engine_runs_the_new_version() {
+/// One device under test: a broker, a signing lab, the daemon (camera on or
+/// off) and a consumer of everything it publishes, the device online.
+struct Rig {
+    broker: Broker,
+    lab: Lab,
+    cfg: DaemonConfig,
+    d: Daemon,
+    c: Consumer,
+}
+
+fn rig(camera: bool) -> Rig {
     let broker = Broker::start();
     let lab = Lab::new();
-    let cfg = daemon_config(&broker, &lab, true);
+    let cfg = daemon_config(&broker, &lab, camera);
     let d = Daemon::start(&cfg);
     let c = Consumer::start(broker.port, "spark/#");
     wait_online(&c, "test-dev");
+    Rig { broker, lab, cfg, d, c }
+}
+
+#[test]
+fn pushed_model_update_becomes_active_and_the_engine_runs_the_new_version() {
+    let Rig { broker, lab, cfg, d, c } = rig(true);
     assert_eq!(engine_model(&cfg.socket()), "centerface 1.0.0");
 
     let pack = lab.pack("1.1.0", &["astronaut.png"]);
@@ -224,12 +206,7 @@ fn pushed_model_update_becomes_active_and_the_engine_runs_the_new_version() {
 
 #[test]
 fn replayed_or_older_model_update_is_rejected_as_not_newer() {
-    let broker = Broker::start();
-    let lab = Lab::new();
-    let cfg = daemon_config(&broker, &lab, false);
-    let d = Daemon::start(&cfg);
-    let c = Consumer::start(broker.port, "spark/#");
-    wait_online(&c, "test-dev");
+    let Rig { broker, lab, cfg, d, c } = rig(false);
     let pack = lab.pack("1.2.0", &[]);
     let bundle = lab.sign(&pack, "1.2.0", &DEV, &[], None);
     let id = update_id(&bundle);
@@ -254,12 +231,7 @@ fn replayed_or_older_model_update_is_rejected_as_not_newer() {
 
 #[test]
 fn bad_signature_other_device_and_corrupt_artifact_are_rejected_and_the_old_model_keeps_running() {
-    let broker = Broker::start();
-    let lab = Lab::new();
-    let cfg = daemon_config(&broker, &lab, true);
-    let d = Daemon::start(&cfg);
-    let c = Consumer::start(broker.port, "spark/#");
-    wait_online(&c, "test-dev");
+    let Rig { broker, lab, cfg, d, c } = rig(true);
     let pack = lab.pack("1.1.0", &[]);
 
     // Bad signature: a different key under the trusted key's id.
@@ -296,12 +268,7 @@ fn bad_signature_other_device_and_corrupt_artifact_are_rejected_and_the_old_mode
 
 #[test]
 fn canary_mismatch_rolls_back_and_the_old_model_keeps_running() {
-    let broker = Broker::start();
-    let lab = Lab::new();
-    let cfg = daemon_config(&broker, &lab, true);
-    let d = Daemon::start(&cfg);
-    let c = Consumer::start(broker.port, "spark/#");
-    wait_online(&c, "test-dev");
+    let Rig { broker, lab, cfg, d, c } = rig(true);
     // The canary demands a face on a picture of a cup of coffee.
     let pack = lab.pack("1.1.0", &["coffee.png"]);
     let canary = ["--canary-input", "coffee.png", "--canary-label", "face", "--canary-min-score", "0.9"];
@@ -510,12 +477,7 @@ fn update_status(socket: &Path) -> serde_json::Value {
 
 #[test]
 fn config_update_is_checked_applied_live_where_possible_and_names_keys_needing_restart() {
-    let broker = Broker::start();
-    let lab = Lab::new();
-    let cfg = daemon_config(&broker, &lab, false);
-    let d = Daemon::start(&cfg);
-    let c = Consumer::start(broker.port, "spark/#");
-    wait_online(&c, "test-dev");
+    let Rig { broker, lab, cfg, d, c } = rig(false);
     let text = std::fs::read_to_string(cfg.dir.path().join("sparkd.toml")).unwrap();
 
     // Refused: does not pass check-config; nothing changes.
@@ -625,12 +587,7 @@ fn publish(broker: &Broker, topic: &str, payload: Vec<u8>) {
 
 #[test]
 fn corrupt_or_malformed_chunks_are_reported_and_the_transfer_goes_on() {
-    let broker = Broker::start();
-    let lab = Lab::new();
-    let cfg = daemon_config(&broker, &lab, false);
-    let d = Daemon::start(&cfg);
-    let c = Consumer::start(broker.port, "spark/#");
-    wait_online(&c, "test-dev");
+    let Rig { broker, lab, cfg, d, c } = rig(false);
     let bundle = lab.sign(&lab.pack("1.1.0", &[]), "1.1.0", &DEV, &[], None);
     let id = update_id(&bundle);
     let b = spark_edge::update::Bundle::parse(&std::fs::read(&bundle).unwrap()).unwrap();

@@ -241,21 +241,22 @@ mod tests {
     use super::*;
     use crate::outbox::OutboxOptions;
 
+    fn open_outbox(dir: &std::path::Path) -> Outbox {
+        let opts = OutboxOptions {
+            device_id: "d".into(),
+            max_bytes: 1 << 26,
+            drop_order: Stream::ALL.to_vec(),
+            ttl_ms: [0; 3],
+        };
+        Outbox::open(dir, opts).unwrap()
+    }
+
     #[test]
     fn a_request_dropped_unanswered_reports_the_writer_gone() {
         // Warm this thread's spare channels first: a reused channel must
         // disconnect just like a new one.
         let dir = tempfile::tempdir().unwrap();
-        let o = Outbox::open(
-            dir.path(),
-            OutboxOptions {
-                device_id: "d".into(),
-                max_bytes: 1 << 26,
-                drop_order: Stream::ALL.to_vec(),
-                ttl_ms: [0; 3],
-            },
-        )
-        .unwrap();
+        let o = open_outbox(dir.path());
         let w = spawn_writer(o, 8, Arc::new(|| {})).unwrap();
         assert_eq!(w.appender.append(Stream::Events, "{}".into()).unwrap(), 1);
         assert_eq!(w.appender.append(Stream::Events, "{}".into()).unwrap(), 2);
@@ -270,16 +271,7 @@ mod tests {
     #[test]
     fn concurrent_appends_get_unique_increasing_seqs() {
         let dir = tempfile::tempdir().unwrap();
-        let o = Outbox::open(
-            dir.path(),
-            OutboxOptions {
-                device_id: "d".into(),
-                max_bytes: 1 << 26,
-                drop_order: Stream::ALL.to_vec(),
-                ttl_ms: [0; 3],
-            },
-        )
-        .unwrap();
+        let o = open_outbox(dir.path());
         let w = spawn_writer(o.clone(), 64, Arc::new(|| {})).unwrap();
         let threads: Vec<_> = (0..4)
             .map(|_| {

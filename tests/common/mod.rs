@@ -2,6 +2,7 @@
 //! MQTT consumer that records every message.
 #![allow(dead_code)]
 
+pub mod fleet;
 pub mod witness;
 
 use std::collections::BTreeMap;
