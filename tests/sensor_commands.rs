@@ -22,19 +22,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
+use common::sparkctl_json as json;
+use common::tmux::Tmux;
 use common::*;
 use image::codecs::jpeg::JpegEncoder;
 use spark_edge::audio::SILERO_VAD_SHA256;
-
-/// `sparkctl ARGS --json`: asserts the exit code and parses stdout.
-fn json(socket: &Path, args: &[&str], want_code: i32) -> serde_json::Value {
-    let mut all = args.to_vec();
-    all.push("--json");
-    let (code, out, err) = sparkctl(socket, &all);
-    assert_eq!(code, want_code, "sparkctl {args:?}: exit {code}\nstdout: {out}\nstderr: {err}");
-    serde_json::from_str(&out)
-        .unwrap_or_else(|e| panic!("sparkctl {args:?} --json is not one JSON object ({e}): {out}"))
-}
 
 /// The model's input size from the demo manifest.
 fn model_input_size() -> (u32, u32) {
@@ -232,46 +224,6 @@ fn sensor_commands_exit_3_when_the_daemon_is_down() {
 }
 
 // ---- microphone ------------------------------------------------------------------
-
-/// A private tmux server running one command in a fixed-size window (as in
-/// tests/sparkctl_terminal.rs); killed on drop.
-struct Tmux {
-    server: String,
-}
-
-impl Tmux {
-    fn run(tag: &str, shell_cmd: &str) -> Self {
-        let t = Tmux { server: format!("sensor-test-{tag}-{}", std::process::id()) };
-        let script = format!("{shell_cmd}; echo __DONE__ $?; sleep 120");
-        let out = Command::new("tmux")
-            .args(["-L", &t.server, "new-session", "-d", "-x", "120", "-y", "40", "-s", "t"])
-            .arg(script)
-            .env("TERM", "xterm-256color")
-            .env_remove("NO_COLOR")
-            .output()
-            .expect("tmux not installed: run scripts/setup.sh");
-        assert!(out.status.success(), "tmux: {}", String::from_utf8_lossy(&out.stderr));
-        t
-    }
-
-    fn wait_for(&self, what: &str, timeout: Duration) -> String {
-        let screen = || {
-            let out = Command::new("tmux").args(["-L", &self.server, "capture-pane", "-p", "-t", "t"]).output();
-            String::from_utf8_lossy(&out.expect("capture-pane").stdout).into_owned()
-        };
-        wait_for(timeout, || {
-            let s = screen();
-            s.contains(what).then_some(s)
-        })
-        .unwrap_or_else(|| panic!("{what:?} never appeared; screen:\n{}", screen()))
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = Command::new("tmux").args(["-L", &self.server, "kill-server"]).output();
-    }
-}
 
 const RATE: usize = 16_000;
 /// 20 ms of 16-bit mono at 16 kHz.

@@ -4,20 +4,10 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
+use common::sparkctl_json as json;
 use common::*;
-
-/// `sparkctl --json ARGS`: asserts the exit code and parses stdout.
-fn json(socket: &Path, args: &[&str], want_code: i32) -> serde_json::Value {
-    let mut all = args.to_vec();
-    all.push("--json");
-    let (code, out, err) = sparkctl(socket, &all);
-    assert_eq!(code, want_code, "sparkctl {args:?}: exit {code}\nstdout: {out}\nstderr: {err}");
-    serde_json::from_str(&out)
-        .unwrap_or_else(|e| panic!("sparkctl {args:?} --json is not one JSON object ({e}): {out}"))
-}
 
 fn check<'a>(doctor: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
     doctor["checks"]

@@ -4,58 +4,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
+use common::tmux::Tmux;
 use common::*;
-
-/// A private tmux server (its own socket name) running one command in a
-/// fixed-size window; killed on drop.
-struct Tmux {
-    server: String,
-}
-
-impl Tmux {
-    fn run(tag: &str, shell_cmd: &str) -> Self {
-        let server = format!("sparkctl-test-{tag}-{}", std::process::id());
-        let t = Tmux { server };
-        // The pane stays after the command so its last screen can be read.
-        let script = format!("{shell_cmd}; echo __DONE__ $?; sleep 120");
-        let out = Command::new("tmux")
-            .args(["-L", &t.server, "new-session", "-d", "-x", "120", "-y", "40", "-s", "t"])
-            .arg(script)
-            .env("TERM", "xterm-256color")
-            .env_remove("NO_COLOR")
-            .output()
-            .expect("tmux not installed: run scripts/setup.sh");
-        assert!(out.status.success(), "tmux: {}", String::from_utf8_lossy(&out.stderr));
-        t
-    }
-
-    /// The visible screen; with `escapes`, colour codes included.
-    fn screen(&self, escapes: bool) -> String {
-        let mut cmd = Command::new("tmux");
-        cmd.args(["-L", &self.server, "capture-pane", "-p", "-t", "t"]);
-        if escapes {
-            cmd.arg("-e");
-        }
-        String::from_utf8_lossy(&cmd.output().expect("capture-pane").stdout).into_owned()
-    }
-
-    fn wait_for(&self, what: &str, timeout: Duration) -> String {
-        wait_for(timeout, || {
-            let s = self.screen(false);
-            s.contains(what).then_some(s)
-        })
-        .unwrap_or_else(|| panic!("{what:?} never appeared; screen:\n{}", self.screen(false)))
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = Command::new("tmux").args(["-L", &self.server, "kill-server"]).output();
-    }
-}
 
 fn sparkctl_cmd(socket: &Path, args: &str) -> String {
     format!("{} --socket {} {args}", sparkctl_bin().display(), socket.display())

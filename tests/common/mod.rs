@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fleet;
+pub mod tmux;
 pub mod witness;
 
 use std::collections::BTreeMap;
@@ -382,6 +383,16 @@ pub fn sparkctl(socket: &Path, args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// `sparkctl ARGS --json`: asserts the exit code and parses stdout.
+pub fn sparkctl_json(socket: &Path, args: &[&str], want_code: i32) -> serde_json::Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let (code, out, err) = sparkctl(socket, &all);
+    assert_eq!(code, want_code, "sparkctl {args:?}: exit {code}\nstdout: {out}\nstderr: {err}");
+    serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("sparkctl {args:?} --json is not one JSON object ({e}): {out}"))
 }
 
 pub fn status_json(socket: &Path) -> serde_json::Value {
