@@ -208,10 +208,11 @@ fn yuv420_to_rgb(
         return Err(ConvertError::BadGeometry { format, width, height });
     }
     let y_size = stride * h;
-    // (offset of U, offset of V, chroma row stride, step between samples)
-    let (u_off, v_off, c_stride, step) = match chroma {
-        Chroma420::Interleaved => (y_size, y_size + 1, stride, 2),
-        Chroma420::Planar => (y_size, y_size + (stride / 2) * (h / 2), stride / 2, 1),
+    // (offset of U, offset of V, chroma row stride); NV12's chroma rows are
+    // read from the U offset as `U V` pairs.
+    let (u_off, v_off, c_stride) = match chroma {
+        Chroma420::Interleaved => (y_size, y_size + 1, stride),
+        Chroma420::Planar => (y_size, y_size + (stride / 2) * (h / 2), stride / 2),
     };
     // The last chroma row needs only its samples, not a full stride.
     let needed = match chroma {
@@ -223,15 +224,37 @@ fn yuv420_to_rgb(
     }
     let mut out = RgbImage::new(width, height);
     let dst: &mut [u8] = &mut out;
+    // Whole-row slices and pairs of pixels sharing one chroma sample: no
+    // per-pixel index arithmetic or bounds checks in the inner loop.
     for (y, row_out) in dst.chunks_exact_mut(3 * w).enumerate() {
         let luma = &src[y * stride..y * stride + w];
         let crow = (y / 2) * c_stride;
-        for (x, o) in row_out.chunks_exact_mut(3).enumerate() {
-            let k = crow + (x / 2) * step;
-            yuv_px(luma[x], src[u_off + k], src[v_off + k], o);
+        let pixels = luma.chunks_exact(2).zip(row_out.chunks_exact_mut(6));
+        match chroma {
+            Chroma420::Interleaved => {
+                let uv = &src[u_off + crow..u_off + crow + w];
+                for ((l, o), c) in pixels.zip(uv.chunks_exact(2)) {
+                    yuv_pair(l[0], l[1], c[0], c[1], o);
+                }
+            }
+            Chroma420::Planar => {
+                let u = &src[u_off + crow..u_off + crow + w / 2];
+                let v = &src[v_off + crow..v_off + crow + w / 2];
+                for (((l, o), &cu), &cv) in pixels.zip(u).zip(v) {
+                    yuv_pair(l[0], l[1], cu, cv, o);
+                }
+            }
         }
     }
     Ok(out)
+}
+
+/// Two horizontally adjacent pixels sharing one chroma sample, into `o[..6]`.
+#[inline(always)]
+fn yuv_pair(y0: u8, y1: u8, u: u8, v: u8, o: &mut [u8]) {
+    let (first, second) = o.split_at_mut(3);
+    yuv_px(y0, u, v, first);
+    yuv_px(y1, u, v, second);
 }
 
 /// Converts one NV12 frame (Y plane of `stride * height` bytes, then the
