@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use common::fleet::{Lab, fleet, fleet_bin, s};
+use common::fleet::{Lab, fleet, online_devices, push, s, start_watch, update_id, wait_online};
 use common::*;
 
 impl Lab {
@@ -57,19 +57,6 @@ impl Lab {
         fleet(&args);
         out
     }
-}
-
-fn push(broker: &Broker, target: &[&str], bundle: &Path) {
-    let url = broker.url();
-    let mut args = vec!["push", "--broker", url.as_str()];
-    args.extend_from_slice(target);
-    args.push(s(bundle));
-    fleet(&args);
-}
-
-fn update_id(bundle: &Path) -> String {
-    let bytes = std::fs::read(bundle).unwrap();
-    spark_edge::update::Bundle::parse(&bytes).unwrap().update_id().unwrap()
 }
 
 const DEV: [&str; 2] = ["--device", "test-dev"];
@@ -158,16 +145,6 @@ fn states(c: &Consumer, id: &str) -> Vec<serde_json::Value> {
 fn wait_state(c: &Consumer, id: &str, state: &str, cfg: &DaemonConfig) -> serde_json::Value {
     wait_for(Duration::from_secs(180), || states(c, id).into_iter().find(|j| j["state"] == state))
         .unwrap_or_else(|| panic!("no {state} report for {id}; reports: {:#?}\nlog:\n{}", states(c, ""), log_text(cfg)))
-}
-
-fn wait_online(c: &Consumer, device: &str) {
-    wait_for(Duration::from_secs(60), || {
-        c.snapshot()
-            .into_iter()
-            .any(|m| m.topic.ends_with("/status") && m.json["online"] == true && m.json["device_id"] == device)
-            .then_some(())
-    })
-    .unwrap_or_else(|| panic!("{device} did not come online"));
 }
 
 /// How many `online` status messages `device` published so far.
@@ -370,20 +347,6 @@ impl Term for Child {
     }
 }
 
-fn publish(broker: &Broker, topic: &str, payload: Vec<u8>) {
-    let id = format!("test-pub-{}-{}", std::process::id(), Instant::now().elapsed().as_nanos());
-    let o = rumqttc::MqttOptions::new(id, "127.0.0.1", broker.port);
-    let (client, mut conn) = rumqttc::Client::new(o, 10);
-    client.publish(topic, rumqttc::QoS::AtLeastOnce, false, payload).unwrap();
-    for ev in conn.iter() {
-        match ev {
-            Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => break,
-            Ok(_) => {}
-            Err(e) => panic!("publishing to {topic}: {e}"),
-        }
-    }
-}
-
 /// Plays systemd for a fleet: every device whose `sparkd` exits with a
 /// failure status (75 included) is started again.
 struct Fleet {
@@ -480,30 +443,12 @@ fn fleet_binary_push_one_device_whose_binary_fails_rolls_back_while_the_rest_sta
     fleet.start_all();
     wait_for(Duration::from_secs(120), || {
         fleet.supervise();
-        let online: std::collections::BTreeSet<String> = c
-            .snapshot()
-            .into_iter()
-            .filter(|m| m.topic.ends_with("/status") && m.json["online"] == true)
-            .filter_map(|m| m.json["device_id"].as_str().map(String::from))
-            .collect();
-        (online.len() == N).then_some(())
+        (online_devices(&c).len() == N).then_some(())
     })
     .expect("not every device came online");
 
-    let url = broker.url();
     let watch_out = lab.dir.path().join("watch.jsonl");
-    let mut watch = Command::new(fleet_bin())
-        .args(["watch", "--broker", &url, "--group", "default", "--json", "--timeout-secs", "300"])
-        .stdout(std::fs::File::create(&watch_out).unwrap())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn watch");
-    let probe = br#"{"device_id":"probe","group":"default","update_id":"","state":"received","ts":0}"#;
-    wait_for(Duration::from_secs(30), || {
-        publish(&broker, "spark/probe/update/state", probe.to_vec());
-        std::fs::read_to_string(&watch_out).unwrap_or_default().contains("probe").then_some(())
-    })
-    .expect("spark-fleet watch did not subscribe");
+    let mut watch = start_watch(&broker, &watch_out);
 
     let bundle = lab.sign(&artifact, "9.9.9", &["--group", "default"]);
     let id = update_id(&bundle);

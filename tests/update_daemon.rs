@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::fleet::{Lab, fleet, fleet_bin, s};
+use common::fleet::{Lab, fleet, online_devices, publish, push, s, start_watch, update_id, wait_online};
 use common::*;
 
 impl Lab {
@@ -70,21 +70,6 @@ fn fastrand_id() -> u64 {
     N.fetch_add(1, Ordering::Relaxed)
 }
 
-fn push(broker: &Broker, target: &[&str], bundle: &Path) {
-    let url = broker.url();
-    let mut args = vec!["push", "--broker", url.as_str()];
-    args.extend_from_slice(target);
-    args.push(s(bundle));
-    fleet(&args);
-}
-
-/// The update id of a bundle (from `spark-fleet verify`'s output is not
-/// needed: the envelope line decodes directly).
-fn update_id(bundle: &Path) -> String {
-    let bytes = std::fs::read(bundle).unwrap();
-    spark_edge::update::Bundle::parse(&bytes).unwrap().update_id().unwrap()
-}
-
 fn daemon_config(broker: &Broker, lab: &Lab, camera: bool) -> DaemonConfig {
     let mut cfg = DaemonConfig::new(&broker.url());
     cfg.camera_off = !camera;
@@ -131,18 +116,6 @@ fn assert_old_model_keeps_running(socket: &Path) {
 }
 
 const DEV: [&str; 2] = ["--device", "test-dev"];
-
-/// Waits for `device`'s retained `online` status: the daemon subscribes to
-/// its update topics before publishing it, so a push after this is received.
-fn wait_online(c: &Consumer, device: &str) {
-    wait_for(Duration::from_secs(60), || {
-        c.snapshot()
-            .into_iter()
-            .any(|m| m.topic.ends_with("/status") && m.json["online"] == true && m.json["device_id"] == device)
-            .then_some(())
-    })
-    .unwrap_or_else(|| panic!("{device} did not come online"));
-}
 
 /// One device under test: a broker, a signing lab, the daemon (camera on or
 /// off) and a consumer of everything it publishes, the device online.
@@ -378,32 +351,11 @@ fn fleet_of_twenty_devices_receives_a_group_push_and_watch_shows_every_device_ac
     // Every device subscribes to its update topics before it publishes its
     // (retained) online status.
     let c = Consumer::start(broker.port, "spark/#");
-    wait_for(Duration::from_secs(60), || {
-        let online: std::collections::BTreeSet<String> = c
-            .snapshot()
-            .into_iter()
-            .filter(|m| m.topic.ends_with("/status") && m.json["online"] == true)
-            .filter_map(|m| m.json["device_id"].as_str().map(String::from))
-            .collect();
-        (online.len() == N).then_some(())
-    })
-    .expect("not every device came online");
+    wait_for(Duration::from_secs(60), || (online_devices(&c).len() == N).then_some(()))
+        .expect("not every device came online");
 
-    let url = broker.url();
     let watch_out = lab.dir.path().join("watch.jsonl");
-    let watch = Command::new(fleet_bin())
-        .args(["watch", "--broker", &url, "--group", "default", "--json", "--timeout-secs", "300"])
-        .stdout(std::fs::File::create(&watch_out).unwrap())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn watch");
-    // Watch is subscribed once it prints a probe report.
-    let probe = br#"{"device_id":"probe","group":"default","update_id":"","state":"received","ts":0}"#;
-    wait_for(Duration::from_secs(30), || {
-        publish(&broker, "spark/probe/update/state", probe.to_vec());
-        std::fs::read_to_string(&watch_out).unwrap_or_default().contains("probe").then_some(())
-    })
-    .expect("spark-fleet watch did not subscribe");
+    let watch = start_watch(&broker, &watch_out);
     let bundle = lab.sign(&lab.pack("1.1.0", &[]), "1.1.0", &["--group", "default"], &[], None);
     let id = update_id(&bundle);
     push(&broker, &["--group", "default"], &bundle);
@@ -567,22 +519,6 @@ fn model_built_for_another_hailort_version_is_refused_before_any_chunk() {
     let id = update_id(&same);
     push(&broker, &DEV, &same);
     wait_state(&c, &id, "active", &d);
-}
-
-/// Publishes one QoS 1 message and waits for the broker's PUBACK.
-fn publish(broker: &Broker, topic: &str, payload: Vec<u8>) {
-    let id = format!("test-pub-{}-{}", std::process::id(), fastrand_id());
-    let mut o = rumqttc::MqttOptions::new(id, "127.0.0.1", broker.port);
-    o.set_max_packet_size(4 << 20, 4 << 20);
-    let (client, mut conn) = rumqttc::Client::new(o, 10);
-    client.publish(topic, rumqttc::QoS::AtLeastOnce, false, payload).unwrap();
-    for ev in conn.iter() {
-        match ev {
-            Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => break,
-            Ok(_) => {}
-            Err(e) => panic!("publishing to {topic}: {e}"),
-        }
-    }
 }
 
 #[test]

@@ -755,7 +755,12 @@ impl Updater {
     /// The idempotent tail of a model/config activation; also run by
     /// recovery for an `Activating` record.
     fn finish_activation(&mut self, rec: &mut UpdateRecord) -> Result<(), UpdateError> {
-        let dir = self.store_dir(rec.kind, &rec.name).expect("model or config");
+        // The record comes from disk on recovery: a binary record here means
+        // a damaged state file, not a reason to panic.
+        let dir = self.store_dir(rec.kind, &rec.name).ok_or_else(|| UpdateError::CorruptState {
+            path: self.update_dir(&rec.update_id).join("state.json"),
+            message: "a binary update in the model/config activation step".into(),
+        })?;
         let (cur, prev) = (dir.join("current"), dir.join("previous"));
         let target = PathBuf::from(rec.version_dir_name());
         let old = fs::read_link(&cur).ok();

@@ -42,3 +42,68 @@ impl Lab {
         Lab { dir, key, public }
     }
 }
+
+/// Publishes one QoS 1 message and waits for the broker's PUBACK.
+pub fn publish(broker: &super::Broker, topic: &str, payload: Vec<u8>) {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut o = rumqttc::MqttOptions::new(format!("test-pub-{}-{n}", std::process::id()), "127.0.0.1", broker.port);
+    o.set_max_packet_size(4 << 20, 4 << 20);
+    let (client, mut conn) = rumqttc::Client::new(o, 10);
+    client.publish(topic, rumqttc::QoS::AtLeastOnce, false, payload).unwrap();
+    for ev in conn.iter() {
+        match ev {
+            Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => break,
+            Ok(_) => {}
+            Err(e) => panic!("publishing to {topic}: {e}"),
+        }
+    }
+}
+
+/// Devices whose retained status says online. A device subscribes to its
+/// update topics before publishing it, so a push after this is received.
+pub fn online_devices(c: &super::Consumer) -> std::collections::BTreeSet<String> {
+    c.snapshot()
+        .into_iter()
+        .filter(|m| m.topic.ends_with("/status") && m.json["online"] == true)
+        .filter_map(|m| m.json["device_id"].as_str().map(String::from))
+        .collect()
+}
+
+pub fn wait_online(c: &super::Consumer, device: &str) {
+    super::wait_for(std::time::Duration::from_secs(60), || online_devices(c).contains(device).then_some(()))
+        .unwrap_or_else(|| panic!("{device} did not come online"));
+}
+
+/// `spark-fleet watch --json` on the default group, its output in `out`,
+/// returned once it is subscribed (it has printed a probe report).
+pub fn start_watch(broker: &super::Broker, out: &Path) -> std::process::Child {
+    let watch = Command::new(fleet_bin())
+        .args(["watch", "--broker", &broker.url(), "--group", "default", "--json", "--timeout-secs", "300"])
+        .stdout(std::fs::File::create(out).expect("watch output file"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn watch");
+    let probe = br#"{"device_id":"probe","group":"default","update_id":"","state":"received","ts":0}"#;
+    super::wait_for(std::time::Duration::from_secs(30), || {
+        publish(broker, "spark/probe/update/state", probe.to_vec());
+        std::fs::read_to_string(out).unwrap_or_default().contains("probe").then_some(())
+    })
+    .expect("spark-fleet watch did not subscribe");
+    watch
+}
+
+/// `spark-fleet push` of `bundle` to `target` (`--device ID` or `--group G`).
+pub fn push(broker: &super::Broker, target: &[&str], bundle: &Path) {
+    let url = broker.url();
+    let mut args = vec!["push", "--broker", url.as_str()];
+    args.extend_from_slice(target);
+    args.push(s(bundle));
+    fleet(&args);
+}
+
+/// The update id of a bundle, from its envelope line.
+pub fn update_id(bundle: &Path) -> String {
+    let bytes = std::fs::read(bundle).expect("read the bundle");
+    spark_edge::update::Bundle::parse(&bytes).expect("a bundle").update_id().expect("its update id")
+}
