@@ -91,22 +91,6 @@ fn make_speech(dir: &Path) -> Speech {
     Speech { raw, samples, speech_start, speech_end }
 }
 
-/// `HOME/.asoundrc` making ALSA's default capture PCM read `infile`.
-fn file_pcm_home(dir: &Path, infile: &Path) -> PathBuf {
-    let home = dir.join("home-file");
-    std::fs::create_dir_all(&home).unwrap();
-    std::fs::write(
-        home.join(".asoundrc"),
-        format!(
-            "pcm.filein {{ type file slave.pcm \"null\" file \"/dev/null\" infile \"{}\" format \"raw\" }}\n\
-             pcm.!default {{ type plug slave.pcm \"filein\" }}\n",
-            infile.display()
-        ),
-    )
-    .unwrap();
-    home
-}
-
 /// Child-process half of the capture test: opens ALSA's default input
 /// through the library, keeps the first N samples, writes them as f32 LE
 /// plus a line describing the stream.

@@ -319,17 +319,7 @@ fn mic_level_is_higher_for_speech_than_for_silence() {
     let fifo = dir.path().join("mic.fifo");
     run_tool(Command::new("mkfifo").arg(&fifo));
     // ALSA's default capture PCM reads the FIFO (tests/audio_alsa.rs reads a file).
-    let home = dir.path().join("home");
-    std::fs::create_dir_all(&home).unwrap();
-    std::fs::write(
-        home.join(".asoundrc"),
-        format!(
-            "pcm.filein {{ type file slave.pcm \"null\" file \"/dev/null\" infile \"{}\" format \"raw\" }}\n\
-             pcm.!default {{ type plug slave.pcm \"filein\" }}\n",
-            fifo.display()
-        ),
-    )
-    .unwrap();
+    let home = file_pcm_home(dir.path(), &fifo);
     let mic = FifoMic::start(fifo, speech);
 
     let broker = Broker::start();

@@ -245,9 +245,7 @@ fn good_binary_is_tried_confirmed_after_the_health_period_and_keeps_running_afte
     let st = wait_exit(&mut child, &cfg, Duration::from_secs(60));
     assert!(!st.success(), "the crashing binary exited with {st:?}");
     let child = start(&cfg);
-    let rolled = wait_state(&c, &bad_id, "rolled_back", &cfg);
-    assert!(rolled["reason"].as_str().unwrap_or_default().contains("did not report healthy"), "{rolled}");
-    wait_socket(&cfg);
+    wait_rolled_back_unhealthy(&c, &bad_id, &cfg);
     assert_eq!(exe(&child), slot_binary(&cfg, "slot-a"), "back on the previous binary");
     let v = update_status(&cfg.socket());
     assert_eq!(installed_binary(&v)["active"], "9.9.9", "{v:#}");
@@ -274,9 +272,7 @@ fn binary_that_crashes_at_start_is_rolled_back_and_the_previous_binary_runs() {
     assert!(!st.success(), "the crashing binary exited with {st:?}");
     assert!(log_text(&cfg).contains("sparkd-crash: exiting 1"), "the slot binary did not run:\n{}", log_text(&cfg));
     let child = start(&cfg);
-    let rolled = wait_state(&c, &id, "rolled_back", &cfg);
-    assert!(rolled["reason"].as_str().unwrap_or_default().contains("did not report healthy"), "{rolled}");
-    wait_socket(&cfg);
+    wait_rolled_back_unhealthy(&c, &id, &cfg);
     assert_eq!(exe(&child), packaged(), "the previous (packaged) binary runs again");
     let v = update_status(&cfg.socket());
     assert_eq!(record(&v, &id)["state"], "rolled_back", "{v:#}");
@@ -306,12 +302,18 @@ fn sigkill_during_the_health_period_rolls_back_at_the_next_start() {
     let _ = child.wait();
 
     let child = start(&cfg);
-    let rolled = wait_state(&c, &id, "rolled_back", &cfg);
-    assert!(rolled["reason"].as_str().unwrap_or_default().contains("did not report healthy"), "{rolled}");
-    wait_socket(&cfg);
+    wait_rolled_back_unhealthy(&c, &id, &cfg);
     assert_eq!(exe(&child), packaged());
     assert_eq!(record(&update_status(&cfg.socket()), &id)["state"], "rolled_back");
     drop(child);
+}
+
+/// Waits for update `id` to be reported `rolled_back` because its binary
+/// never confirmed itself, then for the restarted daemon's socket.
+fn wait_rolled_back_unhealthy(c: &Consumer, id: &str, cfg: &DaemonConfig) {
+    let rolled = wait_state(c, id, "rolled_back", cfg);
+    assert!(rolled["reason"].as_str().unwrap_or_default().contains("did not report healthy"), "{rolled}");
+    wait_socket(cfg);
 }
 
 /// A `sparkd` killed when the test ends, also on panic (no strays on CI).
@@ -635,9 +637,7 @@ fn binary_that_runs_but_never_confirms_is_restarted_and_rolled_back() {
     let st = wait_exit(&mut child, &cfg, Duration::from_secs(180));
     assert_eq!(st.code(), Some(75), "the unconfirmed binary asks for a restart; log:\n{}", log_text(&cfg));
     let child = start(&cfg);
-    let rolled = wait_state(&c, &id, "rolled_back", &cfg);
-    assert!(rolled["reason"].as_str().unwrap_or_default().contains("did not report healthy"), "{rolled}");
-    wait_socket(&cfg);
+    wait_rolled_back_unhealthy(&c, &id, &cfg);
     assert!(!runs_from_slot(&child), "the packaged sparkd runs again");
     drop(child);
 }

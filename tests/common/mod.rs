@@ -593,3 +593,20 @@ impl Daemon {
         d
     }
 }
+
+/// `DIR/home-file/.asoundrc` making ALSA's default capture PCM read `infile` (a
+/// file, or a FIFO a test feeds in real time); returns that home.
+pub fn file_pcm_home(dir: &Path, infile: &Path) -> PathBuf {
+    let home = dir.join("home-file");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::write(
+        home.join(".asoundrc"),
+        format!(
+            "pcm.filein {{ type file slave.pcm \"null\" file \"/dev/null\" infile \"{}\" format \"raw\" }}\n\
+             pcm.!default {{ type plug slave.pcm \"filein\" }}\n",
+            infile.display()
+        ),
+    )
+    .unwrap();
+    home
+}
