@@ -31,19 +31,8 @@ SNAPSHOT="${SNAPSHOT:-/tmp/sparkd-camera-snapshot.png}"
 MIC="${MIC:-0}"
 MIC_DEVICE="${MIC_DEVICE:-default}"
 
-failures=0
-pass() { printf 'PASS  %s\n' "$*"; }
-fail() { printf 'FAIL  %s\n' "$*"; failures=$((failures + 1)); }
-warn() { printf 'WARN  %s\n' "$*"; }
-skip() { printf 'SKIP  %s\n' "$*"; }
-info() { printf '      %s\n' "$*"; }
-
-find_bin() { # name, override
-  if [[ -n "${2:-}" && -x "$2" ]]; then echo "$2"; return; fi
-  for c in "$ROOT/target/release/$1" "$ROOT/target/aarch64-unknown-linux-gnu/release/$1" "$ROOT/target/debug/$1" "$(command -v "$1" 2>/dev/null)"; do
-    [[ -n "$c" && -x "$c" ]] && { echo "$c"; return; }
-  done
-}
+# shellcheck source=lib.sh
+source "$ROOT/tests/hardware/lib.sh"
 plain() { sed 's/\x1b\[[0-9;]*m//g'; } # strip terminal colours from the log
 json_field() { # json, dotted.path
   python3 -c 'import json,sys

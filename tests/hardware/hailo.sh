@@ -17,19 +17,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 SECONDS_PER_RUN="${SECONDS_PER_RUN:-10}"
 SUPPORTED_MINORS="21 22 23"   # HailoRT 4.21-4.23: the layouts hailo-sys was written for
 
-failures=0
-pass() { printf 'PASS  %s\n' "$*"; }
-fail() { printf 'FAIL  %s\n' "$*"; failures=$((failures + 1)); }
-warn() { printf 'WARN  %s\n' "$*"; }
-skip() { printf 'SKIP  %s\n' "$*"; }
-info() { printf '      %s\n' "$*"; }
-
-find_bin() { # name, override
-  if [[ -n "${2:-}" && -x "$2" ]]; then echo "$2"; return; fi
-  for c in "$ROOT/target/release/$1" "$ROOT/target/aarch64-unknown-linux-gnu/release/$1" "$(command -v "$1" 2>/dev/null)"; do
-    [[ -n "$c" && -x "$c" ]] && { echo "$c"; return; }
-  done
-}
+# shellcheck source=lib.sh
+source "$ROOT/tests/hardware/lib.sh"
 has_subcommand() { # binary, subcommand
   [[ -n "$1" ]] && "$1" --help 2>/dev/null | grep -Eq "^[[:space:]]+$2([[:space:]]|$)"
 }
