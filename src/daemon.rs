@@ -97,13 +97,19 @@ pub fn read_secret(path: &Path) -> Result<String, StartError> {
         .map_err(|source| StartError::Secret { path: candidate, source })
 }
 
-/// Loads the model and builds the engine: the Hailo-8 when available, else
-/// ONNX Runtime on the CPU, switching between them at run time.
+/// Builds the engine for `model` from its ONNX bytes, already read and
+/// checked against the manifest ([`Model::read_onnx`]): the Hailo-8 when
+/// available, else ONNX Runtime on the CPU, switching between them at run
+/// time.
 ///
 /// The CPU engine is always built: it is the fallback that keeps inference
 /// going, so a broken ONNX model is a start failure.
-pub fn build_engine(config: &Config, model: &Model, shared: &Arc<Shared>) -> Result<Box<dyn Engine>, StartError> {
-    let bytes = model.read_onnx()?;
+pub fn build_engine(
+    config: &Config,
+    model: &Model,
+    bytes: Vec<u8>,
+    shared: &Arc<Shared>,
+) -> Result<Box<dyn Engine>, StartError> {
     let cpu = OnnxEngine::new(
         &config.model.onnxruntime_library,
         &bytes,
@@ -232,8 +238,9 @@ pub fn run_from(config: Config, config_path: Option<PathBuf>) -> Result<(), Star
                 _ => Capture::V4l,
             };
             // The fleet-activated version of the model, when there is one.
-            let model = Arc::new(crate::update::agent::startup_model(&config, &paths.state_dir)?);
-            let engine = build_engine(&config, &model, &shared)?;
+            let (model, onnx) = crate::update::agent::startup_model(&config, &paths.state_dir)?;
+            let model = Arc::new(model);
+            let engine = build_engine(&config, &model, onnx, &shared)?;
             let kind = engine.kind();
             shared.update_engine(|e| e.model = format!("{} {}", model.manifest.name, model.manifest.version));
             tracing::info!(engine = %kind, model = %model.manifest.name, "inference engine ready");

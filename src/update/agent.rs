@@ -230,26 +230,27 @@ fn device_hailort_version(config: &Config) -> Option<String> {
     Some(format!("{}.{}.{}", v.major, v.minor, v.revision))
 }
 
-/// The model the daemon starts with: the fleet-activated version of the
-/// configured model (`<state>/models/<name>/current/pack/model.toml`) when
-/// there is one and it loads with intact files, else the configured model.
-pub fn startup_model(config: &Config, state_dir: &Path) -> Result<Model, crate::model::ModelError> {
+/// The model the daemon starts with, and its ONNX bytes (read and checked
+/// once, here): the fleet-activated version of the configured model
+/// (`<state>/models/<name>/current/pack/model.toml`) when there is one and
+/// it loads with intact files, else the configured model.
+pub fn startup_model(config: &Config, state_dir: &Path) -> Result<(Model, Vec<u8>), crate::model::ModelError> {
     let configured = Model::load(&config.model.manifest)?;
     let current = state_dir.join("models").join(&configured.manifest.name).join("current");
     let path = current.join(UNPACKED).join(MODEL_MANIFEST);
-    if !path.exists() {
-        return Ok(configured);
-    }
-    match Model::load(&path).and_then(|m| m.read_onnx().map(|_| m)) {
-        Ok(m) => {
-            tracing::info!(model = %m.manifest.name, version = %m.manifest.version, "running the fleet-activated model");
-            Ok(m)
-        }
-        Err(e) => {
-            tracing::error!(error = %format!("{:#}", anyhow::Error::new(e)), "the fleet-activated model does not load; running the configured one");
-            Ok(configured)
+    if path.exists() {
+        match Model::load(&path).and_then(|m| m.read_onnx().map(|bytes| (m, bytes))) {
+            Ok((m, bytes)) => {
+                tracing::info!(model = %m.manifest.name, version = %m.manifest.version, "running the fleet-activated model");
+                return Ok((m, bytes));
+            }
+            Err(e) => {
+                tracing::error!(error = %format!("{:#}", anyhow::Error::new(e)), "the fleet-activated model does not load; running the configured one");
+            }
         }
     }
+    let bytes = configured.read_onnx()?;
+    Ok((configured, bytes))
 }
 
 struct Agent {
@@ -726,7 +727,7 @@ impl Agent {
                 model.manifest.name, model.manifest.version, rec.name, rec.version
             )));
         }
-        model.read_onnx().map_err(|e| bad(format!("{:#}", anyhow::Error::new(e))))?;
+        let onnx = model.read_onnx().map_err(|e| bad(format!("{:#}", anyhow::Error::new(e))))?;
         let manifest = self.updater.manifest_of(&rec.update_id).map_err(|e| bad(e.to_string()))?;
         let canary = match &manifest.canary {
             Some(c) => {
@@ -742,7 +743,7 @@ impl Agent {
             tracing::info!(name = %rec.name, "no camera, so no engine: model files checked, canary not run");
             return Ok((None, model));
         }
-        let mut engine = crate::daemon::build_engine(&self.deps.config, &model, &self.deps.shared)
+        let mut engine = crate::daemon::build_engine(&self.deps.config, &model, onnx, &self.deps.shared)
             .map_err(|e| Failed::RollBack(format!("the new engine does not build: {:#}", anyhow::Error::new(e))))?;
         let mut input = crate::vision::Tensor::zeros(&[1]);
         // Warm-up: the first run allocates; a failure here is a failure of the model.
