@@ -3,7 +3,9 @@
 # every unit, integration, fault, FFI and packaging test of the workspace on
 # x86_64, then the aarch64 stage (scripts/test-aarch64.sh: release
 # cross-build, the library's unit tests and one end-to-end demo run under
-# qemu, glibc and size checks).
+# qemu, glibc and size checks), then the arm64 .deb (scripts/package-deb.sh:
+# built with cargo-deb and checked by tests/package/check-deb.sh, installed
+# into a throwaway root).
 #
 #   SPARK_AARCH64=0 scripts/test.sh    skip the aarch64 stage (quick local runs)
 set -euo pipefail
@@ -18,6 +20,7 @@ echo "[test] x86_64 suite done in $((SECONDS - t0)) s"
 if [[ "${SPARK_AARCH64:-1}" != 0 ]]; then
   t1=$SECONDS
   scripts/test-aarch64.sh
+  scripts/package-deb.sh
   echo "[test] aarch64 stage done in $((SECONDS - t1)) s"
 fi
 echo "[test] all done in $((SECONDS - t0)) s"
