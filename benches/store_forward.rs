@@ -2,7 +2,9 @@
 //!
 //! 1. Durable ingest: records/s through the outbox writer (group commit,
 //!    many appends in flight) vs a bare `heed` loop committing the same
-//!    records in transactions of the same size.
+//!    records in transactions of the same size: once with plain `put` (the
+//!    issue's baseline), once with `MDB_APPEND` as the outbox itself uses,
+//!    which isolates the cost of the writer thread and its channels.
 //! 2. Drain: records/s from the outbox to a local Mosquitto through the
 //!    uplink (QoS 1, acks written back) vs a bare `rumqttc` QoS 1 publish
 //!    loop with the same in-flight window; and the uplink with batching on.
@@ -57,7 +59,9 @@ fn ingest_outbox(n: usize) -> f64 {
     r
 }
 
-fn ingest_bare_heed(n: usize) -> f64 {
+/// `append`: put with `MDB_APPEND`, as the outbox does (its keys only grow);
+/// otherwise a plain `put`, what a bare heed loop would naturally do.
+fn ingest_bare_heed(n: usize, append: bool) -> f64 {
     let dir = tempfile::tempdir().unwrap();
     // SAFETY (bench): one environment per directory, default durable flags.
     let env = unsafe { EnvOpenOptions::new().map_size(4 << 30).max_dbs(2).open(dir.path()) }.unwrap();
@@ -68,7 +72,7 @@ fn ingest_bare_heed(n: usize) -> f64 {
         })
         .unwrap()
         .unwrap_commit();
-    // The same bytes the outbox stores: key [stream][seq], value [ts][json
+    // The same bytes the outbox stores: key seq (u64 BE), value [ts][json
     // with this record's seq]: built per record, as the outbox must.
     let b = body();
     let t = Instant::now();
@@ -77,13 +81,16 @@ fn ingest_bare_heed(n: usize) -> f64 {
         let mut wtxn = env.write_txn().unwrap();
         for _ in 0..BATCH.min(n - seq as usize) {
             seq += 1;
-            let mut k = [2u8; 9];
-            k[1..].copy_from_slice(&seq.to_be_bytes());
+            let k = seq.to_be_bytes();
             let record = spark_edge::record::encode("bench", Stream::Events, seq, 1, &b);
             let mut v = Vec::with_capacity(8 + record.len());
             v.extend_from_slice(&1u64.to_be_bytes());
             v.extend_from_slice(&record);
-            db.put(&mut wtxn, &k, &v).unwrap();
+            if append {
+                db.put_with_flags(&mut wtxn, heed::PutFlags::APPEND, &k, &v).unwrap();
+            } else {
+                db.put(&mut wtxn, &k, &v).unwrap();
+            }
         }
         wtxn.commit().unwrap();
     }
@@ -222,12 +229,30 @@ fn main() {
         eprintln!("{}", drain_uplink(20_000, 100, 1));
         return;
     }
+    // `-- ingest` or `-- drain` runs one half (for profiling).
+    let only = |what: &str| !std::env::args().skip(1).any(|a| a == "ingest" || a == "drain") || std::env::args().any(|a| a == what);
     let window = 100;
-    let (a, b) = (ingest_outbox(n), ingest_bare_heed(n));
+    if only("ingest") {
+        ingest_rows(n);
+    }
+    if only("drain") {
+        drain_rows(n, window);
+    }
+}
+
+fn ingest_rows(n: usize) {
+    let (a, b, c) = (ingest_outbox(n), ingest_bare_heed(n, false), ingest_bare_heed(n, true));
     println!(
-        "| durable ingest, {n} x ~200 B, {BATCH}/commit | bare heed {b:.0} rec/s | outbox writer {a:.0} rec/s | ratio {:.3} |",
+        "| durable ingest, {n} x ~200 B, {BATCH}/commit | bare heed put loop {b:.0} rec/s | outbox writer {a:.0} rec/s | ratio {:.3} |",
         a / b
     );
+    println!(
+        "| durable ingest, {n} x ~200 B, {BATCH}/commit | bare heed MDB_APPEND loop {c:.0} rec/s | outbox writer {a:.0} rec/s | ratio {:.3} |",
+        a / c
+    );
+}
+
+fn drain_rows(n: usize, window: u16) {
     let bare = drain_bare(n, window);
     let up = drain_uplink(n, window, 1);
     println!(

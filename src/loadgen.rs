@@ -38,7 +38,7 @@ pub fn run(rate: f64, body_bytes: usize, appender: Appender, shared: Arc<Shared>
 
 /// Counts finished appends, oldest first; `all` waits for every one.
 fn settle(outstanding: &mut VecDeque<PendingAppend>, shared: &Shared, all: bool) {
-    while let Some(front) = outstanding.front() {
+    while let Some(front) = outstanding.front_mut() {
         let outcome = if all {
             outstanding.pop_front().map(PendingAppend::wait)
         } else {

@@ -67,14 +67,19 @@ pub fn device_json(device_id: &str) -> String {
 
 /// [`encode`] appending to `out`, with the device id already JSON-quoted.
 pub fn encode_into(out: &mut Vec<u8>, device_json: &str, stream: Stream, seq: u64, ts_ms: u64, body: &str) {
-    use std::io::Write;
     let inner = body.trim();
     let inner = inner.strip_prefix('{').and_then(|b| b.strip_suffix('}')).unwrap_or("").trim();
     out.reserve(64 + device_json.len() + inner.len());
     out.extend_from_slice(b"{\"device_id\":");
     out.extend_from_slice(device_json.as_bytes());
-    // Writing into a Vec cannot fail.
-    let _ = write!(out, ",\"stream\":\"{stream}\",\"seq\":{seq},\"ts\":{ts_ms}");
+    // itoa, not `write!`: this runs once per stored record on the writer thread.
+    let mut digits = itoa::Buffer::new();
+    out.extend_from_slice(b",\"stream\":\"");
+    out.extend_from_slice(stream.as_str().as_bytes());
+    out.extend_from_slice(b"\",\"seq\":");
+    out.extend_from_slice(digits.format(seq).as_bytes());
+    out.extend_from_slice(b",\"ts\":");
+    out.extend_from_slice(digits.format(ts_ms).as_bytes());
     if !inner.is_empty() {
         out.push(b',');
         out.extend_from_slice(inner.as_bytes());

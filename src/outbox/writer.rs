@@ -2,18 +2,27 @@
 //!
 //! Producers (inference, telemetry, the uplink's acks) send [`Op`]s over one
 //! bounded channel; the writer takes whatever is queued (up to the batch
-//! limit), applies it in one durable transaction, then answers each appender.
+//! limit), applies it in one durable transaction, then answers the appenders.
 //! Many appends thus share one fsync, and an append still returns only after
 //! the transaction holding it committed.
+//!
+//! Answers go back in bulk: every appending thread has one answer channel
+//! (its *sink*), each append carries a ticket, and after a commit the writer
+//! sends each sink a single message with all of its answers. A record thus
+//! costs the writer no channel operation of its own; one per-record reply
+//! channel cost it about a sixth of its time.
 //!
 //! Overflow policy: **block**. A full channel makes producers wait; stored
 //! records are never dropped here (retention is the store's job).
 
+use std::cell::RefCell;
+use std::collections::{HashSet, VecDeque};
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender, bounded};
+use crossbeam_channel::{Receiver, Sender, TryRecvError, bounded, unbounded};
 
 use super::{Op, OpResult, Outbox, OutboxError};
 use crate::record::{Stream, now_ms};
@@ -21,41 +30,82 @@ use crate::record::{Stream, now_ms};
 /// Depth of the writer's request channel.
 const CHANNEL_DEPTH: usize = 4096;
 
-/// The writer's answer to one request. It carries the channel's sender back
-/// home, so the appender can reuse the channel, while a writer that dies
-/// before answering still drops the only sender and disconnects it.
-struct Reply {
+/// The writer's answer to one append.
+struct Answer {
+    ticket: u64,
     result: Result<OpResult, String>,
-    sender: Sender<Reply>,
+    /// The appended body, handed back so the thread that allocated it frees
+    /// it: a free from another thread takes glibc's arena lock, which the
+    /// producer's own mallocs then contend on.
+    body: Option<String>,
+}
+
+/// Where an append's answer goes: its thread's sink, under its ticket.
+struct ReplyTo {
+    sink: Sender<Vec<Answer>>,
+    ticket: u64,
 }
 
 struct Request {
     op: Op,
-    reply: Option<Sender<Reply>>,
+    reply: Option<ReplyTo>,
 }
 
-impl Request {
-    fn answer(reply: Sender<Reply>, result: Result<OpResult, String>) {
-        let _ = reply.send(Reply { result, sender: reply.clone() });
+/// One thread's answer channel and the answers it holds for later.
+///
+/// Unbounded by type, bounded by use: it only ever holds answers to this
+/// thread's own appends that have not been waited for yet, one message per
+/// commit, and the caller holds a [`PendingAppend`] for each of those.
+struct Sink {
+    tx: Sender<Vec<Answer>>,
+    rx: Receiver<Vec<Answer>>,
+    next_ticket: u64,
+    /// Answers received before their `PendingAppend` asked, kept in ticket
+    /// order.
+    early: VecDeque<Answer>,
+    /// Tickets whose `PendingAppend` was dropped unwaited: their answers
+    /// are thrown away on arrival.
+    abandoned: HashSet<u64>,
+}
+
+impl Sink {
+    fn new() -> Self {
+        let (tx, rx) = unbounded();
+        Sink { tx, rx, next_ticket: 0, early: VecDeque::new(), abandoned: HashSet::new() }
+    }
+
+    fn take_early(&mut self, ticket: u64) -> Option<Answer> {
+        let i = self.early.binary_search_by_key(&ticket, |a| a.ticket).ok()?;
+        self.early.remove(i)
+    }
+
+    /// Files a batch of answers; returns the one for `ticket`, if there.
+    fn file(&mut self, batch: Vec<Answer>, ticket: Option<u64>) -> Option<Answer> {
+        let mut found = None;
+        for a in batch {
+            if Some(a.ticket) == ticket {
+                found = Some(a);
+            } else if !self.abandoned.remove(&a.ticket) {
+                // Nearly always the back; answers from two writers interleave.
+                let at = self.early.partition_point(|e| e.ticket < a.ticket);
+                self.early.insert(at, a);
+            }
+        }
+        found
     }
 }
 
-/// Most reply channels one thread keeps for reuse.
-const MAX_SPARE_REPLIES: usize = 8192;
-
 thread_local! {
-    /// Reply channels whose answer was taken, ready for this thread's next
-    /// append: an append then costs no channel allocation, and the writer's
-    /// reply frees nothing across threads (glibc serialises such frees on
-    /// the allocating thread's arena).
-    static SPARE_REPLIES: std::cell::RefCell<Vec<(Sender<Reply>, Receiver<Reply>)>> =
-        const { std::cell::RefCell::new(Vec::new()) };
+    static SINK: RefCell<Sink> = RefCell::new(Sink::new());
 }
 
 /// Sends writes to the writer thread. Cloneable; blocking calls.
 #[derive(Clone)]
 pub struct Appender {
     tx: Sender<Request>,
+    /// Disconnects when the writer thread ends: how a waiting appender
+    /// learns that its answer will never come.
+    writer_alive: Receiver<()>,
 }
 
 /// Owner's handle: join on shutdown.
@@ -81,10 +131,12 @@ pub fn spawn_writer(
     on_commit: Arc<dyn Fn() + Send + Sync>,
 ) -> std::io::Result<WriterHandle> {
     let (tx, rx) = bounded::<Request>(CHANNEL_DEPTH);
-    let thread = std::thread::Builder::new()
-        .name("outbox-writer".into())
-        .spawn(move || run(outbox, rx, batch_max.max(1), on_commit))?;
-    Ok(WriterHandle { appender: Appender { tx }, thread })
+    let (alive_tx, writer_alive) = bounded::<()>(0);
+    let thread = std::thread::Builder::new().name("outbox-writer".into()).spawn(move || {
+        let _alive = alive_tx; // dropped when this thread ends, however it ends
+        run(outbox, rx, batch_max.max(1), on_commit)
+    })?;
+    Ok(WriterHandle { appender: Appender { tx, writer_alive }, thread })
 }
 
 fn run(outbox: Outbox, rx: Receiver<Request>, batch_max: usize, on_commit: Arc<dyn Fn() + Send + Sync>) {
@@ -114,25 +166,20 @@ fn run(outbox: Outbox, rx: Receiver<Request>, batch_max: usize, on_commit: Arc<d
                 Err(_) => break,
             }
         }
-        // Move the ops out (no per-record copy); keep the reply channels.
+        // Move the ops out (no per-record copy); keep where each answer goes.
         ops.clear();
-        let mut replies: Vec<Option<Sender<Reply>>> = Vec::with_capacity(batch.len());
+        let mut replies: Vec<Option<ReplyTo>> = Vec::with_capacity(batch.len());
         for r in batch.drain(..) {
             ops.push(r.op);
             replies.push(r.reply);
         }
         let appended = ops.iter().any(|o| matches!(o, Op::Append { .. }));
-        match outbox.commit(&ops) {
+        let committed = outbox.commit(&ops);
+        let stored = committed.is_ok();
+        let results: Vec<Result<OpResult, String>> = match committed {
             Ok(results) => {
                 backoff = Duration::from_millis(50);
-                for (reply, res) in replies.into_iter().zip(results) {
-                    if let Some(reply) = reply {
-                        Request::answer(reply, Ok(res));
-                    }
-                }
-                if appended {
-                    on_commit();
-                }
+                results.into_iter().map(Ok).collect()
             }
             Err(e) => {
                 // Nothing of this batch is stored: say so to every appender
@@ -140,16 +187,40 @@ fn run(outbox: Outbox, rx: Receiver<Request>, batch_max: usize, on_commit: Arc<d
                 // hammered. Acks are simply retried by the uplink later.
                 let msg = format!("{:#}", anyhow::Error::new(e));
                 tracing::error!(error = %msg, ops = ops.len(), "outbox commit failed");
-                for reply in replies.into_iter().flatten() {
-                    Request::answer(reply, Err(msg.clone()));
-                }
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+                vec![Err(msg); ops.len()]
             }
+        };
+        answer(replies, results, &mut ops);
+        if !stored {
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        } else if appended {
+            on_commit();
         }
     }
 }
 
+/// Sends each sink one message with all of its answers from this commit.
+fn answer(replies: Vec<Option<ReplyTo>>, results: Vec<Result<OpResult, String>>, ops: &mut Vec<Op>) {
+    let mut by_sink: Vec<(Sender<Vec<Answer>>, Vec<Answer>)> = Vec::new();
+    for ((reply, result), op) in replies.into_iter().zip(results).zip(ops.drain(..)) {
+        let Some(ReplyTo { sink, ticket }) = reply else { continue };
+        let body = match op {
+            Op::Append { body, .. } => Some(body),
+            _ => None,
+        };
+        let a = Answer { ticket, result, body };
+        // Few threads append, so a linear search beats hashing.
+        match by_sink.iter_mut().find(|(s, _)| s.same_channel(&sink)) {
+            Some((_, answers)) => answers.push(a),
+            None => by_sink.push((sink, vec![a])),
+        }
+    }
+    for (sink, answers) in by_sink {
+        // A sink whose thread has ended has nobody left to tell.
+        let _ = sink.send(answers);
+    }
+}
 #[derive(Debug, thiserror::Error)]
 pub enum AppendError {
     #[error("record refused: {0}")]
@@ -160,41 +231,105 @@ pub enum AppendError {
     Outbox(#[from] OutboxError),
 }
 
-/// An append queued with [`Appender::submit`].
+/// An append queued with [`Appender::submit`]. Its answer arrives on the
+/// submitting thread's sink, so it is waited for on that thread (not `Send`).
 pub struct PendingAppend {
-    answer: Receiver<Reply>,
+    ticket: u64,
+    writer_alive: Receiver<()>,
+    /// Answer taken (by `wait` or a successful `try_wait`).
+    settled: bool,
+    _same_thread: PhantomData<*const ()>,
 }
 
 impl PendingAppend {
     /// Blocks until the append's transaction committed (or failed).
-    pub fn wait(self) -> Result<u64, AppendError> {
-        let Reply { result, sender } = self.answer.recv().map_err(|_| OutboxError::WriterGone)?;
-        // Empty again, and `sender` is its only sender: keep it for reuse.
-        SPARE_REPLIES.with(|s| {
-            let mut spares = s.borrow_mut();
-            if spares.len() < MAX_SPARE_REPLIES {
-                spares.push((sender, self.answer));
+    pub fn wait(mut self) -> Result<u64, AppendError> {
+        self.settled = true;
+        let ticket = self.ticket;
+        SINK.with(|sink| {
+            let mut sink = sink.borrow_mut();
+            loop {
+                if let Some(a) = sink.take_early(ticket) {
+                    return outcome(a);
+                }
+                let batch = match sink.rx.try_recv() {
+                    Ok(batch) => batch,
+                    Err(_) => crossbeam_channel::select! {
+                        recv(sink.rx) -> batch => match batch {
+                            Ok(batch) => batch,
+                            Err(_) => return Err(OutboxError::WriterGone.into()), // unreachable: the sink holds a sender
+                        },
+                        recv(self.writer_alive) -> _ => {
+                            // The writer ended. Answers it sent before that are
+                            // already in the sink; anything else never comes.
+                            match sink.rx.try_recv() {
+                                Ok(batch) => batch,
+                                Err(_) => return Err(OutboxError::WriterGone.into()),
+                            }
+                        }
+                    },
+                };
+                if let Some(a) = sink.file(batch, Some(ticket)) {
+                    return outcome(a);
+                }
+            }
+        })
+    }
+
+    /// The outcome if the commit already happened; `None` while pending.
+    /// After it returned `Some`, the append is settled: drop it.
+    pub fn try_wait(&mut self) -> Option<Result<u64, AppendError>> {
+        if self.settled {
+            return None;
+        }
+        let ticket = self.ticket;
+        let answer = SINK.with(|sink| {
+            let mut sink = sink.borrow_mut();
+            if let Some(a) = sink.take_early(ticket) {
+                return Some(Ok(a));
+            }
+            while let Ok(batch) = sink.rx.try_recv() {
+                if let Some(a) = sink.file(batch, Some(ticket)) {
+                    return Some(Ok(a));
+                }
+            }
+            match self.writer_alive.try_recv() {
+                Err(TryRecvError::Disconnected) => Some(Err(OutboxError::WriterGone)),
+                _ => None,
+            }
+        })?;
+        self.settled = true;
+        Some(match answer {
+            Ok(a) => outcome(a),
+            Err(e) => Err(e.into()),
+        })
+    }
+}
+
+impl Drop for PendingAppend {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        // Nobody will ask: throw the answer away when (or if) it comes. At
+        // thread exit the sink may already be gone, and with it the answer.
+        let ticket = self.ticket;
+        let _ = SINK.try_with(|sink| {
+            let mut sink = sink.borrow_mut();
+            if sink.take_early(ticket).is_none() {
+                sink.abandoned.insert(ticket);
             }
         });
-        Self::outcome(result)
     }
+}
 
-    /// The outcome if the commit already happened.
-    pub fn try_wait(&self) -> Option<Result<u64, AppendError>> {
-        match self.answer.try_recv() {
-            Ok(r) => Some(Self::outcome(r.result)),
-            Err(crossbeam_channel::TryRecvError::Empty) => None,
-            Err(crossbeam_channel::TryRecvError::Disconnected) => Some(Err(OutboxError::WriterGone.into())),
-        }
-    }
-
-    fn outcome(r: Result<OpResult, String>) -> Result<u64, AppendError> {
-        match r {
-            Ok(OpResult::Appended { seq }) => Ok(seq),
-            Ok(OpResult::Rejected(why)) => Err(AppendError::Rejected(why)),
-            Ok(other) => Err(AppendError::Commit(format!("unexpected result {other:?}"))),
-            Err(msg) => Err(AppendError::Commit(msg)),
-        }
+fn outcome(a: Answer) -> Result<u64, AppendError> {
+    drop(a.body); // here, on the thread that allocated it
+    match a.result {
+        Ok(OpResult::Appended { seq }) => Ok(seq),
+        Ok(OpResult::Rejected(why)) => Err(AppendError::Rejected(why)),
+        Ok(other) => Err(AppendError::Commit(format!("unexpected result {other:?}"))),
+        Err(msg) => Err(AppendError::Commit(msg)),
     }
 }
 
@@ -212,11 +347,15 @@ impl Appender {
     /// its outcome after the commit. Lets one producer keep many appends in
     /// one group commit.
     pub fn submit(&self, stream: Stream, ts_ms: u64, body: String) -> Result<PendingAppend, AppendError> {
-        let (reply, answer) = SPARE_REPLIES.with(|s| s.borrow_mut().pop()).unwrap_or_else(|| bounded(1));
+        let (sink, ticket) = SINK.with(|s| {
+            let mut s = s.borrow_mut();
+            s.next_ticket += 1;
+            (s.tx.clone(), s.next_ticket)
+        });
         self.tx
-            .send(Request { op: Op::Append { stream, ts_ms, body }, reply: Some(reply) })
+            .send(Request { op: Op::Append { stream, ts_ms, body }, reply: Some(ReplyTo { sink, ticket }) })
             .map_err(|_| OutboxError::WriterGone)?;
-        Ok(PendingAppend { answer })
+        Ok(PendingAppend { ticket, writer_alive: self.writer_alive.clone(), settled: false, _same_thread: PhantomData })
     }
 
     /// Like [`Appender::ack`] but never blocks: `Ok(false)` when the
@@ -252,20 +391,71 @@ mod tests {
     }
 
     #[test]
-    fn a_request_dropped_unanswered_reports_the_writer_gone() {
-        // Warm this thread's spare channels first: a reused channel must
-        // disconnect just like a new one.
+    fn an_append_pending_when_its_writer_ends_reports_the_writer_gone() {
+        // Use this thread's sink with a real writer first: it must not keep
+        // a later wait from noticing that its own writer ended.
         let dir = tempfile::tempdir().unwrap();
-        let o = open_outbox(dir.path());
-        let w = spawn_writer(o, 8, Arc::new(|| {})).unwrap();
+        let w = spawn_writer(open_outbox(dir.path()), 8, Arc::new(|| {})).unwrap();
         assert_eq!(w.appender.append(Stream::Events, "{}".into()).unwrap(), 1);
         assert_eq!(w.appender.append(Stream::Events, "{}".into()).unwrap(), 2);
         w.join();
-        // A "writer" that takes the request and dies without answering.
+        // A "writer" that takes the request and ends without answering.
         let (tx, rx) = bounded::<Request>(4);
-        let pending = Appender { tx }.submit(Stream::Events, 1, "{}".into()).unwrap();
-        drop(rx.recv().unwrap());
+        let (alive_tx, writer_alive) = bounded::<()>(0);
+        let pending = Appender { tx, writer_alive }.submit(Stream::Events, 1, "{}".into()).unwrap();
+        std::thread::spawn(move || {
+            let _alive = alive_tx;
+            drop(rx.recv().unwrap());
+        })
+        .join()
+        .unwrap();
         assert!(matches!(pending.wait(), Err(AppendError::Outbox(OutboxError::WriterGone))));
+    }
+
+    #[test]
+    fn appends_waited_out_of_order_or_dropped_each_get_their_own_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = spawn_writer(open_outbox(dir.path()), 1000, Arc::new(|| {})).unwrap();
+        let mut p: Vec<_> = (0..6).map(|_| w.appender.submit(Stream::Events, 1, "{}".into()).unwrap()).collect();
+        let sixth = p.pop().unwrap();
+        drop(p.remove(4)); // seq 5, never asked for
+        let second = p.remove(1);
+        assert_eq!(sixth.wait().unwrap(), 6);
+        assert_eq!(second.wait().unwrap(), 2);
+        let mut first = p.remove(0);
+        assert_eq!(first.try_wait().unwrap().unwrap(), 1);
+        assert!(first.try_wait().is_none(), "an answer is given once");
+        drop(first);
+        assert_eq!(p.into_iter().map(|a| a.wait().unwrap()).collect::<Vec<_>>(), vec![3, 4]);
+        // Nothing is left behind in this thread's sink.
+        assert_eq!(w.appender.append(Stream::Events, "{}".into()).unwrap(), 7);
+        SINK.with(|s| {
+            let s = s.borrow();
+            assert!(s.early.is_empty() && s.abandoned.is_empty(), "sink keeps {} answers", s.early.len());
+        });
+        w.join();
+    }
+
+    #[test]
+    fn one_thread_appending_to_two_writers_gets_each_writers_answers() {
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let w1 = spawn_writer(open_outbox(d1.path()), 64, Arc::new(|| {})).unwrap();
+        let w2 = spawn_writer(open_outbox(d2.path()), 64, Arc::new(|| {})).unwrap();
+        let mut pending = Vec::new();
+        for _ in 0..50 {
+            pending.push((1, w1.appender.submit(Stream::Events, 1, "{}".into()).unwrap()));
+            pending.push((2, w2.appender.submit(Stream::Events, 1, "{}".into()).unwrap()));
+            pending.push((2, w2.appender.submit(Stream::Events, 1, "{}".into()).unwrap()));
+        }
+        let mut seqs = [Vec::new(), Vec::new()];
+        for (which, p) in pending.into_iter().rev() {
+            seqs[which - 1].push(p.wait().unwrap());
+        }
+        seqs.iter_mut().for_each(|s| s.sort());
+        assert_eq!(seqs[0], (1..=50).collect::<Vec<_>>());
+        assert_eq!(seqs[1], (1..=100).collect::<Vec<_>>());
+        w1.join();
+        w2.join();
     }
 
     #[test]
