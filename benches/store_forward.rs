@@ -230,7 +230,9 @@ fn main() {
         return;
     }
     // `-- ingest` or `-- drain` runs one half (for profiling).
-    let only = |what: &str| !std::env::args().skip(1).any(|a| a == "ingest" || a == "drain") || std::env::args().any(|a| a == what);
+    let only = |what: &str| {
+        !std::env::args().skip(1).any(|a| a == "ingest" || a == "drain") || std::env::args().any(|a| a == what)
+    };
     let window = 100;
     if only("ingest") {
         ingest_rows(n);

@@ -158,7 +158,9 @@ pub enum Response {
     Queue(QueueReport),
     Link(LinkState),
     Engine(EngineState),
-    SyncStarted { pending: u64 },
+    SyncStarted {
+        pending: u64,
+    },
     Doctor(DoctorReport),
     Config(ConfigReport),
     Update(UpdateReport),

@@ -289,7 +289,10 @@ impl Outbox {
             moved += chunk.len() as u64;
         }
         if moved > 0 {
-            tracing::info!(records = moved, "outbox: moved records from the single-database layout to per-stream databases");
+            tracing::info!(
+                records = moved,
+                "outbox: moved records from the single-database layout to per-stream databases"
+            );
         }
         Ok(())
     }
