@@ -352,10 +352,10 @@ async fn on_event(
             }
         }
         Ok(Event::Incoming(Packet::PubAck(ack))) => {
-            if let Some(c) = epoch.inflight.remove(&ack.pkid) {
-                if acknowledge(deps, c).is_err() {
-                    return Some(EpochEnd::Shutdown); // writer gone: the daemon is stopping
-                }
+            if let Some(c) = epoch.inflight.remove(&ack.pkid)
+                && acknowledge(deps, c).is_err()
+            {
+                return Some(EpochEnd::Shutdown); // writer gone: the daemon is stopping
             }
         }
         Ok(_) => {}

@@ -183,11 +183,11 @@ fn run(outbox: Outbox, rx: Receiver<Request>, batch_max: usize, on_commit: Arc<d
         for r in batch.drain(..) {
             if let (Op::Ack { stream, first, last }, None, Some(Op::Ack { stream: s, last: l, .. }), Some(None)) =
                 (&r.op, &r.reply, ops.last_mut(), replies.last())
+                && s == stream
+                && l.checked_add(1) == Some(*first)
             {
-                if s == stream && l.checked_add(1) == Some(*first) {
-                    *l = *last;
-                    continue;
-                }
+                *l = *last;
+                continue;
             }
             ops.push(r.op);
             replies.push(r.reply);
