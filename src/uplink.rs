@@ -107,6 +107,9 @@ struct Epoch {
     queued: VecDeque<Option<Carried>>,
     /// Packet id → records, awaiting PUBACK.
     inflight: HashMap<u16, Carried>,
+    /// PUBACKed records not yet passed to the outbox: adjacent runs of one
+    /// stream are merged and handed over once per burst of events.
+    acked_run: Option<Carried>,
     /// Streams that may have more to send.
     dirty: [bool; 3],
     next_stream: usize,
@@ -119,6 +122,7 @@ impl Epoch {
             ahead: Default::default(),
             queued: VecDeque::new(),
             inflight: HashMap::new(),
+            acked_run: None,
             dirty: [true; 3],
             next_stream: 0,
         }
@@ -255,6 +259,8 @@ async fn run_epoch(s: &UplinkSettings, deps: &mut UplinkDeps, updates: &mut Opti
                 let mut taken = 0;
                 while let Some(ev) = next {
                     if let Some(end) = on_event(ev, s, deps, updates, &client, &mut epoch, &mut connected).await {
+                        // PUBACKs taken before the end still count.
+                        let _ = flush_acks(deps, &mut epoch);
                         return end;
                     }
                     taken += 1;
@@ -263,6 +269,9 @@ async fn run_epoch(s: &UplinkSettings, deps: &mut UplinkDeps, updates: &mut Opti
                     // branch of this `select!` does too: rumqttc keeps
                     // its state across it.
                     next = if taken < EVENT_BURST { poll_once(eventloop.poll()).await } else { None };
+                }
+                if flush_acks(deps, &mut epoch).is_err() {
+                    return EpochEnd::Shutdown; // writer gone: the daemon is stopping
                 }
             }
             _ = deps.wake.notified() => {
@@ -352,10 +361,19 @@ async fn on_event(
             }
         }
         Ok(Event::Incoming(Packet::PubAck(ack))) => {
-            if let Some(c) = epoch.inflight.remove(&ack.pkid)
-                && acknowledge(deps, c).is_err()
-            {
-                return Some(EpochEnd::Shutdown); // writer gone: the daemon is stopping
+            if let Some(c) = epoch.inflight.remove(&ack.pkid) {
+                match &mut epoch.acked_run {
+                    Some(run) if run.stream == c.stream && run.last.checked_add(1) == Some(c.first) => {
+                        run.last = c.last;
+                        run.count += c.count;
+                    }
+                    _ => {
+                        if flush_acks(deps, epoch).is_err() {
+                            return Some(EpochEnd::Shutdown); // writer gone: the daemon is stopping
+                        }
+                        epoch.acked_run = Some(c);
+                    }
+                }
             }
         }
         Ok(_) => {}
@@ -403,6 +421,14 @@ async fn next_report(updates: &mut Option<UplinkLink>) -> Option<crate::update::
     match updates {
         Some(u) => u.reports.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+/// Passes the merged run of PUBACKed records, if any, on to the outbox.
+fn flush_acks(deps: &UplinkDeps, epoch: &mut Epoch) -> Result<(), crate::outbox::OutboxError> {
+    match epoch.acked_run.take() {
+        Some(run) => acknowledge(deps, run),
+        None => Ok(()),
     }
 }
 

@@ -18,7 +18,8 @@
 use std::cell::RefCell;
 use std::collections::{HashSet, VecDeque};
 use std::marker::PhantomData;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering, fence};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -105,10 +106,37 @@ thread_local! {
     static SINK: RefCell<Sink> = RefCell::new(Sink::new());
 }
 
+/// Whether the writer is gathering acks, and how to wake it from that.
+///
+/// While gathering, the writer sleeps instead of waiting on its channel, so
+/// the stream of acks does not wake it once per PUBACK (those wake-ups cost
+/// the unbatched drain about a tenth of its rate). An append, which someone
+/// waits for, wakes it at once.
+#[derive(Default)]
+struct Gathering {
+    active: AtomicBool,
+    writer: OnceLock<std::thread::Thread>,
+}
+
+impl Gathering {
+    /// Called after a request that someone waits for was sent.
+    fn wake_for_append(&self) {
+        // Pairs with the fence in `gather_acks`: either the writer sees the
+        // request in the channel, or we see it gathering and unpark it.
+        fence(AtomicOrdering::SeqCst);
+        if self.active.load(AtomicOrdering::Relaxed)
+            && let Some(t) = self.writer.get()
+        {
+            t.unpark();
+        }
+    }
+}
+
 /// Sends writes to the writer thread. Cloneable; blocking calls.
 #[derive(Clone)]
 pub struct Appender {
     tx: Sender<Request>,
+    gathering: Arc<Gathering>,
     /// Disconnects when the writer thread ends: how a waiting appender
     /// learns that its answer will never come.
     writer_alive: Receiver<()>,
@@ -138,14 +166,23 @@ pub fn spawn_writer(
 ) -> std::io::Result<WriterHandle> {
     let (tx, rx) = bounded::<Request>(CHANNEL_DEPTH);
     let (alive_tx, writer_alive) = bounded::<()>(0);
+    let gathering = Arc::new(Gathering::default());
+    let g = gathering.clone();
     let thread = std::thread::Builder::new().name("outbox-writer".into()).spawn(move || {
         let _alive = alive_tx; // dropped when this thread ends, however it ends
-        run(outbox, rx, batch_max.max(1), on_commit)
+        let _ = g.writer.set(std::thread::current());
+        run(outbox, rx, batch_max.max(1), on_commit, &g)
     })?;
-    Ok(WriterHandle { appender: Appender { tx, writer_alive }, thread })
+    Ok(WriterHandle { appender: Appender { tx, gathering, writer_alive }, thread })
 }
 
-fn run(outbox: Outbox, rx: Receiver<Request>, batch_max: usize, on_commit: Arc<dyn Fn() + Send + Sync>) {
+fn run(
+    outbox: Outbox,
+    rx: Receiver<Request>,
+    batch_max: usize,
+    on_commit: Arc<dyn Fn() + Send + Sync>,
+    gathering: &Gathering,
+) {
     let mut batch: Vec<Request> = Vec::with_capacity(batch_max);
     let mut ops: Vec<Op> = Vec::with_capacity(batch_max);
     let mut backoff = Duration::from_millis(50);
@@ -174,7 +211,7 @@ fn run(outbox: Outbox, rx: Receiver<Request>, batch_max: usize, on_commit: Arc<d
             }
         }
         if batch.iter().all(|r| matches!(r.op, Op::Ack { .. })) {
-            gather_acks(&rx, &mut batch, batch_max, last_commit + ACK_COMMIT_INTERVAL);
+            gather_acks(&rx, &mut batch, batch_max, last_commit + ACK_COMMIT_INTERVAL, gathering);
         }
         // Move the ops out (no per-record copy); keep where each answer goes.
         // Acks of adjacent runs of one stream become one range delete.
@@ -222,19 +259,39 @@ fn run(outbox: Outbox, rx: Receiver<Request>, batch_max: usize, on_commit: Arc<d
 
 /// Adds requests to an ack-only `batch` until `due`, the batch is full, or
 /// a request that someone waits for (an append) arrives.
-fn gather_acks(rx: &Receiver<Request>, batch: &mut Vec<Request>, batch_max: usize, due: std::time::Instant) {
-    while batch.len() < batch_max {
-        match rx.recv_deadline(due) {
-            Ok(r) => {
-                let ack = matches!(r.op, Op::Ack { .. });
-                batch.push(r);
-                if !ack {
-                    return;
+fn gather_acks(
+    rx: &Receiver<Request>,
+    batch: &mut Vec<Request>,
+    batch_max: usize,
+    due: std::time::Instant,
+    gathering: &Gathering,
+) {
+    gathering.active.store(true, AtomicOrdering::SeqCst);
+    fence(AtomicOrdering::SeqCst);
+    'gather: while batch.len() < batch_max {
+        loop {
+            match rx.try_recv() {
+                Ok(r) => {
+                    let ack = matches!(r.op, Op::Ack { .. });
+                    batch.push(r);
+                    if !ack {
+                        break 'gather;
+                    }
+                    if batch.len() >= batch_max {
+                        break 'gather;
+                    }
                 }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => break 'gather, // shutting down: commit what is here
             }
-            Err(_) => return, // due, or every appender gone: commit what is here
         }
+        let now = std::time::Instant::now();
+        if now >= due {
+            break;
+        }
+        std::thread::park_timeout(due - now);
     }
+    gathering.active.store(false, AtomicOrdering::Relaxed);
 }
 
 /// Sends each sink one message with all of its answers from this commit.
@@ -392,6 +449,7 @@ impl Appender {
         self.tx
             .send(Request { op: Op::Append { stream, ts_ms, body }, reply: Some(ReplyTo { sink, ticket }) })
             .map_err(|_| OutboxError::WriterGone)?;
+        self.gathering.wake_for_append();
         Ok(PendingAppend { ticket, writer_alive: self.writer_alive.clone(), settled: false, _same_thread: PhantomData })
     }
 
@@ -439,7 +497,9 @@ mod tests {
         // A "writer" that takes the request and ends without answering.
         let (tx, rx) = bounded::<Request>(4);
         let (alive_tx, writer_alive) = bounded::<()>(0);
-        let pending = Appender { tx, writer_alive }.submit(Stream::Events, 1, "{}".into()).unwrap();
+        let pending = Appender { tx, gathering: Default::default(), writer_alive }
+            .submit(Stream::Events, 1, "{}".into())
+            .unwrap();
         std::thread::spawn(move || {
             let _alive = alive_tx;
             drop(rx.recv().unwrap());
