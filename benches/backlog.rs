@@ -24,19 +24,19 @@
 use std::collections::VecDeque;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use spark_edge::config::BrokerUrl;
 use spark_edge::outbox::{Outbox, OutboxOptions, PendingAppend, spawn_writer};
 use spark_edge::record::{Stream, now_ms};
-use spark_edge::state::Shared;
-use spark_edge::uplink::{self, UplinkDeps, UplinkSettings};
-use tokio::sync::{Notify, watch};
+use spark_edge::uplink;
 
-const BODY: usize = 150; // + envelope ≈ 200-byte records, as in store_forward.rs
+#[path = "common/mod.rs"]
+mod common;
+use common::{UplinkRig, body, mosquitto, uplink_to};
+
 const BATCH: usize = 1000;
 const IN_FLIGHT: usize = 4 * BATCH;
 const WINDOW_MAX: usize = 1_000_000;
@@ -44,10 +44,6 @@ const WINDOW_MAX: usize = 1_000_000;
 /// the rest is headroom for LMDB's copy-on-write and free pages.
 const DISK_PER_RECORD: u64 = 1200;
 const MIB: f64 = 1024.0 * 1024.0;
-
-fn body() -> String {
-    format!("{{\"pad\":\"{}\"}}", "x".repeat(BODY - 10))
-}
 
 /// (RssAnon, VmRSS) of this process in bytes. RssAnon is the heap and stacks;
 /// VmRSS adds file pages, which here are mostly LMDB's map (page cache that
@@ -132,42 +128,6 @@ fn ingest(appender: &spark_edge::outbox::Appender, n: usize, window: usize) -> (
     (clock.windows, n as f64 / t.elapsed().as_secs_f64())
 }
 
-/// A broker process, its config folder (kept alive with it) and its port.
-struct Mosquitto(Child, #[allow(dead_code)] tempfile::TempDir, u16);
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn mosquitto() -> Mosquitto {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let dir = tempfile::tempdir().unwrap();
-    let conf = dir.path().join("m.conf");
-    // No subscriber and no queueing: the broker PUBACKs and discards.
-    std::fs::write(
-        &conf,
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\nuser root\nmax_queued_messages 0\nlog_dest none\n"),
-    )
-    .unwrap();
-    let child = Command::new("mosquitto")
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting mosquitto (installed by scripts/setup.sh)");
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Mosquitto(child, dir, port)
-}
-
 struct Drain {
     /// Until every record was PUBACKed.
     acked_secs: f64,
@@ -189,33 +149,8 @@ fn pending(o: &Outbox) -> u64 {
 fn drain(o: &Outbox, appender: &spark_edge::outbox::Appender, n: usize) -> Drain {
     let m = mosquitto();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let shared = Arc::new(Shared::new("bench".into()));
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let (_gate_tx, gate_rx) = watch::channel(true);
-    let settings = UplinkSettings {
-        broker: BrokerUrl::parse(&format!("mqtt://127.0.0.1:{}", m.2)).unwrap(),
-        client_id: "bench-backlog".into(),
-        topic_prefix: "spark".into(),
-        device_id: "bench".into(),
-        keep_alive: Duration::from_secs(30),
-        window: 100,
-        reconnect_min: Duration::from_millis(100),
-        reconnect_max: Duration::from_secs(1),
-        status_interval: Duration::from_secs(3600),
-        batch_max_records: 100,
-        batch_max_bytes: 256 * 1024,
-        username: None,
-        password: None,
-        tls: None,
-    };
-    let deps = UplinkDeps {
-        outbox: o.clone(),
-        appender: appender.clone(),
-        shared: shared.clone(),
-        wake: Arc::new(Notify::new()),
-        gate: gate_rx,
-        shutdown: stop_rx,
-    };
+    let UplinkRig { settings, deps, shared, stop, gate: _gate } =
+        uplink_to(m.2, "bench-backlog", 100, 100, o, appender);
     let (tenth, n64) = ((n / 10).max(1) as u64, n as u64);
     let (mut t_tenth, mut t_nine_tenths, mut t_acked) = (None, None, None);
     let (mut peak_rss_anon, mut peak_vm_rss) = rss();
@@ -265,7 +200,7 @@ fn drain(o: &Outbox, appender: &spark_edge::outbox::Appender, n: usize) -> Drain
     // A short drain may end before the first 250 ms sample: take one at the end.
     let (anon, vm) = rss();
     (peak_rss_anon, peak_vm_rss) = (peak_rss_anon.max(anon), peak_vm_rss.max(vm));
-    let _ = stop_tx.send(true);
+    let _ = stop.send(true);
     rt.block_on(async {
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     });

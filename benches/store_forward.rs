@@ -13,26 +13,21 @@
 //! scripts/setup.sh). Prints markdown rows for BENCHMARKS.md.
 
 use std::collections::VecDeque;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use heed::types::Bytes;
 use heed::{Database, EnvOpenOptions};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use spark_edge::config::BrokerUrl;
 use spark_edge::outbox::{Outbox, OutboxOptions, PendingAppend, spawn_writer};
 use spark_edge::record::Stream;
-use spark_edge::state::Shared;
-use spark_edge::uplink::{self, UplinkDeps, UplinkSettings};
-use tokio::sync::{Notify, watch};
+use spark_edge::uplink;
 
-const BODY: usize = 150; // + envelope ≈ 200-byte records
+#[path = "common/mod.rs"]
+mod common;
+use common::{UplinkRig, body, mosquitto, uplink_to};
+
 const BATCH: usize = 1000;
-
-fn body() -> String {
-    format!("{{\"pad\":\"{}\"}}", "x".repeat(BODY - 10))
-}
 
 fn opts() -> OutboxOptions {
     OutboxOptions { device_id: "bench".into(), max_bytes: 4 << 30, drop_order: Stream::ALL.to_vec(), ttl_ms: [0; 3] }
@@ -97,41 +92,6 @@ fn ingest_bare_heed(n: usize, append: bool) -> f64 {
     n as f64 / t.elapsed().as_secs_f64()
 }
 
-/// A broker process, its config folder (kept alive with it) and its port.
-struct Mosquitto(Child, #[allow(dead_code)] tempfile::TempDir, u16);
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn mosquitto() -> Mosquitto {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let dir = tempfile::tempdir().unwrap();
-    let conf = dir.path().join("m.conf");
-    std::fs::write(
-        &conf,
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\nuser root\nmax_queued_messages 0\nlog_dest none\n"),
-    )
-    .unwrap();
-    let child = Command::new("mosquitto")
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("mosquitto");
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Mosquitto(child, dir, port)
-}
-
 fn drain_uplink(n: usize, window: u16, batch: usize) -> f64 {
     let m = mosquitto();
     let dir = tempfile::tempdir().unwrap();
@@ -145,33 +105,8 @@ fn drain_uplink(n: usize, window: u16, batch: usize) -> f64 {
         p.wait().unwrap();
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let shared = Arc::new(Shared::new("bench".into()));
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let (_gate_tx, gate_rx) = watch::channel(true);
-    let settings = UplinkSettings {
-        broker: BrokerUrl::parse(&format!("mqtt://127.0.0.1:{}", m.2)).unwrap(),
-        client_id: "bench-uplink".into(),
-        topic_prefix: "spark".into(),
-        device_id: "bench".into(),
-        keep_alive: Duration::from_secs(30),
-        window,
-        reconnect_min: Duration::from_millis(100),
-        reconnect_max: Duration::from_secs(1),
-        status_interval: Duration::from_secs(3600),
-        batch_max_records: batch,
-        batch_max_bytes: 256 * 1024,
-        username: None,
-        password: None,
-        tls: None,
-    };
-    let deps = UplinkDeps {
-        outbox: o.clone(),
-        appender: w.appender.clone(),
-        shared: shared.clone(),
-        wake: Arc::new(Notify::new()),
-        gate: gate_rx,
-        shutdown: stop_rx,
-    };
+    let UplinkRig { settings, deps, shared, stop, gate: _gate } =
+        uplink_to(m.2, "bench-uplink", window, batch, &o, &w.appender);
     let t = Instant::now();
     let task = rt.spawn(uplink::run(settings, deps));
     let mut last = Instant::now();
@@ -187,7 +122,7 @@ fn drain_uplink(n: usize, window: u16, batch: usize) -> f64 {
         }
     }
     let rate = n as f64 / t.elapsed().as_secs_f64();
-    let _ = stop_tx.send(true);
+    let _ = stop.send(true);
     rt.block_on(async {
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     });
