@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use common::fleet::{Lab, fleet, online_devices, push, s, start_watch, update_id, wait_online};
+use common::fleet::{Lab, fleet, online_devices, push, s, start_watch, states, update_id, wait_online, wait_state_for};
 use common::*;
 
 impl Lab {
@@ -133,18 +133,8 @@ fn slot_binary(cfg: &DaemonConfig, slot: &str) -> PathBuf {
     std::fs::canonicalize(cfg.state_dir().join("bin").join(slot).join("sparkd")).unwrap()
 }
 
-fn states(c: &Consumer, id: &str) -> Vec<serde_json::Value> {
-    c.snapshot()
-        .into_iter()
-        .filter(|m| m.topic.ends_with("/update/state"))
-        .map(|m| m.json)
-        .filter(|j| id.is_empty() || j["update_id"] == id)
-        .collect()
-}
-
 fn wait_state(c: &Consumer, id: &str, state: &str, cfg: &DaemonConfig) -> serde_json::Value {
-    wait_for(Duration::from_secs(180), || states(c, id).into_iter().find(|j| j["state"] == state))
-        .unwrap_or_else(|| panic!("no {state} report for {id}; reports: {:#?}\nlog:\n{}", states(c, ""), log_text(cfg)))
+    wait_state_for(c, id, state, Duration::from_secs(180), || log_text(cfg))
 }
 
 /// How many `online` status messages `device` published so far.
@@ -187,15 +177,30 @@ fn push_and_restart(broker: &Broker, c: &Consumer, cfg: &DaemonConfig, child: &m
     start(cfg)
 }
 
-#[test]
-fn good_binary_is_tried_confirmed_after_the_health_period_and_keeps_running_after_restarts() {
+/// A broker, a fleet lab, a daemon on the packaged binary (health period
+/// `health_secs`) that is up and online, and a consumer of all it publishes.
+struct Rig {
+    broker: Broker,
+    lab: Lab,
+    cfg: DaemonConfig,
+    c: Consumer,
+    child: Proc,
+}
+
+fn rig(health_secs: u64) -> Rig {
     let broker = Broker::start();
     let lab = Lab::new();
-    let cfg = daemon_config(&broker, &lab, 2);
+    let cfg = daemon_config(&broker, &lab, health_secs);
     let c = Consumer::start(broker.port, "spark/#");
-    let mut child = start(&cfg);
+    let child = start(&cfg);
     wait_socket(&cfg);
     wait_online(&c, "test-dev");
+    Rig { broker, lab, cfg, c, child }
+}
+
+#[test]
+fn good_binary_is_tried_confirmed_after_the_health_period_and_keeps_running_after_restarts() {
+    let Rig { broker, lab, cfg, c, mut child } = rig(2);
     assert_eq!(exe(&child), packaged());
 
     let bundle = lab.sign(&lab.good_binary(), "9.9.9", &DEV);
@@ -256,13 +261,7 @@ fn good_binary_is_tried_confirmed_after_the_health_period_and_keeps_running_afte
 
 #[test]
 fn binary_that_crashes_at_start_is_rolled_back_and_the_previous_binary_runs() {
-    let broker = Broker::start();
-    let lab = Lab::new();
-    let cfg = daemon_config(&broker, &lab, 2);
-    let c = Consumer::start(broker.port, "spark/#");
-    let mut child = start(&cfg);
-    wait_socket(&cfg);
-    wait_online(&c, "test-dev");
+    let Rig { broker, lab, cfg, c, mut child } = rig(2);
 
     let bundle = lab.sign(&lab.crashing_binary(), "9.9.9", &DEV);
     let id = update_id(&bundle);
@@ -283,14 +282,8 @@ fn binary_that_crashes_at_start_is_rolled_back_and_the_previous_binary_runs() {
 
 #[test]
 fn sigkill_during_the_health_period_rolls_back_at_the_next_start() {
-    let broker = Broker::start();
-    let lab = Lab::new();
     // A health period no test run reaches: the kill always lands inside it.
-    let cfg = daemon_config(&broker, &lab, 3600);
-    let c = Consumer::start(broker.port, "spark/#");
-    let mut child = start(&cfg);
-    wait_socket(&cfg);
-    wait_online(&c, "test-dev");
+    let Rig { broker, lab, cfg, c, mut child } = rig(3600);
 
     let bundle = lab.sign(&lab.good_binary(), "9.9.9", &DEV);
     let id = update_id(&bundle);

@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::fleet::{Lab, fleet, online_devices, publish, push, s, start_watch, update_id, wait_online};
+use common::fleet::{
+    Lab, fleet, online_devices, publish, push, s, start_watch, states, update_id, wait_online, wait_state_for,
+};
 use common::*;
 
 impl Lab {
@@ -79,20 +81,9 @@ fn daemon_config(broker: &Broker, lab: &Lab, camera: bool) -> DaemonConfig {
     cfg
 }
 
-/// State reports for `id` (or every report when `id` is empty), in arrival order.
-fn states(c: &Consumer, id: &str) -> Vec<serde_json::Value> {
-    c.snapshot()
-        .into_iter()
-        .filter(|m| m.topic.ends_with("/update/state"))
-        .map(|m| m.json)
-        .filter(|j| id.is_empty() || j["update_id"] == id)
-        .collect()
-}
-
 /// Waits for a report of `id` in `state`; panics with every report seen.
 fn wait_state(c: &Consumer, id: &str, state: &str, d: &Daemon) -> serde_json::Value {
-    wait_for(Duration::from_secs(120), || states(c, id).into_iter().find(|j| j["state"] == state))
-        .unwrap_or_else(|| panic!("no {state} report for {id}; reports: {:#?}\nlog:\n{}", states(c, ""), d.log_text()))
+    wait_state_for(c, id, state, Duration::from_secs(120), || d.log_text())
 }
 
 fn engine_model(socket: &Path) -> String {

@@ -107,3 +107,27 @@ pub fn update_id(bundle: &Path) -> String {
     let bytes = std::fs::read(bundle).expect("read the bundle");
     spark_edge::update::Bundle::parse(&bytes).expect("a bundle").update_id().expect("its update id")
 }
+
+/// The `update/state` reports for `id` (every report when `id` is empty), in
+/// arrival order.
+pub fn states(c: &super::Consumer, id: &str) -> Vec<serde_json::Value> {
+    c.snapshot()
+        .into_iter()
+        .filter(|m| m.topic.ends_with("/update/state"))
+        .map(|m| m.json)
+        .filter(|j| id.is_empty() || j["update_id"] == id)
+        .collect()
+}
+
+/// Waits up to `timeout` for a report of `id` in `state`; panics with every
+/// report seen and the daemon's log (`log` reads it).
+pub fn wait_state_for(
+    c: &super::Consumer,
+    id: &str,
+    state: &str,
+    timeout: std::time::Duration,
+    log: impl Fn() -> String,
+) -> serde_json::Value {
+    super::wait_for(timeout, || states(c, id).into_iter().find(|j| j["state"] == state))
+        .unwrap_or_else(|| panic!("no {state} report for {id}; reports: {:#?}\nlog:\n{}", states(c, ""), log()))
+}
