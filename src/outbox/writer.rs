@@ -86,6 +86,19 @@ impl Sink {
         self.early.remove(i)
     }
 
+    /// The answer for `ticket` if it is here or already sent, without waiting.
+    fn find(&mut self, ticket: u64) -> Option<Answer> {
+        if let Some(a) = self.take_early(ticket) {
+            return Some(a);
+        }
+        while let Ok(batch) = self.rx.try_recv() {
+            if let Some(a) = self.file(batch, Some(ticket)) {
+                return Some(a);
+            }
+        }
+        None
+    }
+
     /// Files a batch of answers; returns the one for `ticket`, if there.
     fn file(&mut self, batch: Vec<Answer>, ticket: Option<u64>) -> Option<Answer> {
         let mut found = None;
@@ -343,25 +356,22 @@ impl PendingAppend {
         SINK.with(|sink| {
             let mut sink = sink.borrow_mut();
             loop {
-                if let Some(a) = sink.take_early(ticket) {
+                if let Some(a) = sink.find(ticket) {
                     return outcome(a);
                 }
-                let batch = match sink.rx.try_recv() {
-                    Ok(batch) => batch,
-                    Err(_) => crossbeam_channel::select! {
-                        recv(sink.rx) -> batch => match batch {
-                            Ok(batch) => batch,
-                            Err(_) => return Err(OutboxError::WriterGone.into()), // unreachable: the sink holds a sender
-                        },
-                        recv(self.writer_alive) -> _ => {
-                            // The writer ended. Answers it sent before that are
-                            // already in the sink; anything else never comes.
-                            match sink.rx.try_recv() {
-                                Ok(batch) => batch,
-                                Err(_) => return Err(OutboxError::WriterGone.into()),
-                            }
-                        }
+                let batch = crossbeam_channel::select! {
+                    recv(sink.rx) -> batch => match batch {
+                        Ok(batch) => batch,
+                        Err(_) => return Err(OutboxError::WriterGone.into()), // unreachable: the sink holds a sender
                     },
+                    recv(self.writer_alive) -> _ => {
+                        // The writer ended. Answers it sent before that are
+                        // already in the sink; anything else never comes.
+                        return match sink.find(ticket) {
+                            Some(a) => outcome(a),
+                            None => Err(OutboxError::WriterGone.into()),
+                        };
+                    }
                 };
                 if let Some(a) = sink.file(batch, Some(ticket)) {
                     return outcome(a);
@@ -378,17 +388,12 @@ impl PendingAppend {
         }
         let ticket = self.ticket;
         let answer = SINK.with(|sink| {
-            let mut sink = sink.borrow_mut();
-            if let Some(a) = sink.take_early(ticket) {
+            if let Some(a) = sink.borrow_mut().find(ticket) {
                 return Some(Ok(a));
             }
-            while let Ok(batch) = sink.rx.try_recv() {
-                if let Some(a) = sink.file(batch, Some(ticket)) {
-                    return Some(Ok(a));
-                }
-            }
             match self.writer_alive.try_recv() {
-                Err(TryRecvError::Disconnected) => Some(Err(OutboxError::WriterGone)),
+                // Answers sent before the writer ended are in the sink by now.
+                Err(TryRecvError::Disconnected) => Some(sink.borrow_mut().find(ticket).ok_or(OutboxError::WriterGone)),
                 _ => None,
             }
         })?;
