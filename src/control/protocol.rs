@@ -597,17 +597,14 @@ pub fn call<S: Read + Write>(stream: &mut S, request: &Request) -> Result<Respon
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
     use proptest::prelude::*;
 
-    #[test]
-    fn requests_round_trip_through_json() {
-        for r in all_requests() {
-            let bytes = encode(&RequestFrame { v: 1, request: r.clone() }).unwrap();
-            assert_eq!(decode_request(&bytes[4..]).unwrap(), r);
-        }
-    }
-
+    /// At least one of every request. A new variant does not compile until
+    /// [`with_payload`] (no wildcard arm) names it, and
+    /// `the_request_list_names_every_variant` fails until it is listed here.
     fn all_requests() -> Vec<Request> {
         vec![
             Request::Status,
@@ -617,7 +614,10 @@ mod tests {
             Request::Sync,
             Request::Doctor,
             Request::ConfigShow,
+            Request::ConfigReload,
             Request::UpdateStatus,
+            Request::UpdateApplyManifest { envelope: r#"{"manifest":"e30=","signatures":[]}"#.into() },
+            Request::UpdateApplyChunk { chunk: r#"{"update_id":"u","index":0,"data":""}"#.into() },
             Request::Infer { name: "a.png".into(), image_hex: "89504e47".into() },
             Request::CameraList,
             Request::CameraSnapshot,
@@ -626,17 +626,111 @@ mod tests {
         ]
     }
 
-    #[test]
-    fn only_sync_is_mutating() {
-        let mutating: Vec<_> = all_requests().into_iter().filter(Request::is_mutating).collect();
-        assert_eq!(mutating, vec![Request::Sync]);
+    /// `r` with its fields (if any) replaced by `text` and `n`. The match is
+    /// exhaustive on purpose: it is what makes a new variant a compile error
+    /// in these tests until it is given an example in [`all_requests`].
+    fn with_payload(r: Request, text: String, n: Option<u64>) -> Request {
+        match r {
+            Request::Status
+            | Request::Queue
+            | Request::Link
+            | Request::Engine
+            | Request::Sync
+            | Request::Doctor
+            | Request::ConfigShow
+            | Request::ConfigReload
+            | Request::UpdateStatus
+            | Request::CameraList
+            | Request::CameraSnapshot => r,
+            Request::UpdateApplyManifest { .. } => Request::UpdateApplyManifest { envelope: text },
+            Request::UpdateApplyChunk { .. } => Request::UpdateApplyChunk { chunk: text },
+            Request::Infer { .. } => Request::Infer { name: text.clone(), image_hex: text },
+            Request::MicLevel { .. } => Request::MicLevel { from_seq: n },
+        }
+    }
+
+    /// Any request, with arbitrary field contents (kept under the small bound).
+    fn any_request() -> impl Strategy<Value = Request> {
+        (0..all_requests().len(), ".{0,64}", any::<Option<u64>>())
+            .prop_map(|(i, text, n)| with_payload(all_requests()[i].clone(), text, n))
+    }
+
+    /// The `cmd` tag `r` goes out with.
+    fn tag(r: &Request) -> String {
+        let v = serde_json::to_value(r).unwrap();
+        v["cmd"].as_str().unwrap_or_else(|| panic!("no cmd tag in {v}")).to_string()
+    }
+
+    /// A serde error that keeps the variant list serde names when a tag is
+    /// unknown: the enum's own list of variants, as derived.
+    #[derive(Debug)]
+    struct Variants(Option<&'static [&'static str]>);
+
+    impl std::fmt::Display for Variants {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "{:?}", self.0)
+        }
+    }
+
+    impl std::error::Error for Variants {}
+
+    impl serde::de::Error for Variants {
+        fn custom<T: std::fmt::Display>(_: T) -> Self {
+            Variants(None)
+        }
+
+        fn unknown_variant(_: &str, expected: &'static [&'static str]) -> Self {
+            Variants(Some(expected))
+        }
+    }
+
+    /// Every `cmd` tag `Request` declares, read from its `Deserialize`.
+    fn declared_tags() -> &'static [&'static str] {
+        let probe = serde::de::value::MapDeserializer::<_, Variants>::new(std::iter::once(("cmd", "\u{0}no-such")));
+        match Request::deserialize(probe) {
+            Err(Variants(Some(tags))) => tags,
+            other => panic!("serde did not name Request's variants: {other:?}"),
+        }
     }
 
     #[test]
-    fn only_infer_may_exceed_the_small_frame_bound() {
+    fn the_request_list_names_every_variant() {
+        let declared: BTreeSet<&str> = declared_tags().iter().copied().collect();
+        assert!(declared.contains("status") && declared.contains("update-apply-chunk"), "{declared:?}");
+        let listed: BTreeSet<String> = all_requests().iter().map(tag).collect();
+        let listed: BTreeSet<&str> = listed.iter().map(String::as_str).collect();
+        assert_eq!(listed, declared, "all_requests() must hold an example of every Request variant");
+    }
+
+    #[test]
+    fn requests_round_trip_through_json() {
+        for r in all_requests() {
+            let bytes = encode(&RequestFrame { v: 1, request: r.clone() }).unwrap();
+            assert_eq!(decode_request(&bytes[4..]).unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn sync_config_reload_and_update_apply_are_the_only_mutating_requests() {
+        let mutating: BTreeSet<String> = all_requests().iter().filter(|r| r.is_mutating()).map(tag).collect();
+        let want: BTreeSet<String> =
+            ["sync", "config-reload", "update-apply-manifest", "update-apply-chunk"].map(String::from).into();
+        assert_eq!(mutating, want);
+        let names: BTreeSet<&str> = all_requests().iter().filter(|r| r.is_mutating()).map(Request::name).collect();
+        assert_eq!(names, BTreeSet::from(["sync", "config reload", "update apply"]));
+    }
+
+    #[test]
+    fn only_infer_and_update_chunks_may_exceed_the_small_frame_bound() {
         let pad = " ".repeat(MAX_REQUEST_BYTES);
-        let big_status = format!(r#"{{"v":1,"request":{{"cmd":"status"}}{pad}}}"#);
-        assert_eq!(decode_request(big_status.as_bytes()).unwrap_err().code, ErrorCode::TooLarge);
+        for r in all_requests() {
+            let body = format!(r#"{{"v":1,"request":{}{pad}}}"#, serde_json::to_string(&r).unwrap());
+            let got = decode_request(body.as_bytes());
+            match r {
+                Request::Infer { .. } | Request::UpdateApplyChunk { .. } => assert_eq!(got, Ok(r)),
+                _ => assert_eq!(got.map_err(|e| e.code), Err(ErrorCode::TooLarge), "{}", r.name()),
+            }
+        }
         let hex = "00".repeat(MAX_REQUEST_BYTES);
         let big_infer = format!(r#"{{"v":1,"request":{{"cmd":"infer","name":"x","image_hex":"{hex}"}}}}"#);
         assert!(matches!(decode_request(big_infer.as_bytes()), Ok(Request::Infer { .. })));
@@ -701,11 +795,31 @@ mod tests {
         }
 
         #[test]
-        fn truncated_frames_are_errors(req in 0usize..all_requests().len(), cut_frac in 0.0f64..1.0) {
-            let bytes = encode(&RequestFrame { v: 1, request: all_requests()[req].clone() }).unwrap();
+        fn every_request_round_trips_with_any_field_contents(req in any_request()) {
+            let bytes = encode(&RequestFrame { v: 1, request: req.clone() }).unwrap();
+            prop_assert_eq!(decode_request_frame(&bytes), Ok((req, bytes.len())));
+        }
+
+        #[test]
+        fn truncated_frames_are_errors(req in any_request(), cut_frac in 0.0f64..1.0) {
+            let bytes = encode(&RequestFrame { v: 1, request: req }).unwrap();
             let cut = ((bytes.len() as f64) * cut_frac) as usize;
             prop_assert!(cut < bytes.len());
             prop_assert!(decode_request_frame(&bytes[..cut]).is_err());
+        }
+
+        #[test]
+        fn corrupted_requests_are_answered_without_a_panic(
+            req in any_request(),
+            at_frac in 0.0f64..1.0,
+            byte in any::<u8>()
+        ) {
+            let mut bytes = encode(&RequestFrame { v: 1, request: req }).unwrap();
+            let at = ((bytes.len() as f64) * at_frac) as usize;
+            bytes[at] = byte;
+            if let Ok((_, used)) = decode_request_frame(&bytes) {
+                prop_assert!(used <= bytes.len());
+            }
         }
 
         #[test]
@@ -718,6 +832,14 @@ mod tests {
         #[test]
         fn decoder_never_panics_on_json_like_input(s in r#"\{"v":[0-9]{1,3},"request":\{"cmd":"[a-z-]{0,12}"[^}]{0,20}\}\}"#) {
             let _ = decode_request(s.as_bytes());
+        }
+
+        #[test]
+        fn decoder_never_panics_on_real_commands_with_junk_fields(
+            cmd in proptest::sample::select(declared_tags()),
+            junk in r#"[^}]{0,40}"#
+        ) {
+            let _ = decode_request(format!(r#"{{"v":1,"request":{{"cmd":"{cmd}"{junk}}}}}"#).as_bytes());
         }
     }
 }
