@@ -38,6 +38,9 @@ ensure_cargo_fuzz() {
 }
 
 build() {
+    # FUZZ_NO_BUILD=1 runs the binaries already built (a campaign of several
+    # `run`s while others edit the tree).
+    [ "${FUZZ_NO_BUILD:-0}" = 1 ] && [ -d "$BIN_DIR" ] && return 0
     ensure_cargo_fuzz
     (cd fuzz && cargo fuzz build "${BUILD_FLAGS[@]}")
 }
