@@ -18,13 +18,12 @@
 //! the end every seq of every stream, up to the last one accepted, reached
 //! the consumer.
 //!
-//! Where no WireGuard tunnel can be built (no `wireguard-go`, no `/dev/net/tun`,
-//! no handshake), the VETH variant runs instead: the broker listens on the
-//! veth address, the gate watches the veth with `handshake_max_age_secs = 0`
-//! (interface-only gate), and the faults take the veth down. The test always
-//! prints which variant ran, past the test harness's output capture.
-//! `SPARK_FAULT_VPN_VARIANT=veth` forces the fallback; `SPARK_FAULT_VPN_KEEP=1`
-//! keeps the logs (sparkd, mosquitto, wireguard-go, consumer) and config.
+//! WireGuard is required: when the tunnel cannot be built (no `wireguard-go`
+//! or `wg`, no `/dev/net/tun`, no handshake) the test fails and says why;
+//! `scripts/setup.sh` installs both tools. It used to fall back to a plain
+//! veth, which let the handshake gate regress with the test still green.
+//! `SPARK_FAULT_VPN_KEEP=1` keeps the logs (sparkd, mosquitto,
+//! wireguard-go, consumer) and config.
 //!
 //! Needs root (namespaces). Every process and namespace is removed by a drop
 //! guard, also when an assertion fails.
@@ -46,7 +45,7 @@ const CLOUD_TUNNEL: &str = "10.213.1.2";
 const WG_PORT: u16 = 51820;
 const MAX_AGE_S: u64 = 5;
 
-/// Writes past the harness's capture, so the variant shows in every run.
+/// Writes past the harness's capture, so the progress shows in every run.
 fn banner(line: &str) {
     let _ = writeln!(std::io::stderr(), "{line}");
 }
@@ -77,12 +76,6 @@ fn in_ns(ns: &str, prog: &str) -> Command {
     let mut c = Command::new("ip");
     c.args(["netns", "exec", ns, prog]);
     c
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Variant {
-    WireGuard,
-    Veth,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -284,15 +277,6 @@ impl Lab {
         Ok(())
     }
 
-    /// Undoes a half-built tunnel before the VETH fallback.
-    fn drop_wireguard(&mut self) {
-        self.stop("wireguard-go-Dev");
-        self.stop("wireguard-go-Cloud");
-        for s in &self.sockets {
-            let _ = std::fs::remove_file(s);
-        }
-    }
-
     /// Mosquitto in the cloud namespace: `listen_addr:1883` for the device,
     /// `127.0.0.1:local_port` for the consumer.
     fn broker(&mut self, listen_addr: &str, local_port: u16) -> Result<(), String> {
@@ -420,27 +404,18 @@ fn records_pile_up_while_the_vpn_is_down_and_all_arrive_after_it_returns() {
     let mut lab = Lab::new();
     lab.underlay().expect("building the veth underlay");
 
-    let forced = std::env::var("SPARK_FAULT_VPN_VARIANT").ok().filter(|v| v == "veth");
-    let (variant, why) = match forced {
-        Some(_) => (Variant::Veth, "forced by SPARK_FAULT_VPN_VARIANT=veth".to_string()),
-        None => match lab.wireguard() {
-            Ok(()) => (Variant::WireGuard, String::new()),
-            Err(e) => {
-                lab.drop_wireguard();
-                (Variant::Veth, format!("no WireGuard tunnel: {e}"))
-            }
-        },
-    };
-    match variant {
-        Variant::WireGuard => banner("fault_vpn: ran WIREGUARD variant"),
-        Variant::Veth => banner(&format!("fault_vpn: ran VETH variant ({why})")),
-    }
-    let (gate_if, broker_addr, max_age, faults) = match variant {
-        Variant::WireGuard => {
-            (lab.wg_dev.clone(), CLOUD_TUNNEL, MAX_AGE_S, [Fault::UnderlayCut, Fault::DeviceDown, Fault::CloudRestart])
-        }
-        Variant::Veth => (lab.veth_dev.clone(), CLOUD_UNDERLAY, 0, [Fault::DeviceDown; 3]),
-    };
+    lab.wireguard().unwrap_or_else(|e| {
+        panic!(
+            "fault_vpn needs a WireGuard tunnel and could not build one: {e}\n\
+             (scripts/setup.sh installs wireguard-go and wireguard-tools)\n\
+             wireguard-go (device side): {}\nwireguard-go (cloud side): {}",
+            lab.read("wireguard-go-Dev.log"),
+            lab.read("wireguard-go-Cloud.log"),
+        )
+    });
+    banner("fault_vpn: WireGuard tunnel up (first handshake seen)");
+    let (gate_if, broker_addr, max_age) = (lab.wg_dev.clone(), CLOUD_TUNNEL, MAX_AGE_S);
+    let faults = [Fault::UnderlayCut, Fault::DeviceDown, Fault::CloudRestart];
 
     let local_port = common::free_port();
     lab.broker(broker_addr, local_port).expect("starting mosquitto");
@@ -478,17 +453,8 @@ fn records_pile_up_while_the_vpn_is_down_and_all_arrive_after_it_returns() {
     let link = ctl_json(&socket, "link");
     assert_eq!(link["vpn_up"], true, "{link}");
     assert_eq!(link["vpn_interface"], gate_if.as_str(), "{link}");
-    match variant {
-        Variant::WireGuard => {
-            assert_eq!(link["handshake_source"], "uapi", "wireguard-go answers over its UAPI socket: {link}");
-            assert!(link["handshake_age_s"].as_u64().is_some(), "{link}");
-        }
-        Variant::Veth => {
-            // A veth has no handshake to read; the gate does not need one here.
-            let source = link["handshake_source"].as_str().unwrap_or_default();
-            assert!(source.starts_with("none (netlink: "), "{link}");
-        }
-    }
+    assert_eq!(link["handshake_source"], "uapi", "wireguard-go answers over its UAPI socket: {link}");
+    assert!(link["handshake_age_s"].as_u64().is_some(), "{link}");
     banner(&format!("fault_vpn: records flowing; sparkctl link --json: {link}"));
 
     for (cycle, &fault) in faults.iter().enumerate() {
@@ -622,7 +588,7 @@ fn records_pile_up_while_the_vpn_is_down_and_all_arrive_after_it_returns() {
     let log = sparkd_log(&lab);
     assert!(!log.contains("panicked"), "sparkd panicked:\n{log}");
     banner(&format!(
-        "fault_vpn: {variant:?} variant passed in {:.1} s: {}",
+        "fault_vpn: passed over WireGuard in {:.1} s: {}",
         started.elapsed().as_secs_f64(),
         summary.join(", ")
     ));
