@@ -440,72 +440,87 @@ impl Config {
     }
 
     /// Checks values that parse but cannot work; `(key, message)` pairs.
+    ///
+    /// **Invariant:** every value accepted here can be used by the daemon
+    /// without a panic or a wrapped product: seconds are finite and bounded
+    /// (so `Duration` and `Instant` arithmetic cannot overflow), and every
+    /// integer that is multiplied (megabytes to bytes, seconds to
+    /// milliseconds) has an upper bound that keeps the product in range.
     fn semantic_issues(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
         let mut bad = |k: &str, m: String| out.push((k.to_string(), m));
+        let mut range = |k: &str, v: u64, lo: u64, hi: u64| {
+            if !(lo..=hi).contains(&v) {
+                out_range(&mut bad, k, &v, &lo, &hi);
+            }
+        };
+        range("camera.queue_frames", self.camera.queue_frames as u64, 1, 64);
+        range("model.intra_threads", self.model.intra_threads as u64, 1, 64);
+        range("store.max_megabytes", self.store.max_megabytes, 4, MAX_STORE_MEGABYTES);
+        range("store.commit_batch_max", self.store.commit_batch_max as u64, 1, 100_000);
+        for (stream, ttl) in [
+            ("telemetry", self.store.ttl_secs.telemetry),
+            ("inference", self.store.ttl_secs.inference),
+            ("events", self.store.ttl_secs.events),
+        ] {
+            range(&format!("store.ttl_secs.{stream}"), ttl, 0, MAX_SECS);
+        }
+        // MQTT carries the keep-alive in 16 bits.
+        range("mqtt.keep_alive_secs", self.mqtt.keep_alive_secs, 5, u16::MAX as u64);
+        range("mqtt.inflight_window", self.mqtt.inflight_window as u64, 1, u16::MAX as u64);
+        range("mqtt.reconnect_max_ms", self.mqtt.reconnect_max_ms, 1, MAX_RECONNECT_MS);
+        range("mqtt.status_interval_secs", self.mqtt.status_interval_secs, 1, 86_400);
+        range("mqtt.batch_max_records", self.mqtt.batch_max_records as u64, 1, 10_000);
+        range("mqtt.batch_max_bytes", self.mqtt.batch_max_bytes as u64, 1024, 1 << 20);
+        range("link.handshake_max_age_secs", self.link.handshake_max_age_secs, 0, MAX_SECS);
+        range("link.check_interval_ms", self.link.check_interval_ms, 100, 3_600_000);
+        range("hailo.timeout_ms", self.hailo.timeout_ms as u64, 1, 600_000);
+        range("audio.min_speech_ms", self.audio.min_speech_ms, 0, 60_000);
+        range("audio.min_silence_ms", self.audio.min_silence_ms, 0, 60_000);
+        range("update.binary_health_secs", self.update.binary_health_secs, 1, 3600);
+        range("update.max_artifact_megabytes", self.update.max_artifact_megabytes, 1, 16_384);
+        range("update.reserve_megabytes", self.update.reserve_megabytes, 0, MAX_STORE_MEGABYTES);
+        range("load.event_bytes", self.load.event_bytes as u64, 0, 64 * 1024);
+        range("camera.width", self.camera.width as u64, 1, 8192);
+        range("camera.height", self.camera.height as u64, 1, 8192);
+        let mut real = |k: &str, v: f64, lo: f64, hi: f64| {
+            // `contains` is false for NaN, so NaN and infinities are refused.
+            if !(lo..=hi).contains(&v) {
+                out_range(&mut bad, k, &v, &lo, &hi);
+            }
+        };
+        // At least one frame every 100 s: `1 / fps` stays a small Duration.
+        real("camera.fps", self.camera.fps, MIN_FPS, 240.0);
+        real("telemetry.interval_secs", self.telemetry.interval_secs, 0.1, 86_400.0);
+        real("hailo.reprobe_min_secs", self.hailo.reprobe_min_secs, 0.01, 86_400.0);
+        real("hailo.reprobe_max_secs", self.hailo.reprobe_max_secs, 0.01, 86_400.0);
+        real("load.events_per_sec", self.load.events_per_sec, 0.0, 1_000_000.0);
+        real("audio.buffer_secs", self.audio.buffer_secs, 0.01, 60.0);
+        real("audio.threshold", self.audio.threshold as f64, 0.0, 1.0);
         if !self.device_id.is_empty() && !is_topic_segment(&self.device_id) {
             bad("device_id", "must be 1-64 characters of [A-Za-z0-9_.-]".into());
         }
         if !is_topic_segment(&self.group) {
             bad("group", "must be 1-64 characters of [A-Za-z0-9_.-]".into());
         }
-        if !(self.camera.fps > 0.0 && self.camera.fps <= 240.0) {
-            bad("camera.fps", format!("must be in (0, 240], got {}", self.camera.fps));
-        }
-        if self.camera.queue_frames == 0 || self.camera.queue_frames > 64 {
-            bad("camera.queue_frames", "must be 1..=64".into());
-        }
-        if self.model.intra_threads == 0 || self.model.intra_threads > 64 {
-            bad("model.intra_threads", "must be 1..=64".into());
-        }
-        if !(self.telemetry.interval_secs >= 0.1 && self.telemetry.interval_secs <= 86_400.0) {
-            bad("telemetry.interval_secs", "must be between 0.1 and 86400".into());
-        }
-        if self.store.max_megabytes < 4 {
-            bad("store.max_megabytes", "must be at least 4".into());
-        }
-        if self.store.commit_batch_max == 0 || self.store.commit_batch_max > 100_000 {
-            bad("store.commit_batch_max", "must be 1..=100000".into());
-        }
-        if let Err(m) = BrokerUrl::parse(&self.mqtt.url) {
-            bad("mqtt.url", m);
+        if let Err(e) = BrokerUrl::parse(&self.mqtt.url) {
+            bad("mqtt.url", e.to_string());
         }
         if !self.mqtt.topic_prefix.split('/').all(is_topic_segment) {
             bad("mqtt.topic_prefix", "must be segments of [A-Za-z0-9_.-] joined by '/'".into());
         }
-        if self.mqtt.inflight_window == 0 {
-            bad("mqtt.inflight_window", "must be at least 1".into());
-        }
-        if self.mqtt.keep_alive_secs < 5 {
-            bad("mqtt.keep_alive_secs", "must be at least 5".into());
-        }
         if self.mqtt.reconnect_min_ms == 0 || self.mqtt.reconnect_min_ms > self.mqtt.reconnect_max_ms {
             bad("mqtt.reconnect_min_ms", "must be > 0 and <= mqtt.reconnect_max_ms".into());
-        }
-        if self.mqtt.status_interval_secs == 0 {
-            bad("mqtt.status_interval_secs", "must be at least 1".into());
         }
         let mut order = self.store.drop_order.clone();
         order.sort();
         if order != ["events", "inference", "telemetry"] {
             bad("store.drop_order", "must name telemetry, inference and events once each".into());
         }
-        if self.mqtt.batch_max_records == 0 || self.mqtt.batch_max_records > 10_000 {
-            bad("mqtt.batch_max_records", "must be 1..=10000".into());
-        }
-        if self.mqtt.batch_max_bytes < 1024 || self.mqtt.batch_max_bytes > 1 << 20 {
-            bad("mqtt.batch_max_bytes", "must be 1024..=1048576".into());
-        }
         if !self.link.vpn_interface.is_empty()
             && (self.link.vpn_interface.len() > 15 || !is_topic_segment(&self.link.vpn_interface))
         {
             bad("link.vpn_interface", "not a valid interface name".into());
-        }
-        if self.link.check_interval_ms < 100 {
-            bad("link.check_interval_ms", "must be at least 100".into());
-        }
-        if !(self.load.events_per_sec >= 0.0 && self.load.events_per_sec <= 1_000_000.0) {
-            bad("load.events_per_sec", "must be between 0 and 1000000".into());
         }
         if !["auto", "mjpeg", "yuyv", "nv12", "yu12"].contains(&self.camera.pixel_format.as_str()) {
             bad("camera.pixel_format", "must be auto, mjpeg, yuyv, nv12 or yu12".into());
@@ -513,35 +528,74 @@ impl Config {
         if self.camera.source == CameraSource::MjpegFile && self.camera.mjpeg_file.as_os_str().is_empty() {
             bad("camera.mjpeg_file", "camera.source = \"mjpeg-file\" needs the file to replay".into());
         }
-        if self.camera.width == 0 || self.camera.height == 0 || self.camera.width > 8192 || self.camera.height > 8192 {
-            bad("camera.width", "camera size out of range".into());
-        }
-        if self.hailo.timeout_ms == 0 {
-            bad("hailo.timeout_ms", "must be at least 1".into());
-        }
-        if !(self.hailo.reprobe_min_secs > 0.0 && self.hailo.reprobe_min_secs <= self.hailo.reprobe_max_secs) {
-            bad("hailo.reprobe_min_secs", "must be > 0 and <= hailo.reprobe_max_secs".into());
-        }
-        if !(0.0..=1.0).contains(&self.audio.threshold) {
-            bad("audio.threshold", "must be in [0, 1]".into());
-        }
-        if !(1..=3600).contains(&self.update.binary_health_secs) {
-            bad("update.binary_health_secs", "must be 1..=3600".into());
-        }
-        if !(self.audio.buffer_secs > 0.0 && self.audio.buffer_secs <= 60.0) {
-            bad("audio.buffer_secs", "must be in (0, 60]".into());
+        if self.hailo.reprobe_min_secs > self.hailo.reprobe_max_secs {
+            bad("hailo.reprobe_min_secs", "must be <= hailo.reprobe_max_secs".into());
         }
         if self.mqtt.client_cert_file.as_os_str().is_empty() != self.mqtt.client_key_file.as_os_str().is_empty() {
             bad("mqtt.client_cert_file", "client_cert_file and client_key_file go together".into());
-        }
-        if self.load.event_bytes > 64 * 1024 {
-            bad("load.event_bytes", "must be at most 65536".into());
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             bad("log.level", format!("not a valid filter: {:?}", self.log.level));
         }
         out
     }
+}
+
+/// Longest span any `*_secs` key may name: one year.
+pub const MAX_SECS: u64 = 365 * 86_400;
+/// Largest outbox (and free-space reserve): 1 TiB, so bytes fit a `u64` with room.
+pub const MAX_STORE_MEGABYTES: u64 = 1 << 20;
+/// Longest reconnect backoff: one hour.
+pub const MAX_RECONNECT_MS: u64 = 3_600_000;
+/// Slowest camera: one frame every 100 s.
+pub const MIN_FPS: f64 = 0.01;
+
+fn out_range<T: fmt::Display>(bad: &mut impl FnMut(&str, String), key: &str, v: &T, lo: &T, hi: &T) {
+    bad(key, format!("must be between {lo} and {hi}, got {v}"));
+}
+
+/// Runtime values derived from a validated config, converted in one place
+/// with checked arithmetic (the bounds above make every product fit).
+impl Config {
+    /// `store.max_megabytes` in bytes.
+    pub fn store_max_bytes(&self) -> u64 {
+        self.store.max_megabytes.saturating_mul(1 << 20)
+    }
+
+    /// `store.ttl_secs` in milliseconds, per stream (telemetry, inference, events).
+    pub fn store_ttl_ms(&self) -> [u64; 3] {
+        let t = &self.store.ttl_secs;
+        [t.telemetry, t.inference, t.events].map(|s| s.saturating_mul(1000))
+    }
+
+    /// `hailo.reprobe_min_secs` / `reprobe_max_secs`.
+    pub fn hailo_reprobe(&self) -> (std::time::Duration, std::time::Duration) {
+        (seconds(self.hailo.reprobe_min_secs), seconds(self.hailo.reprobe_max_secs))
+    }
+
+    /// `telemetry.interval_secs`.
+    pub fn telemetry_interval(&self) -> std::time::Duration {
+        seconds(self.telemetry.interval_secs)
+    }
+
+    /// The time between two frames at `camera.fps`.
+    pub fn frame_period(&self) -> std::time::Duration {
+        frame_period(self.camera.fps)
+    }
+}
+
+/// Float seconds as a `Duration`, never panicking: NaN and negatives are
+/// zero, anything above [`MAX_SECS`] is [`MAX_SECS`] (validation refuses
+/// both; this is the last line of defence, not the check).
+pub fn seconds(secs: f64) -> std::time::Duration {
+    std::time::Duration::try_from_secs_f64(secs.clamp(0.0, MAX_SECS as f64))
+        .unwrap_or(std::time::Duration::ZERO)
+}
+
+/// The period of a frame rate, bounded like [`seconds`]; `fps` below
+/// [`MIN_FPS`] (or NaN) is taken as [`MIN_FPS`].
+pub fn frame_period(fps: f64) -> std::time::Duration {
+    seconds(1.0 / fps.max(MIN_FPS))
 }
 
 /// A parsed `mqtt.url`.
@@ -552,25 +606,45 @@ pub struct BrokerUrl {
     pub port: u16,
 }
 
+/// Why an `mqtt.url` is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BrokerUrlError {
+    #[error("{0:?} must start with mqtt:// or mqtts://")]
+    Scheme(String),
+    #[error("{url:?} carries credentials: put the user in mqtt.username and the password in mqtt.password_file")]
+    Credentials { url: String },
+    #[error("bad port {port:?} in {url:?}: must be 1-65535")]
+    Port { url: String, port: String },
+    #[error("no host in {0:?}")]
+    NoHost(String),
+}
+
 impl BrokerUrl {
-    pub fn parse(url: &str) -> Result<Self, String> {
+    pub fn parse(url: &str) -> Result<Self, BrokerUrlError> {
         let (tls, rest) = if let Some(r) = url.strip_prefix("mqtt://") {
             (false, r)
         } else if let Some(r) = url.strip_prefix("mqtts://") {
             (true, r)
         } else {
-            return Err(format!("{url:?} must start with mqtt:// or mqtts://"));
+            return Err(BrokerUrlError::Scheme(url.into()));
         };
         let rest = rest.trim_end_matches('/');
-        let (host, port) = match rest.rsplit_once(':') {
+        if rest.contains('@') {
+            return Err(BrokerUrlError::Credentials { url: url.into() });
+        }
+        let (host, port) = match rest.rsplit_once(':').filter(|(h, _)| !h.ends_with(':') || h.starts_with('[')) {
             Some((h, p)) => {
-                let port = p.parse::<u16>().map_err(|_| format!("bad port {p:?} in {url:?}"))?;
+                let port = p
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|&p| p != 0)
+                    .ok_or_else(|| BrokerUrlError::Port { url: url.into(), port: p.into() })?;
                 (h.trim_start_matches('[').trim_end_matches(']').to_string(), port)
             }
             None => (rest.to_string(), if tls { 8883 } else { 1883 }),
         };
-        if host.is_empty() || host.contains('/') {
-            return Err(format!("no host in {url:?}"));
+        if host.trim().is_empty() || host.contains(['/', ' ', '\t', '?', '#']) {
+            return Err(BrokerUrlError::NoHost(url.into()));
         }
         Ok(Self { tls, host, port })
     }
@@ -703,6 +777,51 @@ mod tests {
         let u = BrokerUrl::parse("mqtt://127.0.0.1:4000").unwrap();
         assert_eq!((u.host.as_str(), u.port, u.tls), ("127.0.0.1", 4000, false));
         assert!(BrokerUrl::parse("mqtt://h:99999").is_err());
+    }
+
+    #[test]
+    fn broker_urls_refuse_port_zero_credentials_and_blank_hosts() {
+        assert!(matches!(BrokerUrl::parse("mqtt://host:0"), Err(BrokerUrlError::Port { .. })));
+        assert!(matches!(BrokerUrl::parse("mqtt://user:pw@host:1883"), Err(BrokerUrlError::Credentials { .. })));
+        assert!(matches!(BrokerUrl::parse("mqtt:// :1883"), Err(BrokerUrlError::NoHost(_))));
+        assert!(matches!(BrokerUrl::parse("mqtt://"), Err(BrokerUrlError::NoHost(_))));
+        assert_eq!(BrokerUrl::parse("mqtt://[::1]:4000").unwrap().host, "::1");
+    }
+
+    /// Regression (issue 15): each of these passed `check-config` and then
+    /// panicked or wrapped at run time.
+    #[test]
+    fn values_that_crashed_or_wrapped_at_run_time_are_refused() {
+        for (text, key) in [
+            ("[camera]\nfps = 1e-300\n", "camera.fps"),
+            ("[camera]\nfps = nan\n", "camera.fps"),
+            ("[hailo]\nreprobe_max_secs = 1e300\n", "hailo.reprobe_max_secs"),
+            ("[hailo]\nreprobe_max_secs = inf\n", "hailo.reprobe_max_secs"),
+            ("[mqtt]\nstatus_interval_secs = 18446744073709551615\n", "mqtt.status_interval_secs"),
+            ("[store]\nmax_megabytes = 17592186044416\n", "store.max_megabytes"),
+            ("[store.ttl_secs]\nevents = 18446744073709551\n", "store.ttl_secs.events"),
+            ("[mqtt]\nkeep_alive_secs = 65536\n", "mqtt.keep_alive_secs"),
+            ("[mqtt]\nurl = \"mqtt://h:0\"\n", "mqtt.url"),
+            ("[telemetry]\ninterval_secs = -1.0\n", "telemetry.interval_secs"),
+        ] {
+            let Err(ConfigError::Invalid(issues)) = parse(text) else { panic!("{text:?} was accepted") };
+            assert!(issues.iter().any(|i| i.key == key), "{text:?}: {issues:?}");
+        }
+    }
+
+    #[test]
+    fn every_accepted_bound_converts_without_panicking() {
+        let c = parse(
+            "[camera]\nfps = 0.01\n[store]\nmax_megabytes = 1048576\n[store.ttl_secs]\nevents = 31536000\n\
+             [hailo]\nreprobe_min_secs = 86400.0\nreprobe_max_secs = 86400.0\n",
+        )
+        .unwrap();
+        assert_eq!(c.store_max_bytes(), 1 << 40);
+        assert_eq!(c.store_ttl_ms()[2], 31_536_000_000);
+        assert_eq!(c.frame_period(), std::time::Duration::from_secs(100));
+        assert_eq!(c.hailo_reprobe().1, std::time::Duration::from_secs(86_400));
+        assert_eq!(seconds(f64::NAN), std::time::Duration::ZERO);
+        assert_eq!(frame_period(0.0), std::time::Duration::from_secs(100));
     }
 
     #[test]

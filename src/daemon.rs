@@ -7,7 +7,7 @@
 //! Stop order: sources → inference drains its queue → telemetry → uplink
 //! (waits briefly for PUBACKs) → outbox writer commits the rest → exit 0.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -42,12 +42,8 @@ pub enum StartError {
     Replay(#[from] replay::ReplayError),
     #[error(transparent)]
     Control(#[from] server::ControlError),
-    #[error("reading the MQTT password file {path}")]
-    Secret {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("reading the MQTT password (mqtt.password_file)")]
+    Password(#[source] crate::credentials::CredentialError),
     #[error("MQTT over TLS")]
     Tls(#[from] crate::tls::TlsError),
     #[error("camera: {0}")]
@@ -56,6 +52,8 @@ pub enum StartError {
     Audio(#[from] crate::audio::AudioError),
     #[error("device identity: {0}")]
     Identity(String),
+    #[error("mqtt.url")]
+    BrokerUrl(#[from] crate::config::BrokerUrlError),
     #[error("starting a thread or the async runtime")]
     Runtime(#[source] std::io::Error),
 }
@@ -88,15 +86,6 @@ impl Paths {
     }
 }
 
-/// Reads a secret named in the config: relative names are looked up in
-/// `$CREDENTIALS_DIRECTORY` (systemd `LoadCredential=`) first.
-pub fn read_secret(path: &Path) -> Result<String, StartError> {
-    let candidate = crate::tls::credential_path(path);
-    std::fs::read_to_string(&candidate)
-        .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
-        .map_err(|source| StartError::Secret { path: candidate, source })
-}
-
 /// Builds the engine for `model` from its ONNX bytes, already read and
 /// checked against the manifest ([`Model::read_onnx`]): the Hailo-8 when
 /// available, else ONNX Runtime on the CPU, switching between them at run
@@ -123,8 +112,8 @@ pub fn build_engine(
     let engine = Selector::new(
         Box::new(cpu),
         opener,
-        Duration::from_secs_f64(config.hailo.reprobe_min_secs),
-        Duration::from_secs_f64(config.hailo.reprobe_max_secs),
+        config.hailo_reprobe().0,
+        config.hailo_reprobe().1,
         shared.clone(),
     );
     drop(bytes);
@@ -189,7 +178,10 @@ pub fn run(config: Config) -> Result<(), StartError> {
 pub fn run_from(config: Config, config_path: Option<PathBuf>) -> Result<(), StartError> {
     let paths = Paths::resolve(&config);
     // A config activated by a fleet update takes the file's place.
-    let (config, fleet_config) = crate::update::agent::startup_config(config, &paths.state_dir);
+    // It is on trial until this start has stayed up long enough; one that
+    // did not is rolled back here (see update::config_trial).
+    let choice = crate::update::config_trial::start(config, &paths.state_dir);
+    let (config, fleet_config, config_trial) = (choice.config, choice.fleet_path, choice.on_trial);
     // For `sparkctl config show`: where the running config came from.
     let config_source = match (&fleet_config, &config_path) {
         (Some(p), _) => format!("fleet config update {}", p.display()),
@@ -203,13 +195,9 @@ pub fn run_from(config: Config, config_path: Option<PathBuf>) -> Result<(), Star
         &paths.state_dir.join("outbox"),
         OutboxOptions {
             device_id: device_id.clone(),
-            max_bytes: config.store.max_megabytes * 1024 * 1024,
+            max_bytes: config.store_max_bytes(),
             drop_order: config.store.drop_order.iter().filter_map(|s| Stream::parse(s)).collect(),
-            ttl_ms: [
-                config.store.ttl_secs.telemetry * 1000,
-                config.store.ttl_secs.inference * 1000,
-                config.store.ttl_secs.events * 1000,
-            ],
+            ttl_ms: config.store_ttl_ms(),
         },
     )?;
     let shared = Arc::new(Shared::new(device_id.clone()));
@@ -231,7 +219,7 @@ pub fn run_from(config: Config, config_path: Option<PathBuf>) -> Result<(), Star
                 CameraSource::MjpegFile => {
                     let path = config.camera.mjpeg_file.clone();
                     let frames = crate::source::mjpeg_file::probe(&path)
-                        .map_err(|e| StartError::Camera(format!("camera.mjpeg_file: {:#}", anyhow::Error::new(e))))?;
+                        .map_err(|e| StartError::Camera(format!("camera.mjpeg_file: {}", crate::error_chain(&e))))?;
                     tracing::info!(file = %path.display(), frames, "camera: replaying an MJPEG recording");
                     Capture::MjpegFile(path)
                 }
@@ -251,7 +239,7 @@ pub fn run_from(config: Config, config_path: Option<PathBuf>) -> Result<(), Star
     let password = if config.mqtt.password_file.as_os_str().is_empty() {
         None
     } else {
-        Some(read_secret(&config.mqtt.password_file)?)
+        Some(crate::credentials::read_secret(&config.mqtt.password_file).map_err(StartError::Password)?)
     };
 
     let wake = Arc::new(Notify::new());
@@ -344,7 +332,7 @@ pub fn run_from(config: Config, config_path: Option<PathBuf>) -> Result<(), Star
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let gate = link::spawn_gate(&runtime, &config.link, shared.clone(), shutdown_rx.clone());
-    let broker = BrokerUrl::parse(&config.mqtt.url).map_err(StartError::Identity)?;
+    let broker = BrokerUrl::parse(&config.mqtt.url)?;
     let tls = if broker.tls {
         Some(crate::tls::client_config(&crate::tls::TlsSettings::from_config(&config.mqtt))?)
     } else {
@@ -410,6 +398,11 @@ pub fn run_from(config: Config, config_path: Option<PathBuf>) -> Result<(), Star
     // Backstop for a binary on trial that its agent does not confirm.
     let trial_deadline =
         runtime.spawn(crate::update::binary::trial_deadline(paths.state_dir.clone(), config.update.binary_health_secs));
+    // A fleet config on trial is confirmed once this start has lasted.
+    if let Some(trial) = config_trial {
+        let health = config.update.binary_health_secs;
+        runtime.spawn(crate::update::config_trial::confirm_after(paths.state_dir.clone(), trial, health));
+    }
     let watchdog = runtime.spawn(crate::notify::watchdog_loop(shutdown_rx.clone()));
     let rate_sampler = {
         let (shared, mut stop) = (shared.clone(), shutdown_rx.clone());
@@ -479,7 +472,7 @@ fn spawn_update_agent(
     match crate::update::agent::spawn(deps) {
         Ok(v) => Some(v),
         Err(e) => {
-            tracing::error!(error = %format!("{:#}", anyhow::Error::new(e)), "fleet updates disabled");
+            tracing::error!(error = %crate::error_chain(&e), "fleet updates disabled");
             None
         }
     }
@@ -493,7 +486,7 @@ fn spawn_telemetry(
     appender: &outbox::Appender,
     stop: &Arc<AtomicBool>,
 ) -> Result<JoinHandle<()>, StartError> {
-    let interval = Duration::from_secs_f64(config.telemetry.interval_secs);
+    let interval = config.telemetry_interval();
     let (appender, shared, stop, store) = (appender.clone(), shared.clone(), stop.clone(), store.clone());
     let state_dir = paths.state_dir.clone();
     std::thread::Builder::new()

@@ -7,6 +7,7 @@
 pub mod audio;
 pub mod config;
 pub mod control;
+pub mod credentials;
 pub mod daemon;
 pub mod detect;
 pub mod engine;
@@ -28,3 +29,16 @@ pub mod tls;
 pub mod update;
 pub mod uplink;
 pub mod vision;
+
+/// An error and its whole `#[source]` chain on one line, `outer: inner: …`:
+/// the one formatter for logs, reports and the control protocol.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

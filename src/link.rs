@@ -664,17 +664,6 @@ pub enum NetlinkError {
     Decode { what: &'static str, detail: String },
 }
 
-/// `e` and its sources, joined by `: `.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
 
 // ---------------------------------------------------------------------------
 // Probes (blocking IO)
@@ -698,7 +687,7 @@ pub fn probe(iface: &str, uapi_dir: &Path) -> Probe {
     }
     let admin_up = match read_flags(&dir.join("flags")) {
         Ok(flags) => is_admin_up(flags),
-        Err(e) => return Probe::failed(chain(&e)),
+        Err(e) => return Probe::failed(crate::error_chain(&e)),
     };
     Probe { failed: None, exists: true, admin_up, device: read_device(iface, uapi_dir) }
 }
@@ -716,7 +705,7 @@ fn read_device(iface: &str, uapi_dir: &Path) -> Result<(HandshakeSource, Vec<Pee
     };
     match uapi_device(&uapi_dir.join(format!("{iface}.sock"))) {
         Ok(peers) => Ok((HandshakeSource::Uapi, peers)),
-        Err(u) => Err(format!("netlink: {}; uapi: {}", chain(&nl), chain(&u))),
+        Err(u) => Err(format!("netlink: {}; uapi: {}", crate::error_chain(&nl), crate::error_chain(&u))),
     }
 }
 

@@ -59,7 +59,7 @@ pub fn infer_frame(
     let t0 = Instant::now();
     let m = &model.manifest;
     let lb = vision::prepare(frame, &m.input, input);
-    let outputs = engine.run(input).map_err(|e| format!("{:#}", anyhow::Error::new(e)))?;
+    let outputs = engine.run(input).map_err(|e| crate::error_chain(&e))?;
     let detections = detect::decode(&m.output, &m.labels, &outputs, &lb).map_err(|e| e.to_string())?;
     Ok(Inferred { detections, engine: engine.kind(), latency: t0.elapsed() })
 }

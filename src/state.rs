@@ -40,6 +40,8 @@ pub struct LinkState {
     /// Unix ms of the last change of `broker_connected`.
     pub since_ms: u64,
     pub reconnects: u64,
+    /// Inbound messages dropped unread: retained update chunks, oversized packets.
+    pub inbound_discarded: u64,
 }
 
 /// Counters are monotonic for the life of the process.

@@ -62,15 +62,7 @@ impl TlsSettings {
     }
 }
 
-/// Where a credential named in the config is read from: a relative name is
-/// looked up in `$CREDENTIALS_DIRECTORY` (systemd `LoadCredential=`) first,
-/// the same rule as [`crate::daemon::read_secret`].
-pub fn credential_path(path: &Path) -> PathBuf {
-    match std::env::var_os("CREDENTIALS_DIRECTORY") {
-        Some(dir) if path.is_relative() && Path::new(&dir).join(path).exists() => Path::new(&dir).join(path),
-        _ => path.to_path_buf(),
-    }
-}
+pub use crate::credentials::credential_path;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {

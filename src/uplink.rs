@@ -113,6 +113,11 @@ struct Epoch {
     /// Streams that may have more to send.
     dirty: [bool; 3],
     next_stream: usize,
+    /// When the broker's CONNACK arrived in this epoch.
+    connected_at: Option<std::time::Instant>,
+    /// Subscribe to the inbound topics this epoch (paused after an
+    /// oversized inbound message, see [`INBOUND_PAUSE`]).
+    subscribe_inbound: bool,
 }
 
 impl Epoch {
@@ -124,6 +129,8 @@ impl Epoch {
             inflight: HashMap::new(),
             acked_run: None,
             dirty: [true; 3],
+            connected_at: None,
+            subscribe_inbound: true,
             next_stream: 0,
         }
     }
@@ -141,6 +148,9 @@ pub async fn run(settings: UplinkSettings, deps: UplinkDeps) {
 /// go to the update agent, its state reports go out (see `update::agent`).
 pub async fn run_with_updates(settings: UplinkSettings, mut deps: UplinkDeps, mut updates: Option<UplinkLink>) {
     let mut backoff = settings.reconnect_min;
+    // Inbound subscriptions resume after this, once an oversized message
+    // (likely retained: re-sent on every subscribe) broke a connection.
+    let mut inbound_paused_until: Option<std::time::Instant> = None;
     deps.shared.update_link(|l| {
         l.broker = format!("{}:{}", settings.broker.host, settings.broker.port);
         l.since_ms = now_ms();
@@ -155,7 +165,8 @@ pub async fn run_with_updates(settings: UplinkSettings, mut deps: UplinkDeps, mu
                 _ = deps.shutdown.changed() => return,
             }
         }
-        let outcome = run_epoch(&settings, &mut deps, &mut updates).await;
+        let subscribe_inbound = inbound_paused_until.is_none_or(|t| std::time::Instant::now() >= t);
+        let outcome = run_epoch(&settings, &mut deps, &mut updates, subscribe_inbound).await;
         deps.shared.update_link(|l| {
             if l.broker_connected {
                 l.since_ms = now_ms();
@@ -168,9 +179,18 @@ pub async fn run_with_updates(settings: UplinkSettings, mut deps: UplinkDeps, mu
                 backoff = settings.reconnect_min;
                 continue;
             }
-            EpochEnd::Failed { was_connected } => {
-                if was_connected {
+            EpochEnd::Failed { stable, oversized_inbound } => {
+                // Only a connection that lasted resets the backoff: one the
+                // broker accepts and then drops at once (a bad inbound
+                // message, a broker limit) must not reconnect in a tight loop.
+                if stable {
                     backoff = settings.reconnect_min;
+                }
+                if oversized_inbound {
+                    inbound_paused_until = Some(std::time::Instant::now() + INBOUND_PAUSE);
+                    tracing::warn!(pause_s = INBOUND_PAUSE.as_secs(), max_bytes = MAX_INBOUND_PACKET,
+                        "an inbound MQTT message was larger than any update message: update topics \
+                         unsubscribed for a while so records keep flowing");
                 }
                 // Jitter in [backoff/2, backoff) so a fleet does not reconnect in step.
                 let half = backoff.as_millis() as u64 / 2;
@@ -188,15 +208,29 @@ pub async fn run_with_updates(settings: UplinkSettings, mut deps: UplinkDeps, mu
 enum EpochEnd {
     Shutdown,
     GateClosed,
-    Failed { was_connected: bool },
+    /// `stable`: the connection had lasted [`STABLE_CONNECTION`];
+    /// `oversized_inbound`: it broke on an inbound packet above [`MAX_INBOUND_PACKET`].
+    Failed { stable: bool, oversized_inbound: bool },
 }
+
+/// The largest inbound packet the client takes: well above the largest
+/// legitimate update message (a [`crate::update::CHUNK_MAX_BYTES`] chunk as
+/// base64 in JSON). A larger one cannot be skipped inside MQTT (the client
+/// stops reading the stream at its header), so the connection ends and the
+/// inbound topics pause for [`INBOUND_PAUSE`].
+pub const MAX_INBOUND_PACKET: usize = 1024 * 1024;
+/// How long inbound (update) subscriptions pause after an oversized message.
+pub const INBOUND_PAUSE: Duration = Duration::from_secs(600);
+/// A connection that lasted this long resets the reconnect backoff.
+pub const STABLE_CONNECTION: Duration = Duration::from_secs(10);
+const _: () = assert!(crate::update::CHUNK_MAX_BYTES * 4 / 3 + 64 * 1024 < MAX_INBOUND_PACKET);
 
 fn mqtt_options(s: &UplinkSettings) -> MqttOptions {
     let mut o = MqttOptions::new(&s.client_id, &s.broker.host, s.broker.port);
     o.set_keep_alive(s.keep_alive);
     o.set_clean_session(true);
     o.set_inflight(s.window);
-    o.set_max_packet_size(1024 * 1024, 1024 * 1024);
+    o.set_max_packet_size(MAX_INBOUND_PACKET, 1024 * 1024);
     let offline = serde_json::to_vec(&StatusMessage {
         online: false,
         device_id: &s.device_id,
@@ -245,10 +279,16 @@ fn connection_error_text(e: &(dyn std::error::Error + 'static)) -> String {
 /// unbatched drain about a tenth of its rate.
 const EVENT_BURST: usize = 64;
 
-async fn run_epoch(s: &UplinkSettings, deps: &mut UplinkDeps, updates: &mut Option<UplinkLink>) -> EpochEnd {
+async fn run_epoch(
+    s: &UplinkSettings,
+    deps: &mut UplinkDeps,
+    updates: &mut Option<UplinkLink>,
+    subscribe_inbound: bool,
+) -> EpochEnd {
     let cap = s.window as usize * 2 + 16;
     let (client, mut eventloop) = AsyncClient::new(mqtt_options(s), cap);
     let mut epoch = Epoch::new();
+    epoch.subscribe_inbound = subscribe_inbound;
     let mut connected = false;
     let mut status_tick = tokio::time::interval_at(tokio::time::Instant::now() + s.status_interval, s.status_interval);
     status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -333,6 +373,7 @@ async fn on_event(
     match ev {
         Ok(Event::Incoming(Packet::ConnAck(_))) => {
             *connected = true;
+            epoch.connected_at = Some(std::time::Instant::now());
             tracing::info!(broker = %format!("{}:{}", s.broker.host, s.broker.port), "uplink connected");
             deps.shared.update_link(|l| {
                 l.broker_connected = true;
@@ -344,14 +385,21 @@ async fn on_event(
             // the online status: the broker handles a client's packets in
             // order, so whoever sees `online` knows the update topics are
             // subscribed.
-            for t in updates.iter().flat_map(|u| u.subscriptions.iter()) {
+            let inbound = updates.iter().filter(|_| epoch.subscribe_inbound);
+            for t in inbound.flat_map(|u| u.subscriptions.iter()) {
                 let _ = client.try_subscribe(t, QoS::AtLeastOnce);
             }
             publish_status(s, client, epoch, deps, true);
         }
         Ok(Event::Incoming(Packet::Publish(p))) => {
             if let Some(u) = updates.as_ref() {
-                forward_update(u, p.topic, p.payload.to_vec()).await;
+                if p.retain && p.topic.ends_with("/update/chunk") {
+                    // A chunk is only meaningful while its push runs; a
+                    // retained one would come back on every subscribe.
+                    count_inbound_discard(deps, "retained update chunk", &p.topic);
+                } else {
+                    forward_update(u, p.topic, p.payload.to_vec()).await;
+                }
             }
         }
         Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
@@ -388,10 +436,36 @@ async fn on_event(
                 tracing::debug!(error = %msg, "uplink connect failed");
             }
             deps.shared.update_link(|l| l.last_error = Some(msg));
-            return Some(EpochEnd::Failed { was_connected: *connected });
+            let oversized_inbound = matches!(
+                e,
+                rumqttc::ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+                    rumqttc::Error::PayloadSizeLimitExceeded(_)
+                ))
+            );
+            if oversized_inbound {
+                count_inbound_discard(deps, "inbound message above the size limit", "");
+            }
+            let stable = epoch.connected_at.is_some_and(|t| t.elapsed() >= STABLE_CONNECTION);
+            return Some(EpochEnd::Failed { stable, oversized_inbound });
         }
     }
     None
+}
+
+/// Counts an inbound message dropped unread (`sparkctl link`: `inbound_discarded`).
+fn count_inbound_discard(deps: &UplinkDeps, reason: &'static str, topic: &str) {
+    let n = {
+        let mut n = 0;
+        deps.shared.update_link(|l| {
+            l.inbound_discarded += 1;
+            n = l.inbound_discarded;
+        });
+        n
+    };
+    // The world can trigger this at will: log the 1st, 2nd, 4th, ...
+    if n.is_power_of_two() {
+        tracing::warn!(reason, topic, discarded = n, "inbound MQTT message discarded");
+    }
 }
 
 /// Hands an update manifest or chunk to the update agent. A full queue

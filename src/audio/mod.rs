@@ -290,7 +290,7 @@ fn run(config: AudioConfig, vad: SileroVad, appender: Appender, shared: Arc<Shar
         let input = match opened {
             Ok(i) => i,
             Err(e) => {
-                fail(format!("{:#}", anyhow::Error::new(e)), &mut outage);
+                fail(crate::error_chain(&e), &mut outage);
                 sleep_unless_stopped(backoff.next_delay(), &stop);
                 continue;
             }
@@ -344,7 +344,7 @@ fn run(config: AudioConfig, vad: SileroVad, appender: Appender, shared: Arc<Shar
                     Err(e) => {
                         shared.audio_errors.fetch_add(1, Ordering::Relaxed);
                         if last_model_error_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-                            tracing::error!(error = %format!("{:#}", anyhow::Error::new(e)), "voice-activity model failed");
+                            tracing::error!(error = %crate::error_chain(&e), "voice-activity model failed");
                             last_model_error_log = Some(Instant::now());
                         }
                     }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use spark_edge::config::{Config, ConfigError};
+use spark_edge::config::Config;
 use spark_edge::update::binary::{self, Boot};
 
 #[derive(Parser)]
@@ -26,7 +26,14 @@ enum Command {
         config: Option<PathBuf>,
     },
     /// Validate a config file: exit 0 when valid, 1 with errors naming file, line and key.
-    CheckConfig { path: PathBuf },
+    CheckConfig {
+        path: PathBuf,
+        /// Check the config `sparkd run --config PATH` would actually use: a
+        /// fleet-activated config in the state directory takes the file's
+        /// place unless it is rolled back (changes nothing on disk).
+        #[arg(long)]
+        effective: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -40,9 +47,20 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig { path } => match Config::load(&path) {
-            Ok(_) => {
+        Command::CheckConfig { path, effective } => match Config::load(&path) {
+            Ok(file_config) => {
                 println!("{}: valid", path.display());
+                if effective {
+                    let state_dir = spark_edge::daemon::Paths::resolve(&file_config).state_dir;
+                    let choice = spark_edge::update::config_trial::choose(file_config, &state_dir);
+                    if let Some(t) = &choice.rolled_back {
+                        println!("fleet config {} will be rolled back at start", t.version_dir);
+                    }
+                    match &choice.fleet_path {
+                        Some(p) => println!("{}: valid; sparkd run uses this fleet-activated config", p.display()),
+                        None => println!("sparkd run uses {}", path.display()),
+                    }
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -107,15 +125,5 @@ fn launch(config: &Config) {
 
 /// The error and its whole `#[source]` chain on one line.
 fn report(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    if let Some(ConfigError::Invalid(_)) = e.downcast_ref::<ConfigError>() {
-        return s;
-    }
-    s
+    spark_edge::error_chain(e)
 }

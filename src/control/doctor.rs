@@ -549,17 +549,7 @@ pub fn outbox(s: &StatusReport) -> Check {
 
 // ---- helpers -------------------------------------------------------------------
 
-/// An error and its `#[source]` chain on one line.
-pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
+pub use crate::error_chain as chain;
 
 /// `1.5 MiB`, `512 B`.
 pub fn human_bytes(n: u64) -> String {

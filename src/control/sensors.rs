@@ -96,7 +96,7 @@ pub(super) async fn camera_list(ctx: &Arc<ControlContext>, limits: &Limits) -> R
 /// 10 s (a camera coming back), at most 50 s (sparkctl waits 60).
 pub fn snapshot_deadline(fps: f64) -> Duration {
     let period = if fps.is_finite() && fps > 0.0 { 1.0 / fps } else { 1.0 };
-    Duration::from_secs_f64((3.0 * period + 2.0).clamp(10.0, 50.0))
+    crate::config::seconds((3.0 * period + 2.0).clamp(10.0, 50.0))
 }
 
 pub(super) async fn camera_snapshot(ctx: &Arc<ControlContext>, limits: &Limits) -> Response {

@@ -85,7 +85,7 @@ impl Selector {
                 self.publish_active();
             }
             Err(e) => {
-                let msg = format!("{:#}", anyhow::Error::new(e));
+                let msg = crate::error_chain(&e);
                 // Permanent problems (version mismatch, bad HEF) are retried
                 // at the slowest pace: an update or a technician fixes them.
                 let permanent = msg.contains("hailo permanent");
@@ -122,7 +122,7 @@ impl Engine for Selector {
                 }
                 Err(e) => {
                     let class = HailoFailure::of(&e);
-                    let msg = format!("{:#}", anyhow::Error::new(e));
+                    let msg = crate::error_chain(&e);
                     if class != Some(HailoFailure::Transient) {
                         // Device lost, driver error or worse: leave the
                         // accelerator and re-probe it with backoff.

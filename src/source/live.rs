@@ -118,7 +118,7 @@ pub struct Pacer {
 impl Pacer {
     pub fn new(fps: f64) -> Self {
         let fps = if fps.is_finite() && fps > 0.0 { fps } else { 1.0 };
-        Self { period: Duration::from_secs_f64(1.0 / fps), next: None }
+        Self { period: crate::config::frame_period(fps), next: None }
     }
 
     /// Whether a frame that arrived at `now` is passed on.
@@ -204,7 +204,7 @@ pub fn run<S: FrameSource>(
             None => {
                 summary.outages += 1;
                 *outage = Some((Instant::now(), 1));
-                tracing::warn!(device = %name, error = %chain(e), "camera unavailable; retrying with backoff until it returns");
+                tracing::warn!(device = %name, error = %crate::error_chain(e), "camera unavailable; retrying with backoff until it returns");
             }
             Some((_, attempts)) => *attempts += 1,
         }
@@ -239,7 +239,7 @@ pub fn run<S: FrameSource>(
                     summary.bad_frames += 1;
                     shared.camera_errors.fetch_add(1, Ordering::Relaxed);
                     if last_frame_error_log.is_none_or(|t| t.elapsed() >= options.frame_error_log_every) {
-                        tracing::warn!(device = %name, error = %chain(&e), bad_frames = summary.bad_frames, "camera frame dropped");
+                        tracing::warn!(device = %name, error = %crate::error_chain(&e), bad_frames = summary.bad_frames, "camera frame dropped");
                         last_frame_error_log = Some(Instant::now());
                     }
                 }
@@ -258,17 +258,6 @@ pub fn run<S: FrameSource>(
     summary
 }
 
-/// An error and its sources on one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
-}
 
 pub(crate) fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) {
     let end = Instant::now() + d;

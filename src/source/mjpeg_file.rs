@@ -9,7 +9,7 @@
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::convert;
 use super::live::{CaptureError, FrameSource};
@@ -156,7 +156,7 @@ impl FrameSource for MjpegFileSource {
             return Err(CaptureError::Unsupported { device: self.name(), message: "not open".into() });
         }
         // A file has no clock of its own: wait for the frame's turn.
-        let period = Duration::from_secs_f64(1.0 / self.fps);
+        let period = crate::config::frame_period(self.fps);
         let now = Instant::now();
         let due = self.next_due.unwrap_or(now);
         if due > now {
@@ -194,6 +194,7 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+    use std::time::Duration;
     use std::sync::atomic::{AtomicBool, Ordering};
 
     use image::RgbImage;

@@ -44,7 +44,7 @@ pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>, ReplayError> {
 /// Runs until `stop` is set: decodes the next file and pushes it, paced to
 /// `fps`. Undecodable files are logged once per pass and skipped.
 pub fn run(files: Vec<PathBuf>, fps: f64, queue: Arc<FrameQueue>, stop: Arc<AtomicBool>) {
-    let period = Duration::from_secs_f64(1.0 / fps);
+    let period = crate::config::frame_period(fps);
     let mut next = Instant::now();
     let mut number = 0u64;
     'outer: while !stop.load(Ordering::Relaxed) {

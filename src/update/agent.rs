@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use super::binary;
+use super::{binary, config_trial};
 use super::pack::{self, MODEL_MANIFEST};
 use super::{Chunk, Installed, Kind, Phase, Rejection, StateReport, UpdateError, UpdateRecord, Updater};
 use super::{UpdaterOptions, wall_clock_secs};
@@ -122,8 +122,7 @@ pub struct AgentDeps {
     pub config_path: Option<PathBuf>,
 }
 
-/// The name of the daemon's config in config updates (`--kind config --name sparkd`).
-pub const CONFIG_NAME: &str = "sparkd";
+pub use super::config_trial::CONFIG_NAME;
 
 /// What a config update or `sparkctl config reload` changed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,28 +153,6 @@ pub fn changed_keys(a: &Config, b: &Config) -> Vec<String> {
     let mut out = Vec::new();
     walk("", &a, &b, &mut out);
     out
-}
-
-/// The config the daemon starts with: the fleet-activated one
-/// (`<state>/configs/sparkd/current`) when there is one, it passes the
-/// checks of `sparkd check-config` and keeps `state_dir`; else `file_config`.
-/// The path is the fleet config's file when that one was chosen.
-pub fn startup_config(file_config: Config, state_dir: &Path) -> (Config, Option<PathBuf>) {
-    let current = state_dir.join("configs").join(CONFIG_NAME).join("current");
-    let Ok(manifest) = std::fs::read(current.join("manifest.json")) else { return (file_config, None) };
-    let Ok(m) = serde_json::from_slice::<super::UpdateManifest>(&manifest) else { return (file_config, None) };
-    let path = current.join(&m.artifact.file_name);
-    match Config::load(&path) {
-        Ok(c) if c.state_dir == file_config.state_dir => {
-            tracing::info!(version = %m.version, "running the fleet-activated config");
-            (c, Some(path))
-        }
-        Ok(_) => (file_config, None),
-        Err(e) => {
-            tracing::error!(error = %error_chain(&e), "the fleet-activated config is invalid; running the file's");
-            (file_config, None)
-        }
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -245,7 +222,7 @@ pub fn startup_model(config: &Config, state_dir: &Path) -> Result<(Model, Vec<u8
                 return Ok((m, bytes));
             }
             Err(e) => {
-                tracing::error!(error = %format!("{:#}", anyhow::Error::new(e)), "the fleet-activated model does not load; running the configured one");
+                tracing::error!(error = %crate::error_chain(&e), "the fleet-activated model does not load; running the configured one");
             }
         }
     }
@@ -282,6 +259,7 @@ enum Failed {
 
 impl Agent {
     fn run(&mut self, mut requests: mpsc::Receiver<Request>) {
+        self.resume_config();
         self.resume_binary();
         // Staged before a crash or restart: finish it now.
         self.resume_staged();
@@ -367,7 +345,7 @@ impl Agent {
             }
             Err(e) => {
                 self.io_failure(&id, &e);
-                Err(error_chain(&e))
+                Err(crate::error_chain(&e))
             }
         }
     }
@@ -390,6 +368,13 @@ impl Agent {
                 offered: rec.version.to_string(),
                 installed: binary::running_version(&self.deps.state_dir).to_string(),
             }),
+            Kind::Config if rec.phase == Phase::Staged && !matches!(config_trial::read(&self.deps.state_dir), Ok(None)) => {
+                Some(Rejection::Unsupported {
+                    detail: "the config activated before is still on trial (confirmed after its first start has \
+                             stayed up for update.binary_health_secs); push again after it"
+                        .into(),
+                })
+            }
             Kind::Binary if rec.phase != Phase::Activating && binary::binary_in_flight(&self.deps.state_dir) => {
                 Some(Rejection::Unsupported {
                     detail: "another binary update waits for its restart or is on trial; push again after it".into(),
@@ -443,13 +428,13 @@ impl Agent {
             }
             Err(e) => {
                 self.io_failure(&chunk.update_id, &e);
-                Err(error_chain(&e))
+                Err(crate::error_chain(&e))
             }
         }
     }
 
     fn io_failure(&self, update_id: &str, e: &UpdateError) {
-        let msg = error_chain(e);
+        let msg = crate::error_chain(e);
         tracing::error!(update_id, error = %msg, "update step failed");
         let r = Rejection::Unsupported { detail: msg.clone() };
         let mut report = self.updater.rejection_report(update_id, &r);
@@ -526,7 +511,7 @@ impl Agent {
                 }
             }
             Ok(None) => {}
-            Err(e) => tracing::error!(error = %error_chain(&e), "reading the binary trial state"),
+            Err(e) => tracing::error!(error = %crate::error_chain(&e), "reading the binary trial state"),
         }
         if !binary::binary_in_flight(&dir) {
             let cut: Vec<UpdateRecord> = self
@@ -540,6 +525,28 @@ impl Agent {
                 self.report(&rec);
                 self.activate_binary(rec);
             }
+        }
+    }
+
+    /// At start: finish the rollback of a config trial the start refused
+    /// ([`config_trial::start`]) and report it.
+    fn resume_config(&mut self) {
+        let Some((trial, reason)) = config_trial::failed(&self.deps.state_dir) else { return };
+        match self.updater.rollback(Kind::Config, CONFIG_NAME, &reason) {
+            Ok(()) | Err(UpdateError::NoPrevious { .. }) => {}
+            Err(e) => return self.io_failure(&trial.update_id, &e),
+        }
+        match self.updater.records() {
+            Ok(records) => {
+                for rec in records.iter().filter(|r| r.kind == Kind::Config && r.version_dir_name() == trial.version_dir)
+                {
+                    self.report(rec);
+                }
+            }
+            Err(e) => return self.io_failure(&trial.update_id, &e),
+        }
+        if let Err(e) = config_trial::clear(&self.deps.state_dir) {
+            tracing::error!(error = %crate::error_chain(&e), "clearing the finished config trial");
         }
     }
 
@@ -586,6 +593,10 @@ impl Agent {
             Ok(c) => c,
             Err(f) => return self.give_up(&rec.update_id, f),
         };
+        // On trial from before `current` moves, so no start can use it unwatched.
+        if let Err(e) = config_trial::begin(&self.deps.state_dir, &rec.update_id, &rec.version_dir_name()) {
+            return self.io_failure(&rec.update_id, &e);
+        }
         let rec = match self.updater.activate(&rec.update_id) {
             Ok(r) => r,
             Err(UpdateError::Rejected(r)) => return self.report_rejected_record(&rec.update_id, &r),
@@ -605,7 +616,7 @@ impl Agent {
         let bad = |detail: String| Failed::Reject(Rejection::InvalidConfig { detail });
         let dir = self.updater.staged_dir(rec).ok_or_else(|| bad("no store folder".into()))?;
         let path = dir.join(&rec.file_name);
-        let new = Config::load(&path).map_err(|e| bad(error_chain(&e)))?;
+        let new = Config::load(&path).map_err(|e| bad(crate::error_chain(&e)))?;
         self.check_reload(&new).map_err(bad)?;
         Ok(new)
     }
@@ -616,7 +627,7 @@ impl Agent {
         if new.state_dir != self.running.state_dir {
             return Err("state_dir cannot change in a running daemon (it holds this update)".into());
         }
-        UpdaterOptions::from_config(new, &self.deps.device_id, &self.deps.state_dir).map_err(|e| error_chain(&e))?;
+        UpdaterOptions::from_config(new, &self.deps.device_id, &self.deps.state_dir).map_err(|e| crate::error_chain(&e))?;
         Ok(())
     }
 
@@ -628,9 +639,9 @@ impl Agent {
             changed.into_iter().partition(|k| k.starts_with("update."));
         if !applied.is_empty() {
             let opts = UpdaterOptions::from_config(&new, &self.deps.device_id, &self.deps.state_dir)
-                .map_err(|e| error_chain(&e))?;
+                .map_err(|e| crate::error_chain(&e))?;
             self.keys = opts.keys.ids().map(String::from).collect();
-            let mut updater = Updater::open(opts).map_err(|e| error_chain(&e))?;
+            let mut updater = Updater::open(opts).map_err(|e| crate::error_chain(&e))?;
             updater.set_hailort_version(self.hailort.clone());
             self.updater = updater;
         }
@@ -644,7 +655,7 @@ impl Agent {
         let Some(path) = self.deps.config_path.clone() else {
             return Err("sparkd runs the built-in demo configuration: there is no file to reload".into());
         };
-        let new = Config::load(&path).map_err(|e| error_chain(&e))?;
+        let new = Config::load(&path).map_err(|e| crate::error_chain(&e))?;
         self.check_reload(&new)?;
         let change = self.apply_config(new)?;
         tracing::info!(target: "audit", path = %path.display(), applied = ?change.applied,
@@ -717,17 +728,17 @@ impl Agent {
         let unpacked = dir.join(UNPACKED);
         if !unpacked.exists() {
             let bytes = std::fs::read(dir.join(&rec.file_name)).map_err(|e| bad(format!("reading the pack: {e}")))?;
-            pack::unpack(&bytes, &unpacked).map_err(|e| bad(format!("{:#}", anyhow::Error::new(e))))?;
+            pack::unpack(&bytes, &unpacked).map_err(|e| bad(crate::error_chain(&e)))?;
         }
         let model =
-            Model::load(&unpacked.join(MODEL_MANIFEST)).map_err(|e| bad(format!("{:#}", anyhow::Error::new(e))))?;
+            Model::load(&unpacked.join(MODEL_MANIFEST)).map_err(|e| bad(crate::error_chain(&e)))?;
         if model.manifest.name != rec.name || model.manifest.version != rec.version.to_string() {
             return Err(bad(format!(
                 "model.toml says {} {}, the signed manifest {} {}",
                 model.manifest.name, model.manifest.version, rec.name, rec.version
             )));
         }
-        let onnx = model.read_onnx().map_err(|e| bad(format!("{:#}", anyhow::Error::new(e))))?;
+        let onnx = model.read_onnx().map_err(|e| bad(crate::error_chain(&e)))?;
         let manifest = self.updater.manifest_of(&rec.update_id).map_err(|e| bad(e.to_string()))?;
         let canary = match &manifest.canary {
             Some(c) => {
@@ -744,7 +755,7 @@ impl Agent {
             return Ok((None, model));
         }
         let mut engine = crate::daemon::build_engine(&self.deps.config, &model, onnx, &self.deps.shared)
-            .map_err(|e| Failed::RollBack(format!("the new engine does not build: {:#}", anyhow::Error::new(e))))?;
+            .map_err(|e| Failed::RollBack(format!("the new engine does not build: {}", crate::error_chain(&e))))?;
         let mut input = crate::vision::Tensor::zeros(&[1]);
         // Warm-up: the first run allocates; a failure here is a failure of the model.
         let warm = canary
@@ -791,14 +802,3 @@ fn switch_engine(
     done_rx.recv_timeout(SWAP_DEADLINE).map_err(|_| "the inference thread did not switch in time".to_string())
 }
 
-/// An error and its sources on one line.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cur = c.source();
-    }
-    text
-}

@@ -239,8 +239,7 @@ impl TrustedKeys {
     /// Reads the keys file; a relative path is looked up in
     /// `$CREDENTIALS_DIRECTORY` first (like every credential of sparkd).
     pub fn load(path: &Path) -> Result<Self, UpdateError> {
-        let text = crate::daemon::read_secret(path)
-            .map_err(|e| UpdateError::Keys { path: path.to_path_buf(), message: e.to_string() })?;
+        let text = crate::credentials::read_secret(path).map_err(UpdateError::ReadKeys)?;
         Self::parse(&text).map_err(|message| UpdateError::Keys { path: path.to_path_buf(), message })
     }
 

@@ -15,6 +15,7 @@
 
 pub mod agent;
 pub mod binary;
+pub mod config_trial;
 mod clock;
 mod fsio;
 mod manifest;
@@ -120,7 +121,9 @@ pub enum UpdateError {
         #[source]
         source: std::io::Error,
     },
-    #[error("reading the trusted update keys {path}: {message}")]
+    #[error("reading the trusted update keys (update.trusted_keys_file)")]
+    ReadKeys(#[source] crate::credentials::CredentialError),
+    #[error("the trusted update keys {path}: {message}")]
     Keys { path: PathBuf, message: String },
     #[error("no update {update_id} is known here")]
     UnknownUpdate { update_id: String },

@@ -126,7 +126,7 @@ pub struct UpdateRecord {
 
 impl UpdateRecord {
     /// `<version>-<first 8 of update id>`: the version directory's name.
-    fn version_dir_name(&self) -> String {
+    pub(super) fn version_dir_name(&self) -> String {
         format!("{}-{}", self.version, &self.update_id[..8])
     }
 }
@@ -869,14 +869,24 @@ impl Updater {
         let no_previous = || UpdateError::NoPrevious { kind: kind.to_string(), name: name.into() };
         let dir = self.store_dir(kind, name).ok_or_else(no_previous)?;
         let (cur, prev) = (dir.join("current"), dir.join("previous"));
-        let back = fs::read_link(&prev).map_err(|_| no_previous())?;
         let from = fs::read_link(&cur).ok();
-        swap_symlink(&cur, &back).map_err(UpdateError::io("swapping", &cur))?;
+        let back = match fs::read_link(&prev) {
+            Ok(back) => {
+                swap_symlink(&cur, &back).map_err(UpdateError::io("swapping", &cur))?;
+                Some(back)
+            }
+            // A config with nothing before it: the config file runs again.
+            Err(_) if kind == Kind::Config && from.is_some() => {
+                remove_any(&cur).map_err(UpdateError::io("removing", &cur))?;
+                None
+            }
+            Err(_) => return Err(no_previous()),
+        };
         crash_point("rolled-back");
         remove_any(&prev).map_err(UpdateError::io("removing", &prev))?;
         fsync_dir(&dir).map_err(UpdateError::io("syncing", &dir))?;
         if let Some(e) = self.installed.get_mut(&installed_key(kind, name)) {
-            e.active = version_of_dir(&back);
+            e.active = back.as_deref().and_then(version_of_dir);
             e.previous = None;
         }
         self.save_installed()?;
