@@ -1,18 +1,22 @@
 //! Crash-safe file operations for the update store: atomic writes, atomic
-//! symlink swaps, free-space checks, and the test-only crash hook.
+//! symlink swaps, free-space checks, and the test-only crash hook (debug
+//! builds only).
 
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::Path;
 
-/// **Test-only.** When this environment variable names a crash point (`received`,
-/// `verified`, `staged`, `activating`, `previous-linked`, `swapped`,
-/// `installed`, `active`, `rolled-back`, `chunk`, `binary-swapped`), the process prints
+/// **Test-only, debug builds only.** When this environment variable names a
+/// crash point (`received`, `verified`, `staged`, `activating`,
+/// `previous-linked`, `swapped`, `installed`, `active`, `rolled-back`,
+/// `chunk`, `binary-swapped`), the process prints
 /// `SPARK_UPDATE_CRASH_POINT <name>` on stdout right after that step is
 /// durable and then blocks forever, so a test can SIGKILL it exactly there.
-/// Never set it on a device.
+/// Release builds (what ships) compile the hook out: there the variable does
+/// nothing. The tests that use it run debug builds (`cargo test`).
 pub const CRASH_ENV: &str = "SPARK_UPDATE_TEST_CRASH_AT";
 
+#[cfg(debug_assertions)]
 pub(crate) fn crash_point(name: &str) {
     if let Some(v) = std::env::var_os(CRASH_ENV)
         && v == name
@@ -25,6 +29,11 @@ pub(crate) fn crash_point(name: &str) {
         }
     }
 }
+
+/// Release builds: no hook, so a device cannot be made to hang mid-update.
+#[cfg(not(debug_assertions))]
+#[inline(always)]
+pub(crate) fn crash_point(_name: &str) {}
 
 pub(crate) fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
