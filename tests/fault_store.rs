@@ -31,6 +31,8 @@ fn records_survive_20_sigkills_during_ingest_and_drain() {
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
+        // Scenario, not synchronisation: the kill lands at a random moment
+        // of ingest and drain.
         std::thread::sleep(Duration::from_millis(200 + rng % 700));
         d.kill9();
         if cycle % 5 == 4 {
@@ -39,8 +41,8 @@ fn records_survive_20_sigkills_during_ingest_and_drain() {
     }
     drain_only(&mut cfg);
     let d = Daemon::start(&cfg);
+    // The consumer check below waits (with a deadline) for the last deliveries.
     let q = wait_drained(&cfg.socket(), Duration::from_secs(120));
-    std::thread::sleep(Duration::from_millis(500)); // last deliveries reach the consumer
     assert!(q["streams"]["events"]["next_seq"].as_u64().unwrap() > 1000, "load generator ran: {q}");
     assert_eq!(q["dropped"], 0);
     assert_all_accepted_arrived(&q, &consumer);
@@ -59,9 +61,15 @@ fn records_survive_10_broker_sigkills_during_drain() {
     let mut cfg = DaemonConfig::new(&witness.url());
     cfg.extra = "[load]\nevents_per_sec = 500.0\n".into();
     let d = Daemon::start(&cfg);
-    for _ in 0..10 {
-        std::thread::sleep(Duration::from_millis(1500));
+    let acked_total = || witness.acked().values().map(|a| a.len()).sum::<usize>();
+    for cycle in 0..10 {
+        // Kill the broker while the drain runs: once it has acknowledged a
+        // few hundred more records since it (re)started.
+        let before = acked_total();
+        wait_for(Duration::from_secs(60), || (acked_total() >= before + 300).then_some(()))
+            .unwrap_or_else(|| panic!("cycle {cycle}: no drain through the broker; log:\n{}", d.log_text()));
         broker.kill();
+        // Scenario, not synchronisation: the broker stays away for a while.
         std::thread::sleep(Duration::from_millis(500));
         // Same port and persistence folder: the consumer's session survives.
         let dir = std::mem::replace(&mut broker.dir, tempfile::tempdir().unwrap());
@@ -71,7 +79,6 @@ fn records_survive_10_broker_sigkills_during_drain() {
     drain_only(&mut cfg);
     let d = Daemon::start(&cfg);
     let q = wait_drained(&cfg.socket(), Duration::from_secs(120));
-    std::thread::sleep(Duration::from_millis(500));
     let accepted = q["streams"]["events"]["next_seq"].as_u64().unwrap() - 1;
     assert!(accepted > 3000, "{q}");
     let acked = witness.acked();
@@ -111,7 +118,6 @@ fn storage_bound_drops_lowest_priority_oldest_first_and_counts() {
     cfg.extra = "[store]\nmax_megabytes = 4\n".into();
     let d = Daemon::start(&cfg);
     let q = wait_drained(&cfg.socket(), Duration::from_secs(60));
-    std::thread::sleep(Duration::from_millis(500));
     // Events (lowest priority) went; telemetry and inference were kept.
     assert!(q["streams"]["events"]["dropped"].as_u64().unwrap() > 0);
     assert_eq!(q["streams"]["telemetry"]["dropped"], 0, "{q}");
@@ -167,12 +173,9 @@ fn full_filesystem_keeps_daemon_running_and_recovers() {
     // Ingest goes on at the full disk: new records keep being accepted
     // (retention makes room), the daemon keeps answering.
     let before = full["queue"]["streams"]["events"]["next_seq"].as_u64().unwrap();
-    std::thread::sleep(Duration::from_secs(2));
-    let still = status_json(&cfg.socket());
-    assert!(
-        still["queue"]["streams"]["events"]["next_seq"].as_u64().unwrap() > before + 1000,
-        "ingest stalled: {still}"
-    );
+    let next_seq = |s: &serde_json::Value| s["queue"]["streams"]["events"]["next_seq"].as_u64().unwrap_or(0);
+    wait_for(Duration::from_secs(30), || (next_seq(&status_json(&cfg.socket())) > before + 1000).then_some(()))
+        .unwrap_or_else(|| panic!("ingest stalled at the full disk: {}", status_json(&cfg.socket())));
 
     // Space returns; the backlog drains.
     std::fs::remove_file(&filler).unwrap();
@@ -183,7 +186,6 @@ fn full_filesystem_keeps_daemon_running_and_recovers() {
     std::fs::write(&path, drain_text).unwrap();
     let d = start_with_config(&cfg, &path);
     let q = wait_drained(&cfg.socket(), Duration::from_secs(60));
-    std::thread::sleep(Duration::from_millis(500));
     assert_all_accepted_arrived(&q, &consumer);
     assert!(d.terminate(Duration::from_secs(15)).success());
 }
@@ -236,7 +238,6 @@ fn million_record_backlog_drains_completely_with_bounded_memory() {
     })
     .expect("backlog drained");
     let secs = t1.elapsed().as_secs_f64();
-    std::thread::sleep(Duration::from_millis(1000));
     eprintln!("drained in {secs:.1} s; peak RssAnon {peak_anon} KiB");
     // Memory owned by the daemon (anonymous pages; LMDB's file pages are
     // page cache) stays far below the 200+ MB backlog.

@@ -205,28 +205,40 @@ fn push_delivers_manifest_and_chunks_that_reassemble_and_stage_on_a_device() {
     let e = u2.receive_manifest(&envelope, wall_clock_secs()).unwrap_err();
     assert_eq!(e.rejection().unwrap().code(), "not_targeted");
 
-    // watch prints what devices report on spark/<device>/update/state.
-    let watch = Command::new(env!("CARGO_BIN_EXE_spark-fleet"))
-        .args(["watch", "--broker", &broker.url(), "--json", "--timeout-secs", "5"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+    // watch prints what devices report on spark/<device>/update/state. It
+    // is subscribed once it prints a probe report published after its start.
+    let out_dir = tempfile::tempdir().unwrap();
+    let printed_path = out_dir.path().join("watch.jsonl");
+    let mut watch = Command::new(env!("CARGO_BIN_EXE_spark-fleet"))
+        .args(["watch", "--broker", &broker.url(), "--json", "--timeout-secs", "120"])
+        .stdout(std::fs::File::create(&printed_path).unwrap())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1500)); // let it subscribe
+    let printed = || std::fs::read_to_string(&printed_path).unwrap_or_default();
     let mut opts = rumqttc::MqttOptions::new("test-device", "127.0.0.1", broker.port);
     opts.set_keep_alive(Duration::from_secs(5));
     let (client, mut conn) = rumqttc::Client::new(opts, 8);
-    let report = serde_json::to_vec(&u.report(&rec)).unwrap();
-    client.publish(topics::state("spark", "dev-7"), rumqttc::QoS::AtLeastOnce, false, report).unwrap();
-    for ev in conn.iter() {
-        if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) = ev {
-            break;
+    let mut publish = |device: &str, payload: Vec<u8>| {
+        client.publish(topics::state("spark", device), rumqttc::QoS::AtLeastOnce, false, payload).unwrap();
+        for ev in conn.iter() {
+            if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) = ev {
+                break;
+            }
         }
-    }
-    let out = watch.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout.lines().find(|l| l.contains("dev-7")).unwrap_or_else(|| panic!("watch printed: {stdout}"));
-    let j: serde_json::Value = serde_json::from_str(line).unwrap();
+    };
+    let probe = br#"{"device_id":"probe","group":"default","update_id":"","state":"received","ts":0}"#;
+    wait_for(Duration::from_secs(30), || {
+        publish("probe", probe.to_vec());
+        printed().contains("probe").then_some(())
+    })
+    .unwrap_or_else(|| panic!("spark-fleet watch did not subscribe; it printed: {}", printed()));
+    publish("dev-7", serde_json::to_vec(&u.report(&rec)).unwrap());
+    let line = wait_for(Duration::from_secs(30), || printed().lines().find(|l| l.contains("dev-7")).map(String::from))
+        .unwrap_or_else(|| panic!("watch printed: {}", printed()));
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let j: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(
         (j["state"].as_str(), j["version"].as_str(), j["group"].as_str()),
         (Some("active"), Some("2.0.0"), Some("lab"))

@@ -27,6 +27,7 @@ use common::tmux::Tmux;
 use common::*;
 use image::codecs::jpeg::JpegEncoder;
 use spark_edge::audio::SILERO_VAD_SHA256;
+use spark_edge::control::protocol::{self, MicLevelReport, Request, Response};
 
 /// The model's input size from the demo manifest.
 fn model_input_size() -> (u32, u32) {
@@ -250,6 +251,7 @@ impl FifoMic {
             while !st.load(Ordering::Relaxed) {
                 // Fails (ENXIO) until a reader, the ALSA file PCM, opens it.
                 let Ok(mut f) = std::fs::OpenOptions::new().write(true).custom_flags(nonblock).open(&fifo) else {
+                    // Polls for the reader, with the test's stop flag checked each turn.
                     std::thread::sleep(Duration::from_millis(10));
                     continue;
                 };
@@ -272,6 +274,7 @@ impl FifoMic {
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                         Err(_) => break, // the reader closed: reopen
                     }
+                    // Real-time pacing, as a sound card delivers samples.
                     let due = start + Duration::from_millis(20) * n;
                     std::thread::sleep(due.saturating_duration_since(Instant::now()));
                 }
@@ -291,6 +294,16 @@ impl Drop for FifoMic {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// The daemon's level windows numbered `from` and later (none with `None`),
+/// straight over the control protocol.
+fn mic_windows(socket: &Path, from: Option<u64>) -> MicLevelReport {
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).expect("connect to the control socket");
+    match protocol::call(&mut stream, &Request::MicLevel { from_seq: from }) {
+        Ok(Response::MicLevel(r)) => r,
+        other => panic!("mic level: {other:?}"),
     }
 }
 
@@ -336,7 +349,15 @@ fn mic_level_is_higher_for_speech_than_for_silence() {
 
     let quiet = json(&s, &["mic", "level", "--seconds", "2"], 0);
     mic.set(SPEECH);
-    std::thread::sleep(Duration::from_millis(300)); // the silence already queued drains
+    // Measure only once the daemon hears the speech (the silence already
+    // queued in the FIFO and the PCM has drained).
+    let mut from = mic_windows(&s, None).next_seq;
+    wait_for(Duration::from_secs(20), || {
+        let r = mic_windows(&s, Some(from));
+        from = r.next_seq;
+        r.windows.iter().any(|w| w.peak_dbfs > -60.0).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the daemon never heard the speech; log:\n{}", d.log_text()));
     let loud = json(&s, &["mic", "level", "--seconds", "2"], 0);
     eprintln!(
         "silence: rms {} peak {}; speech: rms {} peak {}",
