@@ -605,3 +605,98 @@ fn sigkill_at_each_step_of_a_model_update_leaves_a_model_running_and_the_update_
         assert_eq!(m["active"], "1.1.0", "{at}: {u}");
     }
 }
+
+/// Regression (issue 15): a signed config that passed validation but could
+/// not start bricked the device: every later start failed on it. Now it is
+/// on trial; the start after the failing one runs the previous config (the
+/// file here) and the device reports `rolled_back` with the reason.
+#[test]
+fn a_config_update_that_cannot_start_is_rolled_back_by_the_next_start() {
+    let Rig { broker, lab, cfg, d, c } = rig(false);
+    let text = std::fs::read_to_string(cfg.dir.path().join("sparkd.toml")).unwrap();
+    assert!(text.contains("[mqtt]\n"), "{text}");
+    // Valid, but the password file is not there: the start fails.
+    let broken = text.replace("[mqtt]\n", "[mqtt]\nusername = \"u\"\npassword_file = \"/nonexistent/mqtt-password\"\n");
+    let bundle = sign_config(&lab, &broken, "1.0.0");
+    let id = update_id(&bundle);
+    push(&broker, &DEV, &bundle);
+    wait_state(&c, &id, "active", &d);
+    assert!(d.terminate(Duration::from_secs(20)).success());
+
+    // The first start on the new config fails (as systemd would see it).
+    let mut first = std::process::Command::new(sparkd_bin())
+        .args(["run", "--config"])
+        .arg(cfg.dir.path().join("sparkd.toml"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(cfg.dir.path().join("first.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let first_log = || std::fs::read_to_string(cfg.dir.path().join("first.log")).unwrap_or_default();
+    let status = wait_for(Duration::from_secs(60), || first.try_wait().ok().flatten())
+        .unwrap_or_else(|| panic!("sparkd kept running on the broken config:\n{}", first_log()));
+    assert!(!status.success(), "the broken config started: {status}");
+
+    // `check-config --effective` already says what the next start will do.
+    let out = std::process::Command::new(sparkd_bin())
+        .args(["check-config", "--effective"])
+        .arg(cfg.dir.path().join("sparkd.toml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("will be rolled back"), "{out:?}");
+
+    // The restart runs the file's config and reports the rollback.
+    let d = Daemon::start(&cfg);
+    let r = wait_state(&c, &id, "rolled_back", &d);
+    assert!(r["reason"].as_str().unwrap_or_default().contains("did not stay up"), "{r}");
+    let (code, out, _) = sparkctl(&cfg.socket(), &["config", "show", "--json"]);
+    assert_eq!(code, 0);
+    let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(shown["config"]["mqtt"]["username"], "", "{shown}");
+    // And the start after that too: the rollback is final.
+    assert!(d.terminate(Duration::from_secs(20)).success());
+    let _d = Daemon::start(&cfg);
+}
+
+fn link_json(socket: &Path) -> serde_json::Value {
+    let (code, out, err) = sparkctl(socket, &["link", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+/// Regression (issue 15): a retained 2 MB message on an update topic is
+/// re-sent by the broker on every subscribe; it was above the client's
+/// packet limit, so the uplink reconnected about 5 times a second and acks
+/// stalled. Now the message is counted, the update topics pause, and the
+/// records keep flowing on one connection.
+#[test]
+fn a_retained_oversized_update_message_does_not_cut_the_uplink_off() {
+    let Rig { broker, lab: _lab, cfg, d, c } = rig(false);
+    let big = cfg.dir.path().join("big.bin");
+    std::fs::write(&big, vec![b'x'; 2 << 20]).unwrap();
+    for topic in ["spark/test-dev/update/chunk", "spark/group/default/update/chunk"] {
+        let st = Command::new("mosquitto_pub")
+            .args(["-p", &broker.port.to_string(), "-q", "1", "-r", "-t", topic, "-f"])
+            .arg(&big)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mosquitto_pub {topic}");
+    }
+    // A new start subscribes again and so gets the retained messages.
+    assert!(d.terminate(Duration::from_secs(20)).success());
+    let d = Daemon::start(&cfg);
+    let sock = cfg.socket();
+    wait_for(Duration::from_secs(60), || (link_json(&sock)["inbound_discarded"].as_u64()? >= 1).then_some(()))
+        .unwrap_or_else(|| panic!("the oversized message was not counted: {}\n{}", link_json(&sock), d.log_text()));
+    wait_for(Duration::from_secs(60), || link_json(&sock)["broker_connected"].as_bool().filter(|&b| b))
+        .unwrap_or_else(|| panic!("the uplink did not come back: {}", link_json(&sock)));
+    // Five more telemetry records (one per 2 s) reach the consumer on the
+    // same connection: no reconnect loop, acks flowing.
+    let reconnects = link_json(&sock)["reconnects"].as_u64().unwrap();
+    let seen = c.seqs("telemetry").into_iter().max().unwrap_or(0);
+    wait_for(Duration::from_secs(60), || (c.seqs("telemetry").into_iter().filter(|&s| s > seen).count() >= 5).then_some(()))
+        .unwrap_or_else(|| panic!("records stopped flowing: {}\n{}", link_json(&sock), d.log_text()));
+    let after = link_json(&sock);
+    assert_eq!(after["reconnects"].as_u64().unwrap(), reconnects, "the uplink reconnected: {after}");
+    assert_eq!(status_json(&sock)["queue"]["pending"].as_u64().unwrap_or(u64::MAX) <= 2, true, "acks stalled");
+}
