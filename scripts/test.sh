@@ -16,6 +16,7 @@ scripts/setup.sh
 export RUST_BACKTRACE=1
 cargo build --locked --workspace --all-targets
 cargo test --locked --workspace --no-fail-fast -- --test-threads=4
+scripts/fuzz.sh short   # every fuzz target on its corpus plus 20000 generated inputs; fails on a crash
 echo "[test] x86_64 suite done in $((SECONDS - t0)) s"
 if [[ "${SPARK_AARCH64:-1}" != 0 ]]; then
   t1=$SECONDS
