@@ -33,6 +33,7 @@ use serde::Serialize;
 
 use crate::record::{self, Stream};
 
+mod space;
 mod writer;
 pub use writer::{AppendError, Appender, PendingAppend, WriterHandle, spawn_writer};
 
@@ -45,10 +46,13 @@ const LEGACY_KEY_LEN: usize = 9;
 /// Records moved per transaction when migrating the single-database layout.
 const MIGRATE_CHUNK: usize = 10_000;
 const TS_LEN: usize = 8;
-/// Free space the outbox leaves on its filesystem: below it, the store stops
-/// growing and retention makes room instead. Covers LMDB's copy-on-write
-/// lag (freed pages are reused one or two commits later) and its meta pages.
-const DISK_RESERVE_BYTES: u64 = 2 * 1024 * 1024;
+/// Room the outbox keeps unused: when what it can still use (free space on
+/// its filesystem plus the free pages inside `data.mdb`, see [`space`]) is
+/// under this, the store stops growing and new records replace the oldest
+/// low-priority ones; with nothing left to replace, appends are refused.
+/// Covers LMDB's copy-on-write lag (freed pages are reused one or two
+/// commits later) and its meta pages.
+pub const DISK_RESERVE_BYTES: u64 = 2 * 1024 * 1024;
 /// Largest accepted record body; larger ones are refused, not truncated.
 pub const MAX_RECORD_BYTES: usize = 256 * 1024;
 
@@ -74,6 +78,11 @@ pub enum OutboxError {
     NotAnObject,
     #[error("the outbox writer has stopped")]
     WriterGone,
+    #[error(
+        "no room for the record: {usable} bytes usable on the store's filesystem (under the \
+         {DISK_RESERVE_BYTES}-byte reserve) and no stored record left to replace"
+    )]
+    DiskFull { usable: u64 },
 }
 
 /// One write the outbox applies inside a group commit.
@@ -120,6 +129,8 @@ pub struct QueueStats {
     pub pending: u64,
     pub bytes: u64,
     pub dropped: u64,
+    /// Appends refused since start: the disk full, nothing to replace.
+    pub refused: u64,
     pub oldest_ts_ms: Option<u64>,
     pub streams: BTreeMap<&'static str, StreamStats>,
 }
@@ -129,6 +140,7 @@ pub struct StreamStats {
     pub pending: u64,
     pub bytes: u64,
     pub dropped: u64,
+    pub refused: u64,
     pub next_seq: u64,
     pub oldest_ts_ms: Option<u64>,
 }
@@ -161,6 +173,14 @@ struct Inner {
     counters: Mutex<[StreamCounters; 3]>,
     space_errors: AtomicU64,
     disk_low_flag: std::sync::atomic::AtomicBool,
+    /// Appends refused per stream since start (not persisted: like the
+    /// callers' own loss counters, they describe this run).
+    refused: [AtomicU64; 3],
+    /// Whether refusals were logged in the current low-space episode.
+    refusing_logged: std::sync::atomic::AtomicBool,
+    /// Tests stand in for the filesystem's free space.
+    #[cfg(test)]
+    fs_available_for_test: Mutex<Option<u64>>,
     dir: PathBuf,
     /// `device_id` as a JSON string literal, for the record envelope.
     device_json: String,
@@ -177,6 +197,24 @@ fn parse_legacy_key(k: &[u8]) -> Option<(Stream, u64)> {
 
 fn records_db_name(s: Stream) -> String {
     format!("records/{}", s.as_str())
+}
+
+/// What the appends of one commit share.
+struct Appending {
+    /// One buffer for every record's value: no allocation per record.
+    value: Vec<u8>,
+    /// In the low-space mode: what may still be appended.
+    room: Option<Room>,
+}
+
+/// What a commit in the low-space mode may still append.
+struct Room {
+    /// Bytes of stored records new ones may replace (stored before the commit).
+    bytes: u64,
+    /// Usable space measured at the commit's start, for the refusal's reason.
+    usable: u64,
+    /// Appends refused in this commit, per stream.
+    refused: [u64; 3],
 }
 
 /// The `ts_ms` prefix of a stored value.
@@ -235,6 +273,10 @@ impl Outbox {
                 counters: Mutex::new([StreamCounters::default(); 3]),
                 space_errors: AtomicU64::new(0),
                 disk_low_flag: std::sync::atomic::AtomicBool::new(false),
+                refused: Default::default(),
+                refusing_logged: std::sync::atomic::AtomicBool::new(false),
+                #[cfg(test)]
+                fs_available_for_test: Mutex::new(None),
                 dir: dir.to_path_buf(),
                 device_json: record::device_json(&opts.device_id),
                 opts,
@@ -357,15 +399,41 @@ impl Outbox {
         }
     }
 
-    /// Free space on the outbox's filesystem is under the reserve.
-    fn disk_low(&self) -> bool {
-        match rustix::fs::statvfs(&self.inner.dir) {
-            Ok(st) => st.f_bavail.saturating_mul(st.f_frsize) < DISK_RESERVE_BYTES,
-            Err(_) => false,
+    /// Free space on the outbox's filesystem; `None` when unreadable.
+    fn fs_available(&self) -> Option<u64> {
+        #[cfg(test)]
+        if let Some(v) = *self.inner.fs_available_for_test.lock().unwrap_or_else(|p| p.into_inner()) {
+            return Some(v);
         }
+        space::fs_available(&self.inner.dir)
     }
 
-    /// Whether the last commit ran with the filesystem nearly full.
+    /// What the store can still use at the start of `wtxn` (before its ops):
+    /// the filesystem's free space plus, when that alone is under the
+    /// reserve, the free pages inside the data file. `None` when unknown.
+    fn usable_space(&self, wtxn: &RwTxn<'_>) -> Result<Option<u64>, OutboxError> {
+        let Some(fs) = self.fs_available() else { return Ok(None) };
+        if fs >= DISK_RESERVE_BYTES {
+            return Ok(Some(fs));
+        }
+        let inner = &*self.inner;
+        let stat = |db: &RecordsDb| db.stat(wtxn).map_err(OutboxError::Txn);
+        // The single-database layout's `records` is emptied on open: no pages.
+        let named = [
+            stat(&inner.records[0])?,
+            stat(&inner.records[1])?,
+            stat(&inner.records[2])?,
+            inner.meta.stat(wtxn).map_err(OutboxError::Txn)?,
+        ];
+        Ok(Some(space::usable_bytes(fs, Some(space::file_pages(&inner.env, &named)))))
+    }
+
+    /// Appends refused per stream since start (disk full, nothing to replace).
+    pub fn refused(&self) -> [u64; 3] {
+        Stream::ALL.map(|s| self.inner.refused[s as usize].load(Ordering::Relaxed))
+    }
+
+    /// Whether the last commit ran with the store nearly out of room.
     pub fn is_disk_low(&self) -> bool {
         self.inner.disk_low_flag.load(Ordering::Relaxed)
     }
@@ -382,13 +450,21 @@ impl Outbox {
         let mut counters = self.counters();
         let total_before: u64 = counters.iter().map(|c| c.bytes).sum();
         let mut wtxn = inner.env.write_txn().map_err(OutboxError::Txn)?;
+        // Judged before the ops, against the committed state (what the
+        // store's own free pages are measured from).
+        let usable = self.usable_space(&wtxn)?;
+        let low = usable.is_some_and(|u| u < DISK_RESERVE_BYTES);
+        // Nearly out of room: LMDB must not grow its file (a failed write
+        // poisons the environment), so new records may only take the place
+        // of stored ones, byte for byte; once those are used up they are
+        // refused (counted), until room returns.
+        let room = low.then(|| Room { bytes: total_before, usable: usable.unwrap_or(0), refused: [0; 3] });
+        let mut appending = Appending { value: Vec::new(), room };
         let mut results = Vec::with_capacity(ops.len());
-        // One buffer for every record's value in this commit: no allocation per record.
-        let mut value = Vec::new();
         for op in ops {
             let r = match op {
                 Op::Append { stream, ts_ms, body } => {
-                    self.append_in(&mut wtxn, &mut counters, *stream, *ts_ms, body, &mut value)?
+                    self.append_in(&mut wtxn, &mut counters, *stream, *ts_ms, body, &mut appending)?
                 }
                 Op::Ack { stream, first, last } => {
                     let removed = self.remove_range(&mut wtxn, &mut counters, *stream, *first, *last, false)?;
@@ -422,18 +498,10 @@ impl Outbox {
             results.push(r);
         }
         let mut limit = limit.unwrap_or(self.inner.opts.max_bytes);
-        if self.disk_low() {
-            // The filesystem is nearly full: LMDB must not grow its file (a
-            // failed write poisons the environment), so new records take the
-            // place of the oldest low-priority ones: no net growth.
-            let before = total_before;
-            if !self.inner.disk_low_flag.swap(true, Ordering::Relaxed) {
-                self.inner.space_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(dir = %self.inner.dir.display(), "filesystem nearly full; outbox now replaces oldest low-priority records");
-            }
-            limit = limit.min(before);
-        } else if self.inner.disk_low_flag.swap(false, Ordering::Relaxed) {
-            tracing::info!("filesystem has room again; outbox grows normally");
+        if low {
+            // No net growth: new records take the place of the oldest
+            // low-priority ones.
+            limit = limit.min(total_before);
         }
         self.enforce_bound(&mut wtxn, &mut counters, limit)?;
         for s in Stream::ALL {
@@ -444,7 +512,37 @@ impl Outbox {
         }
         wtxn.commit().map_err(OutboxError::Txn)?;
         *self.lock_counters() = counters;
+        self.note_space(low, usable, appending.room.map(|r| r.refused));
         Ok(results)
+    }
+
+    /// After a commit: the low-space mode's transitions and refusals,
+    /// counted and logged once per episode (the world drives this path).
+    fn note_space(&self, low: bool, usable: Option<u64>, refused: Option<[u64; 3]>) {
+        let inner = &*self.inner;
+        if low {
+            if !inner.disk_low_flag.swap(true, Ordering::Relaxed) {
+                inner.space_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    dir = %inner.dir.display(),
+                    usable = usable.unwrap_or(0),
+                    "outbox nearly out of room; new records now replace the oldest low-priority ones"
+                );
+            }
+        } else if inner.disk_low_flag.swap(false, Ordering::Relaxed) {
+            inner.refusing_logged.store(false, Ordering::Relaxed);
+            tracing::info!(usable = usable.unwrap_or(0), "outbox has room again; it grows normally");
+        }
+        let refused = refused.unwrap_or_default();
+        for s in Stream::ALL {
+            inner.refused[s as usize].fetch_add(refused[s as usize], Ordering::Relaxed);
+        }
+        if refused.iter().any(|&n| n > 0) && !inner.refusing_logged.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                usable = usable.unwrap_or(0),
+                "outbox full with nothing left to replace; refusing new records until room returns"
+            );
+        }
     }
 
     /// Deletes the records of `stream` with `first..=last`; `dropped` counts
@@ -489,8 +587,9 @@ impl Outbox {
         stream: Stream,
         ts_ms: u64,
         body: &str,
-        value: &mut Vec<u8>,
+        appending: &mut Appending,
     ) -> Result<OpResult, OutboxError> {
+        let value = &mut appending.value;
         let trimmed = body.trim();
         if !(trimmed.starts_with('{') && trimmed.ends_with('}')) {
             return Ok(OpResult::Rejected(OutboxError::NotAnObject.to_string()));
@@ -503,13 +602,21 @@ impl Outbox {
         if value.len() - TS_LEN > MAX_RECORD_BYTES {
             return Ok(OpResult::Rejected(OutboxError::TooLarge { size: value.len() - TS_LEN }.to_string()));
         }
+        let size = (KEY_LEN + value.len()) as u64;
+        if let Some(room) = appending.room.as_mut() {
+            // Refused before taking a seq: a refusal leaves no hole.
+            let Some(left) = room.bytes.checked_sub(size) else {
+                room.refused[stream as usize] += 1;
+                return Ok(OpResult::Rejected(OutboxError::DiskFull { usable: room.usable }.to_string()));
+            };
+            room.bytes = left;
+        }
         // `seq` is above every stored key of the stream (see `reload_counters`).
         self.inner.records[stream as usize]
             .put_with_flags(wtxn, heed::PutFlags::APPEND, &seq, value)
             .map_err(OutboxError::Txn)?;
         c.next_seq = seq + 1;
         c.pending += 1;
-        let size = (KEY_LEN + value.len()) as u64;
         c.bytes += size;
         Ok(OpResult::Appended { seq })
     }
@@ -559,6 +666,7 @@ impl Outbox {
     /// Counters plus the age of the oldest pending record of each stream.
     pub fn stats(&self) -> Result<QueueStats, OutboxError> {
         let counters = self.counters();
+        let refused = self.refused();
         let mut out = QueueStats::default();
         for s in Stream::ALL {
             let c = counters[s as usize];
@@ -566,6 +674,7 @@ impl Outbox {
             out.pending += c.pending;
             out.bytes += c.bytes;
             out.dropped += c.dropped;
+            out.refused += refused[s as usize];
             out.oldest_ts_ms = match (out.oldest_ts_ms, oldest) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
@@ -576,6 +685,7 @@ impl Outbox {
                     pending: c.pending,
                     bytes: c.bytes,
                     dropped: c.dropped,
+                    refused: refused[s as usize],
                     next_seq: c.next_seq,
                     oldest_ts_ms: oldest,
                 },
@@ -764,6 +874,77 @@ mod tests {
         let o = Outbox::open(dir.path(), opts(1 << 24)).unwrap();
         assert_eq!(o.commit(&[append(Stream::Events, "{}")]).unwrap(), vec![OpResult::Appended { seq: 3 }]);
         assert_eq!(o.read_after(Stream::Events, 0, 10).unwrap().len(), 3, "no record overwritten");
+    }
+
+    fn set_fs_available(o: &Outbox, bytes: Option<u64>) {
+        *o.inner.fs_available_for_test.lock().unwrap() = bytes;
+    }
+
+    fn usable(o: &Outbox) -> u64 {
+        let wtxn = o.inner.env.write_txn().unwrap();
+        o.usable_space(&wtxn).unwrap().unwrap()
+    }
+
+    #[test]
+    fn a_drained_store_counts_its_free_pages_as_room_and_reuses_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = Outbox::open(dir.path(), opts(1 << 26)).unwrap();
+        let body = format!("{{\"pad\":\"{}\"}}", "x".repeat(1000));
+        for _ in 0..8 {
+            o.commit(&vec![append(Stream::Events, &body); 500]).unwrap();
+        }
+        // The filesystem has no room: only the store's own pages are left.
+        set_fs_available(&o, Some(0));
+        let full = usable(&o);
+        assert!(full < DISK_RESERVE_BYTES, "a full store has {full} bytes usable");
+        o.commit(&[Op::Ack { stream: Stream::Events, first: 1, last: 4000 }]).unwrap();
+        // Pages a commit frees are reusable from the commit after next
+        // (LMDB's copy-on-write lag, which the reserve covers): one between.
+        o.commit(&[Op::Expire { now_ms: 0 }]).unwrap();
+        let file = o.inner.env.real_disk_size().unwrap();
+        let drained = usable(&o);
+        assert!(file > 4 << 20 && drained > file * 9 / 10, "{drained} of {file} bytes usable after the drain");
+
+        // New records go in, none dropped or refused, and the file does not grow.
+        for _ in 0..4 {
+            let r = o.commit(&vec![append(Stream::Events, &body); 500]).unwrap();
+            assert!(r.iter().all(|r| matches!(r, OpResult::Appended { .. })), "{:?}", r[0]);
+        }
+        assert!(!o.is_disk_low());
+        let c = o.counters()[Stream::Events as usize];
+        assert_eq!((c.pending, c.dropped, c.next_seq), (2000, 0, 6001));
+        assert_eq!(o.refused(), [0; 3]);
+        assert_eq!(o.inner.env.real_disk_size().unwrap(), file, "records went into the file's free pages");
+    }
+
+    #[test]
+    fn a_full_store_with_nothing_to_replace_refuses_appends_counted_and_resumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = Outbox::open(dir.path(), opts(1 << 24)).unwrap();
+        set_fs_available(&o, Some(0));
+        let r = o.commit(&[append(Stream::Events, "{}")]).unwrap();
+        assert!(matches!(&r[0], OpResult::Rejected(why) if why.contains("no room")), "{r:?}");
+        assert!(o.is_disk_low());
+        assert_eq!(o.refused()[Stream::Events as usize], 1);
+        let c = o.counters()[Stream::Events as usize];
+        assert_eq!((c.pending, c.dropped, c.next_seq), (0, 0, 1), "a refusal takes no seq and drops nothing");
+        assert_eq!(o.stats().unwrap().refused, 1);
+
+        // Room returns: appends resume by themselves.
+        set_fs_available(&o, Some(1 << 30));
+        assert_eq!(o.commit(&[append(Stream::Events, "{}")]).unwrap(), vec![OpResult::Appended { seq: 1 }]);
+        assert!(!o.is_disk_low());
+
+        // Full again with one record stored: one new record replaces it,
+        // the next finds nothing left to replace.
+        set_fs_available(&o, Some(0));
+        let r = o.commit(&[append(Stream::Events, "{}"), append(Stream::Events, "{}")]).unwrap();
+        assert_eq!(r[0], OpResult::Appended { seq: 2 });
+        assert!(matches!(r[1], OpResult::Rejected(_)), "{r:?}");
+        let c = o.counters()[Stream::Events as usize];
+        assert_eq!((c.pending, c.dropped, c.next_seq), (1, 1, 3));
+        assert_eq!(o.read_after(Stream::Events, 0, 10).unwrap()[0].seq, 2, "the newest record is kept");
+        assert_eq!(o.refused()[Stream::Events as usize], 2);
     }
 
     #[test]
