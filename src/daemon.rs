@@ -17,10 +17,6 @@ use tokio::sync::{Notify, watch};
 
 use crate::config::{BrokerUrl, CameraSource, Config};
 use crate::control::server::{self, ControlContext};
-use crate::engine::hailo::{HailoEngine, HailoOptions, HefSource};
-use crate::engine::onnx::OnnxEngine;
-use crate::engine::select::{Opener, Selector};
-use crate::engine::{Engine, EngineError};
 use crate::model::Model;
 use crate::outbox::{self, Outbox, OutboxOptions};
 use crate::record::Stream;
@@ -84,75 +80,6 @@ impl Paths {
         };
         Self { state_dir, socket }
     }
-}
-
-/// Builds the engine for `model` from its ONNX bytes, already read and
-/// checked against the manifest ([`Model::read_onnx`]): the Hailo-8 when
-/// available, else ONNX Runtime on the CPU, switching between them at run
-/// time.
-///
-/// The CPU engine is always built: it is the fallback that keeps inference
-/// going, so a broken ONNX model is a start failure.
-pub fn build_engine(
-    config: &Config,
-    model: &Model,
-    bytes: Vec<u8>,
-    shared: &Arc<Shared>,
-) -> Result<Box<dyn Engine>, StartError> {
-    let cpu = OnnxEngine::new(
-        &config.model.onnxruntime_library,
-        &bytes,
-        &model.manifest.input.name,
-        config.model.intra_threads,
-    )?;
-    let opener = hailo_opener(config, model);
-    if opener.is_none() && config.hailo.enabled {
-        shared.update_engine(|e| e.last_error = Some("model manifest names no HEF: CPU only".into()));
-    }
-    let engine = Selector::new(
-        Box::new(cpu),
-        opener,
-        config.hailo_reprobe().0,
-        config.hailo_reprobe().1,
-        shared.clone(),
-    );
-    drop(bytes);
-    crate::memory::release_after_load();
-    Ok(Box::new(engine))
-}
-
-/// How to open the Hailo engine for this model, if the model has a HEF and
-/// Hailo is enabled. The HEF is read and checked on every attempt.
-fn hailo_opener(config: &Config, model: &Model) -> Option<Opener> {
-    if !config.hailo.enabled {
-        return None;
-    }
-    let hef = model.manifest.hef.clone()?;
-    let model = model.clone();
-    let lib = (!config.hailo.library.as_os_str().is_empty()).then(|| config.hailo.library.clone());
-    let opts = HailoOptions {
-        multi_process_service: config.hailo.multi_process_service,
-        timeout_ms: config.hailo.timeout_ms,
-        queue_size: None,
-    };
-    Some(Box::new(move || {
-        let bytes = match model.read_hef() {
-            Some(r) => r.map_err(|e| EngineError::Accelerator(format!("hailo permanent: {e}")))?,
-            None => return Err(EngineError::Accelerator("hailo permanent: no HEF".into())),
-        };
-        let engine = HailoEngine::open(lib.as_deref(), HefSource::Bytes(&bytes), &opts)?;
-        if let Some(want) = &hef.hailort_version {
-            let have = engine.library_version();
-            let have_mm = format!("{}.{}", have.major, have.minor);
-            if !want.starts_with(&format!("{have_mm}.")) && want != &have_mm {
-                return Err(EngineError::Accelerator(format!(
-                    "hailo permanent: the HEF was compiled for HailoRT {want}, this device has {}.{}.{}",
-                    have.major, have.minor, have.revision
-                )));
-            }
-        }
-        Ok(Box::new(engine) as Box<dyn Engine>)
-    }))
 }
 
 /// Where frames come from.
@@ -228,7 +155,7 @@ pub fn run_from(config: Config, config_path: Option<PathBuf>) -> Result<(), Star
             // The fleet-activated version of the model, when there is one.
             let (model, onnx) = crate::update::agent::startup_model(&config, &paths.state_dir)?;
             let model = Arc::new(model);
-            let engine = build_engine(&config, &model, onnx, &shared)?;
+            let engine = crate::engine::build::build_engine(&config, &model, onnx, &shared)?;
             let kind = engine.kind();
             shared.update_engine(|e| e.model = format!("{} {}", model.manifest.name, model.manifest.version));
             tracing::info!(engine = %kind, model = %model.manifest.name, "inference engine ready");
@@ -363,7 +290,11 @@ pub fn run_from(config: Config, config_path: Option<PathBuf>) -> Result<(), Star
     };
     let (update_requests, update_link) = updates.unzip();
     let update_ready = update_requests.clone();
-    let uplink_task = runtime.spawn(uplink::run_with_updates(
+    let subscription = update_link.map(|l| {
+        runtime.spawn(l.forwarder);
+        l.subscription
+    });
+    let uplink_task = runtime.spawn(uplink::run_with(
         settings,
         UplinkDeps {
             outbox: outbox.clone(),
@@ -373,7 +304,7 @@ pub fn run_from(config: Config, config_path: Option<PathBuf>) -> Result<(), Star
             gate,
             shutdown: shutdown_rx.clone(),
         },
-        update_link,
+        subscription,
     ));
     let ctx = Arc::new(ControlContext {
         shared: shared.clone(),

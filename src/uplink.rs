@@ -30,7 +30,6 @@ use crate::config::BrokerUrl;
 use crate::outbox::{Appender, Outbox};
 use crate::record::{Stream, now_ms};
 use crate::state::Shared;
-use crate::update::agent::{self, UplinkLink};
 
 #[derive(Debug, Clone)]
 pub struct UplinkSettings {
@@ -141,12 +140,46 @@ impl Epoch {
 }
 
 pub async fn run(settings: UplinkSettings, deps: UplinkDeps) {
-    run_with_updates(settings, deps, None).await
+    run_with(settings, deps, None).await
 }
 
-/// [`run`], also subscribed to the fleet update topics: manifests and chunks
-/// go to the update agent, its state reports go out (see `update::agent`).
-pub async fn run_with_updates(settings: UplinkSettings, mut deps: UplinkDeps, mut updates: Option<UplinkLink>) {
+/// A message that arrived on one of a [`Subscription`]'s topics.
+#[derive(Debug)]
+pub struct Inbound {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    /// The broker kept it (retained) and re-sends it on every subscribe.
+    pub retained: bool,
+}
+
+/// A message a subscriber asks the uplink to publish (QoS 1, not retained;
+/// best effort: not stored in the outbox).
+#[derive(Debug)]
+pub struct Outbound {
+    pub topic: String,
+    pub payload: Vec<u8>,
+}
+
+/// How a feature (the fleet update agent) talks over the uplink without
+/// the uplink knowing it: topics subscribed on every connection, where
+/// their messages go, and what to publish.
+pub struct Subscription {
+    pub topics: Vec<String>,
+    /// Bounded: when it stays full for [`INBOUND_WAIT`] the message is
+    /// dropped and counted in `dropped`.
+    pub inbound: tokio::sync::mpsc::Sender<Inbound>,
+    pub outbound: tokio::sync::mpsc::Receiver<Outbound>,
+    pub dropped: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Longest the MQTT loop waits for room in a subscriber's inbound queue.
+///
+/// **Architecture Invariant:** a subscriber can pause the MQTT loop for at
+/// most this long per message; then the message is dropped and counted.
+pub const INBOUND_WAIT: Duration = Duration::from_millis(500);
+
+/// [`run`], also subscribed to `subscription`'s topics.
+pub async fn run_with(settings: UplinkSettings, mut deps: UplinkDeps, mut updates: Option<Subscription>) {
     let mut backoff = settings.reconnect_min;
     // Inbound subscriptions resume after this, once an oversized message
     // (likely retained: re-sent on every subscribe) broke a connection.
@@ -282,7 +315,7 @@ const EVENT_BURST: usize = 64;
 async fn run_epoch(
     s: &UplinkSettings,
     deps: &mut UplinkDeps,
-    updates: &mut Option<UplinkLink>,
+    updates: &mut Option<Subscription>,
     subscribe_inbound: bool,
 ) -> EpochEnd {
     let cap = s.window as usize * 2 + 16;
@@ -317,12 +350,9 @@ async fn run_epoch(
             _ = deps.wake.notified() => {
                 epoch.dirty = [true; 3];
             }
-            Some(report) = next_report(updates), if connected => {
-                if let Ok(payload) = serde_json::to_vec(&report) {
-                    let topic = crate::update::topics::state(&s.topic_prefix, &s.device_id);
-                    if client.try_publish(topic, QoS::AtLeastOnce, false, payload).is_ok() {
-                        epoch.queued.push_back(None);
-                    }
+            Some(out) = next_outbound(updates), if connected => {
+                if client.try_publish(out.topic, QoS::AtLeastOnce, false, out.payload).is_ok() {
+                    epoch.queued.push_back(None);
                 }
             }
             _ = status_tick.tick() => {
@@ -365,7 +395,7 @@ async fn on_event(
     ev: Result<Event, rumqttc::ConnectionError>,
     s: &UplinkSettings,
     deps: &mut UplinkDeps,
-    updates: &mut Option<UplinkLink>,
+    updates: &mut Option<Subscription>,
     client: &AsyncClient,
     epoch: &mut Epoch,
     connected: &mut bool,
@@ -386,20 +416,14 @@ async fn on_event(
             // order, so whoever sees `online` knows the update topics are
             // subscribed.
             let inbound = updates.iter().filter(|_| epoch.subscribe_inbound);
-            for t in inbound.flat_map(|u| u.subscriptions.iter()) {
+            for t in inbound.flat_map(|u| u.topics.iter()) {
                 let _ = client.try_subscribe(t, QoS::AtLeastOnce);
             }
             publish_status(s, client, epoch, deps, true);
         }
         Ok(Event::Incoming(Packet::Publish(p))) => {
             if let Some(u) = updates.as_ref() {
-                if p.retain && p.topic.ends_with("/update/chunk") {
-                    // A chunk is only meaningful while its push runs; a
-                    // retained one would come back on every subscribe.
-                    count_inbound_discard(deps, "retained update chunk", &p.topic);
-                } else {
-                    forward_update(u, p.topic, p.payload.to_vec()).await;
-                }
+                forward_inbound(u, Inbound { topic: p.topic, payload: p.payload.to_vec(), retained: p.retain }).await;
             }
         }
         Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
@@ -468,32 +492,28 @@ fn count_inbound_discard(deps: &UplinkDeps, reason: &'static str, topic: &str) {
     }
 }
 
-/// Hands an update manifest or chunk to the update agent. A full queue
-/// pauses this loop for at most [`agent::FORWARD_WAIT`]; then the message
-/// is dropped and counted, and a new push resumes the transfer.
-async fn forward_update(u: &UplinkLink, topic: String, payload: Vec<u8>) {
-    if !(topic.ends_with("/update/manifest") || topic.ends_with("/update/chunk")) {
-        return; // our own update/state and anything else under update/#
-    }
-    let req = agent::Request::Mqtt { topic, payload };
-    let req = match u.requests.try_send(req) {
+/// Hands an inbound message to its subscriber. A full queue pauses this
+/// loop for at most [`INBOUND_WAIT`]; then the message is dropped and
+/// counted (a fleet push resumes when the operator pushes again).
+async fn forward_inbound(u: &Subscription, msg: Inbound) {
+    let msg = match u.inbound.try_send(msg) {
         Ok(()) => return,
-        Err(tokio::sync::mpsc::error::TrySendError::Full(r)) => r,
+        Err(tokio::sync::mpsc::error::TrySendError::Full(m)) => m,
         Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => return,
     };
-    if !matches!(tokio::time::timeout(agent::FORWARD_WAIT, u.requests.send(req)).await, Ok(Ok(()))) {
+    if !matches!(tokio::time::timeout(INBOUND_WAIT, u.inbound.send(msg)).await, Ok(Ok(()))) {
         let n = u.dropped.fetch_add(1, Ordering::Relaxed) + 1;
         // A push can overflow many times in a row: log the 1st, 2nd, 4th, ...
         if n.is_power_of_two() {
-            tracing::warn!(dropped = n, "update agent busy: update message dropped; push again to resume");
+            tracing::warn!(dropped = n, "subscriber busy: inbound message dropped");
         }
     }
 }
 
-/// The next state report to publish; pending forever without an agent.
-async fn next_report(updates: &mut Option<UplinkLink>) -> Option<crate::update::StateReport> {
+/// The next message a subscriber wants published; pending forever without one.
+async fn next_outbound(updates: &mut Option<Subscription>) -> Option<Outbound> {
     match updates {
-        Some(u) => u.reports.recv().await,
+        Some(u) => u.outbound.recv().await,
         None => std::future::pending().await,
     }
 }

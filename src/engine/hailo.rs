@@ -204,16 +204,6 @@ impl HailoFailure {
         }
     }
 
-    /// The class of an [`EngineError`] made from a [`HailoError`] (the
-    /// `Accelerator` message starts with `hailo <class>: `). `None` for
-    /// errors that did not come from this module.
-    pub fn of(err: &EngineError) -> Option<HailoFailure> {
-        let EngineError::Accelerator(msg) = err else { return None };
-        let rest = msg.strip_prefix("hailo ")?;
-        [HailoFailure::Transient, HailoFailure::DeviceLost, HailoFailure::Permanent]
-            .into_iter()
-            .find(|c| rest.strip_prefix(c.as_str()).is_some_and(|r| r.starts_with(':')))
-    }
 }
 
 impl fmt::Display for HailoFailure {
@@ -244,6 +234,16 @@ pub enum HailoError {
     InputShape { got: Vec<usize>, expected: [usize; 4] },
     #[error("the engine is unusable: clearing its vstreams after an earlier failure failed ({cause})")]
     Poisoned { cause: String, failure: HailoFailure },
+    #[error("the model manifest names no HEF")]
+    NoHef,
+    #[error("the model's HEF")]
+    HefFile(#[source] crate::model::ModelError),
+    #[error("the HEF was compiled for HailoRT {want}, this device has {have}")]
+    HailoRtVersion { want: String, have: String },
+    /// A failure made up by a test double of the engine.
+    #[cfg(test)]
+    #[error("test failure ({0})")]
+    Test(HailoFailure),
 }
 
 impl HailoError {
@@ -266,7 +266,12 @@ impl HailoError {
             HailoError::Load(_)
             | HailoError::HefPath(_)
             | HailoError::UnsupportedModel(_)
-            | HailoError::InputShape { .. } => HailoFailure::Permanent,
+            | HailoError::InputShape { .. }
+            | HailoError::NoHef
+            | HailoError::HefFile(_)
+            | HailoError::HailoRtVersion { .. } => HailoFailure::Permanent,
+            #[cfg(test)]
+            HailoError::Test(f) => *f,
         }
     }
 
@@ -288,20 +293,6 @@ impl HailoError {
     }
 }
 
-impl From<HailoError> for EngineError {
-    /// `EngineError::Accelerator("hailo <class>: <message: source: ...>")`;
-    /// [`HailoFailure::of`] reads the class back.
-    fn from(e: HailoError) -> Self {
-        let mut msg = format!("hailo {}: {e}", e.failure());
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            msg.push_str(": ");
-            msg.push_str(&s.to_string());
-            source = s.source();
-        }
-        EngineError::Accelerator(msg)
-    }
-}
 
 fn check(lib: &sys::HailoRt, call: &'static str, status: sys::hailo_status) -> Result<(), HailoError> {
     if status == 0 {
@@ -1149,9 +1140,9 @@ mod tests {
         let e = HailoError::Status { call: "hailo_vstream_read_raw_buffer", status: HailoStatus(87), message: None };
         assert!(e.is_device_lost() && e.is_fatal() && !e.is_timeout());
         let ee = EngineError::from(e);
-        assert_eq!(HailoFailure::of(&ee), Some(HailoFailure::DeviceLost));
-        assert!(ee.to_string().contains("HAILO_DRIVER_TIMEOUT (87)"), "{ee}");
-        assert_eq!(HailoFailure::of(&EngineError::Accelerator("other".into())), None);
+        assert_eq!(ee.failure(), Some(HailoFailure::DeviceLost));
+        assert!(crate::error_chain(&ee).contains("HAILO_DRIVER_TIMEOUT (87)"), "{ee}");
+        assert_eq!(EngineError::ModelMismatch("x".into()).failure(), None);
     }
 
     #[test]

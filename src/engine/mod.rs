@@ -5,6 +5,7 @@
 //! [`crate::vision`], decoding in [`crate::detect`], so every engine shares
 //! them and produces identical records for identical outputs.
 
+pub mod build;
 pub mod hailo;
 pub mod onnx;
 pub mod select;
@@ -57,8 +58,20 @@ pub enum EngineError {
     },
     #[error("model does not fit the manifest: {0}")]
     ModelMismatch(String),
-    #[error("accelerator: {0}")]
-    Accelerator(String),
+    /// The accelerator failed; [`EngineError::failure`] says how badly.
+    #[error("Hailo-8 ({})", .0.failure())]
+    Accelerator(#[from] hailo::HailoError),
+}
+
+impl EngineError {
+    /// How bad an accelerator failure is (the fallback policy reads this,
+    /// never the message); `None` for errors of the CPU engine.
+    pub fn failure(&self) -> Option<hailo::HailoFailure> {
+        match self {
+            EngineError::Accelerator(e) => Some(e.failure()),
+            _ => None,
+        }
+    }
 }
 
 /// One raw output tensor.

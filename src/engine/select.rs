@@ -12,6 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::hailo::HailoFailure;
+#[cfg(test)]
+use super::hailo::HailoError;
 use super::{Engine, EngineError, EngineKind, Output};
 use crate::state::Shared;
 use crate::vision::Tensor;
@@ -88,7 +90,7 @@ impl Selector {
                 let msg = crate::error_chain(&e);
                 // Permanent problems (version mismatch, bad HEF) are retried
                 // at the slowest pace: an update or a technician fixes them.
-                let permanent = msg.contains("hailo permanent");
+                let permanent = e.failure() == Some(HailoFailure::Permanent);
                 self.backoff = if permanent { self.max_backoff } else { (self.backoff * 2).min(self.max_backoff) };
                 self.next_probe = Instant::now() + self.backoff;
                 self.shared.update_engine(|s| s.last_error = Some(msg.clone()));
@@ -121,7 +123,7 @@ impl Engine for Selector {
                     return Ok(out);
                 }
                 Err(e) => {
-                    let class = HailoFailure::of(&e);
+                    let class = e.failure();
                     let msg = crate::error_chain(&e);
                     if class != Some(HailoFailure::Transient) {
                         // Device lost, driver error or worse: leave the
@@ -167,8 +169,8 @@ mod tests {
         }
         fn run(&mut self, _: &Tensor) -> Result<Vec<Output>, EngineError> {
             match self.fail.load(Ordering::Relaxed) {
-                1 => Err(EngineError::Accelerator("hailo transient: HAILO_TIMEOUT (4)".into())),
-                2 => Err(EngineError::Accelerator("hailo device-lost: HAILO_DRIVER_TIMEOUT (87)".into())),
+                1 => Err(HailoError::Test(HailoFailure::Transient).into()),
+                2 => Err(HailoError::Test(HailoFailure::DeviceLost).into()),
                 _ => Ok(vec![Output { name: self.kind.as_str().into(), shape: vec![1], data: vec![0.0] }]),
             }
         }
@@ -181,7 +183,7 @@ mod tests {
             if p.load(Ordering::Relaxed) == 1 {
                 Ok(Box::new(Fake { kind: EngineKind::Hailo, fail: f.clone() }) as Box<dyn Engine>)
             } else {
-                Err(EngineError::Accelerator("hailo device-lost: no device".into()))
+                Err(HailoError::NoDevice { driver: None }.into())
             }
         });
         let cpu = Box::new(Fake { kind: EngineKind::OnnxCpu, fail: Arc::new(AtomicU32::new(0)) });
@@ -228,7 +230,7 @@ mod tests {
         let (fail, present) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
         let (mut s, shared) = selector(&fail, &present);
         assert_eq!(run(&mut s).0, EngineKind::OnnxCpu);
-        assert!(shared.engine().last_error.unwrap().contains("no device"));
+        assert!(shared.engine().last_error.unwrap().contains("no Hailo device found"));
         assert!(!shared.engine().hailo_present);
     }
 }

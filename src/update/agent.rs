@@ -4,7 +4,7 @@
 //! reports every step on `<prefix>/<device>/update/state`.
 //!
 //! Owns the order of a model activation: pack unpacked, model loaded, engine
-//! built with the daemon's own [`crate::daemon::build_engine`], warmed up,
+//! built with [`crate::engine::build::build_engine`] (as at start), warmed up,
 //! canary checked, and only then `activate()` and the switch of the inference
 //! thread's engine; and of a config activation (the checks of `sparkd
 //! check-config`, then the `[update]` keys applied live, the rest reported as
@@ -16,10 +16,13 @@
 //! binary; on trial, this agent confirms it after READY plus
 //! `update.binary_health_secs`, and reports the launcher's rollbacks.
 //!
-//! **Architecture Invariant:** the uplink never waits on this thread for
-//! longer than [`FORWARD_WAIT`]: a full request channel costs at most that
-//! pause of the MQTT loop, then the message is dropped, counted and logged
-//! (the transfer resumes when the operator pushes again: held chunks are kept).
+//! It plugs into the uplink through a [`Subscription`]: the uplink knows
+//! nothing of updates, and waits on this agent at most
+//! [`crate::uplink::INBOUND_WAIT`] per message (then the message is dropped
+//! and counted; a transfer resumes when the operator pushes again: held
+//! chunks are kept). Retained chunks are ignored here: a broker re-sends a
+//! retained message on every subscribe, and a chunk only means something
+//! while its push runs.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -34,6 +37,7 @@ use super::pack::{self, MODEL_MANIFEST};
 use super::{Chunk, Installed, Kind, Phase, Rejection, StateReport, UpdateError, UpdateRecord, Updater};
 use super::{UpdaterOptions, wall_clock_secs};
 use crate::config::Config;
+use crate::uplink::{Inbound, Outbound, Subscription};
 use crate::model::Model;
 use crate::pipeline::EngineSwap;
 use crate::state::Shared;
@@ -44,8 +48,8 @@ pub const REQUEST_QUEUE: usize = 48;
 /// State reports queued for the uplink; beyond it reports are dropped and
 /// counted (the records stay on disk and in `sparkctl update status`).
 pub const REPORT_QUEUE: usize = 256;
-/// Longest the MQTT loop waits for room in the request queue.
-pub const FORWARD_WAIT: Duration = Duration::from_millis(500);
+/// Inbound MQTT messages waiting to be moved into the request queue.
+const INBOUND_QUEUE: usize = 4;
 /// Folder inside a staged model version that holds the unpacked pack.
 pub const UNPACKED: &str = "pack";
 /// Progress reports while chunks arrive: at most one per this interval.
@@ -56,10 +60,7 @@ const SWAP_DEADLINE: Duration = Duration::from_secs(20);
 /// What the agent is asked to do.
 pub enum Request {
     /// A message on one of the update topics.
-    Mqtt {
-        topic: String,
-        payload: Vec<u8>,
-    },
+    Mqtt(Inbound),
     Status {
         reply: oneshot::Sender<StatusView>,
     },
@@ -100,12 +101,12 @@ pub struct StatusView {
     pub restart_required: Vec<String>,
 }
 
-/// The uplink's side: where to forward update messages and where reports come from.
+/// The uplink's side of the agent: its [`Subscription`], and the task
+/// that moves inbound messages into the agent's request queue (the daemon
+/// runs it on its async runtime).
 pub struct UplinkLink {
-    pub requests: mpsc::Sender<Request>,
-    pub reports: mpsc::Receiver<StateReport>,
-    pub dropped: Arc<AtomicU64>,
-    pub subscriptions: [String; 2],
+    pub subscription: Subscription,
+    pub forwarder: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
 }
 
 /// Everything the agent thread needs from the daemon.
@@ -175,8 +176,10 @@ pub fn spawn(deps: AgentDeps) -> Result<(mpsc::Sender<Request>, UplinkLink), Age
     let (rep_tx, rep_rx) = mpsc::channel(REPORT_QUEUE);
     let dropped = Arc::new(AtomicU64::new(0));
     let prefix = deps.config.mqtt.topic_prefix.clone();
-    let subscriptions = super::topics::subscriptions(&prefix, &deps.device_id, &deps.config.group);
+    let topics = super::topics::subscriptions(&prefix, &deps.device_id, &deps.config.group).to_vec();
+    let state_topic = super::topics::state(&prefix, &deps.device_id);
     let mut agent = Agent {
+        state_topic,
         running: deps.config.clone(),
         updater,
         deps,
@@ -193,7 +196,17 @@ pub fn spawn(deps: AgentDeps) -> Result<(mpsc::Sender<Request>, UplinkLink), Age
         .name("update-agent".into())
         .spawn(move || agent.run(req_rx))
         .map_err(AgentError::Thread)?;
-    Ok((req_tx.clone(), UplinkLink { requests: req_tx, reports: rep_rx, dropped, subscriptions }))
+    let (in_tx, mut in_rx) = mpsc::channel::<Inbound>(INBOUND_QUEUE);
+    let requests = req_tx.clone();
+    let forwarder = Box::pin(async move {
+        while let Some(m) = in_rx.recv().await {
+            if requests.send(Request::Mqtt(m)).await.is_err() {
+                return; // the agent stopped
+            }
+        }
+    });
+    let subscription = Subscription { topics, inbound: in_tx, outbound: rep_rx, dropped };
+    Ok((req_tx, UplinkLink { subscription, forwarder }))
 }
 
 /// The HailoRT library's version when Hailo is enabled and a library loads.
@@ -233,7 +246,9 @@ pub fn startup_model(config: &Config, state_dir: &Path) -> Result<(Model, Vec<u8
 struct Agent {
     updater: Updater,
     deps: AgentDeps,
-    reports: mpsc::Sender<StateReport>,
+    /// State reports, published by the uplink on `state_topic`.
+    reports: mpsc::Sender<Outbound>,
+    state_topic: String,
     dropped: Arc<AtomicU64>,
     keys: Vec<String>,
     hailort: Option<String>,
@@ -265,12 +280,20 @@ impl Agent {
         self.resume_staged();
         while let Some(req) = requests.blocking_recv() {
             match req {
-                Request::Mqtt { topic, payload } => {
+                Request::Mqtt(Inbound { topic, payload, retained }) => {
                     if topic.ends_with("/update/manifest") {
+                        // A retained manifest is fine: verify() refuses a
+                        // stale, expired or already applied one.
                         let _ = self.on_manifest(&payload);
+                    } else if topic.ends_with("/update/chunk") && retained {
+                        let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                        if n.is_power_of_two() {
+                            tracing::warn!(topic, dropped = n, "retained update chunk ignored");
+                        }
                     } else if topic.ends_with("/update/chunk") {
                         let _ = self.on_chunk(&payload);
                     }
+                    // Anything else under update/# (our own update/state) is not ours.
                 }
                 Request::Status { reply } => {
                     let _ = reply.send(self.status());
@@ -302,7 +325,8 @@ impl Agent {
     }
 
     fn send(&self, report: StateReport) {
-        if self.reports.try_send(report).is_err() {
+        let Ok(payload) = serde_json::to_vec(&report) else { return };
+        if self.reports.try_send(Outbound { topic: self.state_topic.clone(), payload }).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             tracing::debug!("update state report dropped: the uplink is not taking them");
         }
@@ -754,7 +778,7 @@ impl Agent {
             tracing::info!(name = %rec.name, "no camera, so no engine: model files checked, canary not run");
             return Ok((None, model));
         }
-        let mut engine = crate::daemon::build_engine(&self.deps.config, &model, onnx, &self.deps.shared)
+        let mut engine = crate::engine::build::build_engine(&self.deps.config, &model, onnx, &self.deps.shared)
             .map_err(|e| Failed::RollBack(format!("the new engine does not build: {}", crate::error_chain(&e))))?;
         let mut input = crate::vision::Tensor::zeros(&[1]);
         // Warm-up: the first run allocates; a failure here is a failure of the model.
