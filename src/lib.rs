@@ -5,6 +5,7 @@
 #![deny(unsafe_code)]
 
 pub mod audio;
+pub mod backoff;
 pub mod config;
 pub mod control;
 pub mod credentials;

@@ -180,7 +180,7 @@ pub const INBOUND_WAIT: Duration = Duration::from_millis(500);
 
 /// [`run`], also subscribed to `subscription`'s topics.
 pub async fn run_with(settings: UplinkSettings, mut deps: UplinkDeps, mut updates: Option<Subscription>) {
-    let mut backoff = settings.reconnect_min;
+    let mut backoff = crate::backoff::Backoff::new(settings.reconnect_min, settings.reconnect_max);
     // Inbound subscriptions resume after this, once an oversized message
     // (likely retained: re-sent on every subscribe) broke a connection.
     let mut inbound_paused_until: Option<std::time::Instant> = None;
@@ -209,7 +209,7 @@ pub async fn run_with(settings: UplinkSettings, mut deps: UplinkDeps, mut update
         match outcome {
             EpochEnd::Shutdown => return,
             EpochEnd::GateClosed => {
-                backoff = settings.reconnect_min;
+                backoff.reset();
                 continue;
             }
             EpochEnd::Failed { stable, oversized_inbound } => {
@@ -217,7 +217,7 @@ pub async fn run_with(settings: UplinkSettings, mut deps: UplinkDeps, mut update
                 // broker accepts and then drops at once (a bad inbound
                 // message, a broker limit) must not reconnect in a tight loop.
                 if stable {
-                    backoff = settings.reconnect_min;
+                    backoff.reset();
                 }
                 if oversized_inbound {
                     inbound_paused_until = Some(std::time::Instant::now() + INBOUND_PAUSE);
@@ -225,14 +225,10 @@ pub async fn run_with(settings: UplinkSettings, mut deps: UplinkDeps, mut update
                         "an inbound MQTT message was larger than any update message: update topics \
                          unsubscribed for a while so records keep flowing");
                 }
-                // Jitter in [backoff/2, backoff) so a fleet does not reconnect in step.
-                let half = backoff.as_millis() as u64 / 2;
-                let sleep = Duration::from_millis(half + fastrand::u64(0..=half.max(1)));
                 tokio::select! {
-                    _ = tokio::time::sleep(sleep) => {}
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
                     _ = deps.shutdown.changed() => return,
                 }
-                backoff = (backoff * 2).min(settings.reconnect_max);
             }
         }
     }

@@ -39,7 +39,7 @@ use serde::Serialize;
 use crate::config::AudioConfig;
 use crate::outbox::Appender;
 use crate::record::{Stream, now_ms};
-use crate::source::live::{Backoff, sleep_unless_stopped};
+use crate::backoff::{Backoff, sleep_unless_stopped};
 use crate::state::Shared;
 use resample::Resampler;
 use ring::SampleRing;

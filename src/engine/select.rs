@@ -15,6 +15,7 @@ use super::hailo::HailoFailure;
 #[cfg(test)]
 use super::hailo::HailoError;
 use super::{Engine, EngineError, EngineKind, Output};
+use crate::backoff::Backoff;
 use crate::state::Shared;
 use crate::vision::Tensor;
 
@@ -27,9 +28,7 @@ pub struct Selector {
     opener: Option<Opener>,
     last: EngineKind,
     next_probe: Instant,
-    backoff: Duration,
-    min_backoff: Duration,
-    max_backoff: Duration,
+    backoff: Backoff,
     shared: Arc<Shared>,
 }
 
@@ -49,9 +48,7 @@ impl Selector {
             opener,
             last: EngineKind::OnnxCpu,
             next_probe: Instant::now(),
-            backoff: min_backoff,
-            min_backoff,
-            max_backoff,
+            backoff: Backoff::new(min_backoff, max_backoff),
             shared,
         };
         s.probe();
@@ -83,7 +80,7 @@ impl Selector {
             Ok(engine) => {
                 tracing::info!("Hailo-8 ready; inference runs on the accelerator");
                 self.accel = Some(engine);
-                self.backoff = self.min_backoff;
+                self.backoff.reset();
                 self.publish_active();
             }
             Err(e) => {
@@ -91,10 +88,13 @@ impl Selector {
                 // Permanent problems (version mismatch, bad HEF) are retried
                 // at the slowest pace: an update or a technician fixes them.
                 let permanent = e.failure() == Some(HailoFailure::Permanent);
-                self.backoff = if permanent { self.max_backoff } else { (self.backoff * 2).min(self.max_backoff) };
-                self.next_probe = Instant::now() + self.backoff;
+                if permanent {
+                    self.backoff.give_up_pace();
+                }
+                let wait = self.backoff.next_delay();
+                self.next_probe = Instant::now() + wait;
                 self.shared.update_engine(|s| s.last_error = Some(msg.clone()));
-                tracing::debug!(error = %msg, retry_in_s = self.backoff.as_secs_f64(), "Hailo-8 not available");
+                tracing::debug!(error = %msg, retry_in_s = wait.as_secs_f64(), "Hailo-8 not available");
             }
         }
     }
@@ -129,8 +129,8 @@ impl Engine for Selector {
                         // Device lost, driver error or worse: leave the
                         // accelerator and re-probe it with backoff.
                         self.accel = None;
-                        self.backoff = self.min_backoff;
-                        self.next_probe = Instant::now() + self.backoff;
+                        self.backoff.reset();
+                        self.next_probe = Instant::now() + self.backoff.next_delay();
                         tracing::warn!(error = %msg, "Hailo-8 failed; falling back to the CPU");
                     } else {
                         tracing::warn!(error = %msg, "Hailo-8 frame failed; re-running it on the CPU");

@@ -198,7 +198,7 @@ fn run(
 ) {
     let mut batch: Vec<Request> = Vec::with_capacity(batch_max);
     let mut ops: Vec<Op> = Vec::with_capacity(batch_max);
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
     let mut last_expire = std::time::Instant::now();
     let mut last_commit = std::time::Instant::now();
     loop {
@@ -248,22 +248,21 @@ fn run(
         let stored = committed.is_ok();
         let results: Vec<Result<OpResult, String>> = match committed {
             Ok(results) => {
-                backoff = Duration::from_millis(50);
+                backoff.reset();
                 results.into_iter().map(Ok).collect()
             }
             Err(e) => {
                 // Nothing of this batch is stored: say so to every appender
                 // (they count the loss) and back off so a failing disk is not
                 // hammered. Acks are simply retried by the uplink later.
-                let msg = format!("{:#}", anyhow::Error::new(e));
+                let msg = crate::error_chain(&e);
                 tracing::error!(error = %msg, ops = ops.len(), "outbox commit failed");
                 vec![Err(msg); ops.len()]
             }
         };
         answer(replies, results, &mut ops);
         if !stored {
-            std::thread::sleep(backoff);
-            backoff = (backoff * 2).min(Duration::from_secs(2));
+            std::thread::sleep(backoff.next_delay());
         } else if appended {
             on_commit();
         }

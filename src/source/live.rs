@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use super::convert::ConvertError;
 use super::{Frame, FrameQueue};
+use crate::backoff::{Backoff, sleep_unless_stopped};
 use crate::state::Shared;
 
 /// Why a capture step failed.
@@ -78,32 +79,6 @@ pub trait FrameSource {
     fn next_frame(&mut self) -> Result<Frame, CaptureError>;
     /// Stops streaming and releases the device; safe to call when closed.
     fn close(&mut self);
-}
-
-/// Reopen delays: jittered exponential backoff between `min` and `max`.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    pub min: Duration,
-    pub max: Duration,
-    current: Duration,
-}
-
-impl Backoff {
-    pub fn new(min: Duration, max: Duration) -> Self {
-        let min = min.max(Duration::from_millis(1));
-        Self { min, max: max.max(min), current: min }
-    }
-
-    /// The delay before the next attempt (±20 % jitter), then doubles.
-    pub fn next_delay(&mut self) -> Duration {
-        let base = self.current;
-        self.current = (self.current * 2).min(self.max);
-        base.mul_f64(0.8 + 0.4 * fastrand::f64())
-    }
-
-    pub fn reset(&mut self) {
-        self.current = self.min;
-    }
 }
 
 /// Admits frames at a target rate out of a faster stream, keeping the long
@@ -259,16 +234,6 @@ pub fn run<S: FrameSource>(
 }
 
 
-pub(crate) fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) {
-    let end = Instant::now() + d;
-    while !stop.load(Ordering::Relaxed) {
-        let now = Instant::now();
-        if now >= end {
-            return;
-        }
-        std::thread::sleep((end - now).min(Duration::from_millis(50)));
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -424,17 +389,6 @@ mod tests {
         // Backoff grows: far fewer attempts than 300 ms / 20 ms.
         assert!(s.errors >= 2 && s.errors <= 6, "{s:?}");
         assert!(queue.is_closed_and_empty());
-    }
-
-    #[test]
-    fn backoff_doubles_to_its_cap_with_jitter() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(400));
-        let d: Vec<u128> = (0..5).map(|_| b.next_delay().as_millis()).collect();
-        for (got, base) in d.iter().zip([100u128, 200, 400, 400, 400]) {
-            assert!(*got >= base * 8 / 10 && *got <= base * 12 / 10, "{d:?}");
-        }
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(120));
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::{Frame, FrameQueue};
+use crate::backoff::sleep_unless_stopped;
 use crate::record::now_ms;
 
 #[derive(Debug, thiserror::Error)]
@@ -80,13 +81,3 @@ pub fn run(files: Vec<PathBuf>, fps: f64, queue: Arc<FrameQueue>, stop: Arc<Atom
     queue.close();
 }
 
-fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) {
-    let end = Instant::now() + d;
-    while !stop.load(Ordering::Relaxed) {
-        let now = Instant::now();
-        if now >= end {
-            return;
-        }
-        std::thread::sleep((end - now).min(Duration::from_millis(50)));
-    }
-}
