@@ -9,6 +9,7 @@ pub mod backoff;
 pub mod config;
 pub mod control;
 pub mod credentials;
+pub mod durable;
 pub mod daemon;
 pub mod detect;
 pub mod engine;

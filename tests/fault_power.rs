@@ -71,11 +71,10 @@ fn accepted_records_survive_power_cuts_during_ingest_and_drain() {
 }
 
 /// Strict POSIX: a directory entry is durable only after that directory's
-/// fsync. Fails today: the outbox creates `outbox/` and LMDB creates
+/// fsync. Regression: the outbox created `outbox/` and LMDB created
 /// `data.mdb` and `lock.mdb` without a directory fsync, so the first cut
-/// forgets the whole store (all records committed since it was created).
+/// forgot the whole store (all records committed since it was created).
 #[test]
-#[ignore = "finds a bug: the outbox never fsyncs the directories it creates (docs/power-loss.md)"]
 fn accepted_records_survive_power_cuts_on_strict_posix_directories() {
     power_cuts(&[]);
 }

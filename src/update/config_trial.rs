@@ -75,7 +75,7 @@ pub fn read(state_dir: &Path) -> Result<Option<ConfigTrial>, UpdateError> {
 
 fn write(state_dir: &Path, trial: &ConfigTrial) -> Result<(), UpdateError> {
     let dir = config_dir(state_dir);
-    std::fs::create_dir_all(&dir).map_err(UpdateError::io("creating", &dir))?;
+    crate::durable::create_dir_all_synced(&dir).map_err(UpdateError::io("creating", &dir))?;
     write_json(&trial_path(state_dir), trial)?;
     fsync_dir(&dir).map_err(UpdateError::io("syncing", &dir))
 }

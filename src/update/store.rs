@@ -248,7 +248,7 @@ impl Updater {
     /// from an interrupted run (see the module documentation).
     pub fn open(opts: UpdaterOptions) -> Result<Self, UpdateError> {
         let updates = opts.state_dir.join("updates");
-        fs::create_dir_all(&updates).map_err(UpdateError::io("creating", &updates))?;
+        crate::durable::create_dir_all_synced(&updates).map_err(UpdateError::io("creating", &updates))?;
         let installed = read_json::<Installed>(&updates.join("installed.json"))?.unwrap_or_default();
         let high_water = read_json::<ClockFile>(&updates.join("clock.json"))?.unwrap_or_default().high_water;
         let mut u = Self { opts, installed, high_water, hailort: None };
@@ -482,7 +482,7 @@ impl Updater {
             self.high_water = m.issued_at;
         }
         let dir = self.update_dir(&v.update_id);
-        fs::create_dir_all(dir.join("chunks")).map_err(UpdateError::io("creating", &dir))?;
+        crate::durable::create_dir_all_synced(&dir.join("chunks")).map_err(UpdateError::io("creating", &dir))?;
         write_atomic(&dir.join("envelope.json"), &v.envelope_bytes).map_err(UpdateError::io("writing", &dir))?;
         let mut rec = UpdateRecord {
             update_id: v.update_id.clone(),
@@ -656,7 +656,7 @@ impl Updater {
                 (self.bin_dir(), slot.dir_name().to_string())
             }
         };
-        fs::create_dir_all(&parent).map_err(UpdateError::io("creating", &parent))?;
+        crate::durable::create_dir_all_synced(&parent).map_err(UpdateError::io("creating", &parent))?;
         let tmp = parent.join(format!(".{final_name}.tmp"));
         let fin = parent.join(&final_name);
         remove_any(&tmp).map_err(UpdateError::io("removing", &tmp))?;
