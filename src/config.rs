@@ -584,6 +584,35 @@ impl Config {
     }
 }
 
+/// Dotted keys whose values differ between two configs (`mqtt.url`).
+pub fn changed_keys(a: &Config, b: &Config) -> Vec<String> {
+    match (serde_json::to_value(a), serde_json::to_value(b)) {
+        (Ok(a), Ok(b)) => changed_json_keys(&a, &b),
+        _ => Vec::new(),
+    }
+}
+
+/// Dotted paths whose values differ between two JSON trees (config views).
+pub fn changed_json_keys(a: &serde_json::Value, b: &serde_json::Value) -> Vec<String> {
+    fn walk(prefix: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+        match (a, b) {
+            (serde_json::Value::Object(x), serde_json::Value::Object(y)) => {
+                let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+                for k in keys {
+                    let null = serde_json::Value::Null;
+                    let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    walk(&key, x.get(k).unwrap_or(&null), y.get(k).unwrap_or(&null), out);
+                }
+            }
+            _ if a != b => out.push(prefix.to_string()),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk("", a, b, &mut out);
+    out
+}
+
 /// Float seconds as a `Duration`, never panicking: NaN and negatives are
 /// zero, anything above [`MAX_SECS`] is [`MAX_SECS`] (validation refuses
 /// both; this is the last line of defence, not the check).
@@ -831,6 +860,16 @@ mod tests {
         let c =
             parse("[camera]\nsource = \"mjpeg_file\"\nmjpeg_file = \"/x.mjpeg\"\npixel_format = \"nv12\"\n").unwrap();
         assert_eq!(c.camera.source, CameraSource::MjpegFile);
+    }
+
+    #[test]
+    fn config_differences_are_named_by_key() {
+        let a = serde_json::json!({"mqtt": {"url": "a", "port": 1}, "x": 1});
+        let b = serde_json::json!({"mqtt": {"url": "b", "port": 1}, "x": 1, "y": {"z": 2}});
+        assert_eq!(changed_json_keys(&a, &b), ["mqtt.url", "y"]);
+        let mut c = Config::default();
+        c.mqtt.url = "mqtt://other:1883".into();
+        assert_eq!(changed_keys(&Config::default(), &c), ["mqtt.url"]);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use spark_edge::control::server::redacted_config;
 use spark_edge::daemon::Paths;
 use spark_edge::record::Stream;
 use spark_edge::tls::TlsSettings;
-use spark_edge::update::agent::changed_keys;
+use spark_edge::config::changed_keys;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };

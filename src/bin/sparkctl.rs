@@ -882,8 +882,7 @@ fn config_drift(socket: &Path, file: &Config, path: &Path) -> Check {
         _ => return Check::warn("config-applied", "could not read the running config", "sparkctl config show"),
     };
     let on_disk = spark_edge::control::server::redacted_config(file, "").config;
-    let mut changed = Vec::new();
-    diff_keys(&on_disk, &running, "", &mut changed);
+    let mut changed = spark_edge::config::changed_json_keys(&on_disk, &running);
     if changed.is_empty() {
         Check::pass("config-applied", format!("the daemon runs {}", path.display()))
     } else {
@@ -896,20 +895,6 @@ fn config_drift(socket: &Path, file: &Config, path: &Path) -> Check {
     }
 }
 
-fn diff_keys(a: &serde_json::Value, b: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
-    match (a, b) {
-        (serde_json::Value::Object(x), serde_json::Value::Object(y)) => {
-            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
-            for k in keys {
-                let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
-                let null = serde_json::Value::Null;
-                diff_keys(x.get(k).unwrap_or(&null), y.get(k).unwrap_or(&null), &path, out);
-            }
-        }
-        (x, y) if x != y => out.push(prefix.to_string()),
-        _ => {}
-    }
-}
 
 fn print_doctor(r: &DoctorReport, o: &Out) {
     if o.json {
@@ -964,14 +949,5 @@ mod tests {
         let half = progress_line(100, 50, 10.0, Some(5.0));
         assert!(half.starts_with("[###############...............] 50/100 sent"), "{half}");
         assert!(progress_line(100, 0, 10.0, None).starts_with("[##############################] 100/100"));
-    }
-
-    #[test]
-    fn config_differences_are_named_by_key() {
-        let a = serde_json::json!({"mqtt": {"url": "a", "port": 1}, "x": 1});
-        let b = serde_json::json!({"mqtt": {"url": "b", "port": 1}, "x": 1});
-        let mut out = Vec::new();
-        diff_keys(&a, &b, "", &mut out);
-        assert_eq!(out, vec!["mqtt.url".to_string()]);
     }
 }

@@ -134,27 +134,6 @@ pub struct ConfigChange {
     pub restart_required: Vec<String>,
 }
 
-/// Dotted keys whose values differ between `a` and `b`.
-pub fn changed_keys(a: &Config, b: &Config) -> Vec<String> {
-    fn walk(prefix: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
-        match (a, b) {
-            (serde_json::Value::Object(x), serde_json::Value::Object(y)) => {
-                let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
-                for k in keys {
-                    let null = serde_json::Value::Null;
-                    let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
-                    walk(&key, x.get(k).unwrap_or(&null), y.get(k).unwrap_or(&null), out);
-                }
-            }
-            _ if a != b => out.push(prefix.to_string()),
-            _ => {}
-        }
-    }
-    let (Ok(a), Ok(b)) = (serde_json::to_value(a), serde_json::to_value(b)) else { return vec![] };
-    let mut out = Vec::new();
-    walk("", &a, &b, &mut out);
-    out
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -658,7 +637,7 @@ impl Agent {
     /// Applies `new` where it can live (today: `[update]`, the update
     /// agent's own settings); every other changed key needs a restart.
     fn apply_config(&mut self, new: Config) -> Result<ConfigChange, String> {
-        let changed = changed_keys(&self.running, &new);
+        let changed = crate::config::changed_keys(&self.running, &new);
         let (applied, restart_required): (Vec<String>, Vec<String>) =
             changed.into_iter().partition(|k| k.starts_with("update."));
         if !applied.is_empty() {
