@@ -242,9 +242,9 @@ enum EpochEnd {
     Failed { stable: bool, oversized_inbound: bool },
 }
 
-/// The largest inbound packet the client takes: well above the largest
-/// legitimate update message (a [`crate::update::CHUNK_MAX_BYTES`] chunk as
-/// base64 in JSON). A larger one cannot be skipped inside MQTT (the client
+/// The largest inbound packet the client takes: subscribers keep their
+/// messages well below it (the update agent checks this at compile time).
+/// A larger one cannot be skipped inside MQTT (the client
 /// stops reading the stream at its header), so the connection ends and the
 /// inbound topics pause for [`INBOUND_PAUSE`].
 pub const MAX_INBOUND_PACKET: usize = 1024 * 1024;
@@ -252,7 +252,6 @@ pub const MAX_INBOUND_PACKET: usize = 1024 * 1024;
 pub const INBOUND_PAUSE: Duration = Duration::from_secs(600);
 /// A connection that lasted this long resets the reconnect backoff.
 pub const STABLE_CONNECTION: Duration = Duration::from_secs(10);
-const _: () = assert!(crate::update::CHUNK_MAX_BYTES * 4 / 3 + 64 * 1024 < MAX_INBOUND_PACKET);
 
 fn mqtt_options(s: &UplinkSettings) -> MqttOptions {
     let mut o = MqttOptions::new(&s.client_id, &s.broker.host, s.broker.port);

@@ -48,6 +48,11 @@ pub const REQUEST_QUEUE: usize = 48;
 /// State reports queued for the uplink; beyond it reports are dropped and
 /// counted (the records stay on disk and in `sparkctl update status`).
 pub const REPORT_QUEUE: usize = 256;
+// The largest chunk message (base64 in JSON, plus room for the envelope
+// fields) must fit the uplink's inbound packet limit, or every push would
+// break the connection.
+const _: () = assert!(super::CHUNK_MAX_BYTES * 4 / 3 + 64 * 1024 < crate::uplink::MAX_INBOUND_PACKET);
+
 /// Inbound MQTT messages waiting to be moved into the request queue.
 const INBOUND_QUEUE: usize = 4;
 /// Folder inside a staged model version that holds the unpacked pack.
