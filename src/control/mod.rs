@@ -7,6 +7,7 @@
 //! answers into `update status` / `update apply` responses; `sensors` answers
 //! `camera list`, `camera snapshot` and `mic level`.
 
+pub mod admission;
 pub mod client;
 pub mod doctor;
 pub mod protocol;

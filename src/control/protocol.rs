@@ -20,6 +20,9 @@ pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 pub const MAX_IMAGE_BYTES: usize = 8 * 1024 * 1024;
 /// Largest `infer` frame: the image hex-encoded plus room for the rest.
 pub const MAX_UPLOAD_BYTES: usize = 2 * MAX_IMAGE_BYTES + 4096;
+/// Largest `update apply` chunk frame: a chunk's JSON (its data base64, at
+/// most [`crate::update::CHUNK_MAX_BYTES`]) as a JSON string, plus room.
+pub const MAX_CHUNK_FRAME_BYTES: usize = 4 * crate::update::CHUNK_MAX_BYTES.div_ceil(3) + 16 * 1024;
 pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 
 /// Every action the control surface can ask for: one closed enum.
@@ -105,7 +108,8 @@ impl Request {
     /// Largest frame this request may arrive in.
     pub fn max_frame(&self) -> usize {
         match self {
-            Request::Infer { .. } | Request::UpdateApplyChunk { .. } => MAX_UPLOAD_BYTES,
+            Request::Infer { .. } => MAX_UPLOAD_BYTES,
+            Request::UpdateApplyChunk { .. } => MAX_CHUNK_FRAME_BYTES,
             _ => MAX_REQUEST_BYTES,
         }
     }
