@@ -7,7 +7,7 @@
 #                                      over a scratch copy of the seed corpus; exit 1 on any crash
 #   scripts/fuzz.sh long [RUNS]        every target RUNS inputs (default 10000000), one at a time,
 #                                      corpus kept in fuzz/work/<target>/
-#   scripts/fuzz.sh run TARGET [RUNS]  one target (also config_runtime, see below)
+#   scripts/fuzz.sh run TARGET [RUNS]  one target
 #   scripts/fuzz.sh build              build the targets only
 #
 # One fuzzer process at a time: the machines have 2 cores. The toolchain is
@@ -24,9 +24,7 @@ CARGO_FUZZ_VERSION=0.13.2
 # The parsers are safe Rust, so no sanitizer (twice the speed); debug
 # assertions make integer overflow a crash instead of a silent wrap.
 BUILD_FLAGS=(--sanitizer none --debug-assertions --release)
-TARGETS=(control_frame config update_envelope update_manifest update_chunk model_pack model_manifest mqtt_dispatch)
-# config_runtime mirrors conversions daemon.rs does inline; it crashes until
-# issue 15 item 2 lands, so it runs only by name (`run config_runtime`).
+TARGETS=(control_frame config config_runtime update_envelope update_manifest update_chunk model_pack model_manifest mqtt_dispatch)
 BIN_DIR="$ROOT/fuzz/target/x86_64-unknown-linux-gnu/release"
 LIBFUZZER_FLAGS=(-timeout=10 -rss_limit_mb=2048 -print_final_stats=1)
 
