@@ -5,11 +5,10 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
-
 use crate::engine::EngineKind;
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+/// Internal: what the control socket sends is `protocol::EngineView`.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct EngineState {
     /// `None` until the first engine is up (or when there is no camera).
     pub active: Option<EngineKind>,
@@ -22,7 +21,8 @@ pub struct EngineState {
     pub cpu_seconds: f64,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+/// Internal: what the control socket sends is `protocol::LinkView`.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct LinkState {
     /// True when no VPN gate is configured.
     pub vpn_up: bool,

@@ -22,7 +22,7 @@ use spark_edge::control::protocol::{
     Check, CheckStatus, ConfigReport, DoctorReport, ErrorBody, InferReport, MAX_IMAGE_BYTES, QueueReport, Request,
     Response, StatusReport, UpdateReport,
 };
-use spark_edge::state::{EngineState, LinkState};
+use spark_edge::control::protocol::{EngineView, LinkView};
 
 #[derive(Parser)]
 #[command(
@@ -388,7 +388,7 @@ fn print_status(s: &StatusReport, o: &Out) {
     ]);
 }
 
-fn link_summary(l: &LinkState, o: &Out) -> String {
+fn link_summary(l: &LinkView, o: &Out) -> String {
     let vpn = match (&l.vpn_interface, l.vpn_up) {
         (None, _) => "no vpn gate".to_string(),
         (Some(i), true) => format!("vpn {} {}", i, o.good("up")),
@@ -424,7 +424,7 @@ fn print_queue(q: &QueueReport, o: &Out) {
     }
 }
 
-fn print_link(l: &LinkState, o: &Out) {
+fn print_link(l: &LinkView, o: &Out) {
     let vpn = match &l.vpn_interface {
         None => "no gate configured (link.vpn_interface is empty)".to_string(),
         Some(i) => format!("{} ({i})", if l.vpn_up { o.good("up") } else { o.bad("down") }),
@@ -451,7 +451,7 @@ fn print_link(l: &LinkState, o: &Out) {
     ]);
 }
 
-fn print_engine(e: &EngineState, o: &Out) {
+fn print_engine(e: &EngineView, o: &Out) {
     rows(&[
         ("active", e.active.map(|k| o.good(k.as_str())).unwrap_or_else(|| o.warn("none"))),
         ("model", if e.model.is_empty() { "-".into() } else { e.model.clone() }),

@@ -12,7 +12,6 @@ use std::sync::Mutex;
 
 use super::protocol::{Check, StatusReport};
 use crate::config::{BrokerUrl, CameraSource, Config};
-use crate::engine::EngineKind;
 use crate::model::Model;
 
 /// The Hailo-8's device node, created by the `hailo_pci` driver.
@@ -398,7 +397,7 @@ pub fn engine(config: &Config, s: &StatusReport, hailo_node: bool) -> Check {
     if e.fallbacks > 0 {
         detail.push_str(&format!(", {} fallbacks to the CPU", e.fallbacks));
     }
-    if active == EngineKind::OnnxCpu && config.hailo.enabled && hailo_node {
+    if active == super::protocol::EngineName::OnnxCpu && config.hailo.enabled && hailo_node {
         let why = e.last_error.as_deref().unwrap_or("no error recorded");
         return Check::warn(
             NAME,

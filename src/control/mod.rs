@@ -5,7 +5,8 @@
 //! `doctor` judges the checks `sparkctl doctor` shows (in the daemon, or in
 //! `sparkctl` when the daemon is down); `client` is what `sparkctl` uses; `update` turns the update agent's
 //! answers into `update status` / `update apply` responses; `sensors` answers
-//! `camera list`, `camera snapshot` and `mic level`.
+//! `camera list`, `camera snapshot` and `mic level`; `views` is the one place
+//! internal state becomes protocol views.
 
 pub mod admission;
 pub mod client;
@@ -14,3 +15,4 @@ pub mod protocol;
 pub mod sensors;
 pub mod server;
 pub mod update;
+pub mod views;

@@ -11,7 +11,6 @@ use std::io::{Read, Write};
 
 use serde::{Deserialize, Serialize};
 
-use crate::state::{EngineState, LinkState};
 
 pub const PROTOCOL_VERSION: u32 = 1;
 /// Largest request frame other than `infer`.
@@ -160,8 +159,8 @@ impl ErrorBody {
 pub enum Response {
     Status(StatusReport),
     Queue(QueueReport),
-    Link(LinkState),
-    Engine(EngineState),
+    Link(LinkView),
+    Engine(EngineView),
     SyncStarted {
         pending: u64,
     },
@@ -189,6 +188,9 @@ pub struct StreamQueue {
     pub pending: u64,
     pub bytes: u64,
     pub dropped: u64,
+    /// Appends refused: the disk was full and nothing was left to replace.
+    #[serde(default)]
+    pub refused: u64,
     pub next_seq: u64,
     pub oldest_age_s: Option<f64>,
 }
@@ -209,7 +211,74 @@ pub struct QueueReport {
     pub space_errors: u64,
     /// The filesystem is nearly full right now: new records replace old ones.
     pub disk_low: bool,
+    /// Appends refused since start (disk full, nothing left to replace).
+    #[serde(default)]
+    pub refused: u64,
     pub streams: BTreeMap<String, StreamQueue>,
+}
+
+/// The engine that ran a frame, as the wire names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EngineName {
+    #[serde(rename = "hailo")]
+    Hailo,
+    #[serde(rename = "onnx-cpu")]
+    OnnxCpu,
+}
+
+impl EngineName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EngineName::Hailo => "hailo",
+            EngineName::OnnxCpu => "onnx-cpu",
+        }
+    }
+}
+
+impl std::fmt::Display for EngineName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `sparkctl engine` and `status.engine`. Wire type: built from the daemon's
+/// internal state only in `control::views`, so a refactor inside cannot
+/// change what a user's script reads (pinned by `views_json_is_pinned`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EngineView {
+    /// `None` until the first engine is up (or when there is no camera).
+    pub active: Option<EngineName>,
+    pub hailo_present: bool,
+    pub fallbacks: u64,
+    pub last_error: Option<String>,
+    pub model: String,
+    /// Time spent inferring on each engine since start.
+    pub hailo_seconds: f64,
+    pub cpu_seconds: f64,
+}
+
+/// `sparkctl link` and `status.link` (wire type, see [`EngineView`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LinkView {
+    /// True when no VPN gate is configured.
+    pub vpn_up: bool,
+    pub vpn_interface: Option<String>,
+    /// Seconds since the WireGuard peer's latest handshake, when known.
+    pub handshake_age_s: Option<u64>,
+    /// Where the handshake age came from (`netlink`, `uapi`) or why it is unknown.
+    pub handshake_source: Option<String>,
+    /// Unix ms since the VPN gate has been closed; `None` while open.
+    pub vpn_down_since_ms: Option<u64>,
+    pub vpn_last_error: Option<String>,
+    pub broker_connected: bool,
+    pub broker: String,
+    pub last_error: Option<String>,
+    /// Unix ms of the last change of `broker_connected`.
+    pub since_ms: u64,
+    pub reconnects: u64,
+    /// Inbound messages dropped unread (oversized packets).
+    #[serde(default)]
+    pub inbound_discarded: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -226,9 +295,9 @@ pub struct StatusReport {
     pub device_id: String,
     pub version: String,
     pub uptime_s: u64,
-    pub engine: EngineState,
+    pub engine: EngineView,
     pub queue: QueueReport,
-    pub link: LinkState,
+    pub link: LinkView,
     pub inference: InferenceReport,
     pub records_lost: u64,
     pub telemetry_samples: u64,
@@ -845,5 +914,92 @@ mod tests {
         ) {
             let _ = decode_request(format!(r#"{{"v":1,"request":{{"cmd":"{cmd}"{junk}}}}}"#).as_bytes());
         }
+    }
+
+    /// The JSON users' scripts read (`status --json`, `engine --json`,
+    /// `link --json`, `queue --json`) is pinned key by key and value by
+    /// value: a change here is a change of the wire format, and must be
+    /// deliberate (and versioned).
+    #[test]
+    fn views_json_is_pinned() {
+        let engine = EngineView {
+            active: Some(EngineName::OnnxCpu),
+            hailo_present: false,
+            fallbacks: 2,
+            last_error: Some("e".into()),
+            model: "nanodet 1.0.0".into(),
+            hailo_seconds: 0.5,
+            cpu_seconds: 1.5,
+        };
+        let link = LinkView {
+            vpn_up: true,
+            vpn_interface: Some("wg0".into()),
+            handshake_age_s: Some(3),
+            handshake_source: Some("uapi".into()),
+            vpn_down_since_ms: None,
+            vpn_last_error: None,
+            broker_connected: true,
+            broker: "b:1883".into(),
+            last_error: None,
+            since_ms: 7,
+            reconnects: 1,
+            inbound_discarded: 0,
+        };
+        let stream =
+            StreamQueue { pending: 1, bytes: 2, dropped: 3, refused: 0, next_seq: 4, oldest_age_s: Some(1.5) };
+        let queue = QueueReport {
+            pending: 1,
+            bytes: 2,
+            dropped: 3,
+            oldest_age_s: None,
+            published: 5,
+            acked: 4,
+            drain_rate_per_s: 0.0,
+            eta_s: None,
+            space_errors: 0,
+            disk_low: false,
+            refused: 0,
+            streams: [("events".to_string(), stream)].into(),
+        };
+        let status = StatusReport {
+            device_id: "d".into(),
+            version: "0.1.0".into(),
+            uptime_s: 9,
+            engine: engine.clone(),
+            queue: queue.clone(),
+            link: link.clone(),
+            inference: InferenceReport {
+                total: 10,
+                failed: 0,
+                frames_captured: 11,
+                frames_dropped: 1,
+                last_latency_ms: 40.5,
+            },
+            records_lost: 0,
+            telemetry_samples: 3,
+            sensors: SensorReport::default(),
+        };
+        let engine_json = serde_json::json!({"active": "onnx-cpu", "hailo_present": false, "fallbacks": 2,
+            "last_error": "e", "model": "nanodet 1.0.0", "hailo_seconds": 0.5, "cpu_seconds": 1.5});
+        let link_json = serde_json::json!({"vpn_up": true, "vpn_interface": "wg0", "handshake_age_s": 3,
+            "handshake_source": "uapi", "vpn_down_since_ms": null, "vpn_last_error": null, "broker_connected": true,
+            "broker": "b:1883", "last_error": null, "since_ms": 7, "reconnects": 1, "inbound_discarded": 0});
+        let queue_json = serde_json::json!({"pending": 1, "bytes": 2, "dropped": 3, "oldest_age_s": null,
+            "published": 5, "acked": 4, "drain_rate_per_s": 0.0, "eta_s": null, "space_errors": 0,
+            "disk_low": false, "refused": 0, "streams": {"events": {"pending": 1, "bytes": 2, "dropped": 3,
+            "refused": 0, "next_seq": 4, "oldest_age_s": 1.5}}});
+        let status_json = serde_json::json!({"device_id": "d", "version": "0.1.0", "uptime_s": 9,
+            "engine": engine_json, "queue": queue_json, "link": link_json,
+            "inference": {"total": 10, "failed": 0, "frames_captured": 11, "frames_dropped": 1,
+                "last_latency_ms": 40.5},
+            "records_lost": 0, "telemetry_samples": 3,
+            "sensors": {"camera_reconnects": 0, "camera_errors": 0, "audio_windows": 0,
+                "audio_windows_dropped": 0, "audio_segments": 0, "audio_errors": 0}});
+        assert_eq!(serde_json::to_value(&engine).unwrap(), engine_json);
+        assert_eq!(serde_json::to_value(&link).unwrap(), link_json);
+        assert_eq!(serde_json::to_value(&queue).unwrap(), queue_json);
+        assert_eq!(serde_json::to_value(&status).unwrap(), status_json);
+        // And they read back (sparkctl parses what the daemon sends).
+        assert_eq!(serde_json::from_value::<StatusReport>(status_json).unwrap(), status);
     }
 }

@@ -399,19 +399,18 @@ async fn read_frame(stream: &mut UnixStream, first: u8, admin: bool, limits: &Li
     if stream.read_exact(&mut body).await.is_err() {
         return Frame::Closed;
     }
-    let kind = match LargeKind::of(&body) {
-        Some(kind) if kind.max_frame() >= len => kind,
-        Some(kind) => {
+    let declared = declared_cmd(&body);
+    let kind = declared.and_then(LargeKind::of_cmd);
+    let max = kind.map_or(MAX_REQUEST_BYTES, LargeKind::max_frame);
+    let kind = match (declared, kind) {
+        (Some(_), Some(kind)) if len <= max => kind,
+        (Some(cmd), _) => {
             return Frame::Fatal(ErrorBody::new(
                 ErrorCode::TooLarge,
-                format!(
-                    "a {} request may be at most {} bytes; this frame declares {len}",
-                    kind.name(),
-                    kind.max_frame()
-                ),
+                format!("a `{cmd}` request may be at most {max} bytes; this frame declares {len}"),
             ));
         }
-        None => {
+        (None, _) => {
             return Frame::Fatal(ErrorBody::new(
                 ErrorCode::TooLarge,
                 format!(
@@ -458,18 +457,18 @@ enum LargeKind {
 }
 
 impl LargeKind {
-    /// The `cmd` a large frame declares in its first bytes (clients send
-    /// `{"v":1,"request":{"cmd":...`: serde writes the tag first).
-    fn of(prefix: &[u8]) -> Option<Self> {
-        const KEY: &[u8] = b"\"cmd\"";
-        let at = prefix.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
-        let rest = prefix[at..].trim_ascii_start().strip_prefix(b":")?.trim_ascii_start().strip_prefix(b"\"")?;
-        let end = rest.iter().position(|b| *b == b'"')?;
-        match &rest[..end] {
-            b"infer" => Some(LargeKind::Infer),
-            b"update-apply-chunk" => Some(LargeKind::Chunk),
+    fn of_cmd(cmd: &str) -> Option<Self> {
+        match cmd {
+            "infer" => Some(LargeKind::Infer),
+            "update-apply-chunk" => Some(LargeKind::Chunk),
             _ => None,
         }
+    }
+
+    /// The large kind a frame declares in its first bytes.
+    #[cfg(test)]
+    fn of(prefix: &[u8]) -> Option<Self> {
+        declared_cmd(prefix).and_then(Self::of_cmd)
     }
 
     /// An example of the request, for the protocol's bounds and names.
@@ -496,6 +495,18 @@ impl LargeKind {
             LargeKind::Chunk => 2 * len,
         }
     }
+}
+
+/// The `cmd` a frame declares in its first bytes (clients send
+/// `{"v":1,"request":{"cmd":...`: serde writes the tag first). Only a short
+/// lowercase name counts, so the message quoting it stays short.
+fn declared_cmd(prefix: &[u8]) -> Option<&str> {
+    const KEY: &[u8] = b"\"cmd\"";
+    let at = prefix.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let rest = prefix[at..].trim_ascii_start().strip_prefix(b":")?.trim_ascii_start().strip_prefix(b"\"")?;
+    let end = rest.iter().take(32).position(|b| *b == b'"')?;
+    let name = &rest[..end];
+    name.iter().all(|b| b.is_ascii_lowercase() || *b == b'-').then(|| std::str::from_utf8(name).ok()).flatten()
 }
 
 /// A large frame's fields, typed: nothing is built but the strings kept
@@ -661,8 +672,8 @@ async fn handle(req: Request, ctx: &Arc<ControlContext>, peer: Option<&UCred>, l
             Ok(r) => Response::Queue(r),
             Err(e) => internal(e),
         },
-        Request::Link => Response::Link(ctx.shared.link()),
-        Request::Engine => Response::Engine(ctx.shared.engine()),
+        Request::Link => Response::Link(super::views::link_view(ctx.shared.link())),
+        Request::Engine => Response::Engine(super::views::engine_view(ctx.shared.engine())),
         Request::Sync => {
             ctx.uplink_wake.notify_one();
             let pending = ctx.outbox.counters().iter().map(|c| c.pending).sum();
@@ -986,6 +997,7 @@ pub fn queue_report(ctx: &ControlContext) -> Result<QueueReport, crate::outbox::
         drain_rate_per_s: ctx.shared.drain_rate(),
         space_errors: ctx.outbox.space_errors(),
         disk_low: ctx.outbox.is_disk_low(),
+        refused: stats.refused,
         eta_s: {
             let rate = ctx.shared.drain_rate();
             (rate > 0.0).then(|| stats.pending as f64 / rate)
@@ -1000,6 +1012,7 @@ pub fn queue_report(ctx: &ControlContext) -> Result<QueueReport, crate::outbox::
                         pending: s.pending,
                         bytes: s.bytes,
                         dropped: s.dropped,
+                        refused: s.refused,
                         next_seq: s.next_seq,
                         oldest_age_s: age(s.oldest_ts_ms),
                     },
@@ -1017,9 +1030,9 @@ pub fn status_report(ctx: &ControlContext) -> Result<StatusReport, crate::outbox
         device_id: s.device_id.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         uptime_s: s.started.elapsed().as_secs(),
-        engine: s.engine(),
+        engine: super::views::engine_view(s.engine()),
         queue: queue_report(ctx)?,
-        link: s.link(),
+        link: super::views::link_view(s.link()),
         inference: InferenceReport {
             total: Shared::count(&s.inference_total),
             failed: Shared::count(&s.inference_failed),
@@ -1184,6 +1197,8 @@ mod tests {
         assert_eq!(LargeKind::of(&body(&Request::Status)), None);
         assert_eq!(LargeKind::of(&[b'['; PREFIX_BYTES]), None);
         assert_eq!(LargeKind::of(br#"{"v":1,"request":{"cmd":"inf"#), None);
+        assert_eq!(declared_cmd(&body(&Request::Status)), Some("status"));
+        assert_eq!(declared_cmd(br#"{"cmd":"St\u0061tus"}"#), None);
         // The only requests allowed past the small bound are the large kinds.
         for small in [Request::Status, Request::Doctor, Request::ConfigReload, Request::MicLevel { from_seq: None }] {
             assert_eq!(small.max_frame(), MAX_REQUEST_BYTES, "{}", small.name());

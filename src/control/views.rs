@@ -1,0 +1,58 @@
+//! The one place internal state becomes protocol views: the daemon's
+//! status types (`state`) stay free to change, the wire types in
+//! [`super::protocol`] do not.
+
+use super::protocol::{EngineName, EngineView, LinkView};
+use crate::engine::EngineKind;
+use crate::state::{EngineState, LinkState};
+
+pub fn engine_name(k: EngineKind) -> EngineName {
+    match k {
+        EngineKind::Hailo => EngineName::Hailo,
+        EngineKind::OnnxCpu => EngineName::OnnxCpu,
+    }
+}
+
+pub fn engine_view(e: EngineState) -> EngineView {
+    let EngineState { active, hailo_present, fallbacks, last_error, model, hailo_seconds, cpu_seconds } = e;
+    EngineView {
+        active: active.map(engine_name),
+        hailo_present,
+        fallbacks,
+        last_error,
+        model,
+        hailo_seconds,
+        cpu_seconds,
+    }
+}
+
+pub fn link_view(l: LinkState) -> LinkView {
+    let LinkState {
+        vpn_up,
+        vpn_interface,
+        handshake_age_s,
+        handshake_source,
+        vpn_down_since_ms,
+        vpn_last_error,
+        broker_connected,
+        broker,
+        last_error,
+        since_ms,
+        reconnects,
+        inbound_discarded,
+    } = l;
+    LinkView {
+        vpn_up,
+        vpn_interface,
+        handshake_age_s,
+        handshake_source,
+        vpn_down_since_ms,
+        vpn_last_error,
+        broker_connected,
+        broker,
+        last_error,
+        since_ms,
+        reconnects,
+        inbound_discarded,
+    }
+}
