@@ -444,8 +444,7 @@ fn spawn_telemetry(
                         shared.telemetry_samples.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(e) => {
-                        shared.records_lost.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!(error = %e, "telemetry record not stored");
+                        shared.record_lost("telemetry record", &e);
                     }
                 }
             }

@@ -56,8 +56,7 @@ fn settle(outstanding: &mut VecDeque<PendingAppend>, shared: &Shared, all: bool)
                 shared.events_generated.fetch_add(1, Ordering::Relaxed);
             }
             Some(Err(e)) => {
-                shared.records_lost.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(error = %e, "synthetic event not stored");
+                shared.record_lost("synthetic event", &e);
             }
         }
     }

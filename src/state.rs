@@ -83,6 +83,16 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// A record a producer could not store (the writer is gone, the disk is
+    /// full with nothing to replace): counted, and logged for the 1st, 2nd,
+    /// 4th, ... loss only, since a full disk can refuse thousands a second.
+    pub fn record_lost(&self, what: &'static str, err: &dyn std::error::Error) {
+        let n = self.records_lost.fetch_add(1, Ordering::Relaxed) + 1;
+        if n.is_power_of_two() {
+            tracing::error!(error = %crate::error_chain(err), lost_total = n, "{what} not stored");
+        }
+    }
+
     pub fn new(device_id: String) -> Self {
         Self {
             started: Instant::now(),

@@ -257,8 +257,7 @@ fn run(config: AudioConfig, vad: SileroVad, appender: Appender, shared: Arc<Shar
                 shared.audio_segments.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => {
-                shared.records_lost.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(error = %e, "speech event not stored");
+                shared.record_lost("speech event", &e);
             }
         }
     };
