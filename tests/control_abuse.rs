@@ -338,8 +338,8 @@ fn oversized_frames_and_huge_images_are_refused_unread_and_memory_stays_bounded(
     // A frame declaring more than its command may carry is answered from
     // its first bytes: nothing else of it is ever sent.
     for (prefix, want) in [
-        (r#"{"v":1,"request":{"cmd":"status""#, "a status request may be at most"),
-        (r#"{"v":1,"request":{"cmd":"update-apply-chunk","chunk":""#, "a update apply request may be at most"),
+        (r#"{"v":1,"request":{"cmd":"status""#, "a `status` request may be at most 65536 bytes"),
+        (r#"{"v":1,"request":{"cmd":"update-apply-chunk","chunk":""#, "a `update-apply-chunk` request may be at most"),
         (&"[".repeat(256)[..], "must be an infer or update-apply-chunk request"),
     ] {
         let mut c = connect(&sock);
