@@ -84,7 +84,8 @@ pub fn parse_pack(bytes: &[u8]) -> Result<Vec<(String, &[u8])>, PackError> {
 }
 
 /// Unpacks `pack` into `dest` (which must not exist): written into a
-/// temporary sibling, synced, then renamed, so `dest` is whole or absent.
+/// temporary sibling, its files and the folder synced, then renamed (and the
+/// parent synced), so `dest` is whole or absent, also after a power cut.
 pub fn unpack(pack: &[u8], dest: &Path) -> Result<(), PackError> {
     let entries = parse_pack(pack)?;
     let io = |path: &Path| {
@@ -102,8 +103,13 @@ pub fn unpack(pack: &[u8], dest: &Path) -> Result<(), PackError> {
         let mut f = fs::File::create(&p).map_err(io(&p))?;
         f.write_all(bytes).and_then(|()| f.sync_all()).map_err(io(&p))?;
     }
+    // The files' names live in `tmp` itself: without this sync a power cut
+    // after the rename leaves `dest` empty (a model `current` names a pack
+    // with no model.toml, so the device silently runs the configured model
+    // while its store says the new one is active).
+    crate::durable::fsync_dir(&tmp).map_err(io(&tmp))?;
     fs::rename(&tmp, dest).map_err(io(dest))?;
-    fs::File::open(parent).and_then(|d| d.sync_all()).map_err(io(parent))?;
+    crate::durable::fsync_dir(parent).map_err(io(parent))?;
     Ok(())
 }
 
