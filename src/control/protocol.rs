@@ -135,6 +135,10 @@ pub enum ErrorCode {
     Internal,
     /// A valid request the daemon decided against (an update that fails its checks).
     Refused,
+    /// The device's own storage failed (reading or writing the update store).
+    Storage,
+    /// Stored state on the device is damaged (an unreadable update record).
+    Corrupt,
     /// A code this client does not know (a newer daemon).
     #[serde(other)]
     Other,

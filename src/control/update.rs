@@ -10,8 +10,8 @@ use super::protocol::{
     ConfigReloadReport, ErrorBody, ErrorCode, InstalledView, Response, UpdateApplyReport, UpdateReport, UpdateState,
     UpdateView,
 };
-use crate::update::agent::Request;
-use crate::update::{Phase, UpdateRecord};
+use crate::update::agent::{AgentFailure, Request};
+use crate::update::{Phase, UpdateError, UpdateRecord};
 
 /// Waiting for room in the agent's queue (it may be busy with a transfer).
 const QUEUE_WAIT: Duration = Duration::from_secs(10);
@@ -122,14 +122,14 @@ pub async fn apply_chunk(agent: Option<&mpsc::Sender<Request>>, chunk: String) -
 
 async fn apply(
     agent: Option<&mpsc::Sender<Request>>,
-    make: impl FnOnce(oneshot::Sender<Result<UpdateRecord, String>>) -> Request,
+    make: impl FnOnce(oneshot::Sender<Result<UpdateRecord, AgentFailure>>) -> Request,
 ) -> Response {
     let Some(agent) = agent else {
         return Response::Error(ErrorBody::new(ErrorCode::Unavailable, "fleet updates are disabled (see the log)"));
     };
     match ask(agent, make, APPLY_DEADLINE).await {
         Some(Ok(rec)) => Response::UpdateApplied(UpdateApplyReport { update: view(&rec) }),
-        Some(Err(why)) => Response::Error(ErrorBody::new(ErrorCode::Refused, why)),
+        Some(Err(why)) => failure(&why),
         None => Response::Error(ErrorBody::new(
             ErrorCode::Busy,
             "the update agent did not answer in time; see `sparkctl update status`",
@@ -150,7 +150,21 @@ pub async fn config_reload(agent: Option<&mpsc::Sender<Request>>) -> Response {
         Some(Ok(c)) => {
             Response::ConfigReloaded(ConfigReloadReport { applied: c.applied, restart_required: c.restart_required })
         }
-        Some(Err(why)) => Response::Error(ErrorBody::new(ErrorCode::Refused, why)),
+        Some(Err(why)) => failure(&why),
         None => Response::Error(ErrorBody::new(ErrorCode::Busy, "the update agent did not answer in time; try again")),
     }
+}
+
+/// An agent failure as the protocol names it: its kind decides the code.
+fn failure(why: &AgentFailure) -> Response {
+    let code = match why {
+        AgentFailure::Refused(_)
+        | AgentFailure::InvalidConfig(_)
+        | AgentFailure::StateDirChanged
+        | AgentFailure::NoConfigFile => ErrorCode::Refused,
+        AgentFailure::Store(UpdateError::CorruptState { .. }) => ErrorCode::Corrupt,
+        AgentFailure::Store(UpdateError::UnknownUpdate { .. } | UpdateError::WrongPhase { .. }) => ErrorCode::Refused,
+        AgentFailure::Store(_) => ErrorCode::Storage,
+    };
+    Response::Error(ErrorBody::new(code, crate::error_chain(why)))
 }

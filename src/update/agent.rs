@@ -71,18 +71,18 @@ pub enum Request {
     },
     /// `sparkctl config reload`.
     ReloadConfig {
-        reply: oneshot::Sender<Result<ConfigChange, String>>,
+        reply: oneshot::Sender<Result<ConfigChange, AgentFailure>>,
     },
     /// `sparkctl update apply`: the bundle's envelope, sent by the client
     /// (which reads the file with its own rights).
     ApplyManifest {
         envelope: Vec<u8>,
-        reply: oneshot::Sender<Result<UpdateRecord, String>>,
+        reply: oneshot::Sender<Result<UpdateRecord, AgentFailure>>,
     },
     /// `sparkctl update apply`: one chunk (the MQTT chunk JSON).
     ApplyChunk {
         chunk: Vec<u8>,
-        reply: oneshot::Sender<Result<UpdateRecord, String>>,
+        reply: oneshot::Sender<Result<UpdateRecord, AgentFailure>>,
     },
     /// The daemon sent READY: a binary on trial starts its health period.
     Ready,
@@ -139,6 +139,34 @@ pub struct ConfigChange {
     pub restart_required: Vec<String>,
 }
 
+
+/// Why the agent did not do what the control socket asked. The kind
+/// reaches `sparkctl` as its error code (refused, storage, corrupt state).
+#[derive(Debug, thiserror::Error)]
+pub enum AgentFailure {
+    /// The update was checked and refused.
+    #[error("{code}: {0}", code = .0.code())]
+    Refused(Rejection),
+    /// The config does not pass the checks of `sparkd check-config`.
+    #[error("the config")]
+    InvalidConfig(#[source] crate::config::ConfigError),
+    #[error("state_dir cannot change in a running daemon (it holds the update store)")]
+    StateDirChanged,
+    #[error("sparkd runs the built-in demo configuration: there is no file to reload")]
+    NoConfigFile,
+    /// The update store could not be read or written, or is damaged.
+    #[error("the update store")]
+    Store(#[source] UpdateError),
+}
+
+impl From<UpdateError> for AgentFailure {
+    fn from(e: UpdateError) -> Self {
+        match e {
+            UpdateError::Rejected(r) => AgentFailure::Refused(r),
+            other => AgentFailure::Store(other),
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -334,26 +362,25 @@ impl Agent {
     }
 
     /// The accepted record, or why the manifest was refused.
-    fn on_manifest(&mut self, envelope: &[u8]) -> Result<UpdateRecord, String> {
+    fn on_manifest(&mut self, envelope: &[u8]) -> Result<UpdateRecord, AgentFailure> {
         let id = super::envelope_update_id(envelope).unwrap_or_default();
         match self.updater.receive_manifest(envelope, wall_clock_secs()) {
             Ok(rec) => {
                 self.last_progress = None;
                 self.report(&rec);
                 if let Some(r) = self.refusal_before_transfer(&rec) {
-                    let text = format!("{}: {r}", r.code());
-                    self.give_up(&rec.update_id, Failed::Reject(r));
-                    return Err(text);
+                    self.give_up(&rec.update_id, Failed::Reject(r.clone()));
+                    return Err(AgentFailure::Refused(r));
                 }
                 Ok(rec)
             }
             Err(UpdateError::Rejected(r)) => {
                 self.reject(&id, &r);
-                Err(format!("{}: {r}", r.code()))
+                Err(AgentFailure::Refused(r))
             }
             Err(e) => {
                 self.io_failure(&id, &e);
-                Err(crate::error_chain(&e))
+                Err(AgentFailure::Store(e))
             }
         }
     }
@@ -394,14 +421,14 @@ impl Agent {
 
     /// The update's record after this chunk (activated when it was the
     /// last), or why the chunk was refused.
-    fn on_chunk(&mut self, payload: &[u8]) -> Result<UpdateRecord, String> {
+    fn on_chunk(&mut self, payload: &[u8]) -> Result<UpdateRecord, AgentFailure> {
         let chunk: Chunk = match serde_json::from_slice(payload) {
             Ok(c) => c,
             Err(e) => {
                 let r =
                     Rejection::CorruptChunk { update_id: String::new(), index: 0, detail: format!("not a chunk: {e}") };
                 self.reject("", &r);
-                return Err(format!("{}: {r}", r.code()));
+                return Err(AgentFailure::Refused(r));
             }
         };
         match self.updater.receive_chunk(&chunk) {
@@ -409,7 +436,10 @@ impl Agent {
                 self.report_as(&rec, Phase::Verified);
                 self.report(&rec);
                 self.activate_staged(rec.clone());
-                self.updater.record(&rec.update_id).ok().flatten().ok_or_else(|| "the update vanished".into())
+                match self.updater.record(&rec.update_id)? {
+                    Some(r) => Ok(r),
+                    None => Err(AgentFailure::Store(UpdateError::UnknownUpdate { update_id: rec.update_id })),
+                }
             }
             Ok(rec) => {
                 if rec.phase == Phase::Received && self.last_progress.is_none_or(|t| t.elapsed() >= PROGRESS_EVERY) {
@@ -428,15 +458,15 @@ impl Agent {
                     }
                     _ => self.reject(&chunk.update_id, &r),
                 }
-                Err(format!("{}: {r}", r.code()))
+                Err(AgentFailure::Refused(r))
             }
             Err(e @ UpdateError::UnknownUpdate { .. }) => {
                 tracing::debug!(update_id = %chunk.update_id, "chunk for an update with no accepted manifest: dropped");
-                Err(e.to_string())
+                Err(AgentFailure::Store(e))
             }
             Err(e) => {
                 self.io_failure(&chunk.update_id, &e);
-                Err(crate::error_chain(&e))
+                Err(AgentFailure::Store(e))
             }
         }
     }
@@ -616,7 +646,7 @@ impl Agent {
                     applied = ?change.applied, restart_required = ?change.restart_required, "config update active");
                 self.report(&rec);
             }
-            Err(why) => self.roll_back(&rec, &why),
+            Err(why) => self.roll_back(&rec, &crate::error_chain(&why)),
         }
     }
 
@@ -625,31 +655,30 @@ impl Agent {
         let dir = self.updater.staged_dir(rec).ok_or_else(|| bad("no store folder".into()))?;
         let path = dir.join(&rec.file_name);
         let new = Config::load(&path).map_err(|e| bad(crate::error_chain(&e)))?;
-        self.check_reload(&new).map_err(bad)?;
+        self.check_reload(&new).map_err(|e| bad(crate::error_chain(&e)))?;
         Ok(new)
     }
 
     /// What a new config may not change while running, and whether its
     /// update keys load.
-    fn check_reload(&self, new: &Config) -> Result<(), String> {
+    fn check_reload(&self, new: &Config) -> Result<(), AgentFailure> {
         if new.state_dir != self.running.state_dir {
-            return Err("state_dir cannot change in a running daemon (it holds this update)".into());
+            return Err(AgentFailure::StateDirChanged);
         }
-        UpdaterOptions::from_config(new, &self.deps.device_id, &self.deps.state_dir).map_err(|e| crate::error_chain(&e))?;
+        UpdaterOptions::from_config(new, &self.deps.device_id, &self.deps.state_dir)?;
         Ok(())
     }
 
     /// Applies `new` where it can live (today: `[update]`, the update
     /// agent's own settings); every other changed key needs a restart.
-    fn apply_config(&mut self, new: Config) -> Result<ConfigChange, String> {
+    fn apply_config(&mut self, new: Config) -> Result<ConfigChange, AgentFailure> {
         let changed = crate::config::changed_keys(&self.running, &new);
         let (applied, restart_required): (Vec<String>, Vec<String>) =
             changed.into_iter().partition(|k| k.starts_with("update."));
         if !applied.is_empty() {
-            let opts = UpdaterOptions::from_config(&new, &self.deps.device_id, &self.deps.state_dir)
-                .map_err(|e| crate::error_chain(&e))?;
+            let opts = UpdaterOptions::from_config(&new, &self.deps.device_id, &self.deps.state_dir)?;
             self.keys = opts.keys.ids().map(String::from).collect();
-            let mut updater = Updater::open(opts).map_err(|e| crate::error_chain(&e))?;
+            let mut updater = Updater::open(opts)?;
             updater.set_hailort_version(self.hailort.clone());
             self.updater = updater;
         }
@@ -659,11 +688,11 @@ impl Agent {
     }
 
     /// `sparkctl config reload`: the config file again, through the same checks.
-    fn reload_config(&mut self) -> Result<ConfigChange, String> {
+    fn reload_config(&mut self) -> Result<ConfigChange, AgentFailure> {
         let Some(path) = self.deps.config_path.clone() else {
-            return Err("sparkd runs the built-in demo configuration: there is no file to reload".into());
+            return Err(AgentFailure::NoConfigFile);
         };
-        let new = Config::load(&path).map_err(|e| crate::error_chain(&e))?;
+        let new = Config::load(&path).map_err(AgentFailure::InvalidConfig)?;
         self.check_reload(&new)?;
         let change = self.apply_config(new)?;
         tracing::info!(target: "audit", path = %path.display(), applied = ?change.applied,
