@@ -76,8 +76,8 @@ pub fn read(state_dir: &Path) -> Result<Option<ConfigTrial>, UpdateError> {
 fn write(state_dir: &Path, trial: &ConfigTrial) -> Result<(), UpdateError> {
     let dir = config_dir(state_dir);
     crate::durable::create_dir_all_synced(&dir).map_err(UpdateError::io("creating", &dir))?;
-    write_json(&trial_path(state_dir), trial)?;
-    fsync_dir(&dir).map_err(UpdateError::io("syncing", &dir))
+    // Atomic and durable, the folder synced too (write_atomic).
+    write_json(&trial_path(state_dir), trial)
 }
 
 /// Ends the trial (confirmed, or its rollback finished).

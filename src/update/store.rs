@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::clock::trusted_now;
-use super::fsio::{crash_point, free_bytes, fsync_dir, remove_any, swap_symlink, write_atomic};
+use super::fsio::{crash_point, free_bytes, fsync_dir, remove_any, swap_symlink, write_atomic, write_whole};
 use super::manifest::{Installed, InstalledEntry, Kind, TrustedKeys, VerifyContext, Version, installed_key, verify};
 use super::wire::{CHUNK_MAX_BYTES, Chunk, StateReport};
 use super::{Rejection, UpdateError};
@@ -572,7 +572,8 @@ impl Updater {
             if self.chunk_bytes_held(&rec.update_id) + bytes.len() as u64 > len {
                 return Err(corrupt(format!("more data than the artifact's {len} bytes")));
             }
-            write_atomic(&path, &bytes).map_err(UpdateError::io("writing chunk", &path))?;
+            // Whole or absent after a cut; a lost one is sent again (no folder sync).
+            write_whole(&path, &bytes).map_err(UpdateError::io("writing chunk", &path))?;
         }
         if rec.total_chunks.is_none() {
             rec.total_chunks = Some(chunk.total);
