@@ -150,7 +150,7 @@ fn drain(o: &Outbox, appender: &spark_edge::outbox::Appender, n: usize) -> Drain
     let m = mosquitto();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let UplinkRig { settings, deps, shared, stop, gate: _gate } =
-        uplink_to(m.2, "bench-backlog", 100, 100, o, appender);
+        uplink_to(m.port, "bench-backlog", 100, 100, o, appender);
     let (tenth, n64) = ((n / 10).max(1) as u64, n as u64);
     let (mut t_tenth, mut t_nine_tenths, mut t_acked) = (None, None, None);
     let (mut peak_rss_anon, mut peak_vm_rss) = rss();

@@ -74,13 +74,17 @@
 //!
 //! "Lost" = accepted seqs the consumer never received.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::{Broker, Subscriber, free_port, sigterm_and_wait, wait_for_every};
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 use spark_edge::record::Stream;
 
@@ -93,111 +97,40 @@ const AUTOSAVE_SECS: u32 = 5;
 /// A drain stops being watched after this long without a new record.
 const STALL: Duration = Duration::from_secs(10);
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
-}
-
-fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let end = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() > end {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn sigterm_and_wait(child: &mut Child, what: &str) {
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-    let done = wait_for(Duration::from_secs(120), || child.try_wait().ok().flatten());
-    if done.is_none() {
-        eprintln!("{what} ignored SIGTERM for 120 s: killing it");
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-}
+/// How often waits poll (the kill point and the broker's return are timed
+/// at this granularity).
+const POLL: Duration = Duration::from_millis(20);
+/// How long a process may take to exit on SIGTERM or a broker to load its
+/// persistence file.
+const SLOW: Duration = Duration::from_secs(120);
 
 // ---------------------------------------------------------------- brokers
 
-/// A Mosquitto process with its config file; restartable on the same port
-/// and persistence folder.
-struct Mosq {
-    child: Option<Child>,
-    conf: PathBuf,
-    port: u16,
-    name: &'static str,
+/// A Mosquitto on a free port with persistence in its own folder (kept
+/// across [`Broker::restart`]), the uplink's in-flight window, a log file,
+/// and `extra` config lines.
+fn broker(extra: &str) -> Broker {
+    Broker::start_config(free_port(), |dir| {
+        format!(
+            "max_inflight_messages {WINDOW}\npersistence true\npersistence_location {d}/\n\
+             log_dest file {d}/mosquitto.log\n{extra}",
+            d = dir.display(),
+        )
+    })
 }
 
-impl Mosq {
-    fn start(dir: &Path, name: &'static str, port: u16, extra: &str) -> Mosq {
-        let pdir = dir.join(format!("{name}-db"));
-        std::fs::create_dir_all(&pdir).expect("persistence dir");
-        let conf = dir.join(format!("{name}.conf"));
-        // `user root`: as root, Mosquitto would otherwise drop privileges.
-        let text = format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\nuser root\nmax_queued_messages 0\n\
-             max_inflight_messages {WINDOW}\npersistence true\npersistence_location {pdir}/\n\
-             log_dest file {log}\n{extra}",
-            pdir = pdir.display(),
-            log = dir.join(format!("{name}.log")).display(),
-        );
-        std::fs::write(&conf, text).expect("write mosquitto.conf");
-        let mut m = Mosq { child: None, conf, port, name };
-        m.spawn();
-        m
-    }
-
-    fn spawn(&mut self) {
-        let child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(&self.conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto not installed: run scripts/setup.sh");
-        self.child = Some(child);
-        // Loading a large persistence file can take a while.
-        wait_for(Duration::from_secs(120), || std::net::TcpStream::connect(("127.0.0.1", self.port)).ok())
-            .unwrap_or_else(|| panic!("mosquitto ({}) did not open port {}", self.name, self.port));
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Clean stop: Mosquitto writes its database on the way out.
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            sigterm_and_wait(&mut c, self.name);
-        }
-    }
-}
-
-impl Drop for Mosq {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-fn cloud_broker(dir: &Path) -> Mosq {
+fn cloud_broker() -> Broker {
     // Its persistence only keeps the consumer's session across the outage
     // (saved at SIGTERM); no timer saves during a run.
-    Mosq::start(dir, "cloud", free_port(), "autosave_interval 3600\n")
+    broker("autosave_interval 3600\n")
 }
 
-fn bridge_broker(dir: &Path, cloud_port: u16) -> Mosq {
-    let bridge = format!(
+fn bridge_broker(cloud_port: u16) -> Broker {
+    broker(&format!(
         "autosave_interval {AUTOSAVE_SECS}\n\
          connection cloud\naddress 127.0.0.1:{cloud_port}\nclientid bench-bridge\ncleansession false\n\
          topic spark/# out 1\nrestart_timeout 1 1\n"
-    );
-    Mosq::start(dir, "local", free_port(), &bridge)
+    ))
 }
 
 // --------------------------------------------------------------- consumer
@@ -254,43 +187,20 @@ fn seqs_in(payload: &[u8], mut f: impl FnMut(u64)) {
 /// down.
 struct Consumer {
     seen: Arc<Mutex<Seen>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _sub: Subscriber,
 }
 
 impl Consumer {
     fn start(port: u16, id: &str) -> Consumer {
         let seen = Arc::new(Mutex::new(Seen::default()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let ready = Arc::new(AtomicBool::new(false));
-        let mut opts = MqttOptions::new(id, "127.0.0.1", port);
-        opts.set_clean_session(false);
-        opts.set_keep_alive(Duration::from_secs(5));
-        opts.set_max_packet_size(4 << 20, 4 << 20);
-        let (client, mut conn) = rumqttc::Client::new(opts, 64);
-        let (s2, st2, r2) = (seen.clone(), stop.clone(), ready.clone());
-        let thread = std::thread::spawn(move || {
-            for ev in conn.iter() {
-                if st2.load(Ordering::Relaxed) {
-                    break;
-                }
-                match ev {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        let _ = client.try_subscribe("spark/#", QoS::AtLeastOnce);
-                    }
-                    Ok(Event::Incoming(Packet::SubAck(_))) => r2.store(true, Ordering::Relaxed),
-                    Ok(Event::Incoming(Packet::Publish(p))) if p.topic.ends_with("/events") => {
-                        let mut s = s2.lock().expect("consumer lock");
-                        seqs_in(&p.payload, |q| s.mark(q));
-                    }
-                    Ok(_) => {}
-                    Err(_) => std::thread::sleep(Duration::from_millis(100)),
-                }
+        let s = seen.clone();
+        let sub = Subscriber::start(port, id, "spark/#", move |p| {
+            if p.topic.ends_with("/events") {
+                let mut s = s.lock().expect("consumer lock");
+                seqs_in(&p.payload, |q| s.mark(q));
             }
         });
-        wait_for(Duration::from_secs(20), || ready.load(Ordering::Relaxed).then_some(()))
-            .expect("consumer did not subscribe");
-        Consumer { seen, stop, thread: Some(thread) }
+        Consumer { seen, _sub: sub }
     }
 
     fn distinct(&self) -> u64 {
@@ -334,15 +244,6 @@ impl Consumer {
             }
             std::thread::sleep(Duration::from_millis(if missing > 1000 { 50 } else { 5 }));
         }
-    }
-}
-
-impl Drop for Consumer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        // The thread ends at its next event (a reconnect error once the
-        // cloud broker is gone, a keep-alive at most).
-        drop(self.thread.take());
     }
 }
 
@@ -458,7 +359,7 @@ impl Sparkd {
             .expect("spawn sparkd");
         self.child = Some(child);
         let sock = self.socket();
-        wait_for(Duration::from_secs(60), || std::os::unix::net::UnixStream::connect(&sock).ok())
+        wait_for_every(Duration::from_secs(60), POLL, || std::os::unix::net::UnixStream::connect(&sock).ok())
             .unwrap_or_else(|| panic!("sparkd did not open its socket; see {}", self.dir.path().display()));
     }
 
@@ -492,7 +393,7 @@ impl Sparkd {
 
     fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            sigterm_and_wait(&mut c, "sparkd");
+            sigterm_and_wait(&mut c, "sparkd", SLOW);
         }
     }
 }
@@ -530,8 +431,8 @@ impl Drain {
 
 /// Cloud broker up, consumer subscribed (persistent session), cloud
 /// stopped: the outage begins.
-fn cloud_with_consumer(dir: &Path, id: &str, outage: bool) -> (Mosq, Consumer) {
-    let mut cloud = cloud_broker(dir);
+fn cloud_with_consumer(id: &str, outage: bool) -> (Broker, Consumer) {
+    let mut cloud = cloud_broker();
     let consumer = Consumer::start(cloud.port, id);
     if outage {
         cloud.stop();
@@ -541,20 +442,19 @@ fn cloud_with_consumer(dir: &Path, id: &str, outage: bool) -> (Mosq, Consumer) {
 
 /// Times the drain from the cloud's return until every seq of 1..=n
 /// arrived: (drain seconds if complete, seconds to the first record, missing).
-fn time_drain(cloud: &mut Mosq, consumer: &Consumer, n: u64, timeout: Duration) -> (Option<f64>, f64, u64) {
+fn time_drain(cloud: &mut Broker, consumer: &Consumer, n: u64, timeout: Duration) -> (Option<f64>, f64, u64) {
     // Let the sender reach its steady reconnect interval.
     std::thread::sleep(Duration::from_secs(3));
     let t = Instant::now();
-    cloud.spawn();
+    cloud.restart();
     let (missing, first, last) = consumer.wait_all(|| 1..=n, timeout);
     let first = first.map_or(f64::NAN, |f| f.duration_since(t).as_secs_f64());
     ((missing == 0).then(|| last.duration_since(t).as_secs_f64()), first, missing)
 }
 
 fn drain_bridge(n: u64, timeout: Duration) -> Drain {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (mut cloud, consumer) = cloud_with_consumer(dir.path(), "cloud-consumer-bridge", true);
-    let local = bridge_broker(dir.path(), cloud.port);
+    let (mut cloud, consumer) = cloud_with_consumer("cloud-consumer-bridge", true);
+    let local = bridge_broker(cloud.port);
     let t = Instant::now();
     let acked = produce(local.port, n, Arc::new(AtomicU64::new(0)));
     let ingest_secs = t.elapsed().as_secs_f64();
@@ -565,12 +465,11 @@ fn drain_bridge(n: u64, timeout: Duration) -> Drain {
 }
 
 fn drain_sparkd(n: u64, batch: usize, timeout: Duration) -> Drain {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (mut cloud, consumer) = cloud_with_consumer(dir.path(), &format!("cloud-consumer-sparkd-{batch}"), true);
+    let (mut cloud, consumer) = cloud_with_consumer(&format!("cloud-consumer-sparkd-{batch}"), true);
     let mut d = Sparkd::new(cloud.port, batch);
     d.start(LOAD_RATE);
     let t = Instant::now();
-    wait_for(Duration::from_secs(900), || d.events().filter(|&(last, _)| last >= n))
+    wait_for_every(Duration::from_secs(900), POLL, || d.events().filter(|&(last, _)| last >= n))
         .expect("sparkd did not store the backlog within 15 min");
     d.stop();
     let ingest_secs = t.elapsed().as_secs_f64();
@@ -589,21 +488,20 @@ struct Kill {
 }
 
 fn kill_bridge(n: u64, outage: bool) -> Kill {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (mut cloud, consumer) = cloud_with_consumer(dir.path(), &format!("cloud-consumer-kb-{outage}"), outage);
+    let (mut cloud, consumer) = cloud_with_consumer(&format!("cloud-consumer-kb-{outage}"), outage);
     let started = Instant::now();
-    let mut local = bridge_broker(dir.path(), cloud.port);
+    let mut local = bridge_broker(cloud.port);
     let acked = Arc::new(AtomicU64::new(0));
     let (port, a2) = (local.port, acked.clone());
     let producer = std::thread::spawn(move || produce(port, n, a2));
-    wait_for(Duration::from_secs(600), || (acked.load(Ordering::Relaxed) >= n / 2).then_some(()))
+    wait_for_every(Duration::from_secs(600), POLL, || (acked.load(Ordering::Relaxed) >= n / 2).then_some(()))
         .expect("producer never reached half way");
     let at_secs = started.elapsed().as_secs_f64();
-    local.kill9();
+    local.kill();
     let done = producer.join().expect("producer thread");
-    local.spawn();
+    local.restart();
     if outage {
-        cloud.spawn();
+        cloud.restart();
     }
     let accepted: Vec<u64> = (1..=n).filter(|&q| done[q as usize]).collect();
     let (lost, _, _) = consumer.wait_all(|| accepted.iter().copied(), Duration::from_secs(600));
@@ -611,13 +509,12 @@ fn kill_bridge(n: u64, outage: bool) -> Kill {
 }
 
 fn kill_sparkd(n: u64, batch: usize, outage: bool) -> Kill {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (mut cloud, consumer) = cloud_with_consumer(dir.path(), &format!("cloud-consumer-ks-{outage}"), outage);
+    let (mut cloud, consumer) = cloud_with_consumer(&format!("cloud-consumer-ks-{outage}"), outage);
     let mut d = Sparkd::new(cloud.port, batch);
     let started = Instant::now();
     d.start(LOAD_RATE);
     let mut seen_before = 0;
-    wait_for(Duration::from_secs(600), || {
+    wait_for_every(Duration::from_secs(600), POLL, || {
         let (last, _) = d.events()?;
         seen_before = seen_before.max(last);
         (last >= n / 2).then_some(())
@@ -628,10 +525,10 @@ fn kill_sparkd(n: u64, batch: usize, outage: bool) -> Kill {
     d.start(0.0);
     let (after, _) = d.events().expect("sparkctl queue after restart");
     if outage {
-        cloud.spawn();
+        cloud.restart();
     }
     // Let the outbox empty, then the consumer catch up.
-    let _ = wait_for(Duration::from_secs(600), || d.events().filter(|&(_, pending)| pending == 0));
+    let _ = wait_for_every(Duration::from_secs(600), POLL, || d.events().filter(|&(_, pending)| pending == 0));
     let accepted = seen_before.max(after).max(consumer.max());
     let (lost, _, _) = consumer.wait_all(|| 1..=accepted, Duration::from_secs(600));
     if after < seen_before {

@@ -106,7 +106,7 @@ fn drain_uplink(n: usize, window: u16, batch: usize) -> f64 {
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let UplinkRig { settings, deps, shared, stop, gate: _gate } =
-        uplink_to(m.2, "bench-uplink", window, batch, &o, &w.appender);
+        uplink_to(m.port, "bench-uplink", window, batch, &o, &w.appender);
     let t = Instant::now();
     let task = rt.spawn(uplink::run(settings, deps));
     let mut last = Instant::now();
@@ -135,7 +135,7 @@ fn drain_bare(n: usize, window: u16) -> f64 {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let payload = spark_edge::record::encode("bench", Stream::Events, 1, 1, &body());
     rt.block_on(async move {
-        let mut o = MqttOptions::new("bench-bare", "127.0.0.1", m.2);
+        let mut o = MqttOptions::new("bench-bare", "127.0.0.1", m.port);
         o.set_inflight(window);
         let (client, mut el) = AsyncClient::new(o, window as usize * 2);
         let t = Instant::now();

@@ -1,10 +1,15 @@
-//! What the store-and-forward benches share: a throw-away Mosquitto, the
-//! ~200-byte record body, and the uplink wired to an outbox as the daemon
-//! wires it. Included with `#[path]`; not a bench of its own.
+//! What the store-and-forward benches share: the tests' harness
+//! (`tests/common`: Mosquitto rig, `wait_for`, `free_port`, consumers,
+//! re-exported here so tests and benches have one set), a throw-away
+//! Mosquitto, the ~200-byte record body, and the uplink wired to an outbox
+//! as the daemon wires it. Included with `#[path]`; not a bench of its own.
 
 #![allow(dead_code)] // each bench uses its own subset
 
-use std::process::{Child, Command, Stdio};
+#[path = "../../tests/common/mod.rs"]
+mod harness;
+pub use harness::*;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,41 +26,10 @@ pub fn body() -> String {
     format!("{{\"pad\":\"{}\"}}", "x".repeat(BODY - 10))
 }
 
-/// A broker process, its config folder (kept alive with it) and its port.
-pub struct Mosquitto(Child, #[allow(dead_code)] tempfile::TempDir, pub u16);
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A Mosquitto on a free loopback port. No subscriber and no queueing: it
-/// PUBACKs and discards.
-pub fn mosquitto() -> Mosquitto {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let dir = tempfile::tempdir().unwrap();
-    let conf = dir.path().join("m.conf");
-    std::fs::write(
-        &conf,
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\nuser root\nmax_queued_messages 0\nlog_dest none\n"),
-    )
-    .unwrap();
-    let child = Command::new("mosquitto")
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting mosquitto (installed by scripts/setup.sh)");
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Mosquitto(child, dir, port)
+/// A Mosquitto on a free loopback port. No persistence, no subscriber and
+/// no queueing limit: it PUBACKs and discards.
+pub fn mosquitto() -> Broker {
+    Broker::start_config(free_port(), |_| "log_dest none\n".into())
 }
 
 /// The uplink wired as the daemon wires it; `settings` and `deps` go to

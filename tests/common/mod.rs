@@ -7,7 +7,6 @@ pub mod tmux;
 pub mod witness;
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -30,8 +29,14 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
-/// Polls `f` until it returns `Some` or `timeout` passes.
-pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+/// Polls `f` every 50 ms until it returns `Some` or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, f: impl FnMut() -> Option<T>) -> Option<T> {
+    wait_for_every(timeout, Duration::from_millis(50), f)
+}
+
+/// [`wait_for`] polling every `every` (benches that time the wait poll
+/// faster).
+pub fn wait_for_every<T>(timeout: Duration, every: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let end = Instant::now() + timeout;
     loop {
         if let Some(v) = f() {
@@ -40,7 +45,18 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
         if Instant::now() > end {
             return None;
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(every);
+    }
+}
+
+/// SIGTERM, then wait up to `timeout` for the exit; SIGKILL if it did not
+/// come (and say so on stderr: a bench goes on, a test reads the log).
+pub fn sigterm_and_wait(child: &mut Child, what: &str, timeout: Duration) {
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    if wait_for_every(timeout, Duration::from_millis(20), || child.try_wait().ok().flatten()).is_none() {
+        eprintln!("{what} ignored SIGTERM for {timeout:?}: killing it");
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
 
@@ -72,20 +88,27 @@ impl Broker {
     }
 
     fn start_with(port: u16, autosave: &str) -> Self {
+        // Persistence keeps consumer sessions across broker restarts in the
+        // fault tests.
+        Self::start_config(port, |dir| {
+            format!("persistence true\npersistence_location {}/\n{autosave}\nlog_dest none\n", dir.display())
+        })
+    }
+
+    /// A broker on `port` whose config is the lines every rig needs
+    /// (listener, anonymous, `user root`, `max_queued_messages 0`) followed
+    /// by `rest(dir)`, `dir` being the broker's own folder (for
+    /// `persistence_location`, `log_dest file`). Bridge sections go last.
+    pub fn start_config(port: u16, rest: impl FnOnce(&Path) -> String) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let conf = dir.path().join("mosquitto.conf");
         // `user root`: as root, mosquitto would otherwise drop to `mosquitto`
         // and fail on root-owned files. `max_queued_messages 0`: no broker-side
-        // drops of a fast QoS 1 stream. Persistence keeps consumer sessions
-        // across broker restarts in the fault tests.
-        let mut f = std::fs::File::create(&conf).expect("conf");
-        writeln!(
-            f,
-            "listener {port} 127.0.0.1\nallow_anonymous true\nuser root\nmax_queued_messages 0\n\
-             persistence true\npersistence_location {}/\n{autosave}\nlog_dest none",
-            dir.path().display()
-        )
-        .expect("write conf");
+        // drops of a fast QoS 1 stream.
+        let text = format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\nuser root\nmax_queued_messages 0\n{}",
+            rest(dir.path())
+        );
+        std::fs::write(dir.path().join("mosquitto.conf"), text).expect("write conf");
         Self::spawn(port, dir)
     }
 
@@ -96,27 +119,52 @@ impl Broker {
 
     /// Starts mosquitto with `dir/mosquitto.conf` and waits for its port.
     fn spawn(port: u16, dir: tempfile::TempDir) -> Self {
-        let child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(dir.path().join("mosquitto.conf"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto not installed: run scripts/setup.sh");
+        let child = launch_mosquitto(&dir.path().join("mosquitto.conf"));
         let b = Broker { port, child, dir };
         wait_for(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).ok())
             .expect("mosquitto did not start");
         b
     }
 
+    /// Starts this broker again, same config, port and persistence, after
+    /// [`Broker::kill`] or [`Broker::stop`] (SIGKILLs it first if it still
+    /// runs). Waits up to 2 minutes: loading a large persistence file takes
+    /// a while.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = launch_mosquitto(&self.dir.path().join("mosquitto.conf"));
+        let port = self.port;
+        wait_for_every(Duration::from_secs(120), Duration::from_millis(20), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        })
+        .unwrap_or_else(|| panic!("mosquitto did not reopen port {port}"));
+    }
+
+    /// Clean stop (SIGTERM): Mosquitto writes its database on the way out.
+    pub fn stop(&mut self) {
+        sigterm_and_wait(&mut self.child, &format!("mosquitto on port {}", self.port), Duration::from_secs(120));
+    }
+
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
     }
 
+    /// SIGKILL (no save) and reap; a no-op on a broker already stopped.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `mosquitto -c conf`, output discarded.
+fn launch_mosquitto(conf: &Path) -> Child {
+    Command::new("mosquitto")
+        .arg("-c")
+        .arg(conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto not installed: run scripts/setup.sh")
 }
 
 impl Drop for Broker {
@@ -132,59 +180,85 @@ pub struct Msg {
     pub json: serde_json::Value,
 }
 
-/// Subscribes to `spark/#` at QoS 1 with a persistent session and keeps
-/// every message. Reconnects on its own while the broker is down.
-pub struct Consumer {
-    pub msgs: Arc<Mutex<Vec<Msg>>>,
+/// An MQTT subscription on a thread of its own: subscribes to `filter` at
+/// QoS 1 with a persistent session (again after every reconnect), hands
+/// every publish to `on_publish`, and reconnects on its own while the
+/// broker is down. The thread ends at its next event after the drop.
+pub struct Subscriber {
     stop: Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl Consumer {
-    pub fn start(port: u16, filter: &str) -> Self {
-        let msgs = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let id = format!("test-consumer-{}", std::process::id() as u64 * 1000 + port as u64);
-        let mut opts = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
+impl Subscriber {
+    /// Returns once the first SUBACK arrived.
+    pub fn start(
+        port: u16,
+        client_id: &str,
+        filter: &str,
+        mut on_publish: impl FnMut(rumqttc::Publish) + Send + 'static,
+    ) -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = Arc::new(AtomicBool::new(false));
+        let ready = Arc::new(AtomicBool::new(false));
+        let mut opts = rumqttc::MqttOptions::new(client_id, "127.0.0.1", port);
         opts.set_clean_session(false);
         opts.set_keep_alive(Duration::from_secs(5));
         opts.set_max_packet_size(4 << 20, 4 << 20);
         let (client, mut conn) = rumqttc::Client::new(opts, 64);
-        let (m, s, filter) = (msgs.clone(), stop.clone(), filter.to_string());
-        let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let r2 = ready.clone();
+        let (s, r, filter) = (stop.clone(), ready.clone(), filter.to_string());
         let thread = std::thread::spawn(move || {
             for ev in conn.iter() {
-                if s.load(std::sync::atomic::Ordering::Relaxed) {
+                if s.load(Ordering::Relaxed) {
                     break;
                 }
                 match ev {
                     Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
                         let _ = client.try_subscribe(filter.clone(), rumqttc::QoS::AtLeastOnce);
                     }
-                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
-                        r2.store(true, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
-                        if let Ok(json) = serde_json::from_slice::<serde_json::Value>(&p.payload) {
-                            let mut m = m.lock().unwrap();
-                            // A batch `{"records": [...]}` is unpacked record by record.
-                            match json.get("records").and_then(|r| r.as_array()) {
-                                Some(records) => {
-                                    m.extend(records.iter().map(|r| Msg { topic: p.topic.clone(), json: r.clone() }))
-                                }
-                                None => m.push(Msg { topic: p.topic.clone(), json }),
-                            }
-                        }
-                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => r.store(true, Ordering::Relaxed),
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => on_publish(p),
                     Ok(_) => {}
                     Err(_) => std::thread::sleep(Duration::from_millis(100)),
                 }
             }
         });
-        wait_for(Duration::from_secs(10), || ready.load(std::sync::atomic::Ordering::Relaxed).then_some(()))
+        wait_for(Duration::from_secs(20), || ready.load(Ordering::Relaxed).then_some(()))
             .expect("consumer did not subscribe");
-        Consumer { msgs, stop, thread: Some(thread) }
+        Subscriber { stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        // The connection thread ends on its next event (keep-alive at most).
+        drop(self.thread.take());
+    }
+}
+
+/// Subscribes to `spark/#` at QoS 1 with a persistent session and keeps
+/// every message. Reconnects on its own while the broker is down.
+pub struct Consumer {
+    pub msgs: Arc<Mutex<Vec<Msg>>>,
+    _sub: Subscriber,
+}
+
+impl Consumer {
+    pub fn start(port: u16, filter: &str) -> Self {
+        let msgs = Arc::new(Mutex::new(Vec::new()));
+        let id = format!("test-consumer-{}", std::process::id() as u64 * 1000 + port as u64);
+        let m = msgs.clone();
+        let sub = Subscriber::start(port, &id, filter, move |p| {
+            if let Ok(json) = serde_json::from_slice::<serde_json::Value>(&p.payload) {
+                let mut m = m.lock().unwrap();
+                // A batch `{"records": [...]}` is unpacked record by record.
+                match json.get("records").and_then(|r| r.as_array()) {
+                    Some(records) => m.extend(records.iter().map(|r| Msg { topic: p.topic.clone(), json: r.clone() })),
+                    None => m.push(Msg { topic: p.topic.clone(), json }),
+                }
+            }
+        });
+        Consumer { msgs, _sub: sub }
     }
 
     pub fn snapshot(&self) -> Vec<Msg> {
@@ -219,16 +293,6 @@ impl Consumer {
 
     pub fn len(&self) -> usize {
         self.msgs.lock().unwrap().len()
-    }
-}
-
-impl Drop for Consumer {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        // The connection thread ends on its next event (keep-alive at most).
-        if let Some(t) = self.thread.take() {
-            drop(t);
-        }
     }
 }
 
@@ -555,13 +619,7 @@ impl Broker {
             req = tls.require_certificate,
         );
         std::fs::write(&conf, text).expect("write conf");
-        let child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto not installed: run scripts/setup.sh");
+        let child = launch_mosquitto(&conf);
         let b = TlsBroker { broker: Broker { port: plain, child, dir }, tls_port };
         wait_for(Duration::from_secs(10), || {
             (std::net::TcpStream::connect(("127.0.0.1", plain)).is_ok()
