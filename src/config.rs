@@ -402,7 +402,7 @@ impl Config {
         c.socket_path = "var/sparkd.sock".into();
         c.camera.replay_dir = "models/demo".into();
         c.camera.fps = 2.0;
-        c.model.manifest = "models/centerface.toml".into();
+        c.model.manifest = "models/nanodet.toml".into();
         c.telemetry.interval_secs = 5.0;
         c
     }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::detect::{self, Detection};
+use crate::detect::{self, DecodeError, Detection};
 use crate::engine::Engine;
 use crate::model::Model;
 use crate::outbox::Appender;
@@ -40,6 +40,12 @@ struct InferenceBody<'a> {
     detections: &'a [Detection],
     latency_ms: f64,
     frame: FrameInfo<'a>,
+    /// 1 when this frame's outputs could not be decoded (then `detections`
+    /// is empty and `decode_error` says why); absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    decode_errors: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    decode_error: Option<String>,
 }
 
 /// Result of one frame through the model, for the record and for `sparkctl infer`.
@@ -49,23 +55,55 @@ pub struct Inferred {
     pub latency: Duration,
 }
 
+/// Why one frame gave no result.
+#[derive(Debug, thiserror::Error)]
+pub enum InferError {
+    /// The engine failed (its whole error chain is in the message).
+    #[error("{}", crate::error_chain(.0))]
+    Engine(crate::engine::EngineError),
+    /// The engine ran but its outputs do not decode: a model that does not
+    /// fit its manifest (at warm-up), or one malformed frame.
+    #[error("decoding the model's outputs: {0}")]
+    Decode(#[from] DecodeError),
+}
+
 /// Prepares, runs and decodes one frame; `input` is reused between calls.
 pub fn infer_frame(
     engine: &mut dyn Engine,
     model: &Model,
     frame: &image::RgbImage,
     input: &mut Tensor,
-) -> Result<Inferred, String> {
+) -> Result<Inferred, InferError> {
     let t0 = Instant::now();
     let m = &model.manifest;
     let lb = vision::prepare(frame, &m.input, input);
-    let outputs = engine.run(input).map_err(|e| crate::error_chain(&e))?;
-    let detections = detect::decode(&m.output, &m.labels, &outputs, &lb).map_err(|e| e.to_string())?;
+    let outputs = engine.run(input).map_err(InferError::Engine)?;
+    let detections = detect::decode(&m.output, &m.labels, &outputs, &lb)?;
     Ok(Inferred { detections, engine: engine.kind(), latency: t0.elapsed() })
+}
+
+/// Checks at load that the network fits its manifest: one blank frame
+/// through `engine`, decoded with the manifest's family and labels. A label
+/// count that disagrees with the network's classes, or outputs the family
+/// cannot read, are refused here with both values rather than on every frame.
+pub fn check_fit(engine: &mut dyn Engine, model: &Model) -> Result<(), InferError> {
+    let i = &model.manifest.input;
+    let blank = image::RgbImage::new(i.width, i.height);
+    infer_frame(engine, model, &blank, &mut Tensor::zeros(&[1])).map(drop)
 }
 
 /// Builds the record body for one inferred frame.
 pub fn record_body(model: &Model, frame: &Frame, r: &Inferred) -> String {
+    body(model, frame, r, None)
+}
+
+/// The record body of a frame whose outputs did not decode: no detections,
+/// a decode error count of 1 and the reason.
+pub fn decode_error_body(model: &Model, frame: &Frame, r: &Inferred, e: &DecodeError) -> String {
+    body(model, frame, r, Some(e))
+}
+
+fn body(model: &Model, frame: &Frame, r: &Inferred, decode_error: Option<&DecodeError>) -> String {
     let top = r.detections.iter().max_by(|a, b| a.score.total_cmp(&b.score));
     let body = InferenceBody {
         engine: r.engine.as_str(),
@@ -83,6 +121,8 @@ pub fn record_body(model: &Model, frame: &Frame, r: &Inferred) -> String {
             height: frame.image.height(),
             captured_ts: frame.captured_ms,
         },
+        decode_errors: decode_error.map(|_| 1),
+        decode_error: decode_error.map(|e| e.to_string()),
     };
     serde_json::to_string(&body).unwrap_or_else(|_| "{}".into())
 }
@@ -160,7 +200,7 @@ pub fn run_swappable(
             tracing::info!(model = %model.manifest.name, version = %model.manifest.version, "inference switched to the updated model");
         }
         while let Ok(job) = jobs.try_recv() {
-            let _ = job.reply.send(infer_frame(engine.as_mut(), &model, &job.image, &mut input));
+            let _ = job.reply.send(infer_frame(engine.as_mut(), &model, &job.image, &mut input).map_err(|e| e.to_string()));
         }
         let Some(frame) = queue.pop(Duration::from_millis(200)) else {
             if queue.is_closed_and_empty() {
@@ -172,28 +212,37 @@ pub fn run_swappable(
         let inferred = infer_frame(engine.as_mut(), &model, &frame.image, &mut input);
         // `sparkctl camera snapshot`: the tensor is prepared even if the engine failed.
         shared.snapshots.serve(popped_at, || model_view(&model, &frame, &input));
-        match inferred {
-            Ok(r) => {
-                shared.last_latency_us.store(r.latency.as_micros() as u64, Ordering::Relaxed);
-                let body = record_body(&model, &frame, &r);
-                match appender.append(Stream::Inference, body) {
-                    Ok(_) => {
-                        shared.inference_total.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(e) => {
-                        shared.records_lost.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!(error = %e, "inference record not stored");
-                    }
+        // A frame whose outputs did not decode still gets its record, carrying the error.
+        let stored = match &inferred {
+            Ok(r) => Some(record_body(&model, &frame, r)),
+            Err(InferError::Decode(e)) => {
+                let r = Inferred { detections: Vec::new(), engine: engine.kind(), latency: popped_at.elapsed() };
+                Some(decode_error_body(&model, &frame, &r, e))
+            }
+            Err(InferError::Engine(_)) => None,
+        };
+        if let Ok(r) = &inferred {
+            shared.last_latency_us.store(r.latency.as_micros() as u64, Ordering::Relaxed);
+        }
+        if let Some(body) = stored {
+            match appender.append(Stream::Inference, body) {
+                Ok(_) => {
+                    shared.inference_total.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    shared.record_lost("inference record", &e);
                 }
             }
-            Err(e) => {
-                shared.inference_failed.fetch_add(1, Ordering::Relaxed);
-                shared.update_engine(|s| s.last_error = Some(e.clone()));
-                // The world can make every frame fail: log at most every 10 s.
-                if last_error_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-                    tracing::error!(error = %e, frame = %frame.origin, "inference failed");
-                    last_error_log = Some(Instant::now());
-                }
+        }
+        // A frame with no result (engine or decode error) is counted as failed.
+        if let Err(e) = inferred {
+            let e = e.to_string();
+            shared.inference_failed.fetch_add(1, Ordering::Relaxed);
+            shared.update_engine(|s| s.last_error = Some(e.clone()));
+            // The world can make every frame fail: log at most every 10 s.
+            if last_error_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                tracing::error!(error = %e, frame = %frame.origin, "inference failed");
+                last_error_log = Some(Instant::now());
             }
         }
     }

@@ -27,6 +27,9 @@ pub struct Letterbox {
     pub scale_y: f32,
     pub frame_width: u32,
     pub frame_height: u32,
+    /// The model input's size, for decoders whose boxes are normalised to it.
+    pub input_width: u32,
+    pub input_height: u32,
 }
 
 impl Letterbox {
@@ -167,7 +170,7 @@ pub fn prepare(frame: &RgbImage, spec: &InputSpec, out: &mut Tensor) -> Letterbo
         o1[nw as usize..].fill(pad[1]);
         o2[nw as usize..].fill(pad[2]);
     }
-    Letterbox { scale_x: sx, scale_y: sy, frame_width: fw, frame_height: fh }
+    Letterbox { scale_x: sx, scale_y: sy, frame_width: fw, frame_height: fh, input_width: tw, input_height: th }
 }
 
 #[cfg(test)]
