@@ -570,9 +570,16 @@ impl Agent {
     /// ([`config_trial::start`]) and report it.
     fn resume_config(&mut self) {
         let Some((trial, reason)) = config_trial::failed(&self.deps.state_dir) else { return };
-        match self.updater.rollback(Kind::Config, CONFIG_NAME, &reason) {
-            Ok(()) | Err(UpdateError::NoPrevious { .. }) => {}
-            Err(e) => return self.io_failure(&trial.update_id, &e),
+        // Only while `current` still names the failed version: a rollback
+        // cut short after its swap (crash, power cut) was completed by the
+        // store's recovery, and rolling back again would throw away the
+        // good config it returned to (found by tests/fault_power_update.rs).
+        let current = self.updater.current_dir(Kind::Config, CONFIG_NAME);
+        if current.as_deref().and_then(Path::file_name).is_some_and(|n| n == trial.version_dir.as_str()) {
+            match self.updater.rollback(Kind::Config, CONFIG_NAME, &reason) {
+                Ok(()) | Err(UpdateError::NoPrevious { .. }) => {}
+                Err(e) => return self.io_failure(&trial.update_id, &e),
+            }
         }
         match self.updater.records() {
             Ok(records) => {
