@@ -446,14 +446,23 @@ fn an_admins_update_apply_gets_through_while_others_hold_the_large_request_memor
 
     let mut mallory = users.helper(0, "hold", &sock);
     let held = mallory.next();
+    let held_at = std::time::Instant::now();
     assert!(num(&held, "held") >= 2 && num(&held, "bytes") >= 32 * MIB, "{held:?}");
     let (code, out, err) = sparkctl(&sock, &["update", "apply", s(&bundle), "--json"]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
     assert!(code == 0 && v["state"] == "active", "update apply behind held uploads: {code} {v}\n{err}");
-    // The uploads were still held all along: each is answered now.
+    // The uploads were still held all along: each is answered now. Only
+    // provable while they are inside the daemon's whole-request deadline
+    // (a slow machine may take longer than that to apply the update; the
+    // point of the test, the admin's update getting through, holds anyway).
+    let in_deadline = held_at.elapsed() + Duration::from_secs(2) < spark_edge::control::server::READ_DEADLINE;
     mallory.send("check");
     let answered = mallory.next();
-    assert_eq!(num(&answered, "answered"), num(&held, "held"), "{answered:?} of {held:?}");
+    if in_deadline {
+        assert_eq!(num(&answered, "answered"), num(&held, "held"), "{answered:?} of {held:?}");
+    } else {
+        eprintln!("update apply took past the read deadline: held uploads not checked ({answered:?})");
+    }
     drop(mallory);
     assert!(d.terminate(Duration::from_secs(15)).success());
 }
