@@ -377,25 +377,7 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(cfg: &DaemonConfig) -> Self {
-        let path = cfg.write();
-        let log = cfg.dir.path().join(format!("sparkd-{}.log", Instant::now().elapsed().as_nanos()));
-        let logf =
-            std::fs::OpenOptions::new().create(true).append(true).open(cfg.dir.path().join("sparkd.log")).expect("log");
-        let child = Command::new(sparkd_bin())
-            .args(["run", "--config"])
-            .arg(&path)
-            .env("RUST_LOG", "info")
-            .env_remove("JOURNAL_STREAM")
-            .stdout(Stdio::null())
-            .stderr(logf)
-            .spawn()
-            .expect("spawn sparkd");
-        let _ = log;
-        let d = Daemon { child, log: cfg.dir.path().join("sparkd.log") };
-        let sock = cfg.socket();
-        wait_for(Duration::from_secs(30), || std::os::unix::net::UnixStream::connect(&sock).ok())
-            .unwrap_or_else(|| panic!("sparkd did not open its socket; log:\n{}", d.log_text()));
-        d
+        Self::start_with_env(cfg, &[])
     }
 
     pub fn log_text(&self) -> String {
