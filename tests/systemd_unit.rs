@@ -198,7 +198,8 @@ fn packaged_config_names_every_key_and_the_packaged_paths() {
     assert!(missing.is_empty(), "{PACKAGED_CONFIG} lacks keys (add them with their defaults): {missing:?}");
 
     let c = Config::load(&path).unwrap();
-    assert_eq!(c.model.manifest, Path::new("/usr/share/sparkd/models/centerface.toml"));
+    // The COCO detector is the packaged default (CenterFace ships beside it).
+    assert_eq!(c.model.manifest, Path::new("/usr/share/sparkd/models/nanodet.toml"));
     assert_eq!(c.model.onnxruntime_library, Path::new("/usr/lib/sparkd/libonnxruntime.so"));
     assert_eq!(c.camera.replay_dir, Path::new("/usr/share/sparkd/demo"));
     assert!(c.state_dir.as_os_str().is_empty(), "state_dir must be empty so $STATE_DIRECTORY is used");

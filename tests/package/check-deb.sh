@@ -64,6 +64,9 @@ has '-rw-r--r--' usr/lib/tmpfiles.d/sparkd.conf
 has '-rw-r--r--' etc/sparkd/sparkd.toml
 has '-rw-r--r--' usr/share/sparkd/models/centerface.toml
 has '-rw-r--r--' usr/share/sparkd/models/centerface.onnx
+has '-rw-r--r--' usr/share/sparkd/models/nanodet.toml
+has '-rw-r--r--' usr/share/sparkd/models/nanodet.onnx
+has '-rw-r--r--' usr/share/sparkd/models/coco80.txt
 has '-rw-r--r--' usr/share/sparkd/demo/astronaut.png
 has '-rw-r--r--' usr/lib/sparkd/libonnxruntime.so.1.31.1
 grep -qE '^l.* \./usr/lib/sparkd/libonnxruntime\.so -> libonnxruntime\.so\.1\.31\.1$' <<<"$contents" \
@@ -108,6 +111,7 @@ dpkg --root="$R" -s sparkd | grep -q '^ /etc/sparkd/sparkd.toml [0-9a-f]\{32\}$'
 
 for f in usr/bin/sparkd usr/bin/sparkctl lib/systemd/system/sparkd.service etc/sparkd/sparkd.toml \
   usr/share/sparkd/models/centerface.onnx usr/share/sparkd/models/centerface.toml \
+  usr/share/sparkd/models/nanodet.onnx usr/share/sparkd/models/nanodet.toml usr/share/sparkd/models/coco80.txt \
   usr/share/sparkd/demo/astronaut.png usr/lib/sparkd/libonnxruntime.so; do
   [[ -e "$R/$f" ]] || fail "$f did not land in the root"
 done
