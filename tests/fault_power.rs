@@ -67,7 +67,7 @@ fn assert_no_reused_seq(consumer: &Consumer) {
 /// directory changes durable; file data only by its own sync.
 #[test]
 fn accepted_records_survive_power_cuts_during_ingest_and_drain() {
-    power_cuts(&["--journal"]);
+    power_cuts(&["--journal"], Scenario::IngestAndDrain);
 }
 
 /// Strict POSIX: a directory entry is durable only after that directory's
@@ -76,10 +76,27 @@ fn accepted_records_survive_power_cuts_during_ingest_and_drain() {
 /// forgot the whole store (all records committed since it was created).
 #[test]
 fn accepted_records_survive_power_cuts_on_strict_posix_directories() {
-    power_cuts(&[]);
+    power_cuts(&[], Scenario::IngestAndDrain);
 }
 
-fn power_cuts(crashfs_args: &[&str]) {
+/// Retention at work: the broker is away and the store at its 4 MiB bound,
+/// so every commit also drops the oldest events. After the cuts, every seq
+/// above the counted drops must arrive: a cut must never lose a record
+/// that retention did not count, nor count one it did not drop.
+#[test]
+fn power_cuts_during_retention_lose_nothing_but_counted_drops() {
+    power_cuts(&[], Scenario::Retention);
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Scenario {
+    /// A broker up all along: records are appended and drained (acked) while power is cut.
+    IngestAndDrain,
+    /// No broker until the end, a 4 MiB store over its bound: appends and retention drops.
+    Retention,
+}
+
+fn power_cuts(crashfs_args: &[&str], scenario: Scenario) {
     let cuts = env_u64("SPARK_POWER_CUTS").unwrap_or(12);
     let seed = env_u64("SPARK_POWER_SEED").unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64) | 1
@@ -88,11 +105,16 @@ fn power_cuts(crashfs_args: &[&str]) {
     let mut rng = Rng(seed);
     let bin = crashfs::binary();
 
-    let broker = Broker::start();
-    let consumer = Consumer::start(broker.port, "spark/#");
-    let mut cfg = DaemonConfig::new(&broker.url());
+    let port = free_port();
+    // Retention: nothing listens on the port until the end.
+    let up = |port| (Broker::start_on(port), Consumer::start(port, "spark/#"));
+    let mut during = (scenario == Scenario::IngestAndDrain).then(|| up(port));
+    let mut cfg = DaemonConfig::new(&format!("mqtt://127.0.0.1:{port}"));
     cfg.camera_off = true;
-    cfg.extra = "[load]\nevents_per_sec = 400.0\n".into();
+    cfg.extra = match scenario {
+        Scenario::IngestAndDrain => "[load]\nevents_per_sec = 400.0\n".into(),
+        Scenario::Retention => "[store]\nmax_megabytes = 4\n[load]\nevents_per_sec = 3000.0\nevent_bytes = 300\n".into(),
+    };
     cfg.telemetry_secs = 0.1;
     let backing = cfg.dir.path().join("backing");
     std::fs::create_dir(&backing).unwrap();
@@ -123,13 +145,19 @@ fn power_cuts(crashfs_args: &[&str]) {
         let answer = fs.cut(&how);
         d.kill9();
         if cut % 5 == 4 || cuts <= 20 {
-            eprintln!("cut {cut}: `{how}`: {answer}; committed {committed:?}; {} messages so far", consumer.len());
+            let so_far = during.as_ref().map_or(0, |(_, c)| c.len());
+            eprintln!("cut {cut}: `{how}`: {answer}; committed {committed:?}; {so_far} messages so far");
         }
     }
 
     // The last boot: drain what survived, then a clean stop.
     let fs = CrashFs::mount(&bin, &backing, &cfg.state_dir(), crashfs_args);
-    cfg.extra.clear();
+    let (_broker, consumer) = during.take().unwrap_or_else(|| up(port));
+    // Keep the bound: records dropped at it are counted; nothing new is made.
+    cfg.extra = match scenario {
+        Scenario::IngestAndDrain => String::new(),
+        Scenario::Retention => "[store]\nmax_megabytes = 4\n".into(),
+    };
     cfg.telemetry_secs = 3600.0;
     let d = Daemon::start(&cfg);
     let q = wait_drained(&cfg.socket(), Duration::from_secs(120));
@@ -138,6 +166,9 @@ fn power_cuts(crashfs_args: &[&str]) {
         assert!(now >= before, "last cut (SPARK_POWER_SEED={seed}): {stream} next_seq {now} < committed {before}");
     }
     assert!(q["streams"]["events"]["next_seq"].as_u64().unwrap_or(0) > 200, "the load generator ran: {q}");
+    if scenario == Scenario::Retention {
+        assert!(q["streams"]["events"]["dropped"].as_u64().unwrap_or(0) > 0, "retention never dropped: {q}");
+    }
     assert_all_accepted_arrived(&q, &consumer);
     assert_no_reused_seq(&consumer);
     assert!(d.terminate(Duration::from_secs(15)).success());
