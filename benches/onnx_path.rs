@@ -1,10 +1,12 @@
-//! Frames per second of the daemon's ONNX path (letterbox + normalise +
-//! `session.run` + CenterFace decode, as `pipeline::infer_frame` does it)
-//! against a bare `ort` `session.run` loop on the same model and a
-//! pre-made input tensor, measured in the same run, interleaved.
+//! Frames per second of the daemon's ONNX path (resize + normalise +
+//! `session.run` + decode, as `pipeline::infer_frame` does it) against a
+//! bare `ort` `session.run` loop on the same model and a pre-made input
+//! tensor, measured in the same run, interleaved. For each shipped model:
+//! NanoDet-g 416 (the demo's default) and CenterFace.
 //!
-//! Run: `cargo bench --bench onnx_path` (after scripts/setup.sh).
-//! Prints a markdown row for BENCHMARKS.md.
+//! Run: `cargo bench --bench onnx_path` (after scripts/setup.sh);
+//! `ONNX_PATH_MODELS=nanodet` for one model. Prints markdown rows for
+//! BENCHMARKS.md.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -26,9 +28,18 @@ fn main() {
     // `cargo test --benches` runs this with `--bench` absent: keep it short then.
     let quick = !std::env::args().any(|a| a == "--bench");
     let (rounds, per_round) = if quick { (1, 2) } else { (7, 8) };
+    let wanted = std::env::var("ONNX_PATH_MODELS").unwrap_or_else(|_| "nanodet,centerface".into());
+    for (name, photo) in [("nanodet", "motorcycle_left.png"), ("centerface", "astronaut.png")] {
+        if wanted.split(',').any(|w| w.trim() == name) {
+            bench(name, photo, rounds, per_round);
+        }
+    }
+}
+
+fn bench(name: &str, photo: &str, rounds: usize, per_round: usize) {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let lib = repo.join("deps/onnxruntime/libonnxruntime.so");
-    let model = Model::load(&repo.join("models/centerface.toml")).expect("manifest");
+    let model = Model::load(&repo.join("models").join(format!("{name}.toml"))).expect("manifest");
     let bytes = model.read_onnx().expect("model: run scripts/setup.sh");
     let threads = 2;
     let mut engine = OnnxEngine::new(&lib, &bytes, &model.manifest.input.name, threads).expect("engine");
@@ -43,7 +54,7 @@ fn main() {
         .expect("threads")
         .commit_from_memory(&bytes)
         .expect("bare session");
-    let photo = image::open(repo.join("models/demo/astronaut.png")).expect("photo").to_rgb8();
+    let photo = image::open(repo.join("models/demo").join(photo)).expect("photo").to_rgb8();
     let mut input = Tensor::zeros(&[1]);
     prepare(&photo, &model.manifest.input, &mut input);
     let bare_input = input.clone();
@@ -73,8 +84,13 @@ fn main() {
         daemon_fps.push(per_round as f64 / t.elapsed().as_secs_f64());
     }
     let (b, d) = (median(bare_fps), median(daemon_fps));
+    let i = &model.manifest.input;
     println!(
-        "| ONNX path, CenterFace 640x480, {threads} threads | bare session.run {b:.2} fps | daemon path (prep+run+decode) {d:.2} fps | ratio {:.3} |",
+        "| ONNX path, {} {}x{} ({}), {threads} threads | bare session.run {b:.2} fps | daemon path (prep+run+decode) {d:.2} fps | ratio {:.3} |",
+        model.manifest.name,
+        i.width,
+        i.height,
+        model.manifest.output.decoder,
         d / b
     );
 }
