@@ -32,6 +32,8 @@ pub enum StartError {
     Outbox(#[from] outbox::OutboxError),
     #[error(transparent)]
     Model(#[from] crate::model::ModelError),
+    #[error("the model does not fit its manifest")]
+    ModelFit(#[source] crate::pipeline::InferError),
     #[error("starting the inference engine")]
     Engine(#[from] crate::engine::EngineError),
     #[error(transparent)]
@@ -155,7 +157,10 @@ pub fn run_from(config: Config, config_path: Option<PathBuf>) -> Result<(), Star
             // The fleet-activated version of the model, when there is one.
             let (model, onnx) = crate::update::agent::startup_model(&config, &paths.state_dir)?;
             let model = Arc::new(model);
-            let engine = crate::engine::build::build_engine(&config, &model, onnx, &shared)?;
+            let mut engine = crate::engine::build::build_engine(&config, &model, onnx, &shared)?;
+            // A label count or output layout the model cannot decode is a
+            // start failure naming both values, not an error on every frame.
+            crate::pipeline::check_fit(engine.as_mut(), &model).map_err(StartError::ModelFit)?;
             let kind = engine.kind();
             shared.update_engine(|e| e.model = format!("{} {}", model.manifest.name, model.manifest.version));
             tracing::info!(engine = %kind, model = %model.manifest.name, "inference engine ready");
