@@ -593,6 +593,11 @@ fn sigkill_at_each_step_of_a_model_update_leaves_a_model_running_and_the_update_
         let d = Daemon::start(&cfg);
         let running = engine_model(&cfg.socket());
         assert!(running == "centerface 1.0.0" || running == "centerface 1.1.0", "{at}: running {running:?}");
+        // An activation the crash cut short is completed at start, and said
+        // so: its last report was `activating` (regression: it stayed that).
+        if ["activating", "swapped", "installed"].contains(&at) {
+            wait_state(&c, &update_id(&bundle), "active", &d);
+        }
         // A transfer cut short resumes with a new push; a finished one is
         // refused as a replay. Either way 1.1.0 ends up running.
         push(&broker, &DEV, &bundle);

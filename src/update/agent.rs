@@ -286,6 +286,13 @@ enum Failed {
 
 impl Agent {
     fn run(&mut self, mut requests: mpsc::Receiver<Request>) {
+        // Activations a crash cut short, completed when the store opened:
+        // their last report said `activating`; say how they ended.
+        for id in self.updater.take_recovered() {
+            if let Ok(Some(rec)) = self.updater.record(&id) {
+                self.report(&rec);
+            }
+        }
         self.resume_config();
         self.resume_binary();
         // Staged before a crash or restart: finish it now.

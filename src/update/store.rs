@@ -189,6 +189,9 @@ pub struct Updater {
     high_water: u64,
     /// This device's HailoRT version, for `hailort_version` (see [`Self::set_hailort_version`]).
     hailort: Option<String>,
+    /// Activations a crash cut short and [`Self::open`] completed, for the
+    /// agent to report (their last report said `activating`).
+    recovered: Vec<String>,
 }
 
 pub(super) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, UpdateError> {
@@ -251,9 +254,14 @@ impl Updater {
         crate::durable::create_dir_all_synced(&updates).map_err(UpdateError::io("creating", &updates))?;
         let installed = read_json::<Installed>(&updates.join("installed.json"))?.unwrap_or_default();
         let high_water = read_json::<ClockFile>(&updates.join("clock.json"))?.unwrap_or_default().high_water;
-        let mut u = Self { opts, installed, high_water, hailort: None };
+        let mut u = Self { opts, installed, high_water, hailort: None, recovered: Vec::new() };
         u.recover()?;
         Ok(u)
+    }
+
+    /// The updates whose activation [`Self::open`] completed (once).
+    pub fn take_recovered(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.recovered)
     }
 
     fn updates_dir(&self) -> PathBuf {
@@ -958,6 +966,7 @@ impl Updater {
                 Phase::Activating if rec.kind != Kind::Binary => {
                     tracing::info!(target: "audit", update_id = %rec.update_id, "completing an interrupted activation");
                     self.finish_activation(&mut rec)?;
+                    self.recovered.push(rec.update_id.clone());
                 }
                 _ => {}
             }
