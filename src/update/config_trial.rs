@@ -121,20 +121,27 @@ pub struct StartChoice {
 /// check-config --effective` uses it as is; [`start`] then records it).
 pub fn choose(file_config: Config, state_dir: &Path) -> StartChoice {
     let dir = config_dir(state_dir);
-    let trial = match read(state_dir) {
-        Ok(t) => t,
-        Err(e) => {
-            // An unreadable marker is treated as a failed trial: the safe side.
-            tracing::error!(error = %crate::error_chain(&e), "reading the config trial marker");
-            None
-        }
-    };
+    let marker = read(state_dir);
     let current = fleet_config_at(&dir.join("current"));
     let mut choice = StartChoice { config: file_config.clone(), fleet_path: None, on_trial: None, rolled_back: None };
     let Some((version_dir, path)) = current else { return choice };
-    // A marker for another version is stale (its activation never swapped
-    // `current`, or a later update superseded it): it does not apply.
-    let trial = trial.filter(|t| t.version_dir == version_dir);
+    let id_of = |v: &str| v.rsplit_once('-').map(|(_, id)| id.to_string()).unwrap_or_default();
+    let trial = match marker {
+        // A marker for another version is stale (its activation never
+        // swapped `current`, or a later update superseded it).
+        Ok(t) => t.filter(|t| t.version_dir == version_dir),
+        // A trial was running and its state is lost: the safe side is the
+        // config before it.
+        Err(e) => {
+            let reason = format!("the config trial marker is unreadable ({})", crate::error_chain(&e));
+            tracing::error!(reason = %reason, "config trial");
+            Some(ConfigTrial {
+                update_id: id_of(&version_dir),
+                version_dir: version_dir.clone(),
+                state: TrialState::Failed { reason },
+            })
+        }
+    };
     let fail = |t: Option<&ConfigTrial>, reason: String| {
         t.map(|t| ConfigTrial { state: TrialState::Failed { reason: reason.clone() }, ..t.clone() })
     };
@@ -153,8 +160,11 @@ pub fn choose(file_config: Config, state_dir: &Path) -> StartChoice {
                 // A confirmed config that no longer loads (say, a newer
                 // sparkd checks more) is rolled back the same way.
                 let t = trial.clone().or_else(|| {
-                    let update_id = version_dir.rsplit_once('-').map(|(_, id)| id.to_string())?;
-                    Some(ConfigTrial { update_id, version_dir: version_dir.clone(), state: TrialState::Pending })
+                    Some(ConfigTrial {
+                        update_id: id_of(&version_dir),
+                        version_dir: version_dir.clone(),
+                        state: TrialState::Pending,
+                    })
                 });
                 choice.rolled_back = fail(t.as_ref(), format!("the config does not load: {why}"));
             }
@@ -300,6 +310,17 @@ mod tests {
         begin(tmp.path(), "b".repeat(32).as_str(), "2.0.0-bbbbbbbb").unwrap();
         let _ = choose(file, tmp.path());
         assert_eq!(read(tmp.path()).unwrap().unwrap().state, TrialState::Pending);
+    }
+
+    #[test]
+    fn an_unreadable_marker_rolls_back_to_the_previous_config() {
+        let (tmp, file) = store(&[("2.0.0-bbbbbbbb", "group = \"new\"\n"), ("1.0.0-aaaaaaaa", "group = \"old\"\n")]);
+        std::fs::write(trial_path(tmp.path()), b"{ half a marker").unwrap();
+        let c = start(file, tmp.path());
+        assert_eq!(c.config.group, "old");
+        let (t, reason) = failed(tmp.path()).unwrap();
+        assert_eq!(t.version_dir, "2.0.0-bbbbbbbb");
+        assert!(reason.contains("unreadable"), "{reason}");
     }
 
     #[test]
