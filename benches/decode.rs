@@ -96,7 +96,14 @@ fn main() {
     }
 
     let mut rng = Lcg(16);
-    let lb640 = Letterbox { scale_x: 0.5, scale_y: 0.5, frame_width: 1280, frame_height: 1280, input_width: 640, input_height: 640 };
+    let lb640 = Letterbox {
+        scale_x: 0.5,
+        scale_y: 0.5,
+        frame_width: 1280,
+        frame_height: 1280,
+        input_width: 640,
+        input_height: 640,
+    };
     // YOLOv8 640: 8400 anchors, scores mostly near zero, ~20 anchors on 4 objects.
     let mut yolo = vec![0f32; 84 * 8400];
     for i in 0..8400 {
@@ -117,7 +124,11 @@ fn main() {
 
     let logits: Vec<f32> = (0..1000).map(|_| rng.next() * 10.0 - 5.0).collect();
     let cls_out = [Output { name: "logits".into(), shape: vec![1, 1000], data: logits }];
-    let cls_spec = OutputSpec { scores: Some(ClassScores::Logits), top_k: Some(5), ..OutputSpec::new(Decoder::Classify, 0.0, 0.5) };
+    let cls_spec = OutputSpec {
+        scores: Some(ClassScores::Logits),
+        top_k: Some(5),
+        ..OutputSpec::new(Decoder::Classify, 0.0, 0.5)
+    };
     let labels1000: Vec<String> = (0..1000).map(|i| format!("n{i}")).collect();
 
     let (nc, max) = (80usize, 100usize);

@@ -617,8 +617,7 @@ pub fn changed_json_keys(a: &serde_json::Value, b: &serde_json::Value) -> Vec<St
 /// zero, anything above [`MAX_SECS`] is [`MAX_SECS`] (validation refuses
 /// both; this is the last line of defence, not the check).
 pub fn seconds(secs: f64) -> std::time::Duration {
-    std::time::Duration::try_from_secs_f64(secs.clamp(0.0, MAX_SECS as f64))
-        .unwrap_or(std::time::Duration::ZERO)
+    std::time::Duration::try_from_secs_f64(secs.clamp(0.0, MAX_SECS as f64)).unwrap_or(std::time::Duration::ZERO)
 }
 
 /// The period of a frame rate, bounded like [`seconds`]; `fps` below

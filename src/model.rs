@@ -189,7 +189,16 @@ fn default_nms_iou() -> f32 {
 impl OutputSpec {
     /// A spec for `decoder` with no family-specific keys (tests, benches).
     pub fn new(decoder: Decoder, score_threshold: f32, nms_iou: f32) -> Self {
-        Self { decoder, score_threshold, nms_iou, strides: vec![], reg_max: None, head: None, scores: None, top_k: None }
+        Self {
+            decoder,
+            score_threshold,
+            nms_iou,
+            strides: vec![],
+            reg_max: None,
+            head: None,
+            scores: None,
+            top_k: None,
+        }
     }
 }
 
@@ -239,16 +248,21 @@ impl Model {
         })?;
         let mut manifest = manifest;
         let dir = manifest_path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let plain = |f: &Path| !(f.is_absolute() || f.components().any(|c| matches!(c, std::path::Component::ParentDir)));
+        let plain =
+            |f: &Path| !(f.is_absolute() || f.components().any(|c| matches!(c, std::path::Component::ParentDir)));
         match (&manifest.labels_file, manifest.labels.is_empty()) {
             (Some(_), false) => return Err(bad("give `labels` or `labels_file`, not both".into())),
             (None, true) => return Err(bad("`labels` is empty and there is no `labels_file`".into())),
             (Some(f), true) => {
                 if !plain(f) {
-                    return Err(bad(format!("`labels_file` {} must be a plain name inside the manifest's folder", f.display())));
+                    return Err(bad(format!(
+                        "`labels_file` {} must be a plain name inside the manifest's folder",
+                        f.display()
+                    )));
                 }
                 let path = dir.join(f);
-                let text = std::fs::read_to_string(&path).map_err(|source| ModelError::ReadLabels { path: path.clone(), source })?;
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|source| ModelError::ReadLabels { path: path.clone(), source })?;
                 manifest.labels = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
                 if manifest.labels.is_empty() {
                     return Err(bad(format!("`labels_file` {} has no labels", path.display())));
@@ -336,7 +350,10 @@ fn check_family(o: &OutputSpec) -> Result<(), String> {
     match d {
         Decoder::Nanodet => {
             if o.strides.is_empty() || o.strides.len() > 8 || o.strides.iter().any(|s| !(1..=1024).contains(s)) {
-                return Err(format!("`output.strides` = {:?}: the nanodet decoder needs 1 to 8 strides in 1..=1024", o.strides));
+                return Err(format!(
+                    "`output.strides` = {:?}: the nanodet decoder needs 1 to 8 strides in 1..=1024",
+                    o.strides
+                ));
             }
             match o.reg_max {
                 Some(r) if (1..=64).contains(&r) => {}
@@ -348,7 +365,9 @@ fn check_family(o: &OutputSpec) -> Result<(), String> {
         }
         Decoder::Classify => {
             if o.scores.is_none() {
-                return Err("`output.scores` is missing: the classify decoder needs \"logits\" or \"probabilities\"".into());
+                return Err(
+                    "`output.scores` is missing: the classify decoder needs \"logits\" or \"probabilities\"".into()
+                );
             }
             if o.top_k == Some(0) {
                 return Err("`output.top_k` must be at least 1".into());
@@ -465,7 +484,8 @@ nms_iou = 0.3
     fn labels_come_from_a_file_beside_the_manifest() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("m.toml");
-        let text = MANIFEST.replace("labels = [\"face\"]", "labels_file = \"names.txt\"").replace("SHA", &"a".repeat(64));
+        let text =
+            MANIFEST.replace("labels = [\"face\"]", "labels_file = \"names.txt\"").replace("SHA", &"a".repeat(64));
         std::fs::write(&p, &text).unwrap();
         std::fs::write(d.path().join("names.txt"), "person\nbicycle\n\ncar\n").unwrap();
         assert_eq!(Model::load(&p).unwrap().manifest.labels, ["person", "bicycle", "car"]);
@@ -486,7 +506,8 @@ nms_iou = 0.3
         let p = d.path().join("m.toml");
         let base = MANIFEST.replace("SHA", &"a".repeat(64));
         let with = |decoder: &str, extra: &str| {
-            std::fs::write(&p, base.replace("decoder = \"centerface\"", &format!("decoder = \"{decoder}\"\n{extra}"))).unwrap();
+            std::fs::write(&p, base.replace("decoder = \"centerface\"", &format!("decoder = \"{decoder}\"\n{extra}")))
+                .unwrap();
         };
         with("nanodet", "strides = [8, 16, 32]\nreg_max = 7");
         let m = Model::load(&p).unwrap().manifest.output;

@@ -200,7 +200,8 @@ pub fn run_swappable(
             tracing::info!(model = %model.manifest.name, version = %model.manifest.version, "inference switched to the updated model");
         }
         while let Ok(job) = jobs.try_recv() {
-            let _ = job.reply.send(infer_frame(engine.as_mut(), &model, &job.image, &mut input).map_err(|e| e.to_string()));
+            let _ =
+                job.reply.send(infer_frame(engine.as_mut(), &model, &job.image, &mut input).map_err(|e| e.to_string()));
         }
         let Some(frame) = queue.pop(Duration::from_millis(200)) else {
             if queue.is_closed_and_empty() {

@@ -221,9 +221,12 @@ pub async fn run_with(settings: UplinkSettings, mut deps: UplinkDeps, mut update
                 }
                 if oversized_inbound {
                     inbound_paused_until = Some(std::time::Instant::now() + INBOUND_PAUSE);
-                    tracing::warn!(pause_s = INBOUND_PAUSE.as_secs(), max_bytes = MAX_INBOUND_PACKET,
+                    tracing::warn!(
+                        pause_s = INBOUND_PAUSE.as_secs(),
+                        max_bytes = MAX_INBOUND_PACKET,
                         "an inbound MQTT message was larger than any update message: update topics \
-                         unsubscribed for a while so records keep flowing");
+                         unsubscribed for a while so records keep flowing"
+                    );
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(backoff.next_delay()) => {}
@@ -239,7 +242,10 @@ enum EpochEnd {
     GateClosed,
     /// `stable`: the connection had lasted [`STABLE_CONNECTION`];
     /// `oversized_inbound`: it broke on an inbound packet above [`MAX_INBOUND_PACKET`].
-    Failed { stable: bool, oversized_inbound: bool },
+    Failed {
+        stable: bool,
+        oversized_inbound: bool,
+    },
 }
 
 /// The largest inbound packet the client takes: subscribers keep their

@@ -143,8 +143,14 @@ enum Moment {
     ConfigReload,
 }
 
-const MOMENTS: [Moment; 6] =
-    [Moment::Ingest, Moment::Drain, Moment::ModelTransfer, Moment::ModelSwap, Moment::ConfigUpdate, Moment::ConfigReload];
+const MOMENTS: [Moment; 6] = [
+    Moment::Ingest,
+    Moment::Drain,
+    Moment::ModelTransfer,
+    Moment::ModelSwap,
+    Moment::ConfigUpdate,
+    Moment::ConfigReload,
+];
 
 /// The daemon's settings that differ between the campaign and the final run.
 #[derive(Clone, Copy)]
@@ -157,7 +163,8 @@ struct Settings {
     max_artifact_megabytes: u64,
 }
 
-const CAMPAIGN: Settings = Settings { events_per_sec: 300.0, telemetry_secs: 0.2, fps: 1.0, max_artifact_megabytes: 64 };
+const CAMPAIGN: Settings =
+    Settings { events_per_sec: 300.0, telemetry_secs: 0.2, fps: 1.0, max_artifact_megabytes: 64 };
 /// Quiet: no synthetic load, no telemetry, a frame every 2 s (the inference
 /// thread takes a new engine between frames).
 const QUIET: Settings = Settings { events_per_sec: 0.0, telemetry_secs: 3600.0, fps: 0.5, max_artifact_megabytes: 64 };
@@ -193,9 +200,29 @@ fn model_bundle(lab: &Lab, version: &str) -> PathBuf {
     fleet(&["pack", "--model", s(&d.join("model.toml")), "--out", s(&pack), s(&onnx), s(&canary)]);
     let out = lab.dir.path().join(format!("model-{version}.bundle"));
     fleet(&[
-        "sign", "--key", s(&lab.key), "--kind", "model", "--name", "centerface", "--version", version,
-        "--artifact", s(&pack), "--expires-in-days", "30", "--device", "test-dev", "--canary-input",
-        "astronaut.png", "--canary-label", "face", "--canary-min-score", "0.5", "--out", s(&out),
+        "sign",
+        "--key",
+        s(&lab.key),
+        "--kind",
+        "model",
+        "--name",
+        "centerface",
+        "--version",
+        version,
+        "--artifact",
+        s(&pack),
+        "--expires-in-days",
+        "30",
+        "--device",
+        "test-dev",
+        "--canary-input",
+        "astronaut.png",
+        "--canary-label",
+        "face",
+        "--canary-min-score",
+        "0.5",
+        "--out",
+        s(&out),
     ]);
     let _ = std::fs::remove_dir_all(&d);
     out
@@ -207,9 +234,25 @@ fn config_bundle(lab: &Lab, text: &str, version: &str) -> PathBuf {
     std::fs::write(&file, text).unwrap();
     let out = lab.dir.path().join(format!("config-{version}.bundle"));
     fleet(&[
-        "sign", "--key", s(&lab.key), "--kind", "config", "--name", "sparkd", "--version", version,
-        "--artifact", s(&file), "--file-name", "sparkd.toml", "--expires-in-days", "30", "--device", "test-dev",
-        "--out", s(&out),
+        "sign",
+        "--key",
+        s(&lab.key),
+        "--kind",
+        "config",
+        "--name",
+        "sparkd",
+        "--version",
+        version,
+        "--artifact",
+        s(&file),
+        "--file-name",
+        "sparkd.toml",
+        "--expires-in-days",
+        "30",
+        "--device",
+        "test-dev",
+        "--out",
+        s(&out),
     ]);
     out
 }
@@ -260,20 +303,13 @@ fn installed(socket: &Path, name: &str) -> Option<String> {
 /// Pushes `bundle` (again every 15 s: a push that reached the broker before
 /// the device subscribed is not retained) until the update `id` reports one
 /// of `states`; returns the state, or `None` after `timeout`.
-fn push_until(
-    broker: &Mosquitto,
-    c: &Consumer,
-    bundle: &Path,
-    states: &[&str],
-    timeout: Duration,
-) -> Option<String> {
+fn push_until(broker: &Mosquitto, c: &Consumer, bundle: &Path, states: &[&str], timeout: Duration) -> Option<String> {
     let id = update_id(bundle);
     let end = Instant::now() + timeout;
     while Instant::now() < end {
         let mut p = spawn_push(broker, bundle);
-        let got = wait_for(Duration::from_secs(15), || {
-            reported(c, &id).into_iter().find(|st| states.contains(&st.as_str()))
-        });
+        let got =
+            wait_for(Duration::from_secs(15), || reported(c, &id).into_iter().find(|st| states.contains(&st.as_str())));
         let _ = p.wait();
         if got.is_some() {
             return got;
@@ -388,8 +424,8 @@ fn every_seq_arrives_or_is_a_counted_drop_across_a_kill_campaign() {
                 } else {
                     &["staged", "activating", "active", "rolled_back", "rejected"]
                 };
-                let got = push_until(&broker, &consumer, &bundle, wanted, Duration::from_secs(90))
-                    .unwrap_or_else(|| {
+                let got =
+                    push_until(&broker, &consumer, &bundle, wanted, Duration::from_secs(90)).unwrap_or_else(|| {
                         panic!("cycle {cycle}: model {version} never reached {wanted:?}; log:\n{}", d.log_text())
                     });
                 std::thread::sleep(if moment == Moment::ModelTransfer { rng.ms(0, 600) } else { rng.ms(0, 2000) });

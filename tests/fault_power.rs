@@ -113,7 +113,9 @@ fn power_cuts(crashfs_args: &[&str], scenario: Scenario) {
     cfg.camera_off = true;
     cfg.extra = match scenario {
         Scenario::IngestAndDrain => "[load]\nevents_per_sec = 400.0\n".into(),
-        Scenario::Retention => "[store]\nmax_megabytes = 4\n[load]\nevents_per_sec = 3000.0\nevent_bytes = 300\n".into(),
+        Scenario::Retention => {
+            "[store]\nmax_megabytes = 4\n[load]\nevents_per_sec = 3000.0\nevent_bytes = 300\n".into()
+        }
     };
     cfg.telemetry_secs = 0.1;
     let backing = cfg.dir.path().join("backing");

@@ -54,7 +54,8 @@ fn env_u64(name: &str) -> Option<u64> {
 }
 
 /// Steps that are not crash points of the update store (see `cut_once`).
-const SCENARIOS: [&str; 8] = ["transfer", "swap", "canary-miss", "trial", "confirm", "rolled-back", "rollback", "reload"];
+const SCENARIOS: [&str; 8] =
+    ["transfer", "swap", "canary-miss", "trial", "confirm", "rolled-back", "rollback", "reload"];
 
 const DEV: [&str; 2] = ["--device", "test-dev"];
 const HEALTH_SECS: u64 = 2;
@@ -331,7 +332,9 @@ impl Campaign {
             let text = std::fs::read_to_string(&out).unwrap_or_default();
             // A step that this update never passes (no `previous` yet):
             // the cut lands after the update ended instead.
-            let ended = states(&self.c, id).iter().any(|j| ["active", "rolled_back", "rejected"].contains(&j["state"].as_str().unwrap_or("")));
+            let ended = states(&self.c, id)
+                .iter()
+                .any(|j| ["active", "rolled_back", "rejected"].contains(&j["state"].as_str().unwrap_or("")));
             (text.contains(&marker) || ended).then_some(())
         });
         if found.is_none() {
@@ -359,8 +362,11 @@ impl Campaign {
         match self.kind {
             Kind::Model => {
                 let toml = std::fs::read_to_string(repo().join("models/centerface.toml")).expect("model toml");
-                std::fs::write(dir.join("model.toml"), toml.replace("version = \"1.0.0\"", &format!("version = \"{version}\"")))
-                    .expect("model toml");
+                std::fs::write(
+                    dir.join("model.toml"),
+                    toml.replace("version = \"1.0.0\"", &format!("version = \"{version}\"")),
+                )
+                .expect("model toml");
                 let pack = dir.join("centerface.pack");
                 fleet(&[
                     "pack",
@@ -372,9 +378,7 @@ impl Campaign {
                     s(&repo().join("models/demo/astronaut.png")),
                 ]);
                 let label = if broken { "no-such-label" } else { "face" };
-                args.extend(
-                    ["--kind", "model", "--name", "centerface", "--artifact", s(&pack)].map(String::from),
-                );
+                args.extend(["--kind", "model", "--name", "centerface", "--artifact", s(&pack)].map(String::from));
                 args.extend(
                     ["--canary-input", "astronaut.png", "--canary-label", label, "--canary-min-score", "0.5"]
                         .map(String::from),
@@ -470,7 +474,10 @@ impl Campaign {
         // A config activation the store completes at this start (recovery
         // of an interrupted one, or a staged one resumed) takes effect at
         // the next start: the daemon chose its config before. Restart to see it.
-        if self.kind == Kind::Config && (runs == old || runs.as_deref() == Some(new)) && runs != installed_active(&u, self.kind) {
+        if self.kind == Kind::Config
+            && (runs == old || runs.as_deref() == Some(new))
+            && runs != installed_active(&u, self.kind)
+        {
             self.stop_and_restart();
             u = self.status();
             runs = self.what_runs();
@@ -655,9 +662,7 @@ impl Campaign {
             Kind::Config => (self.cfg.state_dir().join("configs/sparkd/trial.json"), Kind::Config),
             Kind::Binary => (self.cfg.state_dir().join("bin/trial.json"), Kind::Binary),
         };
-        if kind == Kind::Config
-            && std::fs::read_to_string(&marker).is_ok_and(|t| t.contains("\"pending\""))
-        {
+        if kind == Kind::Config && std::fs::read_to_string(&marker).is_ok_and(|t| t.contains("\"pending\"")) {
             self.stop_and_restart(); // the start that tries it
         }
         let end = Instant::now() + Duration::from_secs(120);

@@ -48,14 +48,22 @@ fn centre(b: [f32; 4]) -> (f32, f32) {
 
 /// The best detection labelled `label`, whose box centre must lie in the
 /// region `x` × `y` (frame pixels).
-fn found(d: &[Detection], label: &str, x: std::ops::RangeInclusive<f32>, y: std::ops::RangeInclusive<f32>) -> Detection {
+fn found(
+    d: &[Detection],
+    label: &str,
+    x: std::ops::RangeInclusive<f32>,
+    y: std::ops::RangeInclusive<f32>,
+) -> Detection {
     let best = d
         .iter()
         .filter(|d| d.label == label)
         .max_by(|a, b| a.score.total_cmp(&b.score))
         .unwrap_or_else(|| panic!("no {label} in {d:?}"));
     let (cx, cy) = centre(best.bbox);
-    assert!(x.contains(&cx) && y.contains(&cy), "{label} centred at ({cx:.0}, {cy:.0}), expected in {x:?} × {y:?}: {d:?}");
+    assert!(
+        x.contains(&cx) && y.contains(&cy),
+        "{label} centred at ({cx:.0}, {cy:.0}), expected in {x:?} × {y:?}: {d:?}"
+    );
     best.clone()
 }
 
@@ -101,7 +109,10 @@ fn boxes_stay_inside_the_frame() {
     for (photo, (w, h)) in [("chelsea.png", (451.0, 300.0)), ("motorcycle_left.png", (741.0, 500.0))] {
         for d in objects(photo) {
             let b = d.bbox;
-            assert!(0.0 <= b[0] && b[0] < b[2] && b[2] <= w && 0.0 <= b[1] && b[1] < b[3] && b[3] <= h, "{photo}: {d:?}");
+            assert!(
+                0.0 <= b[0] && b[0] < b[2] && b[2] <= w && 0.0 <= b[1] && b[1] < b[3] && b[3] <= h,
+                "{photo}: {d:?}"
+            );
         }
     }
 }
@@ -115,10 +126,7 @@ fn a_label_list_that_disagrees_with_the_network_is_refused_at_load_with_both_cou
     std::fs::copy(repo().join("models/nanodet.onnx"), dir.path().join("nanodet.onnx")).expect("run scripts/setup.sh");
     let model = Model::load(&dir.path().join("nanodet.toml")).unwrap();
     let e = check_fit(&mut engine(&model), &model).unwrap_err();
-    assert!(
-        matches!(e, InferError::Decode(DecodeError::LabelCount { labels: 2, network: 80, .. })),
-        "{e}"
-    );
+    assert!(matches!(e, InferError::Decode(DecodeError::LabelCount { labels: 2, network: 80, .. })), "{e}");
     let msg = e.to_string();
     assert!(msg.contains('2') && msg.contains("80"), "{msg}");
     // The shipped manifests fit their networks.

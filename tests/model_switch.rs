@@ -19,7 +19,8 @@ fn pack(lab: &Lab, stem: &str, version: &str, files: &[&str], canary: &str) -> P
     let d = lab.dir.path().join(format!("{stem}-{version}"));
     std::fs::create_dir_all(&d).unwrap();
     let toml = std::fs::read_to_string(repo().join("models").join(format!("{stem}.toml"))).unwrap();
-    std::fs::write(d.join("model.toml"), toml.replace("version = \"1.0.0\"", &format!("version = \"{version}\""))).unwrap();
+    std::fs::write(d.join("model.toml"), toml.replace("version = \"1.0.0\"", &format!("version = \"{version}\"")))
+        .unwrap();
     let out = d.join(format!("{stem}.pack"));
     let mut args: Vec<String> =
         ["pack", "--model", s(&d.join("model.toml")), "--out", s(&out)].into_iter().map(String::from).collect();
@@ -34,9 +35,29 @@ fn sign(lab: &Lab, artifact: &Path, name: &str, version: &str, canary: (&str, &s
     let out = lab.dir.path().join(format!("{name}-{version}.bundle"));
     let (input, label, min) = canary;
     fleet(&[
-        "sign", "--key", s(&lab.key), "--kind", "model", "--name", name, "--version", version,
-        "--artifact", s(artifact), "--expires-in-days", "30", "--out", s(&out), "--device", "test-dev",
-        "--canary-input", input, "--canary-label", label, "--canary-min-score", min,
+        "sign",
+        "--key",
+        s(&lab.key),
+        "--kind",
+        "model",
+        "--name",
+        name,
+        "--version",
+        version,
+        "--artifact",
+        s(artifact),
+        "--expires-in-days",
+        "30",
+        "--out",
+        s(&out),
+        "--device",
+        "test-dev",
+        "--canary-input",
+        input,
+        "--canary-label",
+        label,
+        "--canary-min-score",
+        min,
     ]);
     out
 }
@@ -51,9 +72,9 @@ fn engine_model(socket: &Path) -> String {
 /// Waits for an inference record from `model` `version` whose top label is in `labels`.
 fn wait_record(c: &Consumer, model: &str, version: &str, labels: &[&str]) -> serde_json::Value {
     wait_for(Duration::from_secs(90), || {
-        c.records("inference").into_iter().find(|r| {
-            r["model"] == model && r["model_version"] == version && labels.iter().any(|l| r["label"] == *l)
-        })
+        c.records("inference")
+            .into_iter()
+            .find(|r| r["model"] == model && r["model_version"] == version && labels.iter().any(|l| r["label"] == *l))
     })
     .unwrap_or_else(|| panic!("no {model} {version} record labelled {labels:?}: {:?}", c.records("inference").last()))
 }

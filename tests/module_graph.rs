@@ -122,7 +122,8 @@ fn the_module_graph_points_one_way() {
 
 #[test]
 fn the_checker_sees_use_lines_groups_and_paths_but_not_comments() {
-    let text = "use crate::daemon::X;\nuse crate::{uplink, update::agent};\nlet _ = crate::model::f();\n// crate::control\n";
+    let text =
+        "use crate::daemon::X;\nuse crate::{uplink, update::agent};\nlet _ = crate::model::f();\n// crate::control\n";
     let got: Vec<(usize, String)> = imports(text);
     let names: Vec<&str> = got.iter().map(|(_, n)| n.as_str()).collect();
     assert!(names.contains(&"daemon") && names.contains(&"uplink") && names.contains(&"update"));

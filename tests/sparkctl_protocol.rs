@@ -260,7 +260,10 @@ fn a_full_house_of_idle_clients_makes_room_instead_of_locking_everyone_out() {
     // The evicted ones were closed by the daemon (EOF), the newest still work.
     assert!(read_response(&mut held[0]).is_none(), "the oldest idle connection was not closed to make room");
     let last = held.last_mut().unwrap();
-    assert!(matches!(protocol::call(last, &Request::Status), Ok(Response::Status(_))), "the newest idle one was closed");
+    assert!(
+        matches!(protocol::call(last, &Request::Status), Ok(Response::Status(_))),
+        "the newest idle one was closed"
+    );
     drop(held);
     assert!(d.terminate(Duration::from_secs(15)).success());
 }

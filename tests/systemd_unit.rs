@@ -113,7 +113,10 @@ fn unit_security_exposure_is_at_most_2_0() {
 fn unit_checks_and_runs_the_default_config_path() {
     let unit = unit_text();
     let path = spark_edge::config::DEFAULT_CONFIG_PATH;
-    assert!(unit.contains(&format!("\nExecStartPre=/usr/bin/sparkd check-config --effective {path}\n")), "ExecStartPre");
+    assert!(
+        unit.contains(&format!("\nExecStartPre=/usr/bin/sparkd check-config --effective {path}\n")),
+        "ExecStartPre"
+    );
     assert!(unit.contains(&format!("\nExecStart=/usr/bin/sparkd run --config {path}\n")), "ExecStart");
 }
 

@@ -699,8 +699,10 @@ fn a_retained_oversized_update_message_does_not_cut_the_uplink_off() {
     // same connection: no reconnect loop, acks flowing.
     let reconnects = link_json(&sock)["reconnects"].as_u64().unwrap();
     let seen = c.seqs("telemetry").into_iter().max().unwrap_or(0);
-    wait_for(Duration::from_secs(60), || (c.seqs("telemetry").into_iter().filter(|&s| s > seen).count() >= 5).then_some(()))
-        .unwrap_or_else(|| panic!("records stopped flowing: {}\n{}", link_json(&sock), d.log_text()));
+    wait_for(Duration::from_secs(60), || {
+        (c.seqs("telemetry").into_iter().filter(|&s| s > seen).count() >= 5).then_some(())
+    })
+    .unwrap_or_else(|| panic!("records stopped flowing: {}\n{}", link_json(&sock), d.log_text()));
     let after = link_json(&sock);
     assert_eq!(after["reconnects"].as_u64().unwrap(), reconnects, "the uplink reconnected: {after}");
     assert_eq!(status_json(&sock)["queue"]["pending"].as_u64().unwrap_or(u64::MAX) <= 2, true, "acks stalled");

@@ -36,10 +36,10 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::backoff::{Backoff, sleep_unless_stopped};
 use crate::config::AudioConfig;
 use crate::outbox::Appender;
 use crate::record::{Stream, now_ms};
-use crate::backoff::{Backoff, sleep_unless_stopped};
 use crate::state::Shared;
 use resample::Resampler;
 use ring::SampleRing;

@@ -895,7 +895,6 @@ fn config_drift(socket: &Path, file: &Config, path: &Path) -> Check {
     }
 }
 
-
 fn print_doctor(r: &DoctorReport, o: &Out) {
     if o.json {
         let count = |s| r.checks.iter().filter(|c| c.status == s).count();

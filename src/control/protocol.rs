@@ -11,7 +11,6 @@ use std::io::{Read, Write};
 
 use serde::{Deserialize, Serialize};
 
-
 pub const PROTOCOL_VERSION: u32 = 1;
 /// Largest request frame other than `infer`.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -949,8 +948,7 @@ mod tests {
             reconnects: 1,
             inbound_discarded: 0,
         };
-        let stream =
-            StreamQueue { pending: 1, bytes: 2, dropped: 3, refused: 0, next_seq: 4, oldest_age_s: Some(1.5) };
+        let stream = StreamQueue { pending: 1, bytes: 2, dropped: 3, refused: 0, next_seq: 4, oldest_age_s: Some(1.5) };
         let queue = QueueReport {
             pending: 1,
             bytes: 2,

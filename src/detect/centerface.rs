@@ -23,7 +23,9 @@ pub fn decode(
     let [heat, scale, offset, ..] = outputs else { return Err(shape_err()) };
     let (h, w) = match heat.shape[..] {
         [1, 1, h, w] => (h, w),
-        [1, c, _, _] => return Err(DecodeError::LabelCount { decoder: Decoder::Centerface, labels: labels.len(), network: c }),
+        [1, c, _, _] => {
+            return Err(DecodeError::LabelCount { decoder: Decoder::Centerface, labels: labels.len(), network: c });
+        }
         _ => return Err(shape_err()),
     };
     check_labels(Decoder::Centerface, labels, 1)?;
@@ -120,7 +122,8 @@ mod tests {
 
     #[test]
     fn wrong_shapes_and_label_counts_are_errors_not_panics() {
-        let outs = [out(&[1, 1, 2, 2], vec![0.0; 4]), out(&[1, 2, 3, 3], vec![0.0; 18]), out(&[1, 2, 2, 2], vec![0.0; 8])];
+        let outs =
+            [out(&[1, 1, 2, 2], vec![0.0; 4]), out(&[1, 2, 3, 3], vec![0.0; 18]), out(&[1, 2, 2, 2], vec![0.0; 8])];
         assert!(matches!(decode(&spec(), &face(), &outs, &identity(8, 8)), Err(DecodeError::Shape { .. })));
         assert!(decode(&spec(), &face(), &outs[..1], &identity(8, 8)).is_err());
         let ok = [out(&[1, 1, 2, 2], vec![0.0; 4]), out(&[1, 2, 2, 2], vec![0.0; 8]), out(&[1, 2, 2, 2], vec![0.0; 8])];

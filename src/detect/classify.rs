@@ -64,8 +64,8 @@ mod tests {
     fn logits_are_softmaxed_and_the_top_k_named() {
         // ln 1, ln 2, ln 5, ln 2 → probabilities 0.1, 0.2, 0.5, 0.2.
         let logits = [1.0f32, 2.0, 5.0, 2.0].map(f32::ln).to_vec();
-        let d = decode(&spec(ClassScores::Logits, 2, 0.0), &labels(4), &[out(&[1, 4], logits)], &identity(64, 48))
-            .unwrap();
+        let d =
+            decode(&spec(ClassScores::Logits, 2, 0.0), &labels(4), &[out(&[1, 4], logits)], &identity(64, 48)).unwrap();
         assert_eq!(d.len(), 2);
         assert_eq!(d[0].label, "c2");
         assert!((d[0].score - 0.5).abs() < 1e-6);
@@ -77,7 +77,8 @@ mod tests {
     #[test]
     fn probabilities_are_used_as_they_are_with_the_threshold() {
         let p = vec![0.05, 0.6, 0.35];
-        let d = decode(&spec(ClassScores::Probabilities, 5, 0.3), &labels(3), &[out(&[3], p)], &identity(8, 8)).unwrap();
+        let d =
+            decode(&spec(ClassScores::Probabilities, 5, 0.3), &labels(3), &[out(&[3], p)], &identity(8, 8)).unwrap();
         assert_eq!(d.iter().map(|d| (d.label.as_str(), d.score)).collect::<Vec<_>>(), [("c1", 0.6), ("c2", 0.35)]);
     }
 
@@ -86,8 +87,13 @@ mod tests {
         let lb = identity(8, 8);
         let none = decode(&spec(ClassScores::Probabilities, 5, 0.5), &labels(3), &[out(&[1, 3], vec![0.1; 3])], &lb);
         assert!(none.unwrap().is_empty());
-        let d = decode(&spec(ClassScores::Probabilities, 1000, 0.5), &labels(1000), &[out(&[1, 1000], vec![1.0; 1000])], &lb)
-            .unwrap();
+        let d = decode(
+            &spec(ClassScores::Probabilities, 1000, 0.5),
+            &labels(1000),
+            &[out(&[1, 1000], vec![1.0; 1000])],
+            &lb,
+        )
+        .unwrap();
         assert_eq!(d.len(), super::super::MAX_DETECTIONS);
         // NaN logits poison the softmax: nothing is reported, nothing panics.
         let nan = decode(&spec(ClassScores::Logits, 5, 0.0), &labels(2), &[out(&[1, 2], vec![f32::NAN, 0.0])], &lb);

@@ -110,12 +110,22 @@ mod tests {
 
     /// A 640x640 model input letterboxed from a 1280x960 frame (scale 0.5, content 640x480).
     fn lb() -> Letterbox {
-        Letterbox { scale_x: 0.5, scale_y: 0.5, frame_width: 1280, frame_height: 960, input_width: 640, input_height: 640 }
+        Letterbox {
+            scale_x: 0.5,
+            scale_y: 0.5,
+            frame_width: 1280,
+            frame_height: 960,
+            input_width: 640,
+            input_height: 640,
+        }
     }
 
     #[test]
     fn boxes_come_out_in_frame_pixels_through_the_letterbox_inverse() {
-        let f = frame(4, &[vec![[0.25, 0.5, 0.5, 0.75, 0.9]], vec![], vec![[0.1, 0.1, 0.2, 0.2, 0.8], [0.0, 0.0, 0.1, 0.1, 0.2]]]);
+        let f = frame(
+            4,
+            &[vec![[0.25, 0.5, 0.5, 0.75, 0.9]], vec![], vec![[0.1, 0.1, 0.2, 0.2, 0.8], [0.0, 0.0, 0.1, 0.1, 0.2]]],
+        );
         let d = decode(&spec(), &labels(3), &[f], &lb()).unwrap();
         assert_eq!(d.len(), 2, "{d:?}"); // the 0.2 box is under the threshold
         assert_eq!(d[0].label, "c0");
@@ -145,12 +155,17 @@ mod tests {
         };
         assert_eq!(run(vec![0.0, -1.0], 2, 3), nms(1, NmsFault::NegativeCount(-1.0)));
         // NaN never equals itself: match the variant.
-        assert!(matches!(run(vec![f32::NAN], 1, 3), Err(DecodeError::Nms { class: 0, fault: NmsFault::NegativeCount(c) }) if c.is_nan()));
+        assert!(
+            matches!(run(vec![f32::NAN], 1, 3), Err(DecodeError::Nms { class: 0, fault: NmsFault::NegativeCount(c) }) if c.is_nan())
+        );
         assert_eq!(run(vec![1.5, 0.0, 0.0, 0.0, 0.0, 0.0], 1, 3), nms(0, NmsFault::NotInteger(1.5)));
         assert_eq!(run(vec![f32::INFINITY], 1, 3), nms(0, NmsFault::NotInteger(f32::INFINITY)));
         assert_eq!(run(vec![4.0; 16], 1, 3), nms(0, NmsFault::TooMany { count: 4, max: 3 }));
         // Two boxes announced, one and a half present.
-        assert_eq!(run(vec![2.0, 0.1, 0.1, 0.2, 0.2, 0.9, 0.1, 0.1], 1, 3), nms(0, NmsFault::PastEnd { needed: 11, len: 8 }));
+        assert_eq!(
+            run(vec![2.0, 0.1, 0.1, 0.2, 0.2, 0.9, 0.1, 0.1], 1, 3),
+            nms(0, NmsFault::PastEnd { needed: 11, len: 8 })
+        );
         assert_eq!(run(vec![0.0], 2, 3), nms(1, NmsFault::PastEnd { needed: 2, len: 1 }));
         assert_eq!(run(vec![1.0, 0.1, 0.1, 0.2, 0.2, f32::NAN], 1, 3), nms(0, NmsFault::NonFinite { index: 0 }));
         // Labels that disagree with nms_shape; a shape that is not [classes, max].

@@ -184,7 +184,7 @@ mod tests {
     fn finish_clips_to_the_frame_and_drops_boxes_outside_it() {
         let lb = testing::identity(100, 50);
         let cands = vec![
-            cand([-20.0, -5.0, 30.0, 80.0], 0.9, 0), // sticks out: clipped
+            cand([-20.0, -5.0, 30.0, 80.0], 0.9, 0),  // sticks out: clipped
             cand([120.0, 10.0, 150.0, 20.0], 0.8, 1), // wholly right of the frame: dropped
         ];
         let d = finish(cands, 0.5, &testing::labels(2), &lb);
@@ -195,7 +195,8 @@ mod tests {
 
     #[test]
     fn finish_bounds_the_record_whatever_comes_in() {
-        let cands = (0..5000).map(|i| cand([i as f32, 0.0, i as f32 + 1.0, 1.0], (i % 997) as f32 / 997.0, i % 7)).collect();
+        let cands =
+            (0..5000).map(|i| cand([i as f32, 0.0, i as f32 + 1.0, 1.0], (i % 997) as f32 / 997.0, i % 7)).collect();
         let d = finish(cands, 0.5, &testing::labels(7), &testing::identity(10_000, 10));
         assert_eq!(d.len(), MAX_DETECTIONS);
         assert!(d.windows(2).all(|w| w[0].score >= w[1].score));

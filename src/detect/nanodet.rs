@@ -28,7 +28,8 @@ pub fn decode(
         let s = stride.max(1) as usize;
         let (gw, gh) = (iw.div_ceil(s), ih.div_ceil(s));
         let n = gw * gh;
-        let at_n = |o: &&Output| o.shape.len() == 3 && o.shape[0] == 1 && o.shape[1] == n && o.data.len() == n * o.shape[2];
+        let at_n =
+            |o: &&Output| o.shape.len() == 3 && o.shape[0] == 1 && o.shape[1] == n && o.data.len() == n * o.shape[2];
         let shape_err = || DecodeError::Shape {
             decoder: Decoder::Nanodet,
             expected: format!(

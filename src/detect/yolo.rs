@@ -158,7 +158,7 @@ mod tests {
     #[test]
     fn boxes_outside_the_image_are_clipped_or_dropped() {
         let rows = vec![
-            vec![95.0, 5.0, 30.0, 30.0, 0.9, 0.0, 0.0],   // sticks out top-right
+            vec![95.0, 5.0, 30.0, 30.0, 0.9, 0.0, 0.0],    // sticks out top-right
             vec![300.0, 300.0, 10.0, 10.0, 0.9, 0.0, 0.0], // wholly outside
         ];
         let d = decode(&spec(YoloHead::AnchorFree), &labels(3), &[rows_of(&rows)], &identity(100, 100)).unwrap();

@@ -36,13 +36,8 @@ pub fn build_engine(
     if opener.is_none() && config.hailo.enabled {
         shared.update_engine(|e| e.last_error = Some("model manifest names no HEF: CPU only".into()));
     }
-    let engine = Selector::new(
-        Box::new(cpu),
-        opener,
-        config.hailo_reprobe().0,
-        config.hailo_reprobe().1,
-        shared.clone(),
-    );
+    let engine =
+        Selector::new(Box::new(cpu), opener, config.hailo_reprobe().0, config.hailo_reprobe().1, shared.clone());
     drop(bytes);
     crate::memory::release_after_load();
     Ok(Box::new(engine))

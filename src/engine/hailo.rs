@@ -203,7 +203,6 @@ impl HailoFailure {
             HailoFailure::Permanent => "permanent",
         }
     }
-
 }
 
 impl fmt::Display for HailoFailure {
@@ -292,7 +291,6 @@ impl HailoError {
         self.failure() != HailoFailure::Transient
     }
 }
-
 
 fn check(lib: &sys::HailoRt, call: &'static str, status: sys::hailo_status) -> Result<(), HailoError> {
     if status == 0 {

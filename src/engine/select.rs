@@ -11,9 +11,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::hailo::HailoFailure;
 #[cfg(test)]
 use super::hailo::HailoError;
+use super::hailo::HailoFailure;
 use super::{Engine, EngineError, EngineKind, Output};
 use crate::backoff::Backoff;
 use crate::state::Shared;

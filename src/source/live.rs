@@ -233,8 +233,6 @@ pub fn run<S: FrameSource>(
     summary
 }
 
-
-
 #[cfg(test)]
 mod tests {
     use super::*;

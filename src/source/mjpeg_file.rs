@@ -194,8 +194,8 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
-    use std::time::Duration;
     use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
 
     use image::RgbImage;
     use image::codecs::jpeg::JpegEncoder;

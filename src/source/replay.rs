@@ -80,4 +80,3 @@ pub fn run(files: Vec<PathBuf>, fps: f64, queue: Arc<FrameQueue>, stop: Arc<Atom
     }
     queue.close();
 }
-

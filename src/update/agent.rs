@@ -32,15 +32,15 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{binary, config_trial};
 use super::pack::{self, MODEL_MANIFEST};
 use super::{Chunk, Installed, Kind, Phase, Rejection, StateReport, UpdateError, UpdateRecord, Updater};
 use super::{UpdaterOptions, wall_clock_secs};
+use super::{binary, config_trial};
 use crate::config::Config;
-use crate::uplink::{Inbound, Outbound, Subscription};
 use crate::model::Model;
 use crate::pipeline::EngineSwap;
 use crate::state::Shared;
+use crate::uplink::{Inbound, Outbound, Subscription};
 
 /// Requests queued for the agent (MQTT messages plus a few control calls);
 /// at most ~17 MB of chunk payloads (48 × 256 KiB as base64).
@@ -138,7 +138,6 @@ pub struct ConfigChange {
     /// Dotted keys that changed but take effect at the next start.
     pub restart_required: Vec<String>,
 }
-
 
 /// Why the agent did not do what the control socket asked. The kind
 /// reaches `sparkctl` as its error code (refused, storage, corrupt state).
@@ -410,7 +409,9 @@ impl Agent {
                 offered: rec.version.to_string(),
                 installed: binary::running_version(&self.deps.state_dir).to_string(),
             }),
-            Kind::Config if rec.phase == Phase::Staged && !matches!(config_trial::read(&self.deps.state_dir), Ok(None)) => {
+            Kind::Config
+                if rec.phase == Phase::Staged && !matches!(config_trial::read(&self.deps.state_dir), Ok(None)) =>
+            {
                 Some(Rejection::Unsupported {
                     detail: "the config activated before is still on trial (confirmed after its first start has \
                              stayed up for update.binary_health_secs); push again after it"
@@ -590,7 +591,8 @@ impl Agent {
         }
         match self.updater.records() {
             Ok(records) => {
-                for rec in records.iter().filter(|r| r.kind == Kind::Config && r.version_dir_name() == trial.version_dir)
+                for rec in
+                    records.iter().filter(|r| r.kind == Kind::Config && r.version_dir_name() == trial.version_dir)
                 {
                     self.report(rec);
                 }
@@ -781,8 +783,7 @@ impl Agent {
             let bytes = std::fs::read(dir.join(&rec.file_name)).map_err(|e| bad(format!("reading the pack: {e}")))?;
             pack::unpack(&bytes, &unpacked).map_err(|e| bad(crate::error_chain(&e)))?;
         }
-        let model =
-            Model::load(&unpacked.join(MODEL_MANIFEST)).map_err(|e| bad(crate::error_chain(&e)))?;
+        let model = Model::load(&unpacked.join(MODEL_MANIFEST)).map_err(|e| bad(crate::error_chain(&e)))?;
         if model.manifest.name != rec.name || model.manifest.version != rec.version.to_string() {
             return Err(bad(format!(
                 "model.toml says {} {}, the signed manifest {} {}",
@@ -852,4 +853,3 @@ fn switch_engine(
         .map_err(|_| "the inference thread is not running".to_string())?;
     done_rx.recv_timeout(SWAP_DEADLINE).map_err(|_| "the inference thread did not switch in time".to_string())
 }
-

@@ -15,8 +15,8 @@
 
 pub mod agent;
 pub mod binary;
-pub mod config_trial;
 mod clock;
+pub mod config_trial;
 mod fsio;
 mod manifest;
 pub mod pack;
