@@ -101,6 +101,12 @@ fn records_flow_again_after_a_full_disk_drains_without_enlarging_it() {
     // Other files on the same filesystem, kept there throughout: the disk is
     // never enlarged.
     std::fs::write(fs.0.join("other-files"), vec![1u8; 3 << 20]).expect("write filler");
+    // The consumer's persistent session exists before the daemon ever
+    // reaches the broker: when the broker comes back, every record it
+    // accepts is queued for the consumer, even before it reconnects.
+    let mut broker = Broker::start_on(port);
+    let consumer = Consumer::start(broker.port, "spark/#");
+    broker.stop();
 
     // Broker down: the backlog grows until the filesystem is nearly full.
     let d = Daemon::start(&cfg);
@@ -117,8 +123,7 @@ fn records_flow_again_after_a_full_disk_drains_without_enlarging_it() {
     );
 
     // The broker comes back and the backlog drains.
-    let broker = Broker::start_on(port);
-    let consumer = Consumer::start(broker.port, "spark/#");
+    broker.restart();
     let drained = wait_for(Duration::from_secs(90), || {
         let s = status_json(&cfg.socket());
         (count(&s["queue"]["pending"]) < 500 && count(&s["queue"]["acked"]) > count(&full["queue"]["pending"]))

@@ -177,11 +177,13 @@ fn full_filesystem_keeps_daemon_running_and_recovers() {
     wait_for(Duration::from_secs(30), || (next_seq(&status_json(&cfg.socket())) > before + 1000).then_some(()))
         .unwrap_or_else(|| panic!("ingest stalled at the full disk: {}", status_json(&cfg.socket())));
 
-    // Space returns; the backlog drains.
+    // Space returns; the backlog drains. The daemon stops before the broker
+    // starts: a running one would reconnect and drain before the consumer
+    // has subscribed, and the broker would acknowledge records nobody got.
     std::fs::remove_file(&filler).unwrap();
+    assert!(d.terminate(Duration::from_secs(15)).success(), "clean exit after ENOSPC");
     let broker = Broker::start_on(port);
     let consumer = Consumer::start(broker.port, "spark/#");
-    assert!(d.terminate(Duration::from_secs(15)).success(), "clean exit after ENOSPC");
     let drain_text = text.replace("events_per_sec = 2000.0", "events_per_sec = 0.0");
     std::fs::write(&path, drain_text).unwrap();
     let d = start_with_config(&cfg, &path);
