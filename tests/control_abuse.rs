@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
-use common::fleet::{Lab, fleet, s};
+use common::fleet::{Lab, s};
 use common::*;
 use spark_edge::control::protocol::{self, ErrorCode, Request, RequestFrame, Response, ResponseFrame};
 use spark_edge::control::server::{MAX_CLIENTS, MAX_CLIENTS_PER_UID};
@@ -429,28 +429,7 @@ fn an_admins_update_apply_gets_through_while_others_hold_the_large_request_memor
     }
     assert!(toml.len() > spark_edge::update::CHUNK_MAX_BYTES, "{}", toml.len());
     std::fs::write(&text, toml).unwrap();
-    let bundle = lab.dir.path().join("config.bundle");
-    fleet(&[
-        "sign",
-        "--key",
-        s(&lab.key),
-        "--kind",
-        "config",
-        "--name",
-        "sparkd",
-        "--version",
-        "1.0.1",
-        "--artifact",
-        s(&text),
-        "--file-name",
-        "sparkd.toml",
-        "--expires-in-days",
-        "30",
-        "--device",
-        "test-dev",
-        "--out",
-        s(&bundle),
-    ]);
+    let bundle = lab.sign_config_file(&text, "1.0.1");
 
     let mut mallory = users.helper(0, "hold", &sock);
     let held = mallory.next();

@@ -228,34 +228,6 @@ fn model_bundle(lab: &Lab, version: &str) -> PathBuf {
     out
 }
 
-/// `text` signed as config update `version`.
-fn config_bundle(lab: &Lab, text: &str, version: &str) -> PathBuf {
-    let file = lab.dir.path().join(format!("sparkd-{version}.toml"));
-    std::fs::write(&file, text).unwrap();
-    let out = lab.dir.path().join(format!("config-{version}.bundle"));
-    fleet(&[
-        "sign",
-        "--key",
-        s(&lab.key),
-        "--kind",
-        "config",
-        "--name",
-        "sparkd",
-        "--version",
-        version,
-        "--artifact",
-        s(&file),
-        "--file-name",
-        "sparkd.toml",
-        "--expires-in-days",
-        "30",
-        "--device",
-        "test-dev",
-        "--out",
-        s(&out),
-    ]);
-    out
-}
 
 /// `spark-fleet push` in the background (the kill may land while it runs).
 fn spawn_push(broker: &Mosquitto, bundle: &Path) -> Child {
@@ -442,7 +414,7 @@ fn every_seq_arrives_or_is_a_counted_drop_across_a_kill_campaign() {
                 // rendering the pushed text.
                 let text = write_config(&mut cfg, &lab, pushed);
                 write_config(&mut cfg, &lab, settings);
-                let bundle = config_bundle(&lab, &text, &version);
+                let bundle = lab.sign_config(&text, &version);
                 wait_for(Duration::from_secs(60), || (online_count(&consumer) > online_before).then_some(()))
                     .unwrap_or_else(|| panic!("cycle {cycle}: the device did not come online; log:\n{}", d.log_text()));
                 let mut p = spawn_push(&broker, &bundle);
@@ -526,7 +498,7 @@ fn every_seq_arrives_or_is_a_counted_drop_across_a_kill_campaign() {
     std::thread::sleep(Duration::from_secs(2));
     let final_config = format!("1.{}.0", config_minor + 1);
     let text = write_config(&mut cfg, &lab, QUIET);
-    let bundle = config_bundle(&lab, &text, &final_config);
+    let bundle = lab.sign_config(&text, &final_config);
     let got = push_until(&broker, &consumer, &bundle, &["active", "rolled_back", "rejected"], Duration::from_secs(120));
     assert_eq!(got.as_deref(), Some("active"), "final config {final_config}; log:\n{}", d.log_text());
     assert!(d.terminate(Duration::from_secs(20)).success());

@@ -9,11 +9,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::fleet::{Lab, fleet, s};
+use common::fleet::{Lab, s};
 use common::*;
 
 /// A throwaway user, the socket's group (like `sparkd`) and an admin group
@@ -94,36 +94,6 @@ fn is_root() -> bool {
     std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false)
 }
 
-/// A signed config update for `test-dev` at `version` (the daemon's own
-/// config again), readable by the throwaway user.
-fn config_bundle(lab: &Lab, cfg: &DaemonConfig, version: &str) -> PathBuf {
-    let out = lab.dir.path().join(format!("config-{version}.bundle"));
-    let text = cfg.dir.path().join("sparkd.toml");
-    fleet(&[
-        "sign",
-        "--key",
-        s(&lab.key),
-        "--kind",
-        "config",
-        "--name",
-        "sparkd",
-        "--version",
-        version,
-        "--artifact",
-        s(&text),
-        "--file-name",
-        "sparkd.toml",
-        "--expires-in-days",
-        "30",
-        "--device",
-        "test-dev",
-        "--out",
-        s(&out),
-    ]);
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o644)).expect("chmod the bundle");
-    out
-}
 
 /// Every mutating request as `sparkctl` arguments, with `bundle` for `update apply`.
 fn admin_requests(bundle: &Path) -> [Vec<String>; 3] {
@@ -190,7 +160,7 @@ fn readers_read_only_admins_mutate_and_every_mutation_is_logged() {
     // ... but no mutating request: each is refused, and the refusal logged
     // with the request and the uid.
     let uid = id("-u", &acct.user);
-    let refused_bundle = config_bundle(&lab, &cfg, "1.0.1");
+    let refused_bundle = lab.sign_config_file(&cfg.dir.path().join("sparkd.toml"), "1.0.1");
     for args in admin_requests(&refused_bundle) {
         let name = request_name(&args);
         let (code, _, err) = acct.sparkctl(&sock, &strs(&args));
@@ -247,7 +217,7 @@ fn readers_read_only_admins_mutate_and_every_mutation_is_logged() {
     };
 
     // The admin group as primary group (SO_PEERCRED's gid) is enough.
-    let bundle = config_bundle(&lab, &cfg, "1.0.2");
+    let bundle = lab.sign_config_file(&cfg.dir.path().join("sparkd.toml"), "1.0.2");
     for args in admin_requests(&bundle).map(with_json) {
         let out = Command::new("setpriv")
             .arg(format!("--reuid={uid}"))
@@ -270,7 +240,7 @@ fn readers_read_only_admins_mutate_and_every_mutation_is_logged() {
     // A member of the admin group (supplementary, as after login) may do
     // each, and the daemon logs who did it.
     acct.join(&acct.admin_group);
-    let bundle = config_bundle(&lab, &cfg, "1.0.3");
+    let bundle = lab.sign_config_file(&cfg.dir.path().join("sparkd.toml"), "1.0.3");
     for args in admin_requests(&bundle).map(with_json) {
         assert_accepted("an admin group member", &args, acct.sparkctl(&sock, &strs(&args)));
         let name = request_name(&args);
@@ -285,7 +255,7 @@ fn readers_read_only_admins_mutate_and_every_mutation_is_logged() {
     }
 
     // Root may do each.
-    let bundle = config_bundle(&lab, &cfg, "1.0.4");
+    let bundle = lab.sign_config_file(&cfg.dir.path().join("sparkd.toml"), "1.0.4");
     for args in admin_requests(&bundle).map(with_json) {
         assert_accepted("root", &args, sparkctl(&sock, &strs(&args)));
     }

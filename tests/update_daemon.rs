@@ -383,34 +383,6 @@ fn fleet_of_twenty_devices_receives_a_group_push_and_watch_shows_every_device_ac
     }
 }
 
-/// Signs `text` as a config update (`--kind config --name sparkd`).
-fn sign_config(lab: &Lab, text: &str, version: &str) -> PathBuf {
-    let file = lab.dir.path().join(format!("sparkd-{version}.toml"));
-    std::fs::write(&file, text).unwrap();
-    let out = lab.dir.path().join(format!("config-{version}.bundle"));
-    fleet(&[
-        "sign",
-        "--key",
-        s(&lab.key),
-        "--kind",
-        "config",
-        "--name",
-        "sparkd",
-        "--version",
-        version,
-        "--artifact",
-        s(&file),
-        "--file-name",
-        "sparkd.toml",
-        "--expires-in-days",
-        "30",
-        "--device",
-        "test-dev",
-        "--out",
-        s(&out),
-    ]);
-    out
-}
 
 fn update_status(socket: &Path) -> serde_json::Value {
     let (code, out, err) = sparkctl(socket, &["update", "status", "--json"]);
@@ -424,7 +396,7 @@ fn config_update_is_checked_applied_live_where_possible_and_names_keys_needing_r
     let text = std::fs::read_to_string(cfg.dir.path().join("sparkd.toml")).unwrap();
 
     // Refused: does not pass check-config; nothing changes.
-    let bad = sign_config(&lab, &format!("{text}bogus_key = 1\n"), "1.0.0");
+    let bad = lab.sign_config(&format!("{text}bogus_key = 1\n"), "1.0.0");
     let id = update_id(&bad);
     push(&broker, &DEV, &bad);
     let r = wait_state(&c, &id, "rejected", &d);
@@ -432,7 +404,7 @@ fn config_update_is_checked_applied_live_where_possible_and_names_keys_needing_r
 
     // Accepted: the update limit applies at once, the telemetry interval at the next start.
     let new = text.replace("interval_secs = 2.000", "interval_secs = 3.000") + "max_artifact_megabytes = 1\n";
-    let good = sign_config(&lab, &new, "1.1.0");
+    let good = lab.sign_config(&new, "1.1.0");
     let id = update_id(&good);
     push(&broker, &DEV, &good);
     wait_state(&c, &id, "active", &d);
@@ -622,7 +594,7 @@ fn a_config_update_that_cannot_start_is_rolled_back_by_the_next_start() {
     assert!(text.contains("[mqtt]\n"), "{text}");
     // Valid, but the password file is not there: the start fails.
     let broken = text.replace("[mqtt]\n", "[mqtt]\nusername = \"u\"\npassword_file = \"/nonexistent/mqtt-password\"\n");
-    let bundle = sign_config(&lab, &broken, "1.0.0");
+    let bundle = lab.sign_config(&broken, "1.0.0");
     let id = update_id(&bundle);
     push(&broker, &DEV, &bundle);
     wait_state(&c, &id, "active", &d);

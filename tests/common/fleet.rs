@@ -34,6 +34,41 @@ pub struct Lab {
 }
 
 impl Lab {
+    /// `text` signed as the config update (`--kind config --name sparkd`)
+    /// of `test-dev` at `version`.
+    pub fn sign_config(&self, text: &str, version: &str) -> PathBuf {
+        let file = self.dir.path().join(format!("sparkd-{version}.toml"));
+        std::fs::write(&file, text).unwrap();
+        self.sign_config_file(&file, version)
+    }
+
+    /// The config file `file` signed as the config update of `test-dev` at `version`.
+    pub fn sign_config_file(&self, file: &Path, version: &str) -> PathBuf {
+        let out = self.dir.path().join(format!("config-{version}.bundle"));
+        fleet(&[
+            "sign",
+            "--key",
+            s(&self.key),
+            "--kind",
+            "config",
+            "--name",
+            "sparkd",
+            "--version",
+            version,
+            "--artifact",
+            s(file),
+            "--file-name",
+            "sparkd.toml",
+            "--expires-in-days",
+            "30",
+            "--device",
+            "test-dev",
+            "--out",
+            s(&out),
+        ]);
+        out
+    }
+
     pub fn new() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         fleet(&["keygen", "--out", s(&dir.path().join("keys")), "--key-id", "fleet-test"]);
