@@ -74,19 +74,7 @@ impl Users {
     }
 
     fn sparkctl(&self, user: usize, socket: &Path, args: &[&str]) -> (i32, String, String) {
-        let out = Command::new("runuser")
-            .args(["-u", &self.names[user], "--"])
-            .arg(sparkctl_bin())
-            .arg("--socket")
-            .arg(socket)
-            .args(args)
-            .output()
-            .expect("runuser");
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        sparkctl_as(&self.names[user], socket, args)
     }
 
     /// This binary in helper `mode` as `user`.
@@ -207,15 +195,8 @@ fn infer_frame(len: usize) -> Vec<u8> {
 
 /// Peak resident memory since the last reset, and the current one (KiB).
 fn hwm_and_rss_kib(pid: i32) -> (u64, u64) {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        s.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmHWM:"), field("VmRSS:"))
+    let [hwm, rss] = proc_status_kib(pid, ["VmHWM:", "VmRSS:"]);
+    (hwm, rss)
 }
 
 /// The helper side: does nothing in a normal test run.

@@ -68,19 +68,7 @@ impl Accounts {
 
     /// `sparkctl ARGS` as the user, with the groups /etc/group gives it.
     fn sparkctl(&self, socket: &Path, args: &[&str]) -> (i32, String, String) {
-        let out = Command::new("runuser")
-            .args(["-u", &self.user, "--"])
-            .arg(sparkctl_bin())
-            .arg("--socket")
-            .arg(socket)
-            .args(args)
-            .output()
-            .expect("runuser");
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        sparkctl_as(&self.user, socket, args)
     }
 }
 

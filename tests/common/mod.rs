@@ -423,7 +423,20 @@ impl Drop for Daemon {
 
 /// Runs `sparkctl ARGS` against `socket`; (exit code, stdout, stderr).
 pub fn sparkctl(socket: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(sparkctl_bin()).arg("--socket").arg(socket).args(args).output().expect("run sparkctl");
+    let mut cmd = Command::new(sparkctl_bin());
+    cmd.arg("--socket").arg(socket).args(args);
+    exit_and_output(cmd)
+}
+
+/// `sparkctl ARGS` as `user` (with the groups /etc/group gives it), via runuser.
+pub fn sparkctl_as(user: &str, socket: &Path, args: &[&str]) -> (i32, String, String) {
+    let mut cmd = Command::new("runuser");
+    cmd.args(["-u", user, "--"]).arg(sparkctl_bin()).arg("--socket").arg(socket).args(args);
+    exit_and_output(cmd)
+}
+
+fn exit_and_output(mut cmd: Command) -> (i32, String, String) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -541,17 +554,22 @@ fn missing_count(queue: &serde_json::Value, consumer: &Consumer) -> usize {
     n
 }
 
-/// Resident memory of a process: (VmRSS, RssAnon) in KiB.
-pub fn rss_kib(pid: i32) -> (u64, u64) {
+/// Memory fields of `/proc/PID/status` in KiB (`VmRSS:`, `VmHWM:`, ...), 0 when absent.
+pub fn proc_status_kib<const N: usize>(pid: i32, names: [&str; N]) -> [u64; N] {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
+    names.map(|name| {
         s.lines()
             .find(|l| l.starts_with(name))
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("RssAnon:"))
+    })
+}
+
+/// Resident memory of a process: (VmRSS, RssAnon) in KiB.
+pub fn rss_kib(pid: i32) -> (u64, u64) {
+    let [rss, anon] = proc_status_kib(pid, ["VmRSS:", "RssAnon:"]);
+    (rss, anon)
 }
 
 /// Files of a Mosquitto TLS listener (PEM).
