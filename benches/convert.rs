@@ -18,9 +18,9 @@ use std::time::Instant;
 
 use image::codecs::jpeg::JpegEncoder;
 use image::{RgbImage, imageops};
-use spark_edge::model::{InputSpec, Model, Resize};
-use spark_edge::source::convert;
-use spark_edge::vision::{Tensor, prepare};
+use spark_edge::inference::model::{InputSpec, Model, Resize};
+use spark_edge::inference::vision::{Tensor, prepare};
+use spark_edge::sources::camera::convert;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);

@@ -17,11 +17,11 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use spark_edge::detect::decode;
-use spark_edge::engine::onnx::OnnxEngine;
-use spark_edge::engine::{Engine, Output};
-use spark_edge::model::{ClassScores, Decoder, Model, OutputSpec, YoloHead};
-use spark_edge::vision::{Letterbox, Tensor, prepare};
+use spark_edge::inference::detect::decode;
+use spark_edge::inference::engine::onnx::OnnxEngine;
+use spark_edge::inference::engine::{Engine, Output};
+use spark_edge::inference::model::{ClassScores, Decoder, Model, OutputSpec, YoloHead};
+use spark_edge::inference::vision::{Letterbox, Tensor, prepare};
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);

@@ -16,8 +16,8 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use spark_edge::engine::hailo::{HailoEngine, HailoOptions, HefSource};
-use spark_edge::vision::Tensor;
+use spark_edge::inference::engine::hailo::{HailoEngine, HailoOptions, HefSource};
+use spark_edge::inference::vision::Tensor;
 
 const SIZES: [(u32, u32); 2] = [(64, 64), (320, 240)];
 

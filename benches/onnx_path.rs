@@ -14,10 +14,10 @@ use std::time::Instant;
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::TensorRef;
-use spark_edge::engine::onnx::{OnnxEngine, load_runtime};
-use spark_edge::model::Model;
-use spark_edge::pipeline::infer_frame;
-use spark_edge::vision::{Tensor, prepare};
+use spark_edge::inference::engine::onnx::{OnnxEngine, load_runtime};
+use spark_edge::inference::model::Model;
+use spark_edge::inference::pipeline::infer_frame;
+use spark_edge::inference::vision::{Tensor, prepare};
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);

@@ -16,7 +16,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use spark_edge::telemetry::Sampler;
+use spark_edge::sources::telemetry::Sampler;
 use sysinfo::{Disks, System};
 
 fn per_call_us(n: usize, mut f: impl FnMut()) -> f64 {

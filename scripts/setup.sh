@@ -26,7 +26,7 @@ SKIMAGE_VERSION=0.26.0
 ONNX_PY_VERSION=1.23.2
 SILERO_WHEEL=silero_vad-6.2.3-py3-none-any.whl
 SILERO_WHEEL_SHA256=7b7f5436cfcb02fae583a05b512ea96467fd449fe54cb49a5e4f06c51a1e43b8
-# = spark_edge::audio::SILERO_VAD_SHA256 (src/audio/mod.rs)
+# = spark_edge::sources::audio::SILERO_VAD_SHA256 (src/sources/audio/mod.rs)
 SILERO_ONNX_SHA256=1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3
 
 APT_PACKAGES=(

@@ -17,7 +17,7 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/sparkd/sparkd.toml";
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Device identity used in topics and records. Empty: derived from
-    /// `/etc/machine-id` (see [`crate::identity`]).
+    /// `/etc/machine-id` (see [`crate::sys::identity`]).
     pub device_id: String,
     /// Group used for fleet update topics.
     pub group: String,
@@ -83,7 +83,7 @@ pub struct ModelConfig {
     /// Model manifest (TOML) naming the ONNX/HEF files, input and decoder.
     pub manifest: PathBuf,
     /// Path to `libonnxruntime.so`. Empty: `$ORT_DYLIB_PATH`, then the
-    /// usual install locations (see [`crate::engine::onnx::library_candidates`]).
+    /// usual install locations (see [`crate::inference::engine::onnx::library_candidates`]).
     pub onnxruntime_library: PathBuf,
     /// Threads ONNX Runtime may use for one inference.
     pub intra_threads: usize,

@@ -17,37 +17,37 @@ use tokio::sync::{Notify, watch};
 
 use crate::config::{BrokerUrl, CameraSource, Config};
 use crate::control::server::{self, ControlContext};
-use crate::model::Model;
+use crate::inference::model::Model;
 use crate::outbox::{self, Outbox, OutboxOptions};
 use crate::record::Stream;
-use crate::source::{FrameQueue, replay};
+use crate::sources::camera::{FrameQueue, replay};
+use crate::sources::telemetry::Sampler;
 use crate::state::Shared;
-use crate::telemetry::Sampler;
 use crate::uplink::{self, UplinkDeps, UplinkSettings};
-use crate::{identity, link};
+use crate::{sys::identity, uplink::link};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
     Outbox(#[from] outbox::OutboxError),
     #[error(transparent)]
-    Model(#[from] crate::model::ModelError),
+    Model(#[from] crate::inference::model::ModelError),
     #[error("the model does not fit its manifest")]
-    ModelFit(#[source] crate::pipeline::InferError),
+    ModelFit(#[source] crate::inference::pipeline::InferError),
     #[error("starting the inference engine")]
-    Engine(#[from] crate::engine::EngineError),
+    Engine(#[from] crate::inference::engine::EngineError),
     #[error(transparent)]
     Replay(#[from] replay::ReplayError),
     #[error(transparent)]
     Control(#[from] server::ControlError),
     #[error("reading the MQTT password (mqtt.password_file)")]
-    Password(#[source] crate::credentials::CredentialError),
+    Password(#[source] crate::sys::credentials::CredentialError),
     #[error("MQTT over TLS")]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(#[from] crate::uplink::tls::TlsError),
     #[error("camera: {0}")]
     Camera(String),
     #[error("starting the microphone and voice-activity model (audio.enabled = true)")]
-    Audio(#[from] crate::audio::AudioError),
+    Audio(#[from] crate::sources::audio::AudioError),
     #[error("device identity: {0}")]
     Identity(String),
     #[error("mqtt.url")]
@@ -147,7 +147,7 @@ pub fn run_from(config: Config, config_path: Option<PathBuf>) -> Result<(), Star
                 CameraSource::Replay => Capture::Replay(replay::list_images(&config.camera.replay_dir)?),
                 CameraSource::MjpegFile => {
                     let path = config.camera.mjpeg_file.clone();
-                    let frames = crate::source::mjpeg_file::probe(&path)
+                    let frames = crate::sources::camera::mjpeg_file::probe(&path)
                         .map_err(|e| StartError::Camera(format!("camera.mjpeg_file: {}", crate::error_chain(&e))))?;
                     tracing::info!(file = %path.display(), frames, "camera: replaying an MJPEG recording");
                     Capture::MjpegFile(path)
@@ -157,10 +157,10 @@ pub fn run_from(config: Config, config_path: Option<PathBuf>) -> Result<(), Star
             // The fleet-activated version of the model, when there is one.
             let (model, onnx) = crate::update::agent::startup_model(&config, &paths.state_dir)?;
             let model = Arc::new(model);
-            let mut engine = crate::engine::build::build_engine(&config, &model, onnx, &shared)?;
+            let mut engine = crate::inference::engine::build::build_engine(&config, &model, onnx, &shared)?;
             // A label count or output layout the model cannot decode is a
             // start failure naming both values, not an error on every frame.
-            crate::pipeline::check_fit(engine.as_mut(), &model).map_err(StartError::ModelFit)?;
+            crate::inference::pipeline::check_fit(engine.as_mut(), &model).map_err(StartError::ModelFit)?;
             let kind = engine.kind();
             shared.update_engine(|e| e.model = format!("{} {}", model.manifest.name, model.manifest.version));
             tracing::info!(engine = %kind, model = %model.manifest.name, "inference engine ready");
@@ -171,7 +171,7 @@ pub fn run_from(config: Config, config_path: Option<PathBuf>) -> Result<(), Star
     let password = if config.mqtt.password_file.as_os_str().is_empty() {
         None
     } else {
-        Some(crate::credentials::read_secret(&config.mqtt.password_file).map_err(StartError::Password)?)
+        Some(crate::sys::credentials::read_secret(&config.mqtt.password_file).map_err(StartError::Password)?)
     };
 
     let wake = Arc::new(Notify::new());
@@ -209,7 +209,7 @@ pub fn run_from(config: Config, config_path: Option<PathBuf>) -> Result<(), Star
         load: None,
     };
     let audio = match config.audio.enabled {
-        true => Some(crate::audio::spawn(
+        true => Some(crate::sources::audio::spawn(
             &config.audio,
             &config.model.onnxruntime_library,
             writer.appender.clone(),
@@ -225,7 +225,7 @@ pub fn run_from(config: Config, config_path: Option<PathBuf>) -> Result<(), Star
         threads.load = Some(
             std::thread::Builder::new()
                 .name("loadgen".into())
-                .spawn(move || crate::loadgen::run(rate, size, appender, sh, stop))
+                .spawn(move || crate::sources::loadgen::run(rate, size, appender, sh, stop))
                 .map_err(StartError::Runtime)?,
         );
     }
@@ -240,14 +240,14 @@ pub fn run_from(config: Config, config_path: Option<PathBuf>) -> Result<(), Star
                 let sh = shared.clone();
                 std::thread::Builder::new()
                     .name("camera-mjpeg".into())
-                    .spawn(move || crate::source::mjpeg_file::run(&path, fps, q, sh, stop))
+                    .spawn(move || crate::sources::camera::mjpeg_file::run(&path, fps, q, sh, stop))
                     .map_err(StartError::Runtime)?
             }
             Capture::V4l => {
                 let (camera, sh) = (config.camera.clone(), shared.clone());
                 std::thread::Builder::new()
                     .name("camera-v4l".into())
-                    .spawn(move || crate::source::v4l::run(camera, q, sh, stop))
+                    .spawn(move || crate::sources::camera::v4l::run(camera, q, sh, stop))
                     .map_err(StartError::Runtime)?
             }
         });
@@ -256,7 +256,9 @@ pub fn run_from(config: Config, config_path: Option<PathBuf>) -> Result<(), Star
             std::thread::Builder::new()
                 .name("inference".into())
                 .spawn(move || {
-                    crate::pipeline::run_swappable(engine, model, queue, appender, sh, abort, infer_rx, swap_rx)
+                    crate::inference::pipeline::run_swappable(
+                        engine, model, queue, appender, sh, abort, infer_rx, swap_rx,
+                    )
                 })
                 .map_err(StartError::Runtime)?,
         );
@@ -266,7 +268,7 @@ pub fn run_from(config: Config, config_path: Option<PathBuf>) -> Result<(), Star
     let gate = link::spawn_gate(&runtime, &config.link, shared.clone(), shutdown_rx.clone());
     let broker = BrokerUrl::parse(&config.mqtt.url)?;
     let tls = if broker.tls {
-        Some(crate::tls::client_config(&crate::tls::TlsSettings::from_config(&config.mqtt))?)
+        Some(crate::uplink::tls::client_config(&crate::uplink::tls::TlsSettings::from_config(&config.mqtt))?)
     } else {
         if !config.mqtt.ca_file.as_os_str().is_empty() || !config.mqtt.client_cert_file.as_os_str().is_empty() {
             tracing::warn!(url = %config.mqtt.url, "mqtt TLS files are set but the URL is mqtt:// (plain TCP): they are not used");
@@ -324,7 +326,7 @@ pub fn run_from(config: Config, config_path: Option<PathBuf>) -> Result<(), Star
     });
     let control_task = runtime.spawn(server::serve(listener, ctx, shutdown_rx.clone()));
 
-    crate::notify::ready();
+    crate::sys::notify::ready();
     // A binary on trial starts its health period at READY.
     if let Some(tx) = &update_ready
         && tx.try_send(crate::update::agent::Request::Ready).is_err()
@@ -339,7 +341,7 @@ pub fn run_from(config: Config, config_path: Option<PathBuf>) -> Result<(), Star
         let health = config.update.binary_health_secs;
         runtime.spawn(crate::update::config_trial::confirm_after(paths.state_dir.clone(), trial, health));
     }
-    let watchdog = runtime.spawn(crate::notify::watchdog_loop(shutdown_rx.clone()));
+    let watchdog = runtime.spawn(crate::sys::notify::watchdog_loop(shutdown_rx.clone()));
     let rate_sampler = {
         let (shared, mut stop) = (shared.clone(), shutdown_rx.clone());
         runtime.spawn(async move {
@@ -355,7 +357,7 @@ pub fn run_from(config: Config, config_path: Option<PathBuf>) -> Result<(), Star
 
     runtime.block_on(wait_for_signal());
     tracing::info!("shutting down");
-    crate::notify::stopping();
+    crate::sys::notify::stopping();
     shared.shutting_down.store(true, Ordering::Relaxed);
 
     // 1. Sources stop; inference finishes the frames already queued.
@@ -394,7 +396,7 @@ fn spawn_update_agent(
     device_id: &str,
     paths: &Paths,
     shared: &Arc<Shared>,
-    swap: Option<crossbeam_channel::Sender<crate::pipeline::EngineSwap>>,
+    swap: Option<crossbeam_channel::Sender<crate::inference::pipeline::EngineSwap>>,
 ) -> Option<(tokio::sync::mpsc::Sender<crate::update::agent::Request>, crate::update::agent::UplinkLink)> {
     let deps = crate::update::agent::AgentDeps {
         config: config.clone(),
@@ -437,9 +439,9 @@ fn spawn_telemetry(
                     continue;
                 }
                 next = now + interval;
-                let record = crate::telemetry::TelemetryRecord {
+                let record = crate::sources::telemetry::TelemetryRecord {
                     sample: sampler.sample(),
-                    outbox: crate::telemetry::OutboxFigures::of(&store),
+                    outbox: crate::sources::telemetry::OutboxFigures::of(&store),
                     inference_total: Shared::count(&shared.inference_total),
                     records_lost: Shared::count(&shared.records_lost),
                 };

@@ -4,33 +4,17 @@
 //! with the control socket reading shared state beside it.
 #![deny(unsafe_code)]
 
-pub mod audio;
-pub mod backoff;
 pub mod config;
 pub mod control;
-pub mod credentials;
 pub mod daemon;
-pub mod detect;
-pub mod durable;
-pub mod engine;
-pub mod identity;
-pub mod link;
-pub mod loadgen;
-pub mod logging;
-pub mod memory;
-pub mod model;
-pub mod notify;
+pub mod inference;
 pub mod outbox;
-pub mod pipeline;
 pub mod record;
-pub mod snapshot;
-pub mod source;
+pub mod sources;
 pub mod state;
-pub mod telemetry;
-pub mod tls;
+pub mod sys;
 pub mod update;
 pub mod uplink;
-pub mod vision;
 
 /// An error and its whole `#[source]` chain on one line, `outer: inner: …`:
 /// the one formatter for logs, reports and the control protocol.

@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
-use crate::engine::EngineKind;
+use crate::inference::engine::EngineKind;
 
 /// Internal: what the control socket sends is `protocol::EngineView`.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -77,9 +77,9 @@ pub struct Shared {
     /// Microphone failures: failed opens, stream errors, model errors.
     pub audio_errors: AtomicU64,
     /// Recent microphone levels (`sparkctl mic level`); bounded.
-    pub audio_levels: crate::audio::level::Levels,
+    pub audio_levels: crate::sources::audio::level::Levels,
     /// `sparkctl camera snapshot` requests waiting for the next frame; bounded.
-    pub snapshots: crate::snapshot::SnapshotTap,
+    pub snapshots: crate::inference::snapshot::SnapshotTap,
 }
 
 impl Shared {
@@ -115,8 +115,8 @@ impl Shared {
             audio_windows_dropped: AtomicU64::new(0),
             audio_segments: AtomicU64::new(0),
             audio_errors: AtomicU64::new(0),
-            audio_levels: crate::audio::level::Levels::default(),
-            snapshots: crate::snapshot::SnapshotTap::default(),
+            audio_levels: crate::sources::audio::level::Levels::default(),
+            snapshots: crate::inference::snapshot::SnapshotTap::default(),
         }
     }
 

@@ -22,9 +22,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use spark_edge::audio::segment::{Segment, SegmentConfig};
-use spark_edge::audio::vad::SileroVad;
-use spark_edge::audio::{SILERO_VAD_SHA256, capture, detect_segments, samples_to_ms};
+use spark_edge::sources::audio::segment::{Segment, SegmentConfig};
+use spark_edge::sources::audio::vad::SileroVad;
+use spark_edge::sources::audio::{SILERO_VAD_SHA256, capture, detect_segments, samples_to_ms};
 
 const RATE: u32 = 16_000;
 const LEAD_SILENCE_S: f64 = 1.0;
@@ -221,7 +221,7 @@ fn vad_at_48k_finds_the_same_speech_after_resampling() {
     let bytes = std::fs::read(&raw48).unwrap();
     let stereo: Vec<f32> = bytes.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]]) as f32 / 32768.0).collect();
     let mut mono = Vec::new();
-    spark_edge::audio::resample::mixdown(&stereo, 2, &mut mono);
+    spark_edge::sources::audio::resample::mixdown(&stereo, 2, &mut mono);
     let segs = detect_segments(load_vad(), &mono, 48_000, SegmentConfig::new(0.5, 250, 300, RATE)).unwrap();
     assert!(!segs.is_empty());
     let start_err = samples_to_ms(segs[0].start) as i64 - speech.start_ms() as i64;

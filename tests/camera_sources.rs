@@ -16,14 +16,14 @@ use std::time::{Duration, Instant};
 use common::*;
 use image::RgbImage;
 use spark_edge::config::CameraConfig;
-use spark_edge::engine::{Engine, EngineError, EngineKind, Output};
-use spark_edge::model::Model;
+use spark_edge::inference::engine::{Engine, EngineError, EngineKind, Output};
+use spark_edge::inference::model::Model;
+use spark_edge::inference::vision::Tensor;
 use spark_edge::outbox::{Outbox, OutboxOptions, spawn_writer};
 use spark_edge::record::Stream;
-use spark_edge::source::live::{self, CaptureError, FrameSource, LiveOptions};
-use spark_edge::source::{Frame, FrameQueue};
+use spark_edge::sources::camera::live::{self, CaptureError, FrameSource, LiveOptions};
+use spark_edge::sources::camera::{Frame, FrameQueue};
 use spark_edge::state::Shared;
-use spark_edge::vision::Tensor;
 
 /// An engine that takes `delay` per frame and returns CenterFace-shaped
 /// empty outputs (no detections).
@@ -107,7 +107,7 @@ fn slow_engine_behind_a_fast_camera_drops_oldest_frames_with_bounded_memory() {
         let (_jobs_tx, jobs) = crossbeam_channel::bounded(1);
         std::thread::spawn(move || {
             let _keep = _jobs_tx;
-            spark_edge::pipeline::run(engine, model, q, app, sh, a, jobs)
+            spark_edge::inference::pipeline::run(engine, model, q, app, sh, a, jobs)
         })
     };
     // Sample the queue and memory while the camera outruns the engine: the
@@ -151,7 +151,7 @@ fn v4l_source_waits_for_a_missing_device_and_stops_promptly() {
     let stop = Arc::new(AtomicBool::new(false));
     let t = {
         let (q, sh, st) = (queue.clone(), shared.clone(), stop.clone());
-        std::thread::spawn(move || spark_edge::source::v4l::run(config, q, sh, st))
+        std::thread::spawn(move || spark_edge::sources::camera::v4l::run(config, q, sh, st))
     };
     // It keeps trying (attempts at about 0, 0.25 and 0.75 s: backoff from
     // 250 ms, doubling) and does not give up.

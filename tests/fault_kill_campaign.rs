@@ -228,7 +228,6 @@ fn model_bundle(lab: &Lab, version: &str) -> PathBuf {
     out
 }
 
-
 /// `spark-fleet push` in the background (the kill may land while it runs).
 fn spawn_push(broker: &Mosquitto, bundle: &Path) -> Child {
     Command::new(common::fleet::fleet_bin())

@@ -9,7 +9,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use common::{Broker, Consumer, wait_for};
-use spark_edge::model::sha256_hex;
+use spark_edge::inference::model::sha256_hex;
 use spark_edge::update::{
     Bundle, Chunk, Phase, TRUSTED_TIME_FLOOR_UNIX, TrustedKeys, Updater, UpdaterOptions, topics, wall_clock_secs,
 };

@@ -23,7 +23,7 @@ fn manifest_with_hef(dir: &Path, hailort_version: &str) -> PathBuf {
         "[input]",
         &format!(
             "[hef]\nfile = \"centerface.hef\"\nsha256 = \"{}\"\nhailort_version = \"{hailort_version}\"\n\n[input]",
-            spark_edge::model::sha256_hex(&hef)
+            spark_edge::inference::model::sha256_hex(&hef)
         ),
     );
     let p = dir.join("centerface.toml");

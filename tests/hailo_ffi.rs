@@ -14,9 +14,11 @@ mod double;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use spark_edge::engine::hailo::{self, HailoEngine, HailoError, HailoFailure, HailoOptions, HailoStatus, HefSource};
-use spark_edge::engine::{Engine, EngineError, EngineKind};
-use spark_edge::vision::Tensor;
+use spark_edge::inference::engine::hailo::{
+    self, HailoEngine, HailoError, HailoFailure, HailoOptions, HailoStatus, HefSource,
+};
+use spark_edge::inference::engine::{Engine, EngineError, EngineKind};
+use spark_edge::inference::vision::Tensor;
 
 const SCENARIO_ENV: &str = "HAILO_FFI_SCENARIO";
 /// The double's switches: never inherited by a child unless a test sets them.

@@ -11,11 +11,11 @@
 
 use std::path::{Path, PathBuf};
 
-use spark_edge::detect::{DecodeError, Detection};
-use spark_edge::engine::onnx::OnnxEngine;
-use spark_edge::model::Model;
-use spark_edge::pipeline::{InferError, check_fit, infer_frame};
-use spark_edge::vision::Tensor;
+use spark_edge::inference::detect::{DecodeError, Detection};
+use spark_edge::inference::engine::onnx::OnnxEngine;
+use spark_edge::inference::model::Model;
+use spark_edge::inference::pipeline::{InferError, check_fit, infer_frame};
+use spark_edge::inference::vision::Tensor;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -26,8 +26,8 @@ use common::sparkctl_json as json;
 use common::tmux::Tmux;
 use common::*;
 use image::codecs::jpeg::JpegEncoder;
-use spark_edge::audio::SILERO_VAD_SHA256;
 use spark_edge::control::protocol::{self, MicLevelReport, Request, Response};
+use spark_edge::sources::audio::SILERO_VAD_SHA256;
 
 /// The model's input size from the demo manifest.
 fn model_input_size() -> (u32, u32) {

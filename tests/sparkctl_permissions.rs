@@ -82,7 +82,6 @@ fn is_root() -> bool {
     std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false)
 }
 
-
 /// Every mutating request as `sparkctl` arguments, with `bundle` for `update apply`.
 fn admin_requests(bundle: &Path) -> [Vec<String>; 3] {
     [

@@ -383,7 +383,6 @@ fn fleet_of_twenty_devices_receives_a_group_push_and_watch_shows_every_device_ac
     }
 }
 
-
 fn update_status(socket: &Path) -> serde_json::Value {
     let (code, out, err) = sparkctl(socket, &["update", "status", "--json"]);
     assert_eq!(code, 0, "{err}");

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
-use spark_edge::model::sha256_hex;
+use spark_edge::inference::model::sha256_hex;
 use spark_edge::update::{
     ArtifactSpec, CRASH_ENV, Kind, Phase, Rejection, TRUSTED_TIME_FLOOR_UNIX, Targets, TrustedKey, TrustedKeys,
     UpdateError, UpdateManifest, UpdateRecord, Updater, UpdaterOptions, Version, chunk_artifact, sign_envelope,

@@ -16,7 +16,7 @@ use spark_edge::config::{BrokerUrl, Config};
 use spark_edge::control::server::redacted_config;
 use spark_edge::daemon::Paths;
 use spark_edge::record::Stream;
-use spark_edge::tls::TlsSettings;
+use spark_edge::uplink::tls::TlsSettings;
 use spark_edge::config::changed_keys;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,10 +1,10 @@
-//! Model manifests (src/model.rs): `Model::load` on a `model.toml` written
+//! Model manifests (src/inference/model.rs): `Model::load` on a `model.toml` written
 //! to tmpfs (it only loads from a path), its checks, and the file reads
 //! it leads to (sha256 checks of files named by the manifest).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use spark_edge::model::Model;
+use spark_edge::inference::model::Model;
 use spark_edge_fuzz::scratch;
 
 fuzz_target!(|data: &[u8]| {

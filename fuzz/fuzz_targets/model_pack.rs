@@ -1,10 +1,10 @@
 //! Model packs (src/update/pack.rs): `parse_pack`, the `unpack` the update
 //! agent runs on a verified model artifact (into tmpfs), and the model
-//! manifest inside it loaded the way the agent loads it (src/model.rs).
+//! manifest inside it loaded the way the agent loads it (src/inference/model.rs).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use spark_edge::model::Model;
+use spark_edge::inference::model::Model;
 use spark_edge::update::pack::{MODEL_MANIFEST, parse_pack, unpack, write_pack};
 use spark_edge_fuzz::scratch;
 

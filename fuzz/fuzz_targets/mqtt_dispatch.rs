@@ -1,6 +1,6 @@
 //! Inbound MQTT on the update topics, as the device handles it: the
 //! uplink forwards publishes whose topic ends in `/update/manifest` or
-//! `/update/chunk` (src/uplink.rs `forward_update`), the update agent
+//! `/update/chunk` (src/uplink/mod.rs `forward_update`), the update agent
 //! dispatches them by that suffix (src/update/agent.rs `Agent::run`) to
 //! `Updater::receive_manifest` or a `Chunk` decode plus
 //! `Updater::receive_chunk`. Those two functions are private, so the

@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 use ed25519_dalek::SigningKey;
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use spark_edge::config::{BrokerUrl, is_topic_segment};
-use spark_edge::model::sha256_hex;
+use spark_edge::inference::model::sha256_hex;
 use spark_edge::update::{
     ArtifactSpec, Bundle, CHUNK_MAX_BYTES, Canary, Kind, StateReport, Targets, TrustedKeys, UpdateManifest, Version,
     check_plain_name, chunk_artifact, decode_key, open_envelope, sign_envelope, topics, wall_clock_secs,

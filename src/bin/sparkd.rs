@@ -79,7 +79,7 @@ fn main() -> ExitCode {
                     }
                 },
             };
-            spark_edge::logging::init(&config.log.level);
+            spark_edge::sys::logging::init(&config.log.level);
             // The packaged binary launches the right one; a slot binary
             // (started by it) does not launch again.
             if std::env::var_os(binary::SLOT_ENV).is_none() {

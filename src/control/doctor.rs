@@ -12,7 +12,7 @@ use std::sync::Mutex;
 
 use super::protocol::{Check, StatusReport};
 use crate::config::{BrokerUrl, CameraSource, Config};
-use crate::model::Model;
+use crate::inference::model::Model;
 
 /// The Hailo-8's device node, created by the `hailo_pci` driver.
 pub const HAILO_DEVICE: &str = "/dev/hailo0";
@@ -258,13 +258,13 @@ pub fn camera(config: &Config) -> Check {
     const NAME: &str = "camera";
     match config.camera.source {
         CameraSource::None => Check::pass(NAME, "no camera configured (camera.source = none)"),
-        CameraSource::Replay => match crate::source::replay::list_images(&config.camera.replay_dir) {
+        CameraSource::Replay => match crate::sources::camera::replay::list_images(&config.camera.replay_dir) {
             Ok(files) => {
                 Check::pass(NAME, format!("replay of {} images in {}", files.len(), config.camera.replay_dir.display()))
             }
             Err(e) => Check::fail(NAME, chain(&e), "check camera.replay_dir in the config"),
         },
-        CameraSource::MjpegFile => match crate::source::mjpeg_file::probe(&config.camera.mjpeg_file) {
+        CameraSource::MjpegFile => match crate::sources::camera::mjpeg_file::probe(&config.camera.mjpeg_file) {
             Ok(n) => Check::pass(NAME, format!("replay of {n} MJPEG frames in {}", config.camera.mjpeg_file.display())),
             Err(e) => Check::fail(NAME, chain(&e), "check camera.mjpeg_file in the config"),
         },

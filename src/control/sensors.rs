@@ -1,9 +1,9 @@
 //! Sensor requests of the control socket: `camera list`, `camera snapshot`
 //! and `mic level`.
 //!
-//! Owns turning the V4L2 inventory ([`crate::source::v4l::inventory`]), the
-//! model-input tap ([`crate::snapshot`]) and the microphone level history
-//! ([`crate::audio::level`]) into protocol reports. The daemon, not the CLI,
+//! Owns turning the V4L2 inventory ([`crate::sources::camera::v4l::inventory`]), the
+//! model-input tap ([`crate::inference::snapshot`]) and the microphone level history
+//! ([`crate::sources::audio::level`]) into protocol reports. The daemon, not the CLI,
 //! enumerates the cameras: it answers with the rights and the device
 //! sandbox it really captures with (group `video`, `DeviceAllow=`), and
 //! knows which node it streams from (docs/sensors.md).
@@ -19,9 +19,9 @@ use super::protocol::{
     MicLevelReport, Response, SizeRange, SnapshotReport,
 };
 use super::server::{ControlContext, Limits, heavy};
-use crate::audio::level::WINDOW_MS;
 use crate::config::{CameraConfig, CameraSource};
-use crate::source::v4l::{self, DeviceInfo, SizeInfo};
+use crate::sources::audio::level::WINDOW_MS;
+use crate::sources::camera::v4l::{self, DeviceInfo, SizeInfo};
 
 /// Where the device nodes are.
 pub const DEV_DIR: &str = "/dev";
@@ -180,7 +180,7 @@ pub(super) fn mic_level(ctx: &ControlContext, from_seq: Option<u64>) -> Response
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::v4l::FormatInfo;
+    use crate::sources::camera::v4l::FormatInfo;
 
     fn node(path: &str) -> DeviceInfo {
         DeviceInfo {

@@ -46,10 +46,10 @@ use super::protocol::{
     ResponseFrame, SensorReport, StatusReport, StreamQueue,
 };
 use crate::config::Config;
+use crate::inference::pipeline::InferJob;
 use crate::outbox::Outbox;
-use crate::pipeline::InferJob;
 use crate::record::now_ms;
-use crate::source::FrameQueue;
+use crate::sources::camera::FrameQueue;
 use crate::state::Shared;
 
 /// Connections served at once.

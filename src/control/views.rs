@@ -3,7 +3,7 @@
 //! [`super::protocol`] do not.
 
 use super::protocol::{EngineName, EngineView, LinkView};
-use crate::engine::EngineKind;
+use crate::inference::engine::EngineKind;
 use crate::state::{EngineState, LinkState};
 
 pub fn engine_name(k: EngineKind) -> EngineName {

@@ -238,7 +238,7 @@ fn map_size_for(max_bytes: u64) -> usize {
 impl Outbox {
     pub fn open(dir: &Path, opts: OutboxOptions) -> Result<Self, OutboxError> {
         let create_err = |source| OutboxError::CreateDir { path: dir.to_path_buf(), source };
-        crate::durable::create_dir_all_synced(dir).map_err(create_err)?;
+        crate::sys::durable::create_dir_all_synced(dir).map_err(create_err)?;
         let open_err = |source| OutboxError::Open { path: dir.to_path_buf(), source };
         // SAFETY: the environment is opened once per process per directory
         // (the daemon holds the only handle), and default durable flags are
@@ -255,7 +255,7 @@ impl Outbox {
         .map_err(open_err)?;
         // LMDB syncs its files, never their names: sync the directory once
         // so a power cut cannot forget `data.mdb` itself.
-        crate::durable::fsync_dir(dir).map_err(create_err)?;
+        crate::sys::durable::fsync_dir(dir).map_err(create_err)?;
         // Readers left by a process killed mid-read would pin old pages.
         env.clear_stale_readers().map_err(open_err)?;
         let wtxn = env.write_txn().map_err(open_err)?;

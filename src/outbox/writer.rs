@@ -198,7 +198,7 @@ fn run(
 ) {
     let mut batch: Vec<Request> = Vec::with_capacity(batch_max);
     let mut ops: Vec<Op> = Vec::with_capacity(batch_max);
-    let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+    let mut backoff = crate::sys::backoff::Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
     let mut last_expire = std::time::Instant::now();
     let mut last_commit = std::time::Instant::now();
     loop {

@@ -75,7 +75,7 @@ pub fn read(state_dir: &Path) -> Result<Option<ConfigTrial>, UpdateError> {
 
 fn write(state_dir: &Path, trial: &ConfigTrial) -> Result<(), UpdateError> {
     let dir = config_dir(state_dir);
-    crate::durable::create_dir_all_synced(&dir).map_err(UpdateError::io("creating", &dir))?;
+    crate::sys::durable::create_dir_all_synced(&dir).map_err(UpdateError::io("creating", &dir))?;
     // Atomic and durable, the folder synced too (write_atomic).
     write_json(&trial_path(state_dir), trial)
 }

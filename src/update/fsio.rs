@@ -35,7 +35,7 @@ pub(crate) fn crash_point(name: &str) {
 #[inline(always)]
 pub(crate) fn crash_point(_name: &str) {}
 
-pub(crate) use crate::durable::fsync_dir;
+pub(crate) use crate::sys::durable::fsync_dir;
 
 fn tmp_sibling(path: &Path) -> std::path::PathBuf {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();

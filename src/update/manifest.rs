@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::clock::TrustedNow;
 use super::{Rejection, UpdateError};
-use crate::model::sha256_hex;
+use crate::inference::model::sha256_hex;
 
 /// What an update replaces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -239,7 +239,7 @@ impl TrustedKeys {
     /// Reads the keys file; a relative path is looked up in
     /// `$CREDENTIALS_DIRECTORY` first (like every credential of sparkd).
     pub fn load(path: &Path) -> Result<Self, UpdateError> {
-        let text = crate::credentials::read_secret(path).map_err(UpdateError::ReadKeys)?;
+        let text = crate::sys::credentials::read_secret(path).map_err(UpdateError::ReadKeys)?;
         Self::parse(&text).map_err(|message| UpdateError::Keys { path: path.to_path_buf(), message })
     }
 

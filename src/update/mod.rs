@@ -122,7 +122,7 @@ pub enum UpdateError {
         source: std::io::Error,
     },
     #[error("reading the trusted update keys (update.trusted_keys_file)")]
-    ReadKeys(#[source] crate::credentials::CredentialError),
+    ReadKeys(#[source] crate::sys::credentials::CredentialError),
     #[error("the trusted update keys {path}: {message}")]
     Keys { path: PathBuf, message: String },
     #[error("no update {update_id} is known here")]

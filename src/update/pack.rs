@@ -107,9 +107,9 @@ pub fn unpack(pack: &[u8], dest: &Path) -> Result<(), PackError> {
     // after the rename leaves `dest` empty (a model `current` names a pack
     // with no model.toml, so the device silently runs the configured model
     // while its store says the new one is active).
-    crate::durable::fsync_dir(&tmp).map_err(io(&tmp))?;
+    crate::sys::durable::fsync_dir(&tmp).map_err(io(&tmp))?;
     fs::rename(&tmp, dest).map_err(io(dest))?;
-    crate::durable::fsync_dir(parent).map_err(io(parent))?;
+    crate::sys::durable::fsync_dir(parent).map_err(io(parent))?;
     Ok(())
 }
 

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::manifest::{Kind, update_id_of};
 use super::store::Phase;
-use crate::model::sha256_hex;
+use crate::inference::model::sha256_hex;
 
 /// Default (and largest accepted) size of one chunk's data.
 pub const CHUNK_MAX_BYTES: usize = 256 * 1024;

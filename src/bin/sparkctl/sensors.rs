@@ -64,7 +64,7 @@ pub fn mic(socket: &Path, action: MicAction, out: &Out) -> ExitCode {
 
 fn camera_list(socket: &Path, local: bool, out: &Out) -> ExitCode {
     let (report, seen_by) = if local {
-        let found = spark_edge::source::v4l::inventory(Path::new(spark_edge::control::sensors::DEV_DIR));
+        let found = spark_edge::sources::camera::v4l::inventory(Path::new(spark_edge::control::sensors::DEV_DIR));
         // No daemon asked: nothing is "in use", whatever the config says.
         let camera =
             spark_edge::config::CameraConfig { source: spark_edge::config::CameraSource::None, ..Default::default() };
@@ -361,7 +361,7 @@ impl Summary {
             return None;
         }
         let power = w.iter().map(|s| 10f64.powf(s.rms_dbfs as f64 / 10.0)).sum::<f64>() / w.len() as f64;
-        let rms_dbfs = ((10.0 * power.log10()) as f32).max(spark_edge::audio::level::FLOOR_DBFS);
+        let rms_dbfs = ((10.0 * power.log10()) as f32).max(spark_edge::sources::audio::level::FLOOR_DBFS);
         let peak_dbfs = w.iter().map(|s| s.peak_dbfs).fold(f32::MIN, f32::max);
         Some(Self { rms_dbfs, peak_dbfs })
     }

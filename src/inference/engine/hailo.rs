@@ -1,0 +1,1166 @@
+//! Hailo-8 engine: the safe wrapper over `hailo-sys`.
+//!
+//! Owns every HailoRT handle spark-edge creates (vdevice, HEF, the configured
+//! network group, input and output vstreams) and their release order; the
+//! NCHW to NHWC transposes at the boundary; and turning `hailo_status` codes
+//! into [`HailoError`]s that say what failed and whether the device is gone
+//! ([`HailoError::failure`]). It does not decide between Hailo and the CPU:
+//! the daemon does, from that classification.
+//!
+//! **Architecture Invariant:** this module and the `hailo-sys` crate are the
+//! only places with `unsafe`. Every HailoRT handle is owned by exactly one
+//! guard whose `Drop` releases it; guards hold an `Arc` of the loaded library,
+//! so the library outlives every handle.
+//!
+//! Data path per frame (synchronous vstream API, scheduler on):
+//! our NCHW `f32` tensor, transposed to NHWC, goes to
+//! `hailo_vstream_write_raw_buffer`; HailoRT quantises it (user format
+//! FLOAT32), runs the network and de-quantises each output, read with
+//! `hailo_vstream_read_raw_buffer` and transposed back to NCHW `[1, C, H, W]`.
+//! Outputs come in the HEF's sorted output order
+//! (`hailo_hef_get_sorted_output_names`, which for a network compiled from
+//! ONNX follows the ONNX model's output order), not the alphabetical order in
+//! which HailoRT hands out vstream params. Output names are HailoRT vstream
+//! names (`<network group>/<layer>`), not ONNX names.
+
+#![allow(unsafe_code)]
+
+use std::ffi::{CString, c_char};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use hailo_sys as sys;
+
+use super::{Engine, EngineError, EngineKind, Output};
+use crate::inference::vision::Tensor;
+
+/// HailoRT arrays are sized for this many streams per network group.
+const MAX_STREAMS: usize = sys::HAILO_MAX_STREAMS_COUNT as usize;
+/// The most devices a scan reports here (a Pi 5 has one PCIe slot).
+const MAX_DEVICES: usize = 16;
+
+// ---- status codes ---------------------------------------------------------
+
+/// A `hailo_status` value, printed with its HailoRT name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HailoStatus(pub u32);
+
+impl HailoStatus {
+    pub const SUCCESS: Self = Self(0);
+    pub const TIMEOUT: Self = Self(4);
+    pub const INVALID_HEF: Self = Self(26);
+    pub const DRIVER_OPERATION_FAILED: Self = Self(36);
+    pub const DEVICE_IN_USE: Self = Self(73);
+    pub const OUT_OF_PHYSICAL_DEVICES: Self = Self(74);
+    pub const INVALID_DRIVER_VERSION: Self = Self(76);
+    pub const DRIVER_TIMEOUT: Self = Self(87);
+
+    /// HailoRT's name for the code (as in `hailort.h`).
+    pub fn name(self) -> &'static str {
+        match self.0 {
+            0 => "HAILO_SUCCESS",
+            1 => "HAILO_UNINITIALIZED",
+            2 => "HAILO_INVALID_ARGUMENT",
+            3 => "HAILO_OUT_OF_HOST_MEMORY",
+            4 => "HAILO_TIMEOUT",
+            5 => "HAILO_INSUFFICIENT_BUFFER",
+            6 => "HAILO_INVALID_OPERATION",
+            7 => "HAILO_NOT_IMPLEMENTED",
+            8 => "HAILO_INTERNAL_FAILURE",
+            9 => "HAILO_DATA_ALIGNMENT_FAILURE",
+            10 => "HAILO_CHUNK_TOO_LARGE",
+            11 => "HAILO_INVALID_LOGGER_LEVEL",
+            12 => "HAILO_CLOSE_FAILURE",
+            13 => "HAILO_OPEN_FILE_FAILURE",
+            14 => "HAILO_FILE_OPERATION_FAILURE",
+            15 => "HAILO_UNSUPPORTED_CONTROL_PROTOCOL_VERSION",
+            16 => "HAILO_UNSUPPORTED_FW_VERSION",
+            17 => "HAILO_INVALID_CONTROL_RESPONSE",
+            18 => "HAILO_FW_CONTROL_FAILURE",
+            19 => "HAILO_ETH_FAILURE",
+            20 => "HAILO_ETH_INTERFACE_NOT_FOUND",
+            21 => "HAILO_ETH_RECV_FAILURE",
+            22 => "HAILO_ETH_SEND_FAILURE",
+            23 => "HAILO_INVALID_FIRMWARE",
+            24 => "HAILO_INVALID_CONTEXT_COUNT",
+            25 => "HAILO_INVALID_FRAME",
+            26 => "HAILO_INVALID_HEF",
+            27 => "HAILO_PCIE_NOT_SUPPORTED_ON_PLATFORM",
+            28 => "HAILO_INTERRUPTED_BY_SIGNAL",
+            29 => "HAILO_START_VDMA_CHANNEL_FAIL",
+            30 => "HAILO_SYNC_VDMA_BUFFER_FAIL",
+            31 => "HAILO_STOP_VDMA_CHANNEL_FAIL",
+            32 => "HAILO_CLOSE_VDMA_CHANNEL_FAIL",
+            33 => "HAILO_ATR_TABLES_CONF_VALIDATION_FAIL",
+            34 => "HAILO_EVENT_CREATE_FAIL",
+            35 => "HAILO_READ_EVENT_FAIL",
+            36 => "HAILO_DRIVER_OPERATION_FAILED",
+            37 => "HAILO_INVALID_FIRMWARE_MAGIC",
+            38 => "HAILO_INVALID_FIRMWARE_CODE_SIZE",
+            39 => "HAILO_INVALID_KEY_CERTIFICATE_SIZE",
+            40 => "HAILO_INVALID_CONTENT_CERTIFICATE_SIZE",
+            41 => "HAILO_MISMATCHING_FIRMWARE_BUFFER_SIZES",
+            42 => "HAILO_INVALID_FIRMWARE_CPU_ID",
+            43 => "HAILO_CONTROL_RESPONSE_MD5_MISMATCH",
+            44 => "HAILO_GET_CONTROL_RESPONSE_FAIL",
+            45 => "HAILO_GET_D2H_EVENT_MESSAGE_FAIL",
+            46 => "HAILO_MUTEX_INIT_FAIL",
+            47 => "HAILO_OUT_OF_DESCRIPTORS",
+            48 => "HAILO_UNSUPPORTED_OPCODE",
+            49 => "HAILO_USER_MODE_RATE_LIMITER_NOT_SUPPORTED",
+            50 => "HAILO_RATE_LIMIT_MAXIMUM_BANDWIDTH_EXCEEDED",
+            51 => "HAILO_ANSI_TO_UTF16_CONVERSION_FAILED",
+            52 => "HAILO_UTF16_TO_ANSI_CONVERSION_FAILED",
+            53 => "HAILO_UNEXPECTED_INTERFACE_INFO_FAILURE",
+            54 => "HAILO_UNEXPECTED_ARP_TABLE_FAILURE",
+            55 => "HAILO_MAC_ADDRESS_NOT_FOUND",
+            56 => "HAILO_NO_IPV4_INTERFACES_FOUND",
+            57 => "HAILO_SHUTDOWN_EVENT_SIGNALED",
+            58 => "HAILO_THREAD_ALREADY_ACTIVATED",
+            59 => "HAILO_THREAD_NOT_ACTIVATED",
+            60 => "HAILO_THREAD_NOT_JOINABLE",
+            61 => "HAILO_NOT_FOUND",
+            62 => "HAILO_COMMUNICATION_CLOSED",
+            63 => "HAILO_STREAM_ABORT",
+            64 => "HAILO_DRIVER_NOT_INSTALLED",
+            65 => "HAILO_NOT_AVAILABLE",
+            66 => "HAILO_TRAFFIC_CONTROL_FAILURE",
+            67 => "HAILO_INVALID_SECOND_STAGE",
+            68 => "HAILO_INVALID_PIPELINE",
+            69 => "HAILO_NETWORK_GROUP_NOT_ACTIVATED",
+            70 => "HAILO_VSTREAM_PIPELINE_NOT_ACTIVATED",
+            71 => "HAILO_OUT_OF_FW_MEMORY",
+            72 => "HAILO_STREAM_NOT_ACTIVATED",
+            73 => "HAILO_DEVICE_IN_USE",
+            74 => "HAILO_OUT_OF_PHYSICAL_DEVICES",
+            75 => "HAILO_INVALID_DEVICE_ARCHITECTURE",
+            76 => "HAILO_INVALID_DRIVER_VERSION",
+            77 => "HAILO_RPC_FAILED",
+            78 => "HAILO_INVALID_SERVICE_VERSION",
+            79 => "HAILO_NOT_SUPPORTED",
+            80 => "HAILO_NMS_BURST_INVALID_DATA",
+            81 => "HAILO_OUT_OF_HOST_CMA_MEMORY",
+            82 => "HAILO_QUEUE_IS_FULL",
+            83 => "HAILO_DMA_MAPPING_ALREADY_EXISTS",
+            84 => "HAILO_CANT_MEET_BUFFER_REQUIREMENTS",
+            85 => "HAILO_DRIVER_INVALID_RESPONSE",
+            86 => "HAILO_DRIVER_INVALID_IOCTL",
+            87 => "HAILO_DRIVER_TIMEOUT",
+            88 => "HAILO_DRIVER_INTERRUPTED",
+            89 => "HAILO_CONNECTION_REFUSED",
+            90 => "HAILO_DRIVER_WAIT_CANCELED",
+            91 => "HAILO_HEF_FILE_CORRUPTED",
+            92 => "HAILO_HEF_NOT_SUPPORTED",
+            93 => "HAILO_HEF_NOT_COMPATIBLE_WITH_DEVICE",
+            94 => "HAILO_INVALID_HEF_USE",
+            95 => "HAILO_OPERATION_ABORTED",
+            96 => "HAILO_DEVICE_NOT_CONNECTED",
+            97 => "HAILO_DEVICE_TEMPORARILY_UNAVAILABLE",
+            _ => "HAILO_UNKNOWN_STATUS",
+        }
+    }
+
+    /// What a failure with this status means for the engine that saw it.
+    pub fn failure(self) -> HailoFailure {
+        match self.0 {
+            // The frame failed; the engine resynchronises and carries on.
+            4 | 28 | 63 | 82 | 95 => HailoFailure::Transient,
+            // The device, its driver or the HailoRT service went away or is
+            // held by someone else: drop the engine, fall back, reopen later.
+            36 | 62 | 64 | 65 | 73 | 74 | 77 | 87 | 88 | 89 | 90 | 96 | 97 => HailoFailure::DeviceLost,
+            // Wrong versions, bad HEF, invalid use, anything unknown: retrying
+            // the same thing will fail the same way until someone acts.
+            _ => HailoFailure::Permanent,
+        }
+    }
+}
+
+impl fmt::Display for HailoStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.name(), self.0)
+    }
+}
+
+/// How bad a failure is, for the daemon's fallback decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HailoFailure {
+    /// This frame failed (e.g. `HAILO_TIMEOUT`); the engine is still usable.
+    Transient,
+    /// The device, driver or service is gone or busy: drop the engine, run on
+    /// the CPU, and try [`HailoEngine::open`] again later.
+    DeviceLost,
+    /// Configuration or version problem (library/driver mismatch, bad HEF,
+    /// model shape): reopening will fail the same way.
+    Permanent,
+}
+
+impl HailoFailure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HailoFailure::Transient => "transient",
+            HailoFailure::DeviceLost => "device-lost",
+            HailoFailure::Permanent => "permanent",
+        }
+    }
+}
+
+impl fmt::Display for HailoFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+// ---- errors -------------------------------------------------------------------
+
+#[derive(Debug, thiserror::Error)]
+pub enum HailoError {
+    #[error(transparent)]
+    Load(#[from] sys::LoadError),
+    #[error("{call} failed with {status}{}", .message.as_deref().map(|m| format!(": {m}")).unwrap_or_default())]
+    Status { call: &'static str, status: HailoStatus, message: Option<String> },
+    #[error(
+        "no Hailo device found (hailo_scan_devices reported none): check that /dev/hailo0 exists and the \
+         hailo_pci driver is loaded (driver version: {})",
+        .driver.as_deref().unwrap_or("not loaded")
+    )]
+    NoDevice { driver: Option<String> },
+    #[error("HEF path {0} contains a NUL byte")]
+    HefPath(PathBuf),
+    #[error("the HEF does not fit this engine: {0}")]
+    UnsupportedModel(String),
+    #[error("input tensor shape {got:?} does not match the HEF input (NCHW {expected:?})")]
+    InputShape { got: Vec<usize>, expected: [usize; 4] },
+    #[error("the engine is unusable: clearing its vstreams after an earlier failure failed ({cause})")]
+    Poisoned { cause: String, failure: HailoFailure },
+    #[error("the model manifest names no HEF")]
+    NoHef,
+    #[error("the model's HEF")]
+    HefFile(#[source] crate::inference::model::ModelError),
+    #[error("the HEF was compiled for HailoRT {want}, this device has {have}")]
+    HailoRtVersion { want: String, have: String },
+    /// A failure made up by a test double of the engine.
+    #[cfg(test)]
+    #[error("test failure ({0})")]
+    Test(HailoFailure),
+}
+
+impl HailoError {
+    /// The HailoRT status behind this error, if there is one.
+    pub fn status(&self) -> Option<HailoStatus> {
+        match self {
+            HailoError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    pub fn failure(&self) -> HailoFailure {
+        match self {
+            HailoError::Status { status, .. } => status.failure(),
+            HailoError::NoDevice { .. } => HailoFailure::DeviceLost,
+            HailoError::Poisoned { failure, .. } => match failure {
+                HailoFailure::Transient => HailoFailure::DeviceLost,
+                other => *other,
+            },
+            HailoError::Load(_)
+            | HailoError::HefPath(_)
+            | HailoError::UnsupportedModel(_)
+            | HailoError::InputShape { .. }
+            | HailoError::NoHef
+            | HailoError::HefFile(_)
+            | HailoError::HailoRtVersion { .. } => HailoFailure::Permanent,
+            #[cfg(test)]
+            HailoError::Test(f) => *f,
+        }
+    }
+
+    /// `HAILO_TIMEOUT`: the frame took longer than the vstream timeout.
+    pub fn is_timeout(&self) -> bool {
+        self.status() == Some(HailoStatus::TIMEOUT)
+    }
+
+    /// The device, driver or service went away (or is held elsewhere).
+    pub fn is_device_lost(&self) -> bool {
+        self.failure() == HailoFailure::DeviceLost
+    }
+
+    /// The engine that returned this cannot be used again: drop it.
+    /// (An [`HailoError::InputShape`] is the caller's mistake and leaves the
+    /// engine usable, but is still reported as permanent.)
+    pub fn is_fatal(&self) -> bool {
+        self.failure() != HailoFailure::Transient
+    }
+}
+
+fn check(lib: &sys::HailoRt, call: &'static str, status: sys::hailo_status) -> Result<(), HailoError> {
+    if status == 0 {
+        return Ok(());
+    }
+    let status = HailoStatus(status);
+    Err(HailoError::Status { call, status, message: sys::status_message(lib, status.0) })
+}
+
+// ---- options and results --------------------------------------------------------
+
+/// Where the compiled network comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum HefSource<'a> {
+    File(&'a Path),
+    Bytes(&'a [u8]),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HailoOptions {
+    /// Create the vdevice inside the HailoRT service (`hailort.service`), so
+    /// other processes can share the device. Off: this process takes it
+    /// exclusively and others get `HAILO_DEVICE_IN_USE`.
+    pub multi_process_service: bool,
+    /// Longest wait for one vstream write or read, in milliseconds (the
+    /// vstream params' `timeout_ms`; HailoRT's own default is 10 000).
+    pub timeout_ms: u32,
+    /// Frames each vstream may queue; `None` keeps HailoRT's default (2).
+    pub queue_size: Option<u32>,
+}
+
+impl Default for HailoOptions {
+    fn default() -> Self {
+        Self { multi_process_service: false, timeout_ms: 2_000, queue_size: None }
+    }
+}
+
+/// Chip temperature from the two on-die sensors.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ChipTemperature {
+    pub ts0_celsius: f32,
+    pub ts1_celsius: f32,
+}
+
+impl ChipTemperature {
+    pub fn max_celsius(&self) -> f32 {
+        self.ts0_celsius.max(self.ts1_celsius)
+    }
+}
+
+/// What `hailo_identify` reports about the chip.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceIdentity {
+    pub firmware_version: String,
+    pub protocol_version: u32,
+    /// `HAILO8`, `HAILO8L`, ... (HailoRT's architecture name without `HAILO_ARCH_`).
+    pub architecture: String,
+    pub board_name: String,
+    pub serial_number: String,
+    pub part_number: String,
+    pub product_name: String,
+}
+
+/// Everything `sparkctl engine` / doctor shows about the Hailo path.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HailoInfo {
+    pub library_path: PathBuf,
+    pub library_version: sys::LibraryVersion,
+    /// Which header the bindings were generated from.
+    pub bindings: &'static str,
+    /// `/sys/module/hailo_pci/version`, when the driver is loaded.
+    pub driver_version: Option<String>,
+    /// Device ids from `hailo_scan_devices` (PCIe BDF).
+    pub devices: Vec<String>,
+    pub identity: Option<DeviceIdentity>,
+    pub temperature: Option<ChipTemperature>,
+    /// Why identity or temperature are missing although a device was found
+    /// (typically `HAILO_DEVICE_IN_USE` while sparkd holds the device).
+    pub health_error: Option<String>,
+}
+
+impl HailoInfo {
+    /// HailoRT refuses a driver of another version than the library.
+    /// `None` when the driver is not loaded.
+    pub fn driver_matches_library(&self) -> Option<bool> {
+        self.driver_version.as_deref().map(|d| d == self.library_version.to_string())
+    }
+}
+
+// ---- handle guards ---------------------------------------------------------------
+//
+// Each guard owns one kind of handle and releases it in Drop. Release
+// failures cannot be acted on during drop; they are logged.
+
+struct VDevice {
+    lib: Arc<sys::HailoRt>,
+    raw: sys::hailo_vdevice,
+}
+
+impl VDevice {
+    fn create(lib: &Arc<sys::HailoRt>, multi_process_service: bool) -> Result<Self, HailoError> {
+        let mut params = sys::hailo_vdevice_params_t::default();
+        // SAFETY: `params` is a valid, writable hailo_vdevice_params_t.
+        check(lib, "hailo_init_vdevice_params", unsafe { lib.hailo_init_vdevice_params(&mut params) })?;
+        params.scheduling_algorithm = sys::HAILO_SCHEDULING_ALGORITHM_ROUND_ROBIN;
+        params.multi_process_service = multi_process_service;
+        let mut raw: sys::hailo_vdevice = std::ptr::null_mut();
+        // SAFETY: `params` was filled by hailo_init_vdevice_params (its
+        // group_id points at a static string of the library) and `raw` is a
+        // valid out-pointer.
+        check(lib, "hailo_create_vdevice", unsafe { lib.hailo_create_vdevice(&mut params, &mut raw) })?;
+        Ok(Self { lib: Arc::clone(lib), raw })
+    }
+
+    /// The physical devices behind the vdevice; they belong to it.
+    fn first_physical_device(&self) -> Result<sys::hailo_device, HailoError> {
+        let mut devices: [sys::hailo_device; MAX_DEVICES] = [std::ptr::null_mut(); MAX_DEVICES];
+        let mut n = devices.len();
+        // SAFETY: `devices` has room for `n` handles and `n` is a valid
+        // in/out count; `self.raw` is a live vdevice.
+        check(&self.lib, "hailo_get_physical_devices", unsafe {
+            self.lib.hailo_get_physical_devices(self.raw, devices.as_mut_ptr(), &mut n)
+        })?;
+        match devices.get(..n.min(MAX_DEVICES)).and_then(|d| d.first()) {
+            Some(d) if !d.is_null() => Ok(*d),
+            _ => Err(HailoError::NoDevice { driver: sys::driver_version() }),
+        }
+    }
+}
+
+impl Drop for VDevice {
+    fn drop(&mut self) {
+        // SAFETY: `raw` came from hailo_create_vdevice and is released exactly
+        // once, here. Owners drop every vstream of its network groups first
+        // (field order in HailoEngine), and the network groups die with it.
+        let status = unsafe { self.lib.hailo_release_vdevice(self.raw) };
+        if status != 0 {
+            tracing::warn!(status = %HailoStatus(status), "hailo_release_vdevice failed");
+        }
+    }
+}
+
+struct Hef {
+    lib: Arc<sys::HailoRt>,
+    raw: sys::hailo_hef,
+}
+
+impl Hef {
+    fn open(lib: &Arc<sys::HailoRt>, source: HefSource<'_>) -> Result<Self, HailoError> {
+        let mut raw: sys::hailo_hef = std::ptr::null_mut();
+        match source {
+            HefSource::File(path) => {
+                use std::os::unix::ffi::OsStrExt;
+                let c =
+                    CString::new(path.as_os_str().as_bytes()).map_err(|_| HailoError::HefPath(path.to_path_buf()))?;
+                // SAFETY: `c` is a NUL-terminated path that outlives the call;
+                // `raw` is a valid out-pointer.
+                check(lib, "hailo_create_hef_file", unsafe { lib.hailo_create_hef_file(&mut raw, c.as_ptr()) })?;
+            }
+            HefSource::Bytes(bytes) => {
+                // SAFETY: the pointer and length describe `bytes`, which
+                // outlives the call (HailoRT copies what it keeps).
+                check(lib, "hailo_create_hef_buffer", unsafe {
+                    lib.hailo_create_hef_buffer(&mut raw, bytes.as_ptr().cast(), bytes.len())
+                })?;
+            }
+        }
+        Ok(Self { lib: Arc::clone(lib), raw })
+    }
+
+    /// Output vstream names in the HEF's order, or `None` if the library
+    /// cannot say (then the params order is used).
+    fn sorted_output_names(&self) -> Option<Vec<String>> {
+        let mut names = vec![sys::hailo_layer_name_t::default(); MAX_STREAMS];
+        let mut n = names.len();
+        // SAFETY: `names` has room for `n` entries; a NULL network group name
+        // means the HEF's first network group.
+        let status = unsafe {
+            self.lib.hailo_hef_get_sorted_output_names(self.raw, std::ptr::null(), names.as_mut_ptr(), &mut n)
+        };
+        (status == 0).then(|| names.iter().take(n.min(MAX_STREAMS)).map(|l| c_chars(&l.name)).collect())
+    }
+}
+
+impl Drop for Hef {
+    fn drop(&mut self) {
+        // SAFETY: `raw` came from hailo_create_hef_* and is released once.
+        let status = unsafe { self.lib.hailo_release_hef(self.raw) };
+        if status != 0 {
+            tracing::warn!(status = %HailoStatus(status), "hailo_release_hef failed");
+        }
+    }
+}
+
+struct InputVstreams {
+    lib: Arc<sys::HailoRt>,
+    raw: Vec<sys::hailo_input_vstream>,
+}
+
+impl Drop for InputVstreams {
+    fn drop(&mut self) {
+        // SAFETY: the handles came from one hailo_create_input_vstreams call
+        // and are released once, before their vdevice.
+        let status = unsafe { self.lib.hailo_release_input_vstreams(self.raw.as_ptr(), self.raw.len()) };
+        if status != 0 {
+            tracing::warn!(status = %HailoStatus(status), "hailo_release_input_vstreams failed");
+        }
+    }
+}
+
+struct OutputVstreams {
+    lib: Arc<sys::HailoRt>,
+    raw: Vec<sys::hailo_output_vstream>,
+}
+
+impl Drop for OutputVstreams {
+    fn drop(&mut self) {
+        // SAFETY: the handles came from one hailo_create_output_vstreams call
+        // and are released once, before their vdevice.
+        let status = unsafe { self.lib.hailo_release_output_vstreams(self.raw.as_ptr(), self.raw.len()) };
+        if status != 0 {
+            tracing::warn!(status = %HailoStatus(status), "hailo_release_output_vstreams failed");
+        }
+    }
+}
+
+// ---- layouts ---------------------------------------------------------------------------
+
+/// How a vstream's host buffer is laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// `[H, W, C]`: transposed to/from our NCHW.
+    Nhwc,
+    /// `[C, H, W]`: copied as is.
+    Nchw,
+    /// `[C]` (fully connected outputs): shape `[1, C]`.
+    Nc,
+    /// `[H, W]` (argmax outputs): shape `[1, 1, H, W]`.
+    Nhw,
+}
+
+#[derive(Debug, Clone)]
+struct Port {
+    name: String,
+    layout: Layout,
+    height: usize,
+    width: usize,
+    channels: usize,
+    elements: usize,
+}
+
+impl Port {
+    fn shape(&self) -> Vec<usize> {
+        match self.layout {
+            Layout::Nhwc | Layout::Nchw => vec![1, self.channels, self.height, self.width],
+            Layout::Nc => vec![1, self.channels],
+            Layout::Nhw => vec![1, 1, self.height, self.width],
+        }
+    }
+
+    /// Checks what HailoRT reports for a vstream and builds its description.
+    fn describe(
+        info: &sys::hailo_vstream_info_t,
+        user: &sys::hailo_format_t,
+        frame_bytes: usize,
+    ) -> Result<Self, HailoError> {
+        let name = c_chars(&info.name);
+        if user.type_ != sys::HAILO_FORMAT_TYPE_FLOAT32 {
+            return Err(HailoError::UnsupportedModel(format!(
+                "vstream {name} has user format type {} (FLOAT32 expected)",
+                user.type_
+            )));
+        }
+        let layout = match user.order {
+            sys::HAILO_FORMAT_ORDER_NHWC | sys::HAILO_FORMAT_ORDER_AUTO => Layout::Nhwc,
+            sys::HAILO_FORMAT_ORDER_NCHW => Layout::Nchw,
+            sys::HAILO_FORMAT_ORDER_NC => Layout::Nc,
+            sys::HAILO_FORMAT_ORDER_NHW => Layout::Nhw,
+            other => {
+                return Err(HailoError::UnsupportedModel(format!(
+                    "vstream {name} has host format order {other} (NMS and YUV outputs are not supported; \
+                     compile the HEF without on-chip NMS)"
+                )));
+            }
+        };
+        // SAFETY: for every non-NMS format order (checked above) HailoRT
+        // fills the `shape` member of this union; both members are plain
+        // integers, so reading either is defined.
+        let shape = unsafe { info.__bindgen_anon_1.shape };
+        let (height, width, channels) = (shape.height as usize, shape.width as usize, shape.features as usize);
+        let elements = match layout {
+            Layout::Nc => channels,
+            Layout::Nhw => height * width,
+            Layout::Nhwc | Layout::Nchw => height * width * channels,
+        };
+        if elements == 0 || elements * size_of::<f32>() != frame_bytes {
+            return Err(HailoError::UnsupportedModel(format!(
+                "vstream {name}: shape {height}x{width}x{channels} does not match its frame size of {frame_bytes} bytes"
+            )));
+        }
+        Ok(Self { name, layout, height, width, channels, elements })
+    }
+}
+
+/// NCHW `src` (`c` planes of `h`x`w`) into NHWC `dst`. Writes each pixel's
+/// channels together (contiguous stores, `c` sequential read streams).
+fn nchw_to_nhwc(src: &[f32], c: usize, h: usize, w: usize, dst: &mut Vec<f32>) {
+    let plane = h * w;
+    dst.clear();
+    dst.resize(c * plane, 0.0);
+    if c == 3 {
+        let (r, rest) = src.split_at(plane);
+        let (g, b) = rest.split_at(plane);
+        for (((px, r), g), b) in dst.chunks_exact_mut(3).zip(r).zip(g).zip(b) {
+            px[0] = *r;
+            px[1] = *g;
+            px[2] = *b;
+        }
+        return;
+    }
+    for (p, px) in dst.chunks_exact_mut(c).enumerate() {
+        for (ch, v) in px.iter_mut().enumerate() {
+            *v = src[ch * plane + p];
+        }
+    }
+}
+
+/// NHWC `src` (`h`x`w` pixels of `c` channels) into a new NCHW vector.
+/// Fills one output plane at a time (contiguous stores).
+fn nhwc_to_nchw(src: &[f32], h: usize, w: usize, c: usize) -> Vec<f32> {
+    let plane = h * w;
+    let mut out = vec![0.0; c * plane];
+    if c == 1 {
+        out.copy_from_slice(&src[..plane]);
+        return out;
+    }
+    for (ch, dst) in out.chunks_exact_mut(plane).enumerate() {
+        for (d, px) in dst.iter_mut().zip(src.chunks_exact(c)) {
+            *d = px[ch];
+        }
+    }
+    out
+}
+
+/// A fixed-size C string field: up to the first NUL.
+fn c_chars(field: &[c_char]) -> String {
+    let bytes: Vec<u8> = field.iter().take_while(|c| **c != 0).map(|c| *c as u8).collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// A length-delimited C string field (HailoRT identity strings are not
+/// NUL-terminated).
+fn c_chars_len(field: &[c_char], len: u8) -> String {
+    let bytes: Vec<u8> = field.iter().take(len as usize).map(|c| *c as u8).collect();
+    String::from_utf8_lossy(&bytes).trim_end_matches('\0').to_string()
+}
+
+fn architecture_name(arch: sys::hailo_device_architecture_t) -> String {
+    match arch {
+        0 => "HAILO8_A0".into(),
+        1 => "HAILO8".into(),
+        2 => "HAILO8L".into(),
+        3 => "HAILO15H".into(),
+        4 => "HAILO15L".into(),
+        5 => "HAILO15M".into(),
+        6 => "HAILO10H".into(),
+        7 => "MARS".into(),
+        n => format!("unknown ({n})"),
+    }
+}
+
+fn identify(lib: &sys::HailoRt, device: sys::hailo_device) -> Result<DeviceIdentity, HailoError> {
+    let mut id = sys::hailo_device_identity_t::default();
+    // SAFETY: `device` belongs to a live vdevice; `id` is a valid, writable struct.
+    check(lib, "hailo_identify", unsafe { lib.hailo_identify(device, &mut id) })?;
+    let fw = id.fw_version;
+    Ok(DeviceIdentity {
+        firmware_version: format!("{}.{}.{}", fw.major, fw.minor, fw.revision),
+        protocol_version: id.protocol_version,
+        architecture: architecture_name(id.device_architecture),
+        board_name: c_chars_len(&id.board_name, id.board_name_length),
+        serial_number: c_chars_len(&id.serial_number, id.serial_number_length),
+        part_number: c_chars_len(&id.part_number, id.part_number_length),
+        product_name: c_chars_len(&id.product_name, id.product_name_length),
+    })
+}
+
+fn temperature(lib: &sys::HailoRt, device: sys::hailo_device) -> Result<ChipTemperature, HailoError> {
+    let mut t = sys::hailo_chip_temperature_info_t::default();
+    // SAFETY: `device` belongs to a live vdevice; `t` is a valid, writable struct.
+    check(lib, "hailo_get_chip_temperature", unsafe { lib.hailo_get_chip_temperature(device, &mut t) })?;
+    Ok(ChipTemperature { ts0_celsius: t.ts0_temperature, ts1_celsius: t.ts1_temperature })
+}
+
+/// HailoRT, loaded once per requested path and kept for the life of the
+/// process. Unloading it is never worth the risk: it is a C++ runtime that
+/// may have started threads, and a device that comes back needs a new
+/// vdevice, not a new library. Failures are not cached, so a library
+/// installed later is found on the next attempt.
+fn shared_library(explicit: Option<&Path>) -> Result<(Arc<sys::HailoRt>, PathBuf), HailoError> {
+    type Loaded = (Option<PathBuf>, Arc<sys::HailoRt>, PathBuf);
+    static LOADED: Mutex<Vec<Loaded>> = Mutex::new(Vec::new());
+    let key = explicit.map(Path::to_path_buf);
+    let mut loaded = LOADED.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some((_, lib, path)) = loaded.iter().find(|(k, _, _)| *k == key) {
+        return Ok((Arc::clone(lib), path.clone()));
+    }
+    let (lib, path) = sys::load(explicit)?;
+    let lib = Arc::new(lib);
+    loaded.push((key, Arc::clone(&lib), path.clone()));
+    Ok((lib, path))
+}
+
+fn library_version(lib: &sys::HailoRt) -> Result<sys::LibraryVersion, HailoError> {
+    sys::library_version(lib).map_err(|s| HailoError::Status {
+        call: "hailo_get_library_version",
+        status: HailoStatus(s),
+        message: None,
+    })
+}
+
+/// Ids of the Hailo devices the library can see (PCIe BDF, e.g. `0000:01:00.0`).
+pub fn scan_devices(lib: &sys::HailoRt) -> Result<Vec<String>, HailoError> {
+    let mut ids = vec![sys::hailo_device_id_t::default(); MAX_DEVICES];
+    let mut n = ids.len();
+    // SAFETY: `ids` has room for `n` entries; HailoRT requires NULL params.
+    check(lib, "hailo_scan_devices", unsafe {
+        lib.hailo_scan_devices(std::ptr::null_mut(), ids.as_mut_ptr(), &mut n)
+    })?;
+    Ok(ids.iter().take(n.min(MAX_DEVICES)).map(|d| c_chars(&d.id)).collect())
+}
+
+/// Loads HailoRT and reports library, driver, devices and, when a device is
+/// free, its identity and temperature. For `sparkctl engine` and doctor.
+pub fn probe(lib: Option<&Path>) -> Result<HailoInfo, HailoError> {
+    let (lib, library_path) = shared_library(lib)?;
+    let library_version = library_version(&lib)?;
+    let devices = scan_devices(&lib)?;
+    let mut info = HailoInfo {
+        library_path,
+        library_version,
+        bindings: sys::BINDINGS_SOURCE,
+        driver_version: sys::driver_version(),
+        devices,
+        identity: None,
+        temperature: None,
+        health_error: None,
+    };
+    if info.devices.is_empty() {
+        return Ok(info);
+    }
+    let health = VDevice::create(&lib, false).and_then(|vdev| {
+        let device = vdev.first_physical_device()?;
+        Ok((identify(&lib, device)?, temperature(&lib, device)?))
+    });
+    match health {
+        Ok((identity, temp)) => {
+            info.identity = Some(identity);
+            info.temperature = Some(temp);
+        }
+        Err(e) => info.health_error = Some(e.to_string()),
+    }
+    Ok(info)
+}
+
+// ---- the engine ------------------------------------------------------------------------------
+
+/// One HEF configured on a Hailo vdevice, ready to run frames.
+///
+/// Fields drop in declaration order: output vstreams, input vstreams, the
+/// vdevice (which takes its network group with it), the HEF; the library
+/// unloads when the last guard's `Arc` goes.
+pub struct HailoEngine {
+    outputs: OutputVstreams,
+    input: InputVstreams,
+    vdevice: VDevice,
+    _hef: Hef,
+    library_path: PathBuf,
+    library_version: sys::LibraryVersion,
+    input_port: Port,
+    output_ports: Vec<Port>,
+    /// NHWC staging buffer for the input frame, reused across frames.
+    staging_in: Vec<f32>,
+    /// Host buffer for one output read, reused across frames.
+    staging_out: Vec<f32>,
+    poisoned: Option<(String, HailoFailure)>,
+}
+
+// SAFETY: HailoRT handles are not tied to the thread that created them, and
+// the engine is only used through `&mut self` (it is not `Sync`), so no two
+// threads ever call into HailoRT with the same handles at once.
+unsafe impl Send for HailoEngine {}
+
+impl HailoEngine {
+    /// Loads HailoRT (see [`hailo_sys::load`] for the search order; once
+    /// loaded it stays loaded for the process), takes a device, configures
+    /// the HEF and creates its vstreams.
+    pub fn open(lib: Option<&Path>, hef: HefSource<'_>, opts: &HailoOptions) -> Result<Self, EngineError> {
+        Self::try_open(lib, hef, opts).map_err(EngineError::from)
+    }
+
+    /// [`HailoEngine::open`] with the typed error.
+    pub fn try_open(lib: Option<&Path>, hef: HefSource<'_>, opts: &HailoOptions) -> Result<Self, HailoError> {
+        let (lib, library_path) = shared_library(lib)?;
+        let library_version = library_version(&lib)?;
+        if scan_devices(&lib)?.is_empty() {
+            return Err(HailoError::NoDevice { driver: sys::driver_version() });
+        }
+        let vdevice = VDevice::create(&lib, opts.multi_process_service)?;
+        let hef = Hef::open(&lib, hef)?;
+        let network_group = configure(&lib, &vdevice, &hef)?;
+
+        let mut in_params = vec![sys::hailo_input_vstream_params_by_name_t::default(); MAX_STREAMS];
+        let mut n_in = in_params.len();
+        // SAFETY: `network_group` is live (owned by `vdevice`); `in_params`
+        // has room for `n_in` entries.
+        check(&lib, "hailo_make_input_vstream_params", unsafe {
+            lib.hailo_make_input_vstream_params(
+                network_group,
+                false,
+                sys::HAILO_FORMAT_TYPE_FLOAT32,
+                in_params.as_mut_ptr(),
+                &mut n_in,
+            )
+        })?;
+        in_params.truncate(n_in.min(MAX_STREAMS));
+        if in_params.len() != 1 {
+            return Err(HailoError::UnsupportedModel(format!(
+                "{} input vstreams; exactly one is supported",
+                in_params.len()
+            )));
+        }
+        let mut out_params = vec![sys::hailo_output_vstream_params_by_name_t::default(); MAX_STREAMS];
+        let mut n_out = out_params.len();
+        // SAFETY: as above, for the outputs.
+        check(&lib, "hailo_make_output_vstream_params", unsafe {
+            lib.hailo_make_output_vstream_params(
+                network_group,
+                false,
+                sys::HAILO_FORMAT_TYPE_FLOAT32,
+                out_params.as_mut_ptr(),
+                &mut n_out,
+            )
+        })?;
+        out_params.truncate(n_out.min(MAX_STREAMS));
+        if out_params.is_empty() {
+            return Err(HailoError::UnsupportedModel("the HEF has no output vstreams".into()));
+        }
+        let out_params = hef_order(out_params, hef.sorted_output_names().as_deref());
+        let tune = |p: &mut sys::hailo_vstream_params_t| {
+            p.user_buffer_format.type_ = sys::HAILO_FORMAT_TYPE_FLOAT32;
+            p.timeout_ms = opts.timeout_ms;
+            if let Some(q) = opts.queue_size {
+                p.queue_size = q;
+            }
+        };
+        for p in &mut in_params {
+            tune(&mut p.params);
+        }
+        let mut out_params = out_params;
+        for p in &mut out_params {
+            tune(&mut p.params);
+        }
+
+        let mut raw_in = vec![std::ptr::null_mut(); in_params.len()];
+        // SAFETY: `in_params` holds `len` initialised params; `raw_in` has
+        // room for as many handles.
+        check(&lib, "hailo_create_input_vstreams", unsafe {
+            lib.hailo_create_input_vstreams(network_group, in_params.as_ptr(), in_params.len(), raw_in.as_mut_ptr())
+        })?;
+        let input = InputVstreams { lib: Arc::clone(&lib), raw: raw_in };
+        let mut raw_out = vec![std::ptr::null_mut(); out_params.len()];
+        // SAFETY: as above, for the outputs (all created together, as HailoRT
+        // requires for outputs sharing a low-level stream).
+        check(&lib, "hailo_create_output_vstreams", unsafe {
+            lib.hailo_create_output_vstreams(network_group, out_params.as_ptr(), out_params.len(), raw_out.as_mut_ptr())
+        })?;
+        let outputs = OutputVstreams { lib: Arc::clone(&lib), raw: raw_out };
+
+        let input_port = describe_input(&lib, input.raw[0])?;
+        if input_port.layout != Layout::Nhwc && input_port.layout != Layout::Nchw {
+            return Err(HailoError::UnsupportedModel(format!(
+                "input {} is not an image (layout {:?})",
+                input_port.name, input_port.layout
+            )));
+        }
+        let output_ports = outputs.raw.iter().map(|v| describe_output(&lib, *v)).collect::<Result<Vec<_>, _>>()?;
+
+        let staging_in = Vec::with_capacity(input_port.elements);
+        let staging_out = Vec::with_capacity(output_ports.iter().map(|p| p.elements).max().unwrap_or(0));
+        Ok(Self {
+            outputs,
+            input,
+            vdevice,
+            _hef: hef,
+            library_path,
+            library_version,
+            input_port,
+            output_ports,
+            staging_in,
+            staging_out,
+            poisoned: None,
+        })
+    }
+
+    pub fn library_path(&self) -> &Path {
+        &self.library_path
+    }
+
+    pub fn library_version(&self) -> sys::LibraryVersion {
+        self.library_version
+    }
+
+    /// The NCHW shape [`HailoEngine::infer`] expects: `[1, C, H, W]`.
+    pub fn input_shape(&self) -> [usize; 4] {
+        [1, self.input_port.channels, self.input_port.height, self.input_port.width]
+    }
+
+    pub fn input_name(&self) -> &str {
+        &self.input_port.name
+    }
+
+    /// Output vstream names and NCHW shapes, in the order `infer` returns them.
+    pub fn outputs(&self) -> Vec<(String, Vec<usize>)> {
+        self.output_ports.iter().map(|p| (p.name.clone(), p.shape())).collect()
+    }
+
+    /// Chip temperature of the vdevice's first physical device. Not available
+    /// through the multi-process service (`HAILO_NOT_SUPPORTED`).
+    pub fn temperature(&self) -> Result<ChipTemperature, HailoError> {
+        temperature(&self.vdevice.lib, self.vdevice.first_physical_device()?)
+    }
+
+    /// `hailo_identify` on the vdevice's first physical device.
+    pub fn identity(&self) -> Result<DeviceIdentity, HailoError> {
+        identify(&self.vdevice.lib, self.vdevice.first_physical_device()?)
+    }
+
+    /// Runs one frame: `input` is NCHW `[1, C, H, W]`; outputs are NCHW, in
+    /// HEF order. After a failed frame the vstreams are cleared so the next
+    /// frame cannot read this one's late outputs; if clearing fails too, the
+    /// engine refuses further frames ([`HailoError::Poisoned`]).
+    pub fn infer(&mut self, input: &Tensor) -> Result<Vec<Output>, HailoError> {
+        if let Some((cause, failure)) = &self.poisoned {
+            return Err(HailoError::Poisoned { cause: cause.clone(), failure: *failure });
+        }
+        let expected = self.input_shape();
+        if input.shape.as_slice() != expected.as_slice() || input.data.len() != self.input_port.elements {
+            return Err(HailoError::InputShape { got: input.shape.clone(), expected });
+        }
+        match self.exchange(input) {
+            Ok(outputs) => Ok(outputs),
+            Err(e) => {
+                if let Err(clear) = self.clear_vstreams() {
+                    self.poisoned = Some((clear.to_string(), e.failure()));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn exchange(&mut self, input: &Tensor) -> Result<Vec<Output>, HailoError> {
+        let lib = &self.input.lib;
+        let port = &self.input_port;
+        let frame: &[f32] = match port.layout {
+            Layout::Nhwc => {
+                nchw_to_nhwc(&input.data, port.channels, port.height, port.width, &mut self.staging_in);
+                &self.staging_in
+            }
+            _ => &input.data,
+        };
+        // SAFETY: `frame` holds exactly the vstream's frame size in bytes
+        // (checked against hailo_get_input_vstream_frame_size at open) and
+        // outlives the call; the vstream handle is live.
+        check(lib, "hailo_vstream_write_raw_buffer", unsafe {
+            lib.hailo_vstream_write_raw_buffer(self.input.raw[0], frame.as_ptr().cast(), size_of_val(frame))
+        })?;
+        let mut out = Vec::with_capacity(self.output_ports.len());
+        for (port, vstream) in self.output_ports.iter().zip(&self.outputs.raw) {
+            self.staging_out.clear();
+            self.staging_out.resize(port.elements, 0.0);
+            // SAFETY: `staging_out` holds exactly the vstream's frame size in
+            // bytes (checked at open) and is writable; the handle is live.
+            check(lib, "hailo_vstream_read_raw_buffer", unsafe {
+                lib.hailo_vstream_read_raw_buffer(
+                    *vstream,
+                    self.staging_out.as_mut_ptr().cast(),
+                    size_of_val(self.staging_out.as_slice()),
+                )
+            })?;
+            let data = match port.layout {
+                Layout::Nhwc => nhwc_to_nchw(&self.staging_out, port.height, port.width, port.channels),
+                _ => self.staging_out.clone(),
+            };
+            out.push(Output { name: port.name.clone(), shape: port.shape(), data });
+        }
+        Ok(out)
+    }
+
+    /// Drops whatever frames are still queued in the vstreams.
+    fn clear_vstreams(&mut self) -> Result<(), HailoError> {
+        let lib = &self.input.lib;
+        // SAFETY: the handle arrays are live and their lengths are exact.
+        check(lib, "hailo_clear_input_vstreams", unsafe {
+            lib.hailo_clear_input_vstreams(self.input.raw.as_ptr(), self.input.raw.len())
+        })?;
+        // SAFETY: as above; all outputs are cleared together, as HailoRT requires.
+        check(lib, "hailo_clear_output_vstreams", unsafe {
+            lib.hailo_clear_output_vstreams(self.outputs.raw.as_ptr(), self.outputs.raw.len())
+        })
+    }
+}
+
+impl Engine for HailoEngine {
+    fn kind(&self) -> EngineKind {
+        EngineKind::Hailo
+    }
+
+    /// Outputs come in the HEF's order (see the module docs).
+    fn run(&mut self, input: &Tensor) -> Result<Vec<Output>, EngineError> {
+        self.infer(input).map_err(EngineError::from)
+    }
+}
+
+fn configure(
+    lib: &sys::HailoRt,
+    vdevice: &VDevice,
+    hef: &Hef,
+) -> Result<sys::hailo_configured_network_group, HailoError> {
+    // About 64 KiB: on the heap.
+    let mut params: Box<sys::hailo_configure_params_t> = Box::default();
+    // SAFETY: `params` points at a writable hailo_configure_params_t; the HEF
+    // and vdevice handles are live.
+    check(lib, "hailo_init_configure_params_by_vdevice", unsafe {
+        lib.hailo_init_configure_params_by_vdevice(hef.raw, vdevice.raw, &mut *params)
+    })?;
+    let mut groups: [sys::hailo_configured_network_group; sys::HAILO_MAX_NETWORK_GROUPS as usize] =
+        [std::ptr::null_mut(); sys::HAILO_MAX_NETWORK_GROUPS as usize];
+    let mut n = groups.len();
+    // SAFETY: `params` was filled by HailoRT for this HEF and vdevice;
+    // `groups` has room for `n` handles. The configured network groups belong
+    // to the vdevice and are freed with it.
+    check(lib, "hailo_configure_vdevice", unsafe {
+        lib.hailo_configure_vdevice(vdevice.raw, hef.raw, &mut *params, groups.as_mut_ptr(), &mut n)
+    })?;
+    match n {
+        1 if !groups[0].is_null() => Ok(groups[0]),
+        _ => Err(HailoError::UnsupportedModel(format!("{n} network groups; exactly one is supported"))),
+    }
+}
+
+/// Output params reordered to the HEF's sorted output order; names the HEF
+/// list does not mention keep their relative order at the end.
+fn hef_order(
+    params: Vec<sys::hailo_output_vstream_params_by_name_t>,
+    sorted: Option<&[String]>,
+) -> Vec<sys::hailo_output_vstream_params_by_name_t> {
+    let Some(sorted) = sorted else { return params };
+    let mut keyed: Vec<(usize, usize, sys::hailo_output_vstream_params_by_name_t)> = params
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let name = c_chars(&p.name);
+            let rank = sorted.iter().position(|s| *s == name).unwrap_or(usize::MAX);
+            (rank, i, p)
+        })
+        .collect();
+    keyed.sort_by_key(|(rank, i, _)| (*rank, *i));
+    keyed.into_iter().map(|(_, _, p)| p).collect()
+}
+
+fn describe_input(lib: &sys::HailoRt, v: sys::hailo_input_vstream) -> Result<Port, HailoError> {
+    let mut info = sys::hailo_vstream_info_t::default();
+    let mut user = sys::hailo_format_t::default();
+    let mut frame = 0usize;
+    // SAFETY: `v` is a live input vstream; each out-pointer is a valid, writable struct.
+    unsafe {
+        check(lib, "hailo_get_input_vstream_info", lib.hailo_get_input_vstream_info(v, &mut info))?;
+        check(lib, "hailo_get_input_vstream_user_format", lib.hailo_get_input_vstream_user_format(v, &mut user))?;
+        check(lib, "hailo_get_input_vstream_frame_size", lib.hailo_get_input_vstream_frame_size(v, &mut frame))?;
+    }
+    Port::describe(&info, &user, frame)
+}
+
+fn describe_output(lib: &sys::HailoRt, v: sys::hailo_output_vstream) -> Result<Port, HailoError> {
+    let mut info = sys::hailo_vstream_info_t::default();
+    let mut user = sys::hailo_format_t::default();
+    let mut frame = 0usize;
+    // SAFETY: `v` is a live output vstream; each out-pointer is a valid, writable struct.
+    unsafe {
+        check(lib, "hailo_get_output_vstream_info", lib.hailo_get_output_vstream_info(v, &mut info))?;
+        check(lib, "hailo_get_output_vstream_user_format", lib.hailo_get_output_vstream_user_format(v, &mut user))?;
+        check(lib, "hailo_get_output_vstream_frame_size", lib.hailo_get_output_vstream_frame_size(v, &mut frame))?;
+    }
+    Port::describe(&info, &user, frame)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transposes_are_inverse_and_place_channels_last() {
+        let (c, h, w) = (3, 2, 4);
+        let nchw: Vec<f32> = (0..c * h * w).map(|i| i as f32).collect();
+        let mut nhwc = Vec::new();
+        nchw_to_nhwc(&nchw, c, h, w, &mut nhwc);
+        // Pixel (y=1, x=2) channel 1 sits at NCHW 1*8 + 1*4 + 2 = 14.
+        assert_eq!(nhwc[(1 * w + 2) * c + 1], 14.0);
+        assert_eq!(nhwc_to_nchw(&nhwc, h, w, c), nchw);
+    }
+
+    #[test]
+    fn transposes_match_the_index_formula_for_any_channel_count() {
+        let (h, w) = (3, 5);
+        for c in [1, 2, 3, 10] {
+            let nchw: Vec<f32> = (0..c * h * w).map(|i| i as f32).collect();
+            let mut nhwc = Vec::new();
+            nchw_to_nhwc(&nchw, c, h, w, &mut nhwc);
+            for ch in 0..c {
+                for p in 0..h * w {
+                    assert_eq!(nhwc[p * c + ch], nchw[ch * h * w + p], "c={c} ch={ch} p={p}");
+                }
+            }
+            assert_eq!(nhwc_to_nchw(&nhwc, h, w, c), nchw, "c={c}");
+        }
+    }
+
+    #[test]
+    fn statuses_are_named_and_classified() {
+        assert_eq!(HailoStatus(4).to_string(), "HAILO_TIMEOUT (4)");
+        assert_eq!(HailoStatus(26).name(), "HAILO_INVALID_HEF");
+        assert_eq!(HailoStatus(76).name(), "HAILO_INVALID_DRIVER_VERSION");
+        assert_eq!(HailoStatus(4).failure(), HailoFailure::Transient);
+        for lost in [36, 73, 74, 77, 87, 96] {
+            assert_eq!(HailoStatus(lost).failure(), HailoFailure::DeviceLost, "{lost}");
+        }
+        for permanent in [26, 76, 78, 85, 86, 91, 92, 93, 1000] {
+            assert_eq!(HailoStatus(permanent).failure(), HailoFailure::Permanent, "{permanent}");
+        }
+    }
+
+    #[test]
+    fn engine_error_keeps_the_class_readable() {
+        let e = HailoError::Status { call: "hailo_vstream_read_raw_buffer", status: HailoStatus(87), message: None };
+        assert!(e.is_device_lost() && e.is_fatal() && !e.is_timeout());
+        let ee = EngineError::from(e);
+        assert_eq!(ee.failure(), Some(HailoFailure::DeviceLost));
+        assert!(crate::error_chain(&ee).contains("HAILO_DRIVER_TIMEOUT (87)"), "{ee}");
+        assert_eq!(EngineError::ModelMismatch("x".into()).failure(), None);
+    }
+
+    #[test]
+    fn outputs_reorder_to_the_hef_list_with_strangers_last() {
+        let p = |n: &str| {
+            let mut v = sys::hailo_output_vstream_params_by_name_t::default();
+            for (d, s) in v.name.iter_mut().zip(n.bytes()) {
+                *d = s as c_char;
+            }
+            v
+        };
+        let params = vec![p("g/b"), p("g/x"), p("g/a"), p("g/c")];
+        let sorted = ["g/c".to_string(), "g/a".to_string(), "g/b".to_string()];
+        let names: Vec<String> = hef_order(params, Some(&sorted)).iter().map(|v| c_chars(&v.name)).collect();
+        assert_eq!(names, ["g/c", "g/a", "g/b", "g/x"]);
+    }
+
+    #[test]
+    fn identity_strings_use_their_length_not_a_nul() {
+        let field: Vec<c_char> = b"HAILO8XXXX".iter().map(|b| *b as c_char).collect();
+        assert_eq!(c_chars_len(&field, 6), "HAILO8");
+    }
+}

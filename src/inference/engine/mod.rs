@@ -1,0 +1,90 @@
+//! Inference engines: one trait, one implementation per backend.
+//!
+//! Owns running a prepared tensor through a network and returning its raw
+//! output tensors, in the ONNX model's output order. Pre-processing lives in
+//! [`crate::inference::vision`], decoding in [`crate::inference::detect`], so every engine shares
+//! them and produces identical records for identical outputs.
+
+pub mod build;
+pub mod hailo;
+pub mod onnx;
+pub mod select;
+
+use serde::{Deserialize, Serialize};
+
+use crate::inference::vision::Tensor;
+
+/// Which backend produced a result. Serialized into every inference record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EngineKind {
+    #[serde(rename = "hailo")]
+    Hailo,
+    #[serde(rename = "onnx-cpu")]
+    OnnxCpu,
+}
+
+impl EngineKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EngineKind::Hailo => "hailo",
+            EngineKind::OnnxCpu => "onnx-cpu",
+        }
+    }
+}
+
+impl std::fmt::Display for EngineKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(
+        "ONNX Runtime library not found; tried: {tried}. Install it with scripts/setup.sh, or set model.onnxruntime_library or ORT_DYLIB_PATH to libonnxruntime.so from the onnxruntime==1.31.1 wheel on PyPI"
+    )]
+    OrtLibraryMissing { tried: String },
+    #[error("loading ONNX Runtime from {path}")]
+    OrtLoad {
+        path: std::path::PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("ONNX Runtime {what}")]
+    Ort {
+        what: &'static str,
+        #[source]
+        source: ort::Error,
+    },
+    #[error("model does not fit the manifest: {0}")]
+    ModelMismatch(String),
+    /// The accelerator failed; [`EngineError::failure`] says how badly.
+    #[error("Hailo-8 ({})", .0.failure())]
+    Accelerator(#[from] hailo::HailoError),
+}
+
+impl EngineError {
+    /// How bad an accelerator failure is (the fallback policy reads this,
+    /// never the message); `None` for errors of the CPU engine.
+    pub fn failure(&self) -> Option<hailo::HailoFailure> {
+        match self {
+            EngineError::Accelerator(e) => Some(e.failure()),
+            _ => None,
+        }
+    }
+}
+
+/// One raw output tensor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Output {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+/// A loaded network ready to run. Engines run on the inference thread only.
+pub trait Engine: Send {
+    fn kind(&self) -> EngineKind;
+    /// Runs one input; outputs come in the ONNX model's output order.
+    fn run(&mut self, input: &Tensor) -> Result<Vec<Output>, EngineError>;
+}

@@ -1,0 +1,154 @@
+//! CPU engine: ONNX Runtime through `ort`, library loaded at run time.
+//!
+//! Owns finding `libonnxruntime.so`, creating the session from verified model
+//! bytes, and running it. The library is never downloaded: it comes from the
+//! `onnxruntime` wheel on PyPI (scripts/setup.sh) or the system.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::value::TensorRef;
+
+use super::{Engine, EngineError, EngineKind, Output};
+use crate::inference::vision::Tensor;
+
+/// Places searched, in order, when neither the config nor `ORT_DYLIB_PATH`
+/// names the library.
+pub fn library_candidates(configured: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if !configured.as_os_str().is_empty() {
+        out.push(configured.to_path_buf());
+        return out;
+    }
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
+        out.push(PathBuf::from(p));
+        return out;
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(dir) = exe.parent() {
+            // Next to the binary, and the repository's deps/ when run from target/.
+            out.push(dir.join("libonnxruntime.so"));
+            for up in dir.ancestors().skip(1).take(3) {
+                out.push(up.join("deps/onnxruntime/libonnxruntime.so"));
+            }
+        }
+    }
+    out.push(PathBuf::from("deps/onnxruntime/libonnxruntime.so"));
+    for d in
+        ["/usr/lib/sparkd", "/usr/local/lib", "/usr/lib/aarch64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/usr/lib"]
+    {
+        out.push(Path::new(d).join("libonnxruntime.so"));
+    }
+    out
+}
+
+/// Why the runtime could not be loaded; kept so later calls report the same.
+#[derive(Debug, Clone)]
+enum LoadFailure {
+    Missing { tried: String },
+    Failed { path: PathBuf, message: String },
+}
+
+/// The process-wide ONNX Runtime environment: `ort` binds one library per
+/// process, so the first load decides and later calls reuse its outcome.
+static ENVIRONMENT: OnceLock<Result<(PathBuf, ort::environment::Environment), LoadFailure>> = OnceLock::new();
+
+/// Loads ONNX Runtime once per process; returns where it came from and the
+/// environment sessions are built in.
+pub fn load_runtime(configured: &Path) -> Result<(&'static Path, &'static ort::environment::Environment), EngineError> {
+    let result = ENVIRONMENT.get_or_init(|| {
+        let candidates = library_candidates(configured);
+        let Some(path) = candidates.iter().find(|p| p.is_file()).cloned() else {
+            let tried = candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
+            return Err(LoadFailure::Missing { tried });
+        };
+        let failed = |message: String| LoadFailure::Failed { path: path.clone(), message };
+        let env = ort::init_from(&path)
+            .map_err(|e| failed(e.to_string()))?
+            .with_name("sparkd")
+            .build()
+            .map_err(|e| failed(e.to_string()))?;
+        Ok((path, env))
+    });
+    match result {
+        Ok((path, env)) => Ok((path.as_path(), env)),
+        Err(LoadFailure::Missing { tried }) => Err(EngineError::OrtLibraryMissing { tried: tried.clone() }),
+        Err(LoadFailure::Failed { path, message }) => {
+            Err(EngineError::OrtLoad { path: path.clone(), source: message.clone().into() })
+        }
+    }
+}
+
+pub struct OnnxEngine {
+    session: Session,
+    input_name: String,
+    output_names: Vec<String>,
+}
+
+impl OnnxEngine {
+    /// Builds a session from model bytes already checked against the manifest.
+    pub fn new(
+        library: &Path,
+        model_bytes: &[u8],
+        input_name: &str,
+        intra_threads: usize,
+    ) -> Result<Self, EngineError> {
+        let (_, env) = load_runtime(library)?;
+        let session = Session::builder(env)
+            .map_err(ort_err("creating a session builder"))?
+            .with_optimization_level(GraphOptimizationLevel::Level3)
+            .map_err(ort_err("setting the optimisation level"))?
+            .with_intra_threads(intra_threads)
+            .map_err(ort_err("setting intra-op threads"))?
+            .with_inter_threads(1)
+            .map_err(ort_err("setting inter-op threads"))?
+            // Pre-planned memory patterns keep a second copy of every
+            // activation buffer; on a 4-8 GB device resident memory matters
+            // more than the few percent they save.
+            .with_memory_pattern(false)
+            .map_err(ort_err("turning off memory patterns"))?
+            .commit_from_memory(model_bytes)
+            .map_err(ort_err("loading the model"))?;
+        let inputs: Vec<String> = session.inputs().iter().map(|i| i.name().to_string()).collect();
+        if inputs.len() != 1 || inputs[0] != input_name {
+            return Err(EngineError::ModelMismatch(format!("manifest input {input_name:?}, model inputs {inputs:?}")));
+        }
+        let output_names = session.outputs().iter().map(|o| o.name().to_string()).collect();
+        Ok(Self { session, input_name: input_name.to_string(), output_names })
+    }
+}
+
+fn ort_err<R>(what: &'static str) -> impl Fn(ort::Error<R>) -> EngineError
+where
+    ort::Error: From<ort::Error<R>>,
+{
+    move |e| EngineError::Ort { what, source: e.into() }
+}
+
+impl Engine for OnnxEngine {
+    fn kind(&self) -> EngineKind {
+        EngineKind::OnnxCpu
+    }
+
+    fn run(&mut self, input: &Tensor) -> Result<Vec<Output>, EngineError> {
+        let view = TensorRef::from_array_view((input.shape.clone(), &input.data[..]))
+            .map_err(ort_err("wrapping the input"))?;
+        let outputs =
+            self.session.run(ort::inputs![self.input_name.as_str() => view]).map_err(ort_err("running the model"))?;
+        let mut out = Vec::with_capacity(self.output_names.len());
+        for name in &self.output_names {
+            let value = outputs
+                .get(name)
+                .ok_or_else(|| EngineError::ModelMismatch(format!("output {name} missing from the run")))?;
+            let (shape, data) = value.try_extract_tensor::<f32>().map_err(ort_err("reading an output"))?;
+            out.push(Output {
+                name: name.clone(),
+                shape: shape.iter().map(|&d| d.max(0) as usize).collect(),
+                data: data.to_vec(),
+            });
+        }
+        Ok(out)
+    }
+}

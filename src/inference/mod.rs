@@ -1,0 +1,11 @@
+//! The inference stage: a frame's path from the camera queue to detections.
+//! `pipeline` runs the loop, `vision` prepares pixels, `engine` runs the
+//! network (Hailo-8 or ONNX Runtime), `detect` decodes its outputs, `model`
+//! describes what is loaded, `snapshot` taps the model input for technicians.
+
+pub mod detect;
+pub mod engine;
+pub mod model;
+pub mod pipeline;
+pub mod snapshot;
+pub mod vision;

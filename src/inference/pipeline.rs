@@ -1,0 +1,250 @@
+//! The inference loop: frames in, inference records out.
+//!
+//! Runs on its own named thread (never on the async runtime): takes frames
+//! from the drop-oldest queue, prepares the tensor, runs the engine, decodes
+//! and appends one record per frame to the outbox. Owns no storage.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::inference::detect::{self, DecodeError, Detection};
+use crate::inference::engine::Engine;
+use crate::inference::model::Model;
+use crate::inference::vision::{self, Tensor};
+use crate::outbox::Appender;
+use crate::record::Stream;
+use crate::sources::camera::{Frame, FrameQueue};
+use crate::state::Shared;
+
+#[derive(Debug, Serialize)]
+struct FrameInfo<'a> {
+    origin: &'a str,
+    number: u64,
+    width: u32,
+    height: u32,
+    captured_ts: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct InferenceBody<'a> {
+    engine: &'static str,
+    model: &'a str,
+    model_version: &'a str,
+    /// Top detection's label and score; `null` when nothing was found.
+    label: Option<&'a str>,
+    score: Option<f32>,
+    count: usize,
+    detections: &'a [Detection],
+    latency_ms: f64,
+    frame: FrameInfo<'a>,
+    /// 1 when this frame's outputs could not be decoded (then `detections`
+    /// is empty and `decode_error` says why); absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    decode_errors: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    decode_error: Option<String>,
+}
+
+/// Result of one frame through the model, for the record and for `sparkctl infer`.
+pub struct Inferred {
+    pub detections: Vec<Detection>,
+    pub engine: crate::inference::engine::EngineKind,
+    pub latency: Duration,
+}
+
+/// Why one frame gave no result.
+#[derive(Debug, thiserror::Error)]
+pub enum InferError {
+    /// The engine failed (its whole error chain is in the message).
+    #[error("{}", crate::error_chain(.0))]
+    Engine(crate::inference::engine::EngineError),
+    /// The engine ran but its outputs do not decode: a model that does not
+    /// fit its manifest (at warm-up), or one malformed frame.
+    #[error("decoding the model's outputs: {0}")]
+    Decode(#[from] DecodeError),
+}
+
+/// Prepares, runs and decodes one frame; `input` is reused between calls.
+pub fn infer_frame(
+    engine: &mut dyn Engine,
+    model: &Model,
+    frame: &image::RgbImage,
+    input: &mut Tensor,
+) -> Result<Inferred, InferError> {
+    let t0 = Instant::now();
+    let m = &model.manifest;
+    let lb = vision::prepare(frame, &m.input, input);
+    let outputs = engine.run(input).map_err(InferError::Engine)?;
+    let detections = detect::decode(&m.output, &m.labels, &outputs, &lb)?;
+    Ok(Inferred { detections, engine: engine.kind(), latency: t0.elapsed() })
+}
+
+/// Checks at load that the network fits its manifest: one blank frame
+/// through `engine`, decoded with the manifest's family and labels. A label
+/// count that disagrees with the network's classes, or outputs the family
+/// cannot read, are refused here with both values rather than on every frame.
+pub fn check_fit(engine: &mut dyn Engine, model: &Model) -> Result<(), InferError> {
+    let i = &model.manifest.input;
+    let blank = image::RgbImage::new(i.width, i.height);
+    infer_frame(engine, model, &blank, &mut Tensor::zeros(&[1])).map(drop)
+}
+
+/// Builds the record body for one inferred frame.
+pub fn record_body(model: &Model, frame: &Frame, r: &Inferred) -> String {
+    body(model, frame, r, None)
+}
+
+/// The record body of a frame whose outputs did not decode: no detections,
+/// a decode error count of 1 and the reason.
+pub fn decode_error_body(model: &Model, frame: &Frame, r: &Inferred, e: &DecodeError) -> String {
+    body(model, frame, r, Some(e))
+}
+
+fn body(model: &Model, frame: &Frame, r: &Inferred, decode_error: Option<&DecodeError>) -> String {
+    let top = r.detections.iter().max_by(|a, b| a.score.total_cmp(&b.score));
+    let body = InferenceBody {
+        engine: r.engine.as_str(),
+        model: &model.manifest.name,
+        model_version: &model.manifest.version,
+        label: top.map(|d| d.label.as_str()),
+        score: top.map(|d| d.score),
+        count: r.detections.len(),
+        detections: &r.detections,
+        latency_ms: r.latency.as_secs_f64() * 1000.0,
+        frame: FrameInfo {
+            origin: &frame.origin,
+            number: frame.number,
+            width: frame.image.width(),
+            height: frame.image.height(),
+            captured_ts: frame.captured_ms,
+        },
+        decode_errors: decode_error.map(|_| 1),
+        decode_error: decode_error.map(|e| e.to_string()),
+    };
+    serde_json::to_string(&body).unwrap_or_else(|_| "{}".into())
+}
+
+/// The prepared `input` of `frame` as a picture, for [`crate::inference::snapshot`].
+fn model_view(model: &Model, frame: &Frame, input: &Tensor) -> crate::inference::snapshot::Reply {
+    let spec = &model.manifest.input;
+    let image = vision::tensor_to_rgb(input, spec)
+        .ok_or_else(|| format!("the prepared input has shape {:?}, not the manifest's", input.shape))?;
+    Ok(crate::inference::snapshot::ModelView {
+        image,
+        content: vision::fitted_size(frame.image.dimensions(), spec),
+        frame_origin: frame.origin.clone(),
+        frame_number: frame.number,
+        frame_size: frame.image.dimensions(),
+        captured_ms: frame.captured_ms,
+        model: format!("{} {}", model.manifest.name, model.manifest.version),
+        resize: match spec.resize {
+            crate::inference::model::Resize::Letterbox => "letterbox",
+            crate::inference::model::Resize::Stretch => "stretch",
+        }
+        .into(),
+    })
+}
+
+/// One image from `sparkctl infer`: run through the live engine between
+/// camera frames and answered on `reply`; it writes no record.
+pub struct InferJob {
+    pub image: image::RgbImage,
+    pub reply: tokio::sync::oneshot::Sender<Result<Inferred, String>>,
+}
+
+/// A new engine and model from a fleet update, already warmed up and
+/// canary-checked; `done` is answered once the next frame runs on it.
+pub struct EngineSwap {
+    pub engine: Box<dyn Engine>,
+    pub model: Arc<Model>,
+    pub done: crossbeam_channel::Sender<()>,
+}
+
+/// Runs until the queue is closed and drained (graceful stop) or `abort` is set.
+/// `jobs` (bounded, filled by the control socket) is polled between frames.
+pub fn run(
+    engine: Box<dyn Engine>,
+    model: Arc<Model>,
+    queue: Arc<FrameQueue>,
+    appender: Appender,
+    shared: Arc<Shared>,
+    abort: Arc<AtomicBool>,
+    jobs: crossbeam_channel::Receiver<InferJob>,
+) {
+    run_swappable(engine, model, queue, appender, shared, abort, jobs, crossbeam_channel::never())
+}
+
+/// [`run`], also switching to an engine received on `swaps` between frames
+/// (the old engine is dropped there, on this thread).
+#[allow(clippy::too_many_arguments)]
+pub fn run_swappable(
+    mut engine: Box<dyn Engine>,
+    mut model: Arc<Model>,
+    queue: Arc<FrameQueue>,
+    appender: Appender,
+    shared: Arc<Shared>,
+    abort: Arc<AtomicBool>,
+    jobs: crossbeam_channel::Receiver<InferJob>,
+    swaps: crossbeam_channel::Receiver<EngineSwap>,
+) {
+    let mut input = Tensor::zeros(&[1]);
+    let mut last_error_log: Option<Instant> = None;
+    while !abort.load(Ordering::Relaxed) {
+        if let Ok(swap) = swaps.try_recv() {
+            engine = swap.engine;
+            model = swap.model;
+            let _ = swap.done.send(());
+            tracing::info!(model = %model.manifest.name, version = %model.manifest.version, "inference switched to the updated model");
+        }
+        while let Ok(job) = jobs.try_recv() {
+            let _ =
+                job.reply.send(infer_frame(engine.as_mut(), &model, &job.image, &mut input).map_err(|e| e.to_string()));
+        }
+        let Some(frame) = queue.pop(Duration::from_millis(200)) else {
+            if queue.is_closed_and_empty() {
+                break;
+            }
+            continue;
+        };
+        let popped_at = Instant::now();
+        let inferred = infer_frame(engine.as_mut(), &model, &frame.image, &mut input);
+        // `sparkctl camera snapshot`: the tensor is prepared even if the engine failed.
+        shared.snapshots.serve(popped_at, || model_view(&model, &frame, &input));
+        // A frame whose outputs did not decode still gets its record, carrying the error.
+        let stored = match &inferred {
+            Ok(r) => Some(record_body(&model, &frame, r)),
+            Err(InferError::Decode(e)) => {
+                let r = Inferred { detections: Vec::new(), engine: engine.kind(), latency: popped_at.elapsed() };
+                Some(decode_error_body(&model, &frame, &r, e))
+            }
+            Err(InferError::Engine(_)) => None,
+        };
+        if let Ok(r) = &inferred {
+            shared.last_latency_us.store(r.latency.as_micros() as u64, Ordering::Relaxed);
+        }
+        if let Some(body) = stored {
+            match appender.append(Stream::Inference, body) {
+                Ok(_) => {
+                    shared.inference_total.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    shared.record_lost("inference record", &e);
+                }
+            }
+        }
+        // A frame with no result (engine or decode error) is counted as failed.
+        if let Err(e) = inferred {
+            let e = e.to_string();
+            shared.inference_failed.fetch_add(1, Ordering::Relaxed);
+            shared.update_engine(|s| s.last_error = Some(e.clone()));
+            // The world can make every frame fail: log at most every 10 s.
+            if last_error_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                tracing::error!(error = %e, frame = %frame.origin, "inference failed");
+                last_error_log = Some(Instant::now());
+            }
+        }
+    }
+}
