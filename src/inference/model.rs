@@ -212,6 +212,12 @@ pub enum ModelError {
     },
     #[error("model manifest {path} is invalid: {message}")]
     BadManifest { path: PathBuf, message: String },
+    #[error("model manifest {path} is invalid")]
+    Family {
+        path: PathBuf,
+        #[source]
+        source: FamilyError,
+    },
     #[error("reading the labels file {path} named by `labels_file`")]
     ReadLabels {
         path: PathBuf,
@@ -283,7 +289,7 @@ impl Model {
         if !(0.0..=1.0).contains(&m.output.score_threshold) || !(0.0..=1.0).contains(&m.output.nms_iou) {
             return Err(bad("output thresholds must be in [0, 1]".into()));
         }
-        check_family(&m.output).map_err(bad)?;
+        check_family(&m.output).map_err(|source| ModelError::Family { path: manifest_path.to_path_buf(), source })?;
         for (what, sha) in
             std::iter::once(("onnx.sha256", &m.onnx.sha256)).chain(m.hef.as_ref().map(|h| ("hef.sha256", &h.sha256)))
         {
@@ -323,12 +329,30 @@ impl Model {
 /// hostile labels file.
 pub const MAX_LABELS: usize = 32_768;
 
+/// A family-specific `[output]` key that is missing, out of range, or
+/// belongs to another decoder.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FamilyError {
+    #[error("`output.{key}` is for the {used_by} decoder, not {decoder}")]
+    StrayKey { key: &'static str, used_by: &'static str, decoder: Decoder },
+    #[error("`output.strides` = {0:?}: the nanodet decoder needs 1 to 8 strides in 1..=1024")]
+    Strides(Vec<u32>),
+    #[error("`output.reg_max` = {0:?}: the nanodet decoder needs it, in 1..=64")]
+    RegMax(Option<u32>),
+    #[error("`output.head` is missing: the yolo decoder needs \"anchor-free\" or \"anchor-based\"")]
+    MissingHead,
+    #[error("`output.scores` is missing: the classify decoder needs \"logits\" or \"probabilities\"")]
+    MissingScores,
+    #[error("`output.top_k` must be at least 1")]
+    TopKZero,
+}
+
 /// The family-specific `[output]` keys: each decoder's required keys are
 /// there, and no key of another family is.
-fn check_family(o: &OutputSpec) -> Result<(), String> {
-    let d = o.decoder;
-    let stray = |key: &str, used_by: &str| Err(format!("`output.{key}` is for the {used_by} decoder, not {d}"));
-    if d != Decoder::Nanodet {
+fn check_family(o: &OutputSpec) -> Result<(), FamilyError> {
+    let decoder = o.decoder;
+    let stray = |key, used_by| Err(FamilyError::StrayKey { key, used_by, decoder });
+    if decoder != Decoder::Nanodet {
         if !o.strides.is_empty() {
             return stray("strides", "nanodet");
         }
@@ -336,10 +360,10 @@ fn check_family(o: &OutputSpec) -> Result<(), String> {
             return stray("reg_max", "nanodet");
         }
     }
-    if d != Decoder::Yolo && o.head.is_some() {
+    if decoder != Decoder::Yolo && o.head.is_some() {
         return stray("head", "yolo");
     }
-    if d != Decoder::Classify {
+    if decoder != Decoder::Classify {
         if o.scores.is_some() {
             return stray("scores", "classify");
         }
@@ -347,30 +371,23 @@ fn check_family(o: &OutputSpec) -> Result<(), String> {
             return stray("top_k", "classify");
         }
     }
-    match d {
+    match decoder {
         Decoder::Nanodet => {
             if o.strides.is_empty() || o.strides.len() > 8 || o.strides.iter().any(|s| !(1..=1024).contains(s)) {
-                return Err(format!(
-                    "`output.strides` = {:?}: the nanodet decoder needs 1 to 8 strides in 1..=1024",
-                    o.strides
-                ));
+                return Err(FamilyError::Strides(o.strides.clone()));
             }
             match o.reg_max {
                 Some(r) if (1..=64).contains(&r) => {}
-                other => return Err(format!("`output.reg_max` = {other:?}: the nanodet decoder needs it, in 1..=64")),
+                other => return Err(FamilyError::RegMax(other)),
             }
         }
-        Decoder::Yolo if o.head.is_none() => {
-            return Err("`output.head` is missing: the yolo decoder needs \"anchor-free\" or \"anchor-based\"".into());
-        }
+        Decoder::Yolo if o.head.is_none() => return Err(FamilyError::MissingHead),
         Decoder::Classify => {
             if o.scores.is_none() {
-                return Err(
-                    "`output.scores` is missing: the classify decoder needs \"logits\" or \"probabilities\"".into()
-                );
+                return Err(FamilyError::MissingScores);
             }
             if o.top_k == Some(0) {
-                return Err("`output.top_k` must be at least 1".into());
+                return Err(FamilyError::TopKZero);
             }
         }
         _ => {}
@@ -512,12 +529,24 @@ nms_iou = 0.3
         with("nanodet", "strides = [8, 16, 32]\nreg_max = 7");
         let m = Model::load(&p).unwrap().manifest.output;
         assert_eq!((m.decoder, m.strides, m.reg_max), (Decoder::Nanodet, vec![8, 16, 32], Some(7)));
+        let family = |p: &Path| match Model::load(p) {
+            Err(ModelError::Family { source, .. }) => source,
+            other => panic!("expected a family error, got {other:?}"),
+        };
         with("nanodet", "strides = [8]");
-        assert!(bad_message(&p).contains("reg_max"));
+        assert_eq!(family(&p), FamilyError::RegMax(None));
+        with("nanodet", "strides = [8, 0]\nreg_max = 7");
+        assert_eq!(family(&p), FamilyError::Strides(vec![8, 0]));
         with("centerface", "reg_max = 7");
-        assert!(bad_message(&p).contains("output.reg_max"));
+        let e = family(&p);
+        assert_eq!(e, FamilyError::StrayKey { key: "reg_max", used_by: "nanodet", decoder: Decoder::Centerface });
+        assert!(e.to_string().contains("output.reg_max"), "{e}");
         with("yolo", "");
-        assert!(bad_message(&p).contains("output.head"));
+        assert_eq!(family(&p), FamilyError::MissingHead);
+        with("classify", "");
+        assert_eq!(family(&p), FamilyError::MissingScores);
+        with("classify", "scores = \"logits\"\ntop_k = 0");
+        assert_eq!(family(&p), FamilyError::TopKZero);
         with("yolo", "head = \"anchor-free\"");
         assert_eq!(Model::load(&p).unwrap().manifest.output.head, Some(YoloHead::AnchorFree));
         with("classify", "scores = \"logits\"\ntop_k = 3");

@@ -131,7 +131,7 @@ fn body(model: &Model, frame: &Frame, r: &Inferred, decode_error: Option<&Decode
 fn model_view(model: &Model, frame: &Frame, input: &Tensor) -> crate::inference::snapshot::Reply {
     let spec = &model.manifest.input;
     let image = vision::tensor_to_rgb(input, spec)
-        .ok_or_else(|| format!("the prepared input has shape {:?}, not the manifest's", input.shape))?;
+        .ok_or_else(|| crate::inference::snapshot::ViewError { shape: input.shape.clone() })?;
     Ok(crate::inference::snapshot::ModelView {
         image,
         content: vision::fitted_size(frame.image.dimensions(), spec),
@@ -152,7 +152,7 @@ fn model_view(model: &Model, frame: &Frame, input: &Tensor) -> crate::inference:
 /// camera frames and answered on `reply`; it writes no record.
 pub struct InferJob {
     pub image: image::RgbImage,
-    pub reply: tokio::sync::oneshot::Sender<Result<Inferred, String>>,
+    pub reply: tokio::sync::oneshot::Sender<Result<Inferred, InferError>>,
 }
 
 /// A new engine and model from a fleet update, already warmed up and
@@ -200,8 +200,7 @@ pub fn run_swappable(
             tracing::info!(model = %model.manifest.name, version = %model.manifest.version, "inference switched to the updated model");
         }
         while let Ok(job) = jobs.try_recv() {
-            let _ =
-                job.reply.send(infer_frame(engine.as_mut(), &model, &job.image, &mut input).map_err(|e| e.to_string()));
+            let _ = job.reply.send(infer_frame(engine.as_mut(), &model, &job.image, &mut input));
         }
         let Some(frame) = queue.pop(Duration::from_millis(200)) else {
             if queue.is_closed_and_empty() {

@@ -33,7 +33,14 @@ pub struct ModelView {
     pub resize: String,
 }
 
-pub type Reply = Result<ModelView, String>;
+/// The prepared input cannot be shown as the manifest's picture.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the prepared input has shape {shape:?}, not the manifest's")]
+pub struct ViewError {
+    pub shape: Vec<usize>,
+}
+
+pub type Reply = Result<ModelView, ViewError>;
 
 struct Waiter {
     filed: Instant,

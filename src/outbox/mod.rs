@@ -72,12 +72,18 @@ pub enum OutboxError {
     },
     #[error("outbox transaction failed")]
     Txn(#[source] heed::Error),
+    #[error("the outbox writer has stopped")]
+    WriterGone,
+}
+
+/// Why one append was refused; the rest of its commit is unaffected and the
+/// refusal takes no `seq`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
     #[error("record of {size} bytes exceeds the {MAX_RECORD_BYTES}-byte limit")]
     TooLarge { size: usize },
     #[error("record body is not a JSON object")]
     NotAnObject,
-    #[error("the outbox writer has stopped")]
-    WriterGone,
     #[error(
         "no room for the record: {usable} bytes usable on the store's filesystem (under the \
          {DISK_RESERVE_BYTES}-byte reserve) and no stored record left to replace"
@@ -103,7 +109,7 @@ pub enum OpResult {
     Appended { seq: u64 },
     Acked { removed: usize },
     Expired { removed: usize },
-    Rejected(String),
+    Rejected(Refusal),
 }
 
 /// A stored record on its way to the broker.
@@ -596,7 +602,7 @@ impl Outbox {
         let value = &mut appending.value;
         let trimmed = body.trim();
         if !(trimmed.starts_with('{') && trimmed.ends_with('}')) {
-            return Ok(OpResult::Rejected(OutboxError::NotAnObject.to_string()));
+            return Ok(OpResult::Rejected(Refusal::NotAnObject));
         }
         let c = &mut counters[stream as usize];
         let seq = c.next_seq;
@@ -604,14 +610,14 @@ impl Outbox {
         value.extend_from_slice(&ts_ms.to_be_bytes());
         record::encode_into(value, &self.inner.device_json, stream, seq, ts_ms, trimmed);
         if value.len() - TS_LEN > MAX_RECORD_BYTES {
-            return Ok(OpResult::Rejected(OutboxError::TooLarge { size: value.len() - TS_LEN }.to_string()));
+            return Ok(OpResult::Rejected(Refusal::TooLarge { size: value.len() - TS_LEN }));
         }
         let size = (KEY_LEN + value.len()) as u64;
         if let Some(room) = appending.room.as_mut() {
             // Refused before taking a seq: a refusal leaves no hole.
             let Some(left) = room.bytes.checked_sub(size) else {
                 room.refused[stream as usize] += 1;
-                return Ok(OpResult::Rejected(OutboxError::DiskFull { usable: room.usable }.to_string()));
+                return Ok(OpResult::Rejected(Refusal::DiskFull { usable: room.usable }));
             };
             room.bytes = left;
         }
@@ -927,7 +933,7 @@ mod tests {
         let o = Outbox::open(dir.path(), opts(1 << 24)).unwrap();
         set_fs_available(&o, Some(0));
         let r = o.commit(&[append(Stream::Events, "{}")]).unwrap();
-        assert!(matches!(&r[0], OpResult::Rejected(why) if why.contains("no room")), "{r:?}");
+        assert!(matches!(&r[0], OpResult::Rejected(Refusal::DiskFull { .. })), "{r:?}");
         assert!(o.is_disk_low());
         assert_eq!(o.refused()[Stream::Events as usize], 1);
         let c = o.counters()[Stream::Events as usize];

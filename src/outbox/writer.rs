@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError, bounded, unbounded};
 
-use super::{Op, OpResult, Outbox, OutboxError};
+use super::{Op, OpResult, Outbox, OutboxError, Refusal};
 use crate::record::{Stream, now_ms};
 
 /// Depth of the writer's request channel.
@@ -40,7 +40,7 @@ const ACK_COMMIT_INTERVAL: Duration = Duration::from_millis(25);
 /// The writer's answer to one append.
 struct Answer {
     ticket: u64,
-    result: Result<OpResult, String>,
+    result: Result<OpResult, Arc<OutboxError>>,
     /// The appended body, handed back so the thread that allocated it frees
     /// it: a free from another thread takes glibc's arena lock, which the
     /// producer's own mallocs then contend on.
@@ -77,6 +77,10 @@ struct Sink {
 
 impl Sink {
     fn new() -> Self {
+        // Unbounded on purpose, yet bounded in effect: it holds at most one
+        // answer per append of this thread still in flight, and those are
+        // limited by the writer's bounded request channel. A bounded sink
+        // could deadlock the writer against a thread blocked submitting.
         let (tx, rx) = unbounded();
         Sink { tx, rx, next_ticket: 0, early: VecDeque::new(), abandoned: HashSet::new() }
     }
@@ -246,7 +250,7 @@ fn run(
         let committed = outbox.commit(&ops);
         last_commit = std::time::Instant::now();
         let stored = committed.is_ok();
-        let results: Vec<Result<OpResult, String>> = match committed {
+        let results: Vec<Result<OpResult, Arc<OutboxError>>> = match committed {
             Ok(results) => {
                 backoff.reset();
                 results.into_iter().map(Ok).collect()
@@ -255,9 +259,8 @@ fn run(
                 // Nothing of this batch is stored: say so to every appender
                 // (they count the loss) and back off so a failing disk is not
                 // hammered. Acks are simply retried by the uplink later.
-                let msg = crate::error_chain(&e);
-                tracing::error!(error = %msg, ops = ops.len(), "outbox commit failed");
-                vec![Err(msg); ops.len()]
+                tracing::error!(error = %crate::error_chain(&e), ops = ops.len(), "outbox commit failed");
+                vec![Err(Arc::new(e)); ops.len()]
             }
         };
         answer(replies, results, &mut ops);
@@ -307,7 +310,7 @@ fn gather_acks(
 }
 
 /// Sends each sink one message with all of its answers from this commit.
-fn answer(replies: Vec<Option<ReplyTo>>, results: Vec<Result<OpResult, String>>, ops: &mut Vec<Op>) {
+fn answer(replies: Vec<Option<ReplyTo>>, results: Vec<Result<OpResult, Arc<OutboxError>>>, ops: &mut Vec<Op>) {
     let mut by_sink: Vec<(Sender<Vec<Answer>>, Vec<Answer>)> = Vec::new();
     for ((reply, result), op) in replies.into_iter().zip(results).zip(ops.drain(..)) {
         let Some(ReplyTo { sink, ticket }) = reply else { continue };
@@ -330,9 +333,11 @@ fn answer(replies: Vec<Option<ReplyTo>>, results: Vec<Result<OpResult, String>>,
 #[derive(Debug, thiserror::Error)]
 pub enum AppendError {
     #[error("record refused: {0}")]
-    Rejected(String),
-    #[error("outbox commit failed: {0}")]
-    Commit(String),
+    Rejected(Refusal),
+    #[error("outbox commit failed")]
+    Commit(#[source] Arc<OutboxError>),
+    #[error("the outbox writer answered an append with {0:?}")]
+    Unexpected(OpResult),
     #[error(transparent)]
     Outbox(#[from] OutboxError),
 }
@@ -426,8 +431,8 @@ fn outcome(a: Answer) -> Result<u64, AppendError> {
     match a.result {
         Ok(OpResult::Appended { seq }) => Ok(seq),
         Ok(OpResult::Rejected(why)) => Err(AppendError::Rejected(why)),
-        Ok(other) => Err(AppendError::Commit(format!("unexpected result {other:?}"))),
-        Err(msg) => Err(AppendError::Commit(msg)),
+        Ok(other) => Err(AppendError::Unexpected(other)),
+        Err(e) => Err(AppendError::Commit(e)),
     }
 }
 

@@ -5,7 +5,12 @@ use sha2::{Digest, Sha256};
 /// `configured` when set; else the first 16 hex digits of
 /// SHA-256("spark-edge:" + machine-id), so the raw machine id (which systemd
 /// asks not to expose) never leaves the device.
-pub fn device_id(configured: &str) -> Result<String, String> {
+/// Neither a configured id nor a machine id to derive one from.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("no device_id in the config and no /etc/machine-id to derive one from; set device_id")]
+pub struct NoDeviceId;
+
+pub fn device_id(configured: &str) -> Result<String, NoDeviceId> {
     if !configured.is_empty() {
         return Ok(configured.to_string());
     }
@@ -17,7 +22,7 @@ pub fn device_id(configured: &str) -> Result<String, String> {
             }
         }
     }
-    Err("no device_id in the config and no /etc/machine-id to derive one from; set device_id".into())
+    Err(NoDeviceId)
 }
 
 fn digest(machine_id: &str) -> String {

@@ -155,7 +155,8 @@ pub fn choose(file_config: Config, state_dir: &Path) -> StartChoice {
                 choice.on_trial = trial.map(|t| ConfigTrial { state: TrialState::Started, ..t });
                 return choice;
             }
-            Err(why) => {
+            Err(e) => {
+                let why = crate::error_chain(&e);
                 tracing::error!(reason = %why, "the fleet-activated config cannot be used");
                 // A confirmed config that no longer loads (say, a newer
                 // sparkd checks more) is rolled back the same way.
@@ -180,12 +181,21 @@ pub fn choose(file_config: Config, state_dir: &Path) -> StartChoice {
     choice
 }
 
-fn load_fleet(path: &Path, file_config: &Config) -> Result<Config, String> {
-    match Config::load(path) {
-        Ok(c) if c.state_dir == file_config.state_dir => Ok(c),
-        Ok(_) => Err("it names another state_dir than the config file".into()),
-        Err(e @ (ConfigError::Read { .. } | ConfigError::Invalid(_))) => Err(crate::error_chain(&e)),
+/// Why a fleet-activated config cannot be used at start.
+#[derive(Debug, thiserror::Error)]
+enum FleetConfigError {
+    #[error(transparent)]
+    Load(#[from] ConfigError),
+    #[error("it names another state_dir than the config file")]
+    OtherStateDir,
+}
+
+fn load_fleet(path: &Path, file_config: &Config) -> Result<Config, FleetConfigError> {
+    let c = Config::load(path)?;
+    if c.state_dir != file_config.state_dir {
+        return Err(FleetConfigError::OtherStateDir);
     }
+    Ok(c)
 }
 
 /// [`choose`], then records the decision durably: a trial config is marked

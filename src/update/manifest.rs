@@ -40,14 +40,19 @@ impl fmt::Display for Kind {
     }
 }
 
+/// A word that is not an update kind.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown kind {0:?} (model, config or binary)")]
+pub struct UnknownKind(pub String);
+
 impl FromStr for Kind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownKind;
+    fn from_str(s: &str) -> Result<Self, UnknownKind> {
         match s {
             "model" => Ok(Kind::Model),
             "config" => Ok(Kind::Config),
             "binary" => Ok(Kind::Binary),
-            _ => Err(format!("unknown kind {s:?} (model, config or binary)")),
+            _ => Err(UnknownKind(s.to_string())),
         }
     }
 }
@@ -61,26 +66,31 @@ pub struct Version {
     pub patch: u64,
 }
 
+/// Text that is not `MAJOR.MINOR.PATCH` (each part 1 to 9 digits).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("version {0:?} is not MAJOR.MINOR.PATCH")]
+pub struct BadVersion(pub String);
+
 impl FromStr for Version {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let parts: Vec<&str> = s.split('.').collect();
-        let num = |p: &str| -> Result<u64, String> {
+    type Err = BadVersion;
+    fn from_str(s: &str) -> Result<Self, BadVersion> {
+        let bad = || BadVersion(s.to_string());
+        let num = |p: &str| -> Result<u64, BadVersion> {
             if p.is_empty() || p.len() > 9 || !p.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(format!("version {s:?} is not MAJOR.MINOR.PATCH"));
+                return Err(bad());
             }
-            p.parse().map_err(|_| format!("version {s:?} is not MAJOR.MINOR.PATCH"))
+            p.parse().map_err(|_| bad())
         };
-        match parts.as_slice() {
+        match s.split('.').collect::<Vec<_>>().as_slice() {
             [a, b, c] => Ok(Version { major: num(a)?, minor: num(b)?, patch: num(c)? }),
-            _ => Err(format!("version {s:?} is not MAJOR.MINOR.PATCH")),
+            _ => Err(bad()),
         }
     }
 }
 
 impl TryFrom<String> for Version {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
+    type Error = BadVersion;
+    fn try_from(s: String) -> Result<Self, BadVersion> {
         s.parse()
     }
 }
@@ -95,6 +105,27 @@ impl fmt::Display for Version {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}.{}.{}", self.major, self.minor, self.patch)
     }
+}
+
+/// What is wrong with a trusted-keys file (lines count from 1).
+#[derive(Debug, thiserror::Error)]
+pub enum KeysFileError {
+    #[error("line {line}: expected `<key_id> <public key>`")]
+    Shape { line: usize },
+    #[error("line {line}: key id {id:?} must be 1-64 characters of [A-Za-z0-9_.-]")]
+    KeyId { line: usize, id: String },
+    #[error("line {line}: key is not 32 bytes of hex or base64")]
+    KeyBytes { line: usize },
+    #[error("line {line}: not an ed25519 public key")]
+    NotEd25519 {
+        line: usize,
+        #[source]
+        source: ed25519_dalek::SignatureError,
+    },
+    #[error("line {line}: key id {id} appears twice")]
+    Duplicate { line: usize, id: String },
+    #[error("no keys")]
+    Empty,
 }
 
 /// Who the update is for: listed devices, and/or every device of a group.
@@ -208,7 +239,7 @@ impl TrustedKeys {
 
     /// Parses the keys file: one key per line, `<key_id> <public key>`, the
     /// key as 64 hex digits or base64 of 32 bytes; `#` starts a comment.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, KeysFileError> {
         let mut keys = Vec::new();
         for (n, line) in text.lines().enumerate() {
             let line = line.split('#').next().unwrap_or("").trim();
@@ -217,21 +248,21 @@ impl TrustedKeys {
             }
             let mut it = line.split_whitespace();
             let (Some(id), Some(k), None) = (it.next(), it.next(), it.next()) else {
-                return Err(format!("line {}: expected `<key_id> <public key>`", n + 1));
+                return Err(KeysFileError::Shape { line: n + 1 });
             };
             if !crate::config::is_topic_segment(id) {
-                return Err(format!("line {}: key id {id:?} must be 1-64 characters of [A-Za-z0-9_.-]", n + 1));
+                return Err(KeysFileError::KeyId { line: n + 1, id: id.to_string() });
             }
-            let bytes = decode_key(k).ok_or_else(|| format!("line {}: key is not 32 bytes of hex or base64", n + 1))?;
-            let key = VerifyingKey::from_bytes(&bytes)
-                .map_err(|e| format!("line {}: not an ed25519 public key: {e}", n + 1))?;
+            let bytes = decode_key(k).ok_or(KeysFileError::KeyBytes { line: n + 1 })?;
+            let key =
+                VerifyingKey::from_bytes(&bytes).map_err(|source| KeysFileError::NotEd25519 { line: n + 1, source })?;
             if keys.iter().any(|t: &TrustedKey| t.key_id == id) {
-                return Err(format!("line {}: key id {id} appears twice", n + 1));
+                return Err(KeysFileError::Duplicate { line: n + 1, id: id.to_string() });
             }
             keys.push(TrustedKey { key_id: id.to_string(), key });
         }
         if keys.is_empty() {
-            return Err("no keys".into());
+            return Err(KeysFileError::Empty);
         }
         Ok(Self { keys })
     }
@@ -240,7 +271,7 @@ impl TrustedKeys {
     /// `$CREDENTIALS_DIRECTORY` first (like every credential of sparkd).
     pub fn load(path: &Path) -> Result<Self, UpdateError> {
         let text = crate::sys::credentials::read_secret(path).map_err(UpdateError::ReadKeys)?;
-        Self::parse(&text).map_err(|message| UpdateError::Keys { path: path.to_path_buf(), message })
+        Self::parse(&text).map_err(|source| UpdateError::Keys { path: path.to_path_buf(), source })
     }
 
     pub fn get(&self, key_id: &str) -> Option<&VerifyingKey> {

@@ -26,12 +26,12 @@ mod wire;
 pub use clock::{TRUSTED_TIME_FLOOR_UNIX, TimeBasis, TrustedNow, trusted_now};
 pub use fsio::CRASH_ENV;
 pub use manifest::{
-    ArtifactSpec, Canary, Envelope, Installed, InstalledEntry, Kind, SignatureEntry, Targets, TrustedKey, TrustedKeys,
-    UpdateManifest, Verified, VerifyContext, Version, check_plain_name, decode_key, open_envelope, sign_envelope,
-    update_id_of, verify,
+    ArtifactSpec, BadVersion, Canary, Envelope, Installed, InstalledEntry, KeysFileError, Kind, SignatureEntry,
+    Targets, TrustedKey, TrustedKeys, UnknownKind, UpdateManifest, Verified, VerifyContext, Version, check_plain_name,
+    decode_key, open_envelope, sign_envelope, update_id_of, verify,
 };
 pub use store::{BinarySlot, Phase, UpdateRecord, Updater, UpdaterOptions, wall_clock_secs};
-pub use wire::{Bundle, CHUNK_MAX_BYTES, Chunk, StateReport, chunk_artifact, envelope_update_id, topics};
+pub use wire::{Bundle, BundleError, CHUNK_MAX_BYTES, Chunk, StateReport, chunk_artifact, envelope_update_id, topics};
 
 use std::path::PathBuf;
 
@@ -123,8 +123,12 @@ pub enum UpdateError {
     },
     #[error("reading the trusted update keys (update.trusted_keys_file)")]
     ReadKeys(#[source] crate::sys::credentials::CredentialError),
-    #[error("the trusted update keys {path}: {message}")]
-    Keys { path: PathBuf, message: String },
+    #[error("the trusted update keys {path}")]
+    Keys {
+        path: PathBuf,
+        #[source]
+        source: KeysFileError,
+    },
     #[error("no update {update_id} is known here")]
     UnknownUpdate { update_id: String },
     #[error("update {update_id} cannot {action} while it is {phase}")]

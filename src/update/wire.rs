@@ -62,8 +62,8 @@ impl Chunk {
         Self { update_id: update_id.into(), index, total, sha256_of_chunk: sha256_hex(bytes), data: B64.encode(bytes) }
     }
 
-    pub fn bytes(&self) -> Result<Vec<u8>, String> {
-        B64.decode(self.data.as_bytes()).map_err(|e| format!("data is not base64: {e}"))
+    pub fn bytes(&self) -> Result<Vec<u8>, base64::DecodeError> {
+        B64.decode(self.data.as_bytes())
     }
 }
 
@@ -125,9 +125,9 @@ impl Bundle {
         out
     }
 
-    pub fn parse(bytes: &[u8]) -> Result<Self, String> {
-        let rest = bytes.strip_prefix(MAGIC).ok_or("not a spark bundle (no `spark-bundle 1` header)")?;
-        let nl = rest.iter().position(|&b| b == b'\n').ok_or("bundle has no envelope line")?;
+    pub fn parse(bytes: &[u8]) -> Result<Self, BundleError> {
+        let rest = bytes.strip_prefix(MAGIC).ok_or(BundleError::NoHeader)?;
+        let nl = rest.iter().position(|&b| b == b'\n').ok_or(BundleError::NoEnvelopeLine)?;
         Ok(Self { envelope: rest[..nl].to_vec(), artifact: rest[nl + 1..].to_vec() })
     }
 
@@ -135,6 +135,15 @@ impl Bundle {
     pub fn update_id(&self) -> Option<String> {
         envelope_update_id(&self.envelope)
     }
+}
+
+/// A file that is not a bundle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BundleError {
+    #[error("not a spark bundle (no `spark-bundle 1` header)")]
+    NoHeader,
+    #[error("bundle has no envelope line")]
+    NoEnvelopeLine,
 }
 
 /// The update id named by an envelope's manifest bytes, if it decodes.

@@ -248,10 +248,23 @@ fn describe_formats(mut info: DeviceInfo) -> DeviceInfo {
     info
 }
 
+/// No offered pixel format is one sparkd converts (or the configured one is
+/// not offered).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "no usable pixel format (camera.pixel_format = {preference:?}; the device offers [{}]; \
+     sparkd converts MJPG, YUYV, NV12 and YU12)",
+    offered.join(", ")
+)]
+pub struct NoUsableFormat {
+    pub preference: String,
+    pub offered: Vec<String>,
+}
+
 /// Picks the pixel format from what the device offers. `preference` is
 /// `camera.pixel_format`: `auto` ([`AUTO_ORDER`]), `mjpeg`, `yuyv`, `nv12`
 /// or `yu12`.
-pub fn choose_format(preference: &str, offered: &[[u8; 4]]) -> Result<PixelFormat, String> {
+pub fn choose_format(preference: &str, offered: &[[u8; 4]]) -> Result<PixelFormat, NoUsableFormat> {
     let has = |f: PixelFormat| offered.iter().any(|o| PixelFormat::from_fourcc(o) == Some(f));
     let one;
     let wanted: &[PixelFormat] = match PixelFormat::from_name(preference) {
@@ -261,12 +274,9 @@ pub fn choose_format(preference: &str, offered: &[[u8; 4]]) -> Result<PixelForma
         }
         None => &AUTO_ORDER,
     };
-    wanted.iter().copied().find(|f| has(*f)).ok_or_else(|| {
-        let list = offered.iter().map(|o| String::from_utf8_lossy(o).into_owned()).collect::<Vec<_>>().join(", ");
-        format!(
-            "no usable pixel format (camera.pixel_format = {preference:?}; the device offers [{list}]; \
-             sparkd converts MJPG, YUYV, NV12 and YU12)"
-        )
+    wanted.iter().copied().find(|f| has(*f)).ok_or_else(|| NoUsableFormat {
+        preference: preference.to_string(),
+        offered: offered.iter().map(|o| String::from_utf8_lossy(o).into_owned()).collect(),
     })
 }
 
@@ -336,7 +346,7 @@ impl V4lSource {
         }
         let offered: Vec<[u8; 4]> =
             dev.enum_formats().map_err(self.io("VIDIOC_ENUM_FMT"))?.iter().map(|f| f.fourcc.repr).collect();
-        let format = choose_format(&self.config.pixel_format, &offered).map_err(unsupported)?;
+        let format = choose_format(&self.config.pixel_format, &offered).map_err(|e| unsupported(e.to_string()))?;
         let asked = Format::new(self.config.width, self.config.height, FourCC::new(&format.fourcc()));
         let got = dev.set_format(&asked).map_err(self.io("VIDIOC_S_FMT"))?;
         if got.fourcc.repr != format.fourcc() {
@@ -476,7 +486,7 @@ mod tests {
 
     #[test]
     fn an_explicit_format_the_device_lacks_is_an_error_naming_what_it_offers() {
-        let e = choose_format("mjpeg", &[*b"YUYV", *b"NV12"]).unwrap_err();
+        let e = choose_format("mjpeg", &[*b"YUYV", *b"NV12"]).unwrap_err().to_string();
         assert!(e.contains("YUYV, NV12") && e.contains("\"mjpeg\""), "{e}");
         assert!(choose_format("auto", &[*b"H264"]).is_err());
     }
@@ -527,6 +537,6 @@ mod tests {
         assert_eq!(choose_format("auto", &[*b"YU12", *b"NV12", *b"H264"]), Ok(PixelFormat::Nv12));
         assert_eq!(choose_format("auto", &[*b"YU12", *b"RGB3"]), Ok(PixelFormat::Yu12));
         assert_eq!(choose_format("nv12", &[*b"YUYV", *b"NV12"]), Ok(PixelFormat::Nv12));
-        assert!(choose_format("yu12", &[*b"NV12"]).unwrap_err().contains("NV12"));
+        assert!(choose_format("yu12", &[*b"NV12"]).unwrap_err().offered.contains(&"NV12".to_string()));
     }
 }

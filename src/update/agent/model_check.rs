@@ -26,9 +26,9 @@ impl Agent {
         };
         if let (Some(engine), Some(swap)) = (engine, &self.deps.swap) {
             let label = format!("{} {}", model.manifest.name, model.manifest.version);
-            if let Err(why) = switch_engine(swap, engine, model) {
-                tracing::error!(reason = %why, "the inference thread did not take the new model; rolling back");
-                return self.roll_back(&rec, &why);
+            if let Err(e) = switch_engine(swap, engine, model) {
+                tracing::error!(reason = %e, "the inference thread did not take the new model; rolling back");
+                return self.roll_back(&rec, &e.to_string());
             }
             self.deps.shared.update_engine(|e| e.model = label);
         }
@@ -111,11 +111,20 @@ pub(super) fn switch_engine(
     swap: &crossbeam_channel::Sender<EngineSwap>,
     engine: Box<dyn crate::inference::engine::Engine>,
     model: Arc<Model>,
-) -> Result<(), String> {
+) -> Result<(), SwitchError> {
     let (done_tx, done_rx) = crossbeam_channel::bounded(1);
     swap.send_timeout(EngineSwap { engine, model, done: done_tx }, SWAP_DEADLINE)
-        .map_err(|_| "the inference thread is not running".to_string())?;
-    done_rx.recv_timeout(SWAP_DEADLINE).map_err(|_| "the inference thread did not switch in time".to_string())
+        .map_err(|_| SwitchError::NotRunning)?;
+    done_rx.recv_timeout(SWAP_DEADLINE).map_err(|_| SwitchError::Late)
+}
+
+/// Why the inference thread did not take a checked engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(super) enum SwitchError {
+    #[error("the inference thread is not running")]
+    NotRunning,
+    #[error("the inference thread did not switch in time")]
+    Late,
 }
 
 /// The model the daemon starts with, and its ONNX bytes (read and checked

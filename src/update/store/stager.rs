@@ -133,7 +133,7 @@ impl Updater {
         if chunk.index >= chunk.total {
             return Err(corrupt(format!("index is not below total {}", chunk.total)));
         }
-        let bytes = chunk.bytes().map_err(corrupt)?;
+        let bytes = chunk.bytes().map_err(|e| corrupt(format!("data is not base64: {e}")))?;
         if bytes.len() > CHUNK_MAX_BYTES {
             return Err(corrupt(format!("{} bytes, more than {CHUNK_MAX_BYTES}", bytes.len())));
         }
