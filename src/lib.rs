@@ -1,12 +1,14 @@
 //! spark-edge: the edge runtime behind `sparkd` and `sparkctl`.
 //!
-//! Data flow (see ARCHITECTURE.md): sources → inference → outbox → uplink,
+//! Data flow (see ARCHITECTURE.md): sources → inference (→ events) → outbox → uplink,
 //! with the control socket reading shared state beside it.
 #![deny(unsafe_code)]
 
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod events;
+pub mod fleet;
 pub mod inference;
 pub mod outbox;
 pub mod record;

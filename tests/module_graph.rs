@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 /// The stages and basics, by top-level folder of `src/`.
-const STAGES: &[&str] = &["sources", "inference", "outbox", "uplink", "update", "control"];
+const STAGES: &[&str] = &["sources", "inference", "events", "outbox", "uplink", "update", "control"];
 /// Shared basics: below every stage, importing none of them.
 const BASICS: &[&str] = &["config", "record", "sys", "state"];
 
@@ -29,10 +29,12 @@ fn forbidden(from: &str) -> BTreeSet<&'static str> {
     let mut out: BTreeSet<&'static str> = ["daemon"].into();
     let mut add = |names: &[&'static str]| out.extend(names.iter().copied());
     match from {
-        "sources" => add(&["inference", "uplink", "update", "control"]),
-        "inference" => add(&["uplink", "update", "control"]),
-        "outbox" => add(&["sources", "inference", "uplink", "update", "control"]),
-        "uplink" => add(&["sources", "inference", "update", "control"]),
+        "sources" => add(&["inference", "events", "uplink", "update", "control"]),
+        // The events stage plugs into inference through `inference::observe`.
+        "inference" => add(&["events", "uplink", "update", "control"]),
+        "events" => add(&["uplink", "update", "control"]),
+        "outbox" => add(&["sources", "inference", "events", "uplink", "update", "control"]),
+        "uplink" => add(&["sources", "inference", "events", "update", "control"]),
         "update" => add(&["control"]),
         f if BASICS.contains(&f) => add(STAGES),
         _ => {}
@@ -135,4 +137,6 @@ fn the_checker_sees_use_lines_groups_and_paths_but_not_comments() {
     assert_eq!(module_of(Path::new("src"), Path::new("src/uplink/mod.rs")), "uplink");
     assert_eq!(module_of(Path::new("src"), Path::new("src/inference/engine/hailo.rs")), "inference::engine");
     assert!(!forbidden("update").contains("uplink"), "update plugs into the uplink's subscription");
+    assert!(forbidden("inference").contains("events"), "events plug into inference, not the other way");
+    assert!(!forbidden("events").contains("inference"));
 }

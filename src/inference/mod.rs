@@ -1,11 +1,13 @@
 //! The inference stage: a frame's path from the camera queue to detections.
 //! `pipeline` runs the loop, `vision` prepares pixels, `engine` runs the
 //! network (Hailo-8 or ONNX Runtime), `detect` decodes its outputs, `model`
-//! describes what is loaded, `snapshot` taps the model input for technicians.
+//! describes what is loaded, `snapshot` taps the model input for technicians,
+//! `observe` is the hook the tracking step plugs into.
 
 pub mod detect;
 pub mod engine;
 pub mod model;
+pub mod observe;
 pub mod pipeline;
 pub mod snapshot;
 pub mod vision;
