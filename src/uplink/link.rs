@@ -412,12 +412,23 @@ pub struct Probe {
     pub exists: bool,
     pub admin_up: bool,
     /// Peers and who reported them, or why no source could.
-    pub device: Result<(HandshakeSource, Vec<PeerReading>), String>,
+    pub device: Result<(HandshakeSource, Vec<PeerReading>), NoPeers>,
+}
+
+/// Why no source could list the interface's peers.
+#[derive(Debug, thiserror::Error)]
+pub enum NoPeers {
+    #[error("not read")]
+    NotRead,
+    #[error("interface {iface} does not exist")]
+    NoInterface { iface: String },
+    #[error("netlink: {}; uapi: {}", crate::error_chain(.netlink), crate::error_chain(.uapi))]
+    NoSource { netlink: NetlinkError, uapi: UapiError },
 }
 
 impl Probe {
     fn failed(why: String) -> Self {
-        Self { failed: Some(why), exists: false, admin_up: false, device: Err("not read".into()) }
+        Self { failed: Some(why), exists: false, admin_up: false, device: Err(NoPeers::NotRead) }
     }
 }
 
@@ -681,7 +692,7 @@ pub fn probe(iface: &str, uapi_dir: &Path) -> Probe {
             failed: None,
             exists: false,
             admin_up: false,
-            device: Err(format!("interface {iface} does not exist")),
+            device: Err(NoPeers::NoInterface { iface: iface.to_string() }),
         };
     }
     let admin_up = match read_flags(&dir.join("flags")) {
@@ -697,14 +708,14 @@ fn read_flags(path: &Path) -> Result<u32, LinkError> {
 }
 
 /// Netlink first, then UAPI; the error lists why each failed.
-fn read_device(iface: &str, uapi_dir: &Path) -> Result<(HandshakeSource, Vec<PeerReading>), String> {
-    let nl = match netlink_device(iface) {
+fn read_device(iface: &str, uapi_dir: &Path) -> Result<(HandshakeSource, Vec<PeerReading>), NoPeers> {
+    let netlink = match netlink_device(iface) {
         Ok(peers) => return Ok((HandshakeSource::Netlink, peers)),
         Err(e) => e,
     };
     match uapi_device(&uapi_dir.join(format!("{iface}.sock"))) {
         Ok(peers) => Ok((HandshakeSource::Uapi, peers)),
-        Err(u) => Err(format!("netlink: {}; uapi: {}", crate::error_chain(&nl), crate::error_chain(&u))),
+        Err(uapi) => Err(NoPeers::NoSource { netlink, uapi }),
     }
 }
 
@@ -1099,11 +1110,16 @@ mod tests {
             failed: None,
             exists: true,
             admin_up: true,
-            device: Err("netlink: no family; uapi: no socket".into()),
+            device: Err(NoPeers::NoSource {
+                netlink: NetlinkError::NoFamily,
+                uapi: UapiError::Truncated { path: "/run/wireguard/wg0.sock".into() },
+            }),
         };
         let out = a.assess(&none, wall, Instant::now());
         assert_eq!(out.decision, Err(Closed::HandshakeUnknown));
-        assert_eq!(out.source_detail, "none (netlink: no family; uapi: no socket)");
+        let detail = out.source_detail;
+        assert!(detail.starts_with("none (netlink: no `wireguard` generic netlink family"), "{detail}");
+        assert!(detail.contains("; uapi: ") && detail.contains("/run/wireguard/wg0.sock"), "{detail}");
 
         let out = a.assess(&Probe::failed("link probe took longer than 2.4s".into()), wall, Instant::now());
         assert_eq!(out.source_detail, "none (link probe took longer than 2.4s)");
