@@ -38,6 +38,7 @@ pub struct Config {
     pub audio: AudioConfig,
     pub hailo: HailoConfig,
     pub update: UpdateConfig,
+    pub metrics: MetricsConfig,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
@@ -275,6 +276,7 @@ impl Default for Config {
             audio: AudioConfig::default(),
             hailo: HailoConfig::default(),
             update: UpdateConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -479,6 +481,7 @@ impl Config {
         range("audio.min_silence_ms", self.audio.min_silence_ms, 0, 60_000);
         range("update.binary_health_secs", self.update.binary_health_secs, 1, 3600);
         range("update.max_artifact_megabytes", self.update.max_artifact_megabytes, 1, 16_384);
+        range("metrics.textfile_interval_secs", self.metrics.textfile_interval_secs, 1, 3600);
         range("update.reserve_megabytes", self.update.reserve_megabytes, 0, MAX_STORE_MEGABYTES);
         range("load.event_bytes", self.load.event_bytes as u64, 0, 64 * 1024);
         range("camera.width", self.camera.width as u64, 1, 8192);
@@ -502,6 +505,9 @@ impl Config {
         }
         if !is_topic_segment(&self.group) {
             bad("group", "must be 1-64 characters of [A-Za-z0-9_.-]".into());
+        }
+        if !self.metrics.textfile_dir.as_os_str().is_empty() && !self.metrics.textfile_dir.is_absolute() {
+            bad("metrics.textfile_dir", "must be an absolute path (node_exporter's textfile directory)".into());
         }
         if let Err(e) = BrokerUrl::parse(&self.mqtt.url) {
             bad("mqtt.url", e.to_string());
@@ -762,9 +768,37 @@ impl Default for UpdateConfig {
     }
 }
 
+/// `sparkctl metrics` is always there; this adds a file for node_exporter.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// node_exporter's textfile-collector directory: `spark.prom` is
+    /// replaced there atomically every `textfile_interval_secs`. Empty: off.
+    pub textfile_dir: PathBuf,
+    pub textfile_interval_secs: u64,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { textfile_dir: PathBuf::new(), textfile_interval_secs: 15 }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metrics_textfile_dir_must_be_absolute_and_the_interval_bounded() {
+        let c = parse("[metrics]\ntextfile_dir = \"/var/lib/node_exporter/textfile_collector\"\n").unwrap();
+        assert_eq!(c.metrics.textfile_interval_secs, 15);
+        let ConfigError::Invalid(issues) = parse("[metrics]\ntextfile_dir = \"rel\"\n").unwrap_err() else { panic!() };
+        assert_eq!((issues[0].line, issues[0].key.as_str()), (2, "metrics.textfile_dir"));
+        let ConfigError::Invalid(issues) = parse("[metrics]\ntextfile_interval_secs = 0\n").unwrap_err() else {
+            panic!()
+        };
+        assert_eq!(issues[0].key, "metrics.textfile_interval_secs");
+    }
 
     fn parse(s: &str) -> Result<Config, ConfigError> {
         Config::parse(s, Path::new("t.toml"))

@@ -294,6 +294,8 @@ pub fn run_from(config: Config, config_path: Option<PathBuf>) -> Result<(), Star
         username: (!config.mqtt.username.is_empty()).then(|| config.mqtt.username.clone()),
         password,
         tls,
+        group: config.group.clone(),
+        binary_slot: crate::update::binary::running_slot().map(|slot| slot.dir_name().to_string()),
     };
     let (update_requests, update_link) = updates.unzip();
     let update_ready = update_requests.clone();
@@ -324,6 +326,11 @@ pub fn run_from(config: Config, config_path: Option<PathBuf>) -> Result<(), Star
         infer: infer_tx,
         updates: update_requests,
     });
+    if !config.metrics.textfile_dir.as_os_str().is_empty() {
+        let every = Duration::from_secs(config.metrics.textfile_interval_secs);
+        let dir = config.metrics.textfile_dir.clone();
+        runtime.spawn(crate::control::metrics::write_textfile(ctx.clone(), dir, every, shutdown_rx.clone()));
+    }
     let control_task = runtime.spawn(server::serve(listener, ctx, shutdown_rx.clone()));
 
     crate::sys::notify::ready();

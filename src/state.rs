@@ -44,6 +44,50 @@ pub struct LinkState {
     pub inbound_discarded: u64,
 }
 
+/// Upper bounds (inclusive, microseconds) of the latency histogram's
+/// buckets: 5 ms to 5 s, a Hailo frame to a slow CPU one.
+pub const LATENCY_BUCKETS_US: [u64; 10] =
+    [5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000];
+
+/// A fixed-bucket histogram of latencies, lock-free; monotonic like the
+/// counters. Buckets are not cumulative here; [`LatencySnapshot`] is.
+#[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    /// One per bound of [`LATENCY_BUCKETS_US`], then the overflow bucket.
+    buckets: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
+    sum_us: AtomicU64,
+}
+
+/// A histogram read at one moment: cumulative counts per bound, the
+/// count of everything, the sum.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LatencySnapshot {
+    /// `(bound in microseconds, observations <= bound)`, ascending.
+    pub cumulative: Vec<(u64, u64)>,
+    pub count: u64,
+    pub sum_us: u64,
+}
+
+impl LatencyHistogram {
+    pub fn observe(&self, latency: std::time::Duration) {
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        let i = LATENCY_BUCKETS_US.iter().position(|b| us <= *b).unwrap_or(LATENCY_BUCKETS_US.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> LatencySnapshot {
+        let mut running = 0;
+        let mut cumulative = Vec::with_capacity(LATENCY_BUCKETS_US.len());
+        for (bound, n) in LATENCY_BUCKETS_US.iter().zip(&self.buckets) {
+            running += n.load(Ordering::Relaxed);
+            cumulative.push((*bound, running));
+        }
+        let count = running + self.buckets[LATENCY_BUCKETS_US.len()].load(Ordering::Relaxed);
+        LatencySnapshot { cumulative, count, sum_us: self.sum_us.load(Ordering::Relaxed) }
+    }
+}
+
 /// Counters are monotonic for the life of the process.
 pub struct Shared {
     pub started: Instant,
@@ -57,6 +101,8 @@ pub struct Shared {
     pub published: AtomicU64,
     pub acked: AtomicU64,
     pub last_latency_us: AtomicU64,
+    /// Per-frame inference latency, for `sparkctl metrics`.
+    pub latency: LatencyHistogram,
     pub shutting_down: AtomicBool,
     pub engine: Mutex<EngineState>,
     pub link: Mutex<LinkState>,
@@ -105,6 +151,7 @@ impl Shared {
             published: AtomicU64::new(0),
             acked: AtomicU64::new(0),
             last_latency_us: AtomicU64::new(0),
+            latency: LatencyHistogram::default(),
             shutting_down: AtomicBool::new(false),
             engine: Mutex::new(EngineState::default()),
             link: Mutex::new(LinkState::default()),
@@ -156,5 +203,26 @@ impl Shared {
 
     pub fn count(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn latency_histogram_counts_cumulatively_with_an_overflow_bucket() {
+        let h = LatencyHistogram::default();
+        for ms in [1, 5, 7, 60, 9_000] {
+            h.observe(Duration::from_millis(ms));
+        }
+        let s = h.snapshot();
+        assert_eq!(s.count, 5);
+        assert_eq!(s.sum_us, 9_073_000);
+        assert_eq!(s.cumulative[0], (5_000, 2), "5 ms is inside the 5 ms bucket");
+        assert_eq!(s.cumulative[1], (10_000, 3));
+        assert_eq!(s.cumulative[4], (100_000, 4));
+        assert_eq!(s.cumulative.last(), Some(&(5_000_000, 4)), "9 s only in +Inf");
     }
 }

@@ -73,6 +73,8 @@ pub fn uplink_to(
         username: None,
         password: None,
         tls: None,
+        group: "default".into(),
+        binary_slot: None,
     };
     let deps = UplinkDeps {
         outbox: outbox.clone(),

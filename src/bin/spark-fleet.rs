@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 use ed25519_dalek::SigningKey;
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use spark_edge::config::{BrokerUrl, is_topic_segment};
+use spark_edge::fleet::devices::{self as fleet_view, Filter, Fleet, SortKey, StateFilter};
 use spark_edge::inference::model::sha256_hex;
 use spark_edge::update::{
     ArtifactSpec, Bundle, CHUNK_MAX_BYTES, Canary, Kind, StateReport, Targets, TrustedKeys, UpdateManifest, Version,
@@ -120,6 +121,38 @@ enum Command {
         #[arg(long)]
         timeout_secs: Option<u64>,
     },
+    /// The fleet from the devices' retained status messages (and last wills):
+    /// one row per device and a summary line.
+    Devices {
+        #[arg(long)]
+        broker: String,
+        #[arg(long, default_value = "spark")]
+        topic_prefix: String,
+        /// Only devices of this group.
+        #[arg(long)]
+        group: Option<String>,
+        /// Only devices in this state.
+        #[arg(long, value_enum)]
+        state: Option<StateFilter>,
+        #[arg(long, value_enum, default_value_t = SortKey::Id)]
+        sort: SortKey,
+        /// A backlog over this many records is counted in the summary.
+        #[arg(long, default_value_t = 1000)]
+        backlog_threshold: u64,
+        /// One JSON object (rows and summary) instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Keep running and redraw as statuses change.
+        #[arg(long)]
+        watch: bool,
+        /// With --watch: redraw at most this often.
+        #[arg(long, default_value_t = 2)]
+        interval_secs: u64,
+        /// Show what arrived after this long even if the broker's retained
+        /// messages were not all delivered (the end marker did not come back).
+        #[arg(long, default_value_t = 30)]
+        timeout_secs: u64,
+    },
 }
 
 fn main() {
@@ -167,6 +200,27 @@ fn main() {
         Command::Watch { broker, group, topic_prefix, json, timeout_secs } => {
             watch(&broker, group, &topic_prefix, json, timeout_secs)
         }
+        Command::Devices {
+            broker,
+            topic_prefix,
+            group,
+            state,
+            sort,
+            backlog_threshold,
+            json,
+            watch,
+            interval_secs,
+            timeout_secs,
+        } => devices(DevicesArgs {
+            broker,
+            prefix: topic_prefix,
+            filter: Filter { group, state, backlog_threshold },
+            sort,
+            json,
+            watch,
+            interval: Duration::from_secs(interval_secs.max(1)),
+            timeout: Duration::from_secs(timeout_secs),
+        }),
     };
     if let Err(e) = r {
         eprintln!("spark-fleet: {e:#}");
@@ -453,4 +507,116 @@ fn watch(broker: &str, group: Option<String>, prefix: &str, json: bool, timeout_
             }
         }
     }
+}
+
+struct DevicesArgs {
+    broker: String,
+    prefix: String,
+    filter: Filter,
+    sort: SortKey,
+    json: bool,
+    watch: bool,
+    interval: Duration,
+    timeout: Duration,
+}
+
+/// Subscribes to every retained status, then publishes a marker to a topic
+/// of its own: the broker queues a subscription's retained messages when it
+/// handles the SUBSCRIBE, so the marker comes back after the last of them
+/// and the first table is printed then, not after a guessed quiet time.
+fn devices(a: DevicesArgs) -> Result<()> {
+    if !a.prefix.split('/').all(is_topic_segment) {
+        bail!("--topic-prefix must be segments of [A-Za-z0-9_.-] joined by '/'");
+    }
+    let nonce = hex::encode(random_seed()?.get(..8).unwrap_or_default());
+    let client_id = format!("spark-fleet-devices-{nonce}");
+    let mut opts = mqtt_options(&a.broker, client_id.clone())?;
+    // Deliveries at QoS 0: no PUBACK round trip per status.
+    opts.set_clean_session(true);
+    let (client, mut conn) = Client::new(opts, 64);
+    let status_filter = format!("{}/+/status", a.prefix);
+    let marker_topic = format!("spark-fleet/{client_id}/end");
+    let mut fleet = Fleet::default();
+    let mut subacks = 0;
+    let mut complete = false;
+    let started = Instant::now();
+    let mut last_draw: Option<Instant> = None;
+    let mut changed = false;
+    loop {
+        let wait = if complete { a.interval } else { a.timeout.saturating_sub(started.elapsed()) };
+        let ev = match conn.recv_timeout(wait.max(Duration::from_millis(10))) {
+            Ok(ev) => Some(ev),
+            Err(rumqttc::RecvTimeoutError::Timeout) => None,
+            Err(rumqttc::RecvTimeoutError::Disconnected) => bail!("MQTT connection to {} closed", a.broker),
+        };
+        match ev {
+            Some(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
+                subacks = 0;
+                client.try_subscribe(&status_filter, QoS::AtMostOnce)?;
+                client.try_subscribe(&marker_topic, QoS::AtMostOnce)?;
+            }
+            Some(Ok(Event::Incoming(Packet::SubAck(_)))) => {
+                subacks += 1;
+                if subacks == 2 {
+                    client.try_publish(&marker_topic, QoS::AtMostOnce, false, Vec::new())?;
+                }
+            }
+            Some(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                if p.topic == marker_topic {
+                    complete = true;
+                    changed = true;
+                } else {
+                    changed |= fleet.apply(&a.prefix, &p.topic, &p.payload);
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                if !complete && started.elapsed() >= a.timeout {
+                    bail!("MQTT connection to {}: {e}", a.broker);
+                }
+                eprintln!("spark-fleet: {}: {e}; retrying", a.broker);
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            None => {}
+        }
+        if !complete && started.elapsed() >= a.timeout {
+            eprintln!(
+                "spark-fleet: the broker's retained statuses did not all arrive within {} s; showing the {} received",
+                a.timeout.as_secs(),
+                fleet.len()
+            );
+            complete = true;
+            changed = true;
+        }
+        let due = last_draw.is_none_or(|t| t.elapsed() >= a.interval);
+        if complete && changed && due {
+            draw(&fleet, &a, last_draw.is_some())?;
+            last_draw = Some(Instant::now());
+            changed = false;
+            if !a.watch {
+                let _ = client.disconnect();
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn draw(fleet: &Fleet, a: &DevicesArgs, again: bool) -> Result<()> {
+    let rows = fleet.rows(&a.filter, a.sort);
+    let summary = fleet_view::summary(&rows, a.filter.backlog_threshold);
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        writeln!(out, "{}", fleet_view::render_json(&rows, &summary))?;
+    } else {
+        if again {
+            if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                write!(out, "\x1b[H\x1b[2J")?;
+            } else {
+                writeln!(out)?;
+            }
+        }
+        write!(out, "{}", fleet_view::render_table(&rows, &summary, spark_edge::record::now_ms()))?;
+    }
+    out.flush()?;
+    Ok(())
 }

@@ -6,11 +6,13 @@
 //! `sparkctl` when the daemon is down); `client` is what `sparkctl` uses; `update` turns the update agent's
 //! answers into `update status` / `update apply` responses; `sensors` answers
 //! `camera list`, `camera snapshot` and `mic level`; `views` is the one place
-//! internal state becomes protocol views.
+//! internal state becomes protocol views; `metrics` renders them as
+//! Prometheus text (`sparkctl metrics`, the node_exporter textfile).
 
 pub mod admission;
 pub mod client;
 pub mod doctor;
+pub mod metrics;
 pub mod protocol;
 pub mod sensors;
 pub mod server;

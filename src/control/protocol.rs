@@ -69,6 +69,8 @@ pub enum Request {
         #[serde(default)]
         from_seq: Option<u64>,
     },
+    /// Every counter and gauge as Prometheus/OpenMetrics text (`sparkctl metrics`).
+    Metrics,
 }
 
 impl Request {
@@ -100,6 +102,7 @@ impl Request {
             Request::CameraList => "camera list",
             Request::CameraSnapshot => "camera snapshot",
             Request::MicLevel { .. } => "mic level",
+            Request::Metrics => "metrics",
         }
     }
 
@@ -177,6 +180,7 @@ pub enum Response {
     Cameras(CameraListReport),
     Snapshot(SnapshotReport),
     MicLevel(MicLevelReport),
+    Metrics(MetricsReport),
     Error(ErrorBody),
 }
 
@@ -557,6 +561,13 @@ pub struct SnapshotReport {
     pub captured_ms: u64,
 }
 
+/// `sparkctl metrics`: the exposition text, ready for promtool or a
+/// scraper (format: `control::metrics`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricsReport {
+    pub text: String,
+}
+
 /// `sparkctl mic level`: recent level windows of the microphone.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MicLevelReport {
@@ -699,6 +710,7 @@ mod tests {
             Request::CameraSnapshot,
             Request::MicLevel { from_seq: None },
             Request::MicLevel { from_seq: Some(42) },
+            Request::Metrics,
         ]
     }
 
@@ -717,7 +729,8 @@ mod tests {
             | Request::ConfigReload
             | Request::UpdateStatus
             | Request::CameraList
-            | Request::CameraSnapshot => r,
+            | Request::CameraSnapshot
+            | Request::Metrics => r,
             Request::UpdateApplyManifest { .. } => Request::UpdateApplyManifest { envelope: text },
             Request::UpdateApplyChunk { .. } => Request::UpdateApplyChunk { chunk: text },
             Request::Infer { .. } => Request::Infer { name: text.clone(), image_hex: text },

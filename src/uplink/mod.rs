@@ -53,6 +53,11 @@ pub struct UplinkSettings {
     /// TLS client config for `mqtts://` (built by [`crate::uplink::tls::client_config`]);
     /// `None`: plain TCP.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Named in the status message for the fleet view (`spark-fleet devices`).
+    pub group: String,
+    /// The binary slot (`slot-a`, `slot-b`) this process runs from; `None`:
+    /// the packaged binary.
+    pub binary_slot: Option<String>,
 }
 
 impl UplinkSettings {
@@ -61,16 +66,58 @@ impl UplinkSettings {
     }
 }
 
+/// The retained `<prefix>/<device>/status` message (and, with `online:
+/// false` and only the identity, the last will). Fields after `pending` were
+/// added for `spark-fleet devices`; readers must treat every field but
+/// `online` as optional (older devices, the last will).
 #[derive(Serialize)]
-struct StatusMessage<'a> {
-    online: bool,
-    device_id: &'a str,
-    version: &'a str,
-    ts: u64,
+pub struct StatusMessage<'a> {
+    pub online: bool,
+    pub device_id: &'a str,
+    pub version: &'a str,
+    pub ts: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    engine: Option<&'a str>,
+    pub engine: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pending: Option<u64>,
+    pub pending: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slot: Option<&'a str>,
+    /// The model the engine runs (`name version`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<&'a str>,
+    /// Hailo → CPU fallbacks since start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallbacks: Option<u64>,
+    /// Age of the oldest record waiting in the outbox.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oldest_age_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vpn_up: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reconnects: Option<u64>,
+}
+
+impl<'a> StatusMessage<'a> {
+    /// Only who the device is: the last will's body.
+    pub fn identity(online: bool, device_id: &'a str, group: &'a str, slot: Option<&'a str>) -> Self {
+        StatusMessage {
+            online,
+            device_id,
+            version: env!("CARGO_PKG_VERSION"),
+            ts: 0,
+            engine: None,
+            pending: None,
+            group: Some(group),
+            slot,
+            model: None,
+            fallbacks: None,
+            oldest_age_s: None,
+            vpn_up: None,
+            reconnects: None,
+        }
+    }
 }
 
 /// What the uplink needs from the rest of the daemon.
@@ -268,15 +315,8 @@ fn mqtt_options(s: &UplinkSettings) -> MqttOptions {
     o.set_clean_session(true);
     o.set_inflight(s.window);
     o.set_max_packet_size(MAX_INBOUND_PACKET, 1024 * 1024);
-    let offline = serde_json::to_vec(&StatusMessage {
-        online: false,
-        device_id: &s.device_id,
-        version: env!("CARGO_PKG_VERSION"),
-        ts: 0,
-        engine: None,
-        pending: None,
-    })
-    .unwrap_or_default();
+    let offline = serde_json::to_vec(&StatusMessage::identity(false, &s.device_id, &s.group, s.binary_slot.as_deref()))
+        .unwrap_or_default();
     o.set_last_will(LastWill::new(s.topic("status"), offline, QoS::AtLeastOnce, true));
     if let (Some(u), p) = (&s.username, &s.password) {
         o.set_credentials(u.clone(), p.clone().unwrap_or_default());
@@ -613,15 +653,22 @@ fn batch_payload(records: &[crate::outbox::Pending], max_records: usize, max_byt
 }
 
 fn publish_status(s: &UplinkSettings, client: &AsyncClient, epoch: &mut Epoch, deps: &UplinkDeps, online: bool) {
-    let engine = deps.shared.engine().active.map(|k| k.as_str());
+    let engine_state = deps.shared.engine();
+    let link = deps.shared.link();
     let pending = deps.outbox.counters().iter().map(|c| c.pending).sum();
+    let now = now_ms();
+    let oldest_age_s =
+        deps.outbox.stats().ok().and_then(|st| st.oldest_ts_ms).map(|t| now.saturating_sub(t) as f64 / 1000.0);
     let body = StatusMessage {
-        online,
-        device_id: &s.device_id,
-        version: env!("CARGO_PKG_VERSION"),
-        ts: now_ms(),
-        engine,
+        ts: now,
+        engine: engine_state.active.map(|k| k.as_str()),
         pending: Some(pending),
+        model: Some(engine_state.model.as_str()).filter(|m| !m.is_empty()),
+        fallbacks: Some(engine_state.fallbacks),
+        oldest_age_s,
+        vpn_up: Some(link.vpn_up),
+        reconnects: Some(link.reconnects),
+        ..StatusMessage::identity(online, &s.device_id, &s.group, s.binary_slot.as_deref())
     };
     let Ok(payload) = serde_json::to_vec(&body) else { return };
     if client.try_publish(s.topic("status"), QoS::AtLeastOnce, true, payload).is_ok() {

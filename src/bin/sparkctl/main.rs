@@ -93,6 +93,8 @@ enum Command {
         #[arg(short = 'n', long, default_value_t = 100, value_name = "N")]
         lines: u32,
     },
+    /// Every counter and gauge as Prometheus text (for promtool, node_exporter, a scraper).
+    Metrics,
     /// Fleet update state.
     Update {
         #[command(subcommand)]
@@ -176,6 +178,19 @@ fn main() -> ExitCode {
         Command::Mic { action } => sensors::mic(&socket(), action, &out),
         Command::Update { action: UpdateAction::Apply { file } } => update_apply(&socket(), &file, &out),
         Command::Config { action: ConfigAction::Reload } => config_reload(&socket(), &out),
+        Command::Metrics => match ask(&socket(), &Request::Metrics, TIMEOUT, &out) {
+            Ok(Response::Metrics(m)) if out.json => {
+                println!("{}", serde_json::json!({ "text": m.text }));
+                ExitCode::SUCCESS
+            }
+            // Raw, as a scraper or `promtool check metrics` reads it.
+            Ok(Response::Metrics(m)) => {
+                print!("{}", m.text);
+                ExitCode::SUCCESS
+            }
+            Ok(other) => unexpected(&other),
+            Err(code) => code,
+        },
         Command::Sync { wait, timeout_secs } => {
             let socket = socket();
             let r = match ask(&socket, &Request::Sync, TIMEOUT, &out) {
