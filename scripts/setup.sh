@@ -40,6 +40,7 @@ APT_PACKAGES=(
   valgrind                      # leak checks of the FFI path
   systemd                       # systemd-analyze/-sysusers/-tmpfiles (tests/systemd_unit.rs)
   tmux passwd util-linux        # sparkctl terminal test (tmux), permission test (useradd, runuser, setpriv)
+  prometheus                    # promtool check metrics (tests/metrics.rs); its server is not run
 )
 
 install_apt() {
@@ -49,6 +50,10 @@ install_apt() {
   # the demo and tests start their own.
   if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled mosquitto >/dev/null 2>&1; then
     systemctl disable --now mosquitto >/dev/null 2>&1 || true
+  fi
+  # Only promtool is wanted from the prometheus package, not a server on :9090.
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled prometheus >/dev/null 2>&1; then
+    systemctl disable --now prometheus >/dev/null 2>&1 || true
   fi
 }
 
