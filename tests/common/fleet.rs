@@ -166,3 +166,35 @@ pub fn wait_state_for(
     super::wait_for(timeout, || states(c, id).into_iter().find(|j| j["state"] == state))
         .unwrap_or_else(|| panic!("no {state} report for {id}; reports: {:#?}\nlog:\n{}", states(c, ""), log()))
 }
+
+/// Publishes every `(topic, payload)` retained at QoS 1 on one connection
+/// and returns once the broker acknowledged them all (statuses for the
+/// fleet view's test and bench).
+pub fn publish_retained_all(broker: &super::Broker, messages: Vec<(String, Vec<u8>)>) {
+    let mut o = rumqttc::MqttOptions::new(format!("test-retain-{}", std::process::id()), "127.0.0.1", broker.port);
+    o.set_max_packet_size(4 << 20, 4 << 20);
+    o.set_inflight(100);
+    let (client, mut conn) = rumqttc::Client::new(o, 256);
+    let want = messages.len();
+    let sender = std::thread::spawn(move || {
+        for (topic, payload) in messages {
+            client.publish(topic, rumqttc::QoS::AtLeastOnce, true, payload).expect("queue a retained status");
+        }
+        client
+    });
+    let mut acked = 0;
+    for ev in conn.iter() {
+        match ev {
+            Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => {
+                acked += 1;
+                if acked == want {
+                    break;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => panic!("publishing retained statuses ({acked} of {want} acknowledged): {e}"),
+        }
+    }
+    let client = sender.join().expect("sender thread");
+    let _ = client.disconnect();
+}
