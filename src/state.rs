@@ -19,6 +19,8 @@ pub struct EngineState {
     /// Time spent inferring on each engine since start.
     pub hailo_seconds: f64,
     pub cpu_seconds: f64,
+    /// The HEF as the accelerator last opened it; `None` before that.
+    pub hef: Option<crate::inference::engine::hailo::HefLayout>,
 }
 
 /// Internal: what the control socket sends is `protocol::LinkView`.

@@ -14,11 +14,14 @@ mod double;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use spark_edge::inference::detect::{self, DecodeError, Detection, NmsFault};
+use spark_edge::inference::engine::hailo::InputFormat;
 use spark_edge::inference::engine::hailo::{
     self, HailoEngine, HailoError, HailoFailure, HailoOptions, HailoStatus, HefSource,
 };
 use spark_edge::inference::engine::{Engine, EngineError, EngineKind};
-use spark_edge::inference::vision::Tensor;
+use spark_edge::inference::model::{ColorOrder, Decoder, InputSpec, Layout, OutputSpec, Resize};
+use spark_edge::inference::vision::{self, Tensor};
 
 const SCENARIO_ENV: &str = "HAILO_FFI_SCENARIO";
 /// The double's switches: never inherited by a child unless a test sets them.
@@ -537,4 +540,230 @@ fn soak_under_valgrind_has_no_leaks_or_invalid_accesses() {
         soak,
     );
     let _ = std::fs::remove_dir_all(dir);
+}
+
+// ---- Model Zoo HEFs: on-chip NMS and UINT8 inputs ----------------------------------------
+
+fn open_variant(h: u32, w: u32, words: &str) -> Result<HailoEngine, HailoError> {
+    let hef = double::hef_variant(h, w, words);
+    HailoEngine::try_open(Some(&lib()), HefSource::Bytes(&hef), &opts())
+}
+
+fn must_open_variant(h: u32, w: u32, words: &str) -> HailoEngine {
+    open_variant(h, w, words).unwrap_or_else(|e| panic!("opening the double's `{words}` HEF: {e}"))
+}
+
+/// A Zoo-style input: raw RGB pixels, letterboxed, no normalisation.
+fn zoo_spec(w: u32, h: u32) -> InputSpec {
+    InputSpec {
+        name: "images".into(),
+        width: w,
+        height: h,
+        color: ColorOrder::Rgb,
+        layout: Layout::Nchw,
+        resize: Resize::Letterbox,
+        pad_value: 114.0,
+        mean: [0.0; 3],
+        std: [1.0; 3],
+    }
+}
+
+/// A frame whose bytes differ per pixel and channel.
+fn gradient(w: u32, h: u32) -> image::RgbImage {
+    image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 3 + y) as u8, (y * 7 + x) as u8, (x ^ y) as u8]))
+}
+
+fn labels(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("class{i}")).collect()
+}
+
+/// One frame through `engine` and the `hailo-nms` decoder, as the pipeline does it.
+fn nms_frame(
+    engine: &mut HailoEngine,
+    frame: &image::RgbImage,
+    spec: &InputSpec,
+) -> Result<Vec<Detection>, DecodeError> {
+    let (outputs, lb) = engine.infer_frame(frame, spec).unwrap_or_else(|e| panic!("infer_frame: {e}"));
+    detect::decode(&OutputSpec::new(Decoder::HailoNms, 0.3, 0.5), &labels(3), &outputs, &lb)
+}
+
+fn close(a: [f32; 4], b: [f32; 4]) -> bool {
+    a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-3)
+}
+
+#[test]
+fn nms_by_class_boxes_come_out_as_frame_pixel_boxes() {
+    scenario("nms_by_class_boxes_come_out_as_frame_pixel_boxes", &[], || {
+        let words = "input=u8 nms=3x4 box=0:0.25,0.5,0.5,0.75,0.9 box=2:0.1,0.1,0.2,0.2,0.8 box=2:0.5,0.5,0.6,0.6,0.1";
+        let mut engine = must_open_variant(64, 64, words);
+        let layout = engine.hef_layout();
+        assert_eq!((layout.input_format.as_str(), layout.input_order.as_str()), ("UINT8", "NHWC"));
+        assert_eq!(layout.outputs.len(), 1);
+        assert_eq!(layout.outputs[0].name, double::NMS_OUTPUT);
+        assert_eq!(layout.outputs[0].order, "HAILO_NMS_BY_CLASS");
+        assert_eq!(layout.outputs[0].nms_shape, Some([3, 4]));
+        assert_eq!(engine.outputs(), vec![(double::NMS_OUTPUT.to_string(), vec![3, 4])]);
+        // A 128x96 frame into 64x64: scale 0.5, content 64x48, padding below.
+        let d = nms_frame(&mut engine, &gradient(128, 96), &zoo_spec(64, 64)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(d.len(), 2, "the 0.1 box is under the threshold: {d:?}");
+        assert_eq!((d[0].label.as_str(), d[0].score), ("class0", 0.9));
+        // x 0.5..0.75 of 64 = 32..48 → 64..96; y 0.25..0.5 of 64 = 16..32 → 32..64.
+        assert!(close(d[0].bbox, [64.0, 32.0, 96.0, 64.0]), "{d:?}");
+        assert_eq!(d[1].label, "class2");
+        assert!(close(d[1].bbox, [12.8, 12.8, 25.6, 25.6]), "{d:?}");
+        // The record's detections have the CPU path's schema: the same type, serialised the same way.
+        let json = serde_json::to_value(&d[0]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(json, serde_json::json!({"label": "class0", "score": 0.9f32, "box": [64.0, 32.0, 96.0, 64.0]}));
+        // Frame after frame, and through the Engine trait.
+        let mut t = Tensor::zeros(&[1]);
+        let dyn_engine: &mut dyn Engine = &mut engine;
+        let (outputs, lb) =
+            dyn_engine.run_frame(&gradient(128, 96), &zoo_spec(64, 64), &mut t).unwrap_or_else(|e| panic!("{e}"));
+        let again = detect::decode(&OutputSpec::new(Decoder::HailoNms, 0.3, 0.5), &labels(3), &outputs, &lb);
+        assert_eq!(again, Ok(d));
+        drop(engine);
+        assert_eq!(live_handles(), 0);
+    });
+}
+
+#[test]
+fn nms_under_the_older_hailo_nms_name_reads_the_same_and_by_score_is_refused() {
+    scenario("nms_under_the_older_hailo_nms_name_reads_the_same_and_by_score_is_refused", &[], || {
+        let boxes = "nms=3x4 box=1:0.0,0.0,0.5,0.5,0.7";
+        let mut engine = must_open_variant(32, 32, &format!("input=u8 nms-order=legacy {boxes}"));
+        assert_eq!(engine.hef_layout().outputs[0].order, "HAILO_NMS");
+        let d = nms_frame(&mut engine, &gradient(32, 32), &zoo_spec(32, 32)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(d.len(), 1);
+        assert!(close(d[0].bbox, [0.0, 0.0, 16.0, 16.0]) && d[0].label == "class1", "{d:?}");
+        drop(engine);
+        let Err(e) = open_variant(32, 32, &format!("input=u8 nms-order=by-score {boxes}")) else {
+            panic!("a by-score NMS output was accepted")
+        };
+        assert!(matches!(e, HailoError::UnsupportedModel(_)) && e.to_string().contains("HAILO_NMS_BY_SCORE"), "{e}");
+        assert_eq!(e.failure(), HailoFailure::Permanent);
+        assert_eq!(live_handles(), 0);
+    });
+}
+
+#[test]
+fn malformed_nms_frames_are_decode_errors_and_the_next_frame_is_fine() {
+    scenario("malformed_nms_frames_are_decode_errors_and_the_next_frame_is_fine", &[], || {
+        let boxes = "nms=3x4 box=0:0.25,0.5,0.5,0.75,0.9 box=2:0.1,0.1,0.2,0.2,0.8";
+        let cases: [(&str, fn(&NmsFault) -> bool); 3] = [
+            ("fault=too-many@2", |f| matches!(f, NmsFault::TooMany { count: 5, max: 4 })),
+            ("fault=nan@2", |f| matches!(f, NmsFault::NonFinite { index: 0 })),
+            // The library reports an 18-float frame (the good frames need 13); the last class
+            // then claims 4 boxes: its count at float 7, the boxes up to float 28.
+            ("short=45 fault=truncated@2", |f| matches!(f, NmsFault::PastEnd { needed: 28, len: 18 })),
+        ];
+        let (frame, spec) = (gradient(64, 64), zoo_spec(64, 64));
+        for (fault, expected) in cases {
+            let mut engine = must_open_variant(64, 64, &format!("input=u8 {boxes} {fault}"));
+            let good = nms_frame(&mut engine, &frame, &spec).unwrap_or_else(|e| panic!("{fault}, frame 1: {e}"));
+            assert_eq!(good.len(), 2, "{fault}");
+            match nms_frame(&mut engine, &frame, &spec) {
+                Err(DecodeError::Nms { fault: f, .. }) if expected(&f) => {}
+                other => panic!("{fault}, frame 2: expected that decode error, got {other:?}"),
+            }
+            assert_eq!(nms_frame(&mut engine, &frame, &spec), Ok(good), "{fault}: the next frame is fine");
+        }
+        assert_eq!(live_handles(), 0);
+    });
+}
+
+#[test]
+fn uint8_input_bytes_arrive_unchanged() {
+    scenario("uint8_input_bytes_arrive_unchanged", &[], || {
+        let dir = temp_dir("u8");
+        let record = dir.join("input.bin");
+        // CenterFace-shaped outputs, UINT8 input: 48 high, 64 wide.
+        let mut engine = must_open_variant(48, 64, &format!("input=u8 record={}", record.display()));
+        assert_eq!(engine.input_format(), InputFormat::Uint8);
+        let read = || std::fs::read(&record).unwrap_or_else(|e| panic!("reading {}: {e}", record.display()));
+        for (frame, color) in [(gradient(100, 75), ColorOrder::Rgb), (gradient(64, 48), ColorOrder::Bgr)] {
+            let mut spec = zoo_spec(64, 48);
+            spec.color = color;
+            // Mean and std belong to the chip: they must not change a byte.
+            spec.mean = [1.0, 2.0, 3.0];
+            spec.std = [4.0, 5.0, 6.0];
+            let mut want = Vec::new();
+            vision::prepare_u8_nhwc(&frame, &spec, &mut want);
+            let (outputs, _) = engine.infer_frame(&frame, &spec).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(outputs.len(), double::OUTPUTS.len());
+            let got = read();
+            assert_eq!(got.len(), 64 * 48 * 3, "one byte per channel, NHWC");
+            assert!(got == want, "the double received other bytes than the resize produced");
+            // The outputs carry the double's function of those bytes: the data really went in.
+            let as_f32: Vec<f32> = {
+                let mut t = Tensor::zeros(&[1, 3, 48, 64]);
+                for (i, b) in want.iter().enumerate() {
+                    let (p, c) = (i / 3, i % 3);
+                    t.data[c * 48 * 64 + p] = *b as f32;
+                }
+                t.data
+            };
+            let expected = double::expected_outputs(&as_f32, 48, 64);
+            assert!((outputs[0].data[0] - expected[0][0]).abs() <= 1e-4 * expected[0][0].abs().max(1.0));
+        }
+        // A float tensor prepared with mean 0 and std 1 reaches the chip as the same bytes.
+        let (frame, spec) = (gradient(100, 75), zoo_spec(64, 48));
+        let mut t = Tensor::zeros(&[1]);
+        vision::prepare(&frame, &spec, &mut t);
+        engine.infer(&t).unwrap_or_else(|e| panic!("{e}"));
+        let mut want = Vec::new();
+        vision::prepare_u8_nhwc(&frame, &spec, &mut want);
+        assert!(read() == want, "the tensor path sent other bytes");
+        assert_eq!(engine.hef_layout().input_format, "UINT8");
+        drop(engine);
+        assert_eq!(live_handles(), 0);
+    });
+}
+
+#[test]
+fn float32_hef_input_still_takes_the_normalised_tensor() {
+    scenario("float32_hef_input_still_takes_the_normalised_tensor", &[], || {
+        let mut engine = must_open_variant(16, 16, "input=f32");
+        assert_eq!(engine.input_format(), InputFormat::Float32);
+        assert_eq!(engine.hef_layout().input_format, "FLOAT32");
+        let mut spec = zoo_spec(16, 16);
+        spec.mean = [100.0, 110.0, 120.0];
+        spec.std = [50.0, 60.0, 70.0];
+        let frame = gradient(16, 16);
+        let mut t = Tensor::zeros(&[1]);
+        vision::prepare(&frame, &spec, &mut t);
+        let (outputs, _) = engine.infer_frame(&frame, &spec).unwrap_or_else(|e| panic!("{e}"));
+        let want = double::expected_outputs(&t.data, 16, 16);
+        for (o, w) in outputs.iter().zip(&want) {
+            assert!(o.data.iter().zip(w).all(|(a, b)| (a - b).abs() <= 1e-4 * b.abs().max(1.0)), "{}", o.name);
+        }
+    });
+}
+
+#[test]
+fn unsupported_input_format_is_refused_at_load_naming_file_field_and_value() {
+    scenario("unsupported_input_format_is_refused_at_load_naming_file_field_and_value", &[], || {
+        let dir = temp_dir("u16");
+        let path = dir.join("yolov8s_u16.hef");
+        std::fs::write(&path, double::hef_variant(32, 32, "input=u16 nms=3x4")).unwrap_or_else(|e| panic!("{e}"));
+        let Err(e) = HailoEngine::try_open(Some(&lib()), HefSource::File(&path), &opts()) else {
+            panic!("a UINT16 input was accepted")
+        };
+        let HailoError::InputFormat { hef, vstream, value } = &e else { panic!("not an input format error: {e}") };
+        assert_eq!(
+            (hef.as_str(), vstream.as_str(), value.as_str()),
+            (path.to_str().unwrap_or(""), "yolov8s/input_layer1", "UINT16 (2)")
+        );
+        let msg = e.to_string();
+        assert!(msg.contains("hailo_vstream_info_t.format.type"), "{msg}");
+        assert_eq!(e.failure(), HailoFailure::Permanent);
+        // Bytes read from a named file keep the name in the error.
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{e}"));
+        let Err(e) = HailoEngine::try_open(Some(&lib()), HefSource::Read { path: &path, bytes: &bytes }, &opts())
+        else {
+            panic!("a UINT16 input was accepted")
+        };
+        assert!(e.to_string().contains("yolov8s_u16.hef"), "{e}");
+        // Everything opened on the way was released.
+        assert_eq!(live_handles(), 0);
+    });
 }

@@ -262,6 +262,28 @@ pub struct EngineView {
     /// Time spent inferring on each engine since start.
     pub hailo_seconds: f64,
     pub cpu_seconds: f64,
+    /// The HEF as the accelerator last opened it; `null` before that.
+    #[serde(default)]
+    pub hef: Option<HefView>,
+}
+
+/// The loaded HEF in `sparkctl engine` (wire type, see [`EngineView`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HefView {
+    /// `UINT8` (raw pixels, normalised on the chip) or `FLOAT32`.
+    pub input_format: String,
+    /// HailoRT's host order of the input (`NHWC`, `NCHW`).
+    pub input_order: String,
+    pub outputs: Vec<HefOutputView>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HefOutputView {
+    pub name: String,
+    /// HailoRT's format order without `HAILO_FORMAT_ORDER_` (`NHWC`, `HAILO_NMS_BY_CLASS`).
+    pub order: String,
+    /// `[number_of_classes, max_bboxes_per_class]` of an NMS output.
+    pub nms_shape: Option<[u32; 2]>,
 }
 
 /// `sparkctl link` and `status.link` (wire type, see [`EngineView`]).
@@ -946,6 +968,7 @@ mod tests {
             model: "nanodet 1.0.0".into(),
             hailo_seconds: 0.5,
             cpu_seconds: 1.5,
+            hef: None,
         };
         let link = LinkView {
             vpn_up: true,
@@ -995,7 +1018,25 @@ mod tests {
             sensors: SensorReport::default(),
         };
         let engine_json = serde_json::json!({"active": "onnx-cpu", "hailo_present": false, "fallbacks": 2,
-            "last_error": "e", "model": "nanodet 1.0.0", "hailo_seconds": 0.5, "cpu_seconds": 1.5});
+            "last_error": "e", "model": "nanodet 1.0.0", "hailo_seconds": 0.5, "cpu_seconds": 1.5, "hef": null});
+        // A Zoo detection HEF: UINT8 input, one NMS output.
+        let hef = HefView {
+            input_format: "UINT8".into(),
+            input_order: "NHWC".into(),
+            outputs: vec![HefOutputView {
+                name: "yolov8s/yolov8_nms_postprocess".into(),
+                order: "HAILO_NMS_BY_CLASS".into(),
+                nms_shape: Some([80, 100]),
+            }],
+        };
+        let hef_json = serde_json::json!({"input_format": "UINT8", "input_order": "NHWC", "outputs": [
+            {"name": "yolov8s/yolov8_nms_postprocess", "order": "HAILO_NMS_BY_CLASS", "nms_shape": [80, 100]}]});
+        assert_eq!(serde_json::to_value(&hef).unwrap(), hef_json);
+        assert_eq!(serde_json::from_value::<HefView>(hef_json).unwrap(), hef);
+        // A daemon from before the field: `hef` reads as absent.
+        let mut old = engine_json.clone();
+        old.as_object_mut().unwrap().remove("hef");
+        assert_eq!(serde_json::from_value::<EngineView>(old).unwrap(), engine);
         let link_json = serde_json::json!({"vpn_up": true, "vpn_interface": "wg0", "handshake_age_s": 3,
             "handshake_source": "uapi", "vpn_down_since_ms": null, "vpn_last_error": null, "broker_connected": true,
             "broker": "b:1883", "last_error": null, "since_ms": 7, "reconnects": 1, "inbound_discarded": 0});

@@ -2,8 +2,9 @@
 //! status types (`state`) stay free to change, the wire types in
 //! [`super::protocol`] do not.
 
-use super::protocol::{EngineName, EngineView, LinkView};
+use super::protocol::{EngineName, EngineView, HefOutputView, HefView, LinkView};
 use crate::inference::engine::EngineKind;
+use crate::inference::engine::hailo::{HefLayout, HefOutput};
 use crate::state::{EngineState, LinkState};
 
 pub fn engine_name(k: EngineKind) -> EngineName {
@@ -14,7 +15,7 @@ pub fn engine_name(k: EngineKind) -> EngineName {
 }
 
 pub fn engine_view(e: EngineState) -> EngineView {
-    let EngineState { active, hailo_present, fallbacks, last_error, model, hailo_seconds, cpu_seconds } = e;
+    let EngineState { active, hailo_present, fallbacks, last_error, model, hailo_seconds, cpu_seconds, hef } = e;
     EngineView {
         active: active.map(engine_name),
         hailo_present,
@@ -23,6 +24,19 @@ pub fn engine_view(e: EngineState) -> EngineView {
         model,
         hailo_seconds,
         cpu_seconds,
+        hef: hef.map(hef_view),
+    }
+}
+
+fn hef_view(h: HefLayout) -> HefView {
+    let HefLayout { input_format, input_order, outputs } = h;
+    HefView {
+        input_format,
+        input_order,
+        outputs: outputs
+            .into_iter()
+            .map(|HefOutput { name, order, nms_shape }| HefOutputView { name, order, nms_shape })
+            .collect(),
     }
 }
 

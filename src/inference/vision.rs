@@ -98,79 +98,155 @@ pub fn tensor_to_rgb(t: &Tensor, spec: &InputSpec) -> Option<RgbImage> {
     Some(img)
 }
 
+/// Where the resized frame lands in the model input, shared by [`prepare`]
+/// and [`prepare_u8_nhwc`] so both paths resize identically.
+struct Fit {
+    /// Model input size.
+    w: usize,
+    h: usize,
+    /// Size of the resized frame inside it (the rest is padding).
+    nw: usize,
+    nh: usize,
+    /// Frame already at the fitted size: rows are copied, not interpolated.
+    identity: bool,
+    xs: Vec<(usize, usize, f32)>,
+    ys: Vec<(usize, usize, f32)>,
+    /// Output channel c takes source channel `order[c]`.
+    order: [usize; 3],
+    letterbox: Letterbox,
+}
+
+impl Fit {
+    fn new(frame: &RgbImage, spec: &InputSpec) -> Self {
+        let (tw, th) = (spec.width, spec.height);
+        let (fw, fh) = frame.dimensions();
+        let (nw, nh) = fitted_size((fw, fh), spec);
+        let (sx, sy) = (nw as f32 / fw as f32, nh as f32 / fh as f32);
+        Self {
+            w: tw as usize,
+            h: th as usize,
+            nw: nw as usize,
+            nh: nh as usize,
+            identity: (nw, nh) == (fw, fh),
+            xs: axis_map(fw as usize, nw as usize),
+            ys: axis_map(fh as usize, nh as usize),
+            order: match spec.color {
+                ColorOrder::Rgb => [0, 1, 2],
+                ColorOrder::Bgr => [2, 1, 0],
+            },
+            letterbox: Letterbox {
+                scale_x: sx,
+                scale_y: sy,
+                frame_width: fw,
+                frame_height: fh,
+                input_width: tw,
+                input_height: th,
+            },
+        }
+    }
+}
+
+/// Bilinear sample of channel `c` between source pixels at byte offsets `a`
+/// and `b` of rows `r0` (weight `1 - wy`) and `r1` (weight `wy`).
+#[inline(always)]
+fn bilinear(r0: &[u8], r1: &[u8], a: usize, b: usize, c: usize, wx: f32, wy: f32) -> f32 {
+    let top = r0[a + c] as f32 + (r0[b + c] as f32 - r0[a + c] as f32) * wx;
+    let bot = r1[a + c] as f32 + (r1[b + c] as f32 - r1[a + c] as f32) * wx;
+    top + (bot - top) * wy
+}
+
 /// Resizes `frame` as `spec` says and writes the normalised NCHW tensor into
 /// `out` (reused across frames to avoid an allocation per frame).
 ///
 /// Resize, channel order, normalisation and the HWC→CHW transpose happen in
 /// one pass over the output: no intermediate image.
 pub fn prepare(frame: &RgbImage, spec: &InputSpec, out: &mut Tensor) -> Letterbox {
-    let (tw, th) = (spec.width, spec.height);
-    let (fw, fh) = frame.dimensions();
-    let (nw, nh) = fitted_size((fw, fh), spec);
-    let (sx, sy) = (nw as f32 / fw as f32, nh as f32 / fh as f32);
-    let (w, h) = (tw as usize, th as usize);
+    let fit = Fit::new(frame, spec);
+    let (w, h, nw, nh, order) = (fit.w, fit.h, fit.nw, fit.nh, fit.order);
     let plane = w * h;
     out.shape.clear();
     out.shape.extend_from_slice(&[1, 3, h, w]);
     out.data.resize(3 * plane, 0.0);
-    // Output channel c takes source channel order[c].
-    let order = match spec.color {
-        ColorOrder::Rgb => [0usize, 1, 2],
-        ColorOrder::Bgr => [2usize, 1, 0],
-    };
     let inv_std: [f32; 3] = std::array::from_fn(|c| 1.0 / spec.std[order[c]]);
     let mean: [f32; 3] = std::array::from_fn(|c| spec.mean[order[c]]);
     let pad: [f32; 3] = std::array::from_fn(|c| (spec.pad_value - mean[c]) * inv_std[c]);
-    let identity = (nw, nh) == (fw, fh);
-    let xs = axis_map(fw as usize, nw as usize);
-    let ys = axis_map(fh as usize, nh as usize);
     let raw = frame.as_raw();
-    let stride = fw as usize * 3;
+    let stride = frame.width() as usize * 3;
     let (p0, rest) = out.data.split_at_mut(plane);
     let (p1, p2) = rest.split_at_mut(plane);
-    let planes: [&mut [f32]; 3] = [p0, p1, p2];
-    let [p0, p1, p2] = planes;
     for y in 0..h {
         let row = y * w..(y + 1) * w;
         let (o0, o1, o2) = (&mut p0[row.clone()], &mut p1[row.clone()], &mut p2[row]);
-        if y >= nh as usize {
+        if y >= nh {
             o0.fill(pad[0]);
             o1.fill(pad[1]);
             o2.fill(pad[2]);
             continue;
         }
-        let (y0, y1, wy) = ys[y];
-        if identity {
+        let (y0, y1, wy) = fit.ys[y];
+        if fit.identity {
             // Frame already at the model's size: no interpolation.
             let r = &raw[y0 * stride..(y0 + 1) * stride];
-            for x in 0..nw as usize {
+            for x in 0..nw {
                 let p = &r[x * 3..x * 3 + 3];
                 o0[x] = (p[order[0]] as f32 - mean[0]) * inv_std[0];
                 o1[x] = (p[order[1]] as f32 - mean[1]) * inv_std[1];
                 o2[x] = (p[order[2]] as f32 - mean[2]) * inv_std[2];
             }
-            o0[nw as usize..].fill(pad[0]);
-            o1[nw as usize..].fill(pad[1]);
-            o2[nw as usize..].fill(pad[2]);
+        } else {
+            let (r0, r1) = (&raw[y0 * stride..(y0 + 1) * stride], &raw[y1 * stride..(y1 + 1) * stride]);
+            for (x, &(x0, x1, wx)) in fit.xs.iter().enumerate() {
+                let (a, b) = (x0 * 3, x1 * 3);
+                o0[x] = (bilinear(r0, r1, a, b, order[0], wx, wy) - mean[0]) * inv_std[0];
+                o1[x] = (bilinear(r0, r1, a, b, order[1], wx, wy) - mean[1]) * inv_std[1];
+                o2[x] = (bilinear(r0, r1, a, b, order[2], wx, wy) - mean[2]) * inv_std[2];
+            }
+        }
+        o0[nw..].fill(pad[0]);
+        o1[nw..].fill(pad[1]);
+        o2[nw..].fill(pad[2]);
+    }
+    fit.letterbox
+}
+
+/// Resizes `frame` as `spec` says into `out` as uint8 NHWC `[H, W, 3]` pixels
+/// (reused across frames): for accelerators whose quantised input takes raw
+/// pixels and normalises on the chip (Hailo Model Zoo HEFs). Channel order
+/// and padding follow `spec` (the pad value rounded to a byte); mean and std
+/// are not applied. No float tensor and no transpose: a frame already at the
+/// model's size is copied row by row.
+pub fn prepare_u8_nhwc(frame: &RgbImage, spec: &InputSpec, out: &mut Vec<u8>) -> Letterbox {
+    let fit = Fit::new(frame, spec);
+    let (w, h, nw, nh, order) = (fit.w, fit.h, fit.nw, fit.nh, fit.order);
+    let pad = spec.pad_value.round().clamp(0.0, 255.0) as u8;
+    out.clear();
+    out.resize(w * h * 3, pad);
+    let raw = frame.as_raw();
+    let stride = frame.width() as usize * 3;
+    for (y, o) in out.chunks_exact_mut(w * 3).enumerate().take(nh) {
+        let (y0, y1, wy) = fit.ys[y];
+        let o = &mut o[..nw * 3];
+        if fit.identity {
+            let r = &raw[y0 * stride..(y0 + 1) * stride];
+            if order == [0, 1, 2] {
+                o.copy_from_slice(&r[..nw * 3]);
+            } else {
+                for (d, s) in o.chunks_exact_mut(3).zip(r.chunks_exact(3)) {
+                    d.copy_from_slice(&[s[order[0]], s[order[1]], s[order[2]]]);
+                }
+            }
             continue;
         }
         let (r0, r1) = (&raw[y0 * stride..(y0 + 1) * stride], &raw[y1 * stride..(y1 + 1) * stride]);
-        for (x, &(x0, x1, wx)) in xs.iter().enumerate() {
+        for (d, &(x0, x1, wx)) in o.chunks_exact_mut(3).zip(&fit.xs) {
             let (a, b) = (x0 * 3, x1 * 3);
-            let px = |c: usize| {
-                let top = r0[a + c] as f32 + (r0[b + c] as f32 - r0[a + c] as f32) * wx;
-                let bot = r1[a + c] as f32 + (r1[b + c] as f32 - r1[a + c] as f32) * wx;
-                top + (bot - top) * wy
-            };
-            o0[x] = (px(order[0]) - mean[0]) * inv_std[0];
-            o1[x] = (px(order[1]) - mean[1]) * inv_std[1];
-            o2[x] = (px(order[2]) - mean[2]) * inv_std[2];
+            for (c, v) in d.iter_mut().enumerate() {
+                // A convex blend of bytes stays in 0..=255: rounding is the only conversion.
+                *v = (bilinear(r0, r1, a, b, order[c], wx, wy) + 0.5) as u8;
+            }
         }
-        o0[nw as usize..].fill(pad[0]);
-        o1[nw as usize..].fill(pad[1]);
-        o2[nw as usize..].fill(pad[2]);
     }
-    Letterbox { scale_x: sx, scale_y: sy, frame_width: fw, frame_height: fh, input_width: tw, input_height: th }
+    fit.letterbox
 }
 
 #[cfg(test)]
@@ -244,6 +320,59 @@ mod tests {
         // A tensor of another shape is refused, not misread.
         assert!(tensor_to_rgb(&Tensor::zeros(&[1, 3, 4, 4]), &s).is_none());
         assert_eq!(fitted_size((4, 2), &spec(8, 8, ColorOrder::Rgb, Resize::Stretch)), (8, 8));
+    }
+
+    /// A frame with distinct values per pixel and channel.
+    fn gradient(w: u32, h: u32) -> RgbImage {
+        RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 7 + y) as u8, (y * 5 + x * 3) as u8, (x * y) as u8]))
+    }
+
+    #[test]
+    fn uint8_nhwc_is_the_float_path_rounded_without_normalisation() {
+        for (frame, resize, color) in [
+            ((37, 23), Resize::Letterbox, ColorOrder::Rgb),
+            ((64, 40), Resize::Stretch, ColorOrder::Bgr),
+            ((13, 31), Resize::Letterbox, ColorOrder::Bgr),
+        ] {
+            let img = gradient(frame.0, frame.1);
+            let mut s = spec(16, 12, color, resize);
+            s.mean = [0.0; 3];
+            s.std = [1.0; 3];
+            s.pad_value = 114.0;
+            let (mut t, mut u) = (Tensor::zeros(&[1]), Vec::new());
+            let lb_f = prepare(&img, &s, &mut t);
+            // Normalisation in the spec must not reach the bytes.
+            s.mean = [10.0, 20.0, 30.0];
+            s.std = [2.0, 4.0, 5.0];
+            let lb_u = prepare_u8_nhwc(&img, &s, &mut u);
+            assert_eq!(lb_f, lb_u, "{frame:?}");
+            assert_eq!(u.len(), 16 * 12 * 3);
+            for y in 0..12 {
+                for x in 0..16 {
+                    for c in 0..3 {
+                        let f = t.data[c * 16 * 12 + y * 16 + x];
+                        let b = u[(y * 16 + x) * 3 + c];
+                        assert!((f - b as f32).abs() <= 0.5, "{frame:?} ({x},{y}) c{c}: float {f}, byte {b}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn uint8_nhwc_copies_a_frame_at_the_model_size_and_pads_with_the_pad_value() {
+        let img = gradient(8, 4);
+        let mut s = spec(8, 8, ColorOrder::Rgb, Resize::Letterbox);
+        s.pad_value = 114.4;
+        let mut u = Vec::new();
+        prepare_u8_nhwc(&img, &s, &mut u);
+        assert_eq!(&u[..8 * 4 * 3], img.as_raw().as_slice(), "rows copied unchanged");
+        assert!(u[8 * 4 * 3..].iter().all(|&b| b == 114), "padding rows");
+        // BGR swaps bytes within each pixel; a reused buffer is overwritten whole.
+        s.color = ColorOrder::Bgr;
+        prepare_u8_nhwc(&img, &s, &mut u);
+        assert_eq!(&u[..3], &[img.get_pixel(0, 0)[2], img.get_pixel(0, 0)[1], img.get_pixel(0, 0)[0]]);
+        assert_eq!(u.len(), 8 * 8 * 3);
     }
 
     #[test]

@@ -100,6 +100,15 @@ pub fn hef_bytes(height: u32, width: u32) -> Vec<u8> {
     format!("HAILODOUBLE-HEF {height} {width}").into_bytes()
 }
 
+/// A HEF variant: `words` after the size (see HEF VARIANTS in hailort_double.c),
+/// e.g. `input=u8 nms=80x100 box=0:0.1,0.2,0.3,0.4,0.9`.
+pub fn hef_variant(height: u32, width: u32, words: &str) -> Vec<u8> {
+    format!("HAILODOUBLE-HEF {height} {width} {words}").into_bytes()
+}
+
+/// The NMS variant's output vstream name.
+pub const NMS_OUTPUT: &str = "yolov8s/yolov8_nms_postprocess";
+
 /// Output names in HEF order and their channel counts.
 pub const OUTPUTS: [(&str, usize); 4] =
     [("centerface/heatmap", 1), ("centerface/scale", 2), ("centerface/offset", 2), ("centerface/landmarks", 10)];

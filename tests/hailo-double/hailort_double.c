@@ -25,7 +25,37 @@
  *   hailo_make_output_vstream_params lists them alphabetically (as HailoRT's
  *   name-keyed map does), so a caller that trusts the params order gets
  *   heatmap, landmarks, offset, scale.
- *   Only FLOAT32 user buffers in NHWC (or AUTO) order are implemented.
+ *   The input's HEF format type is FLOAT32; outputs are read as FLOAT32
+ *   user buffers in NHWC (or AUTO) order.
+ *
+ * HEF VARIANTS (words after `<height> <width>`, any order; the text may be
+ * up to 1023 bytes)
+ *   input=f32|u8|u16   the input's HEF format type (hailo_vstream_info_t
+ *                      .format.type): FLOAT32 (default), UINT8 or UINT16. A
+ *                      user buffer of type AUTO takes it; FLOAT32 is also
+ *                      accepted (HailoRT quantises on the host). A UINT8
+ *                      frame is H*W*3 bytes, NHWC.
+ *   record=PATH        every input frame written is stored, byte for byte,
+ *                      in PATH (replaced per frame), so a test can compare.
+ *   nms=CxM            instead of the CenterFace outputs, one output
+ *                      `yolov8s/yolov8_nms_postprocess` with format order
+ *                      HAILO_NMS_BY_CLASS and nms_shape {C classes, M boxes
+ *                      per class}; its float32 frame is C * (1 + 5 * M)
+ *                      floats: per class a count, then that many boxes
+ *                      {y_min, x_min, y_max, x_max, score}, zeros after.
+ *   nms-order=legacy|by-score  report HAILO_NMS (9) or HAILO_NMS_BY_SCORE
+ *                      (23) instead of BY_CLASS (22).
+ *   box=C:Y1,X1,Y2,X2,S  a box of class C returned in every NMS frame (up
+ *                      to 32 boxes, in the order given).
+ *   short=K            the NMS output's frame size is K floats less than
+ *                      the full size (a library reporting a smaller frame).
+ *   fault=KIND@N       the N-th read (1-based) of the NMS output is
+ *                      malformed: `too-many` class 0 counts M + 1 boxes;
+ *                      `nan` class 0 holds one box with a NaN score;
+ *                      `truncated` the last class counts M boxes, which do
+ *                      not fit a frame shortened by `short`.
+ *   The input of an NMS variant is `yolov8s/input_layer1`; its outputs'
+ *   values do not depend on the input.
  *
  * THE COMPUTATION (so tests can prove data crossed the boundary both ways)
  *   Writing a frame x (float32, NHWC, n = H*W*3 elements) computes
@@ -78,6 +108,7 @@
  * Misuse that would be undefined behaviour in HailoRT (releasing a vdevice
  * while vstreams of its network groups are alive) aborts the process.
  */
+#define _POSIX_C_SOURCE 200809L /* strtok_r */
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -96,6 +127,8 @@
 #define MAX_NGS 8
 #define N_OUTPUTS 4
 #define MAX_QUEUE 16
+#define MAX_BOXES 32
+#define HEF_TEXT_MAX 1024
 
 static atomic_long g_live = 0;
 static atomic_ulong g_writes = 0;
@@ -119,10 +152,35 @@ static const int PARAMS_ORDER[N_OUTPUTS] = {0, 3, 2, 1};
 static const char *NG_NAME = "centerface";
 static const char *NETWORK_NAME = "centerface/centerface";
 static const char *INPUT_NAME = "centerface/input_layer1";
+static const char *NMS_NG_NAME = "yolov8s";
+static const char *NMS_NETWORK_NAME = "yolov8s/yolov8s";
+static const char *NMS_INPUT_NAME = "yolov8s/input_layer1";
+static const char *NMS_OUTPUT_NAME = "yolov8s/yolov8_nms_postprocess";
+
+enum nms_fault { FAULT_NONE, FAULT_TOO_MANY, FAULT_NAN, FAULT_TRUNCATED };
+
+struct nms_box {
+    uint32_t cls;
+    float v[5];
+};
+
+/* What the HEF text asks for (see HEF VARIANTS). */
+struct variant {
+    hailo_format_type_t in_type;
+    char record[512];
+    uint32_t nms_classes, nms_max; /* nms_classes == 0: CenterFace outputs */
+    hailo_format_order_t nms_order;
+    struct nms_box boxes[MAX_BOXES];
+    int nbox;
+    uint32_t short_floats;
+    enum nms_fault fault;
+    unsigned long fault_at;
+};
 
 struct _hailo_hef {
     uint32_t magic;
     uint32_t height, width;
+    struct variant v;
 };
 
 struct _hailo_device {
@@ -134,6 +192,7 @@ struct _hailo_output_vstream;
 struct _hailo_configured_network_group {
     uint32_t magic;
     uint32_t height, width;
+    struct variant v;
     struct _hailo_output_vstream *outs[N_OUTPUTS];
     int live_vstreams;
     int late;
@@ -152,6 +211,7 @@ struct _hailo_input_vstream {
     uint32_t magic;
     struct _hailo_configured_network_group *ng;
     uint32_t timeout_ms;
+    hailo_format_type_t user_type; /* resolved: never AUTO */
 };
 
 struct _hailo_output_vstream {
@@ -160,6 +220,7 @@ struct _hailo_output_vstream {
     int index; /* HEF index */
     uint32_t cap, head, count;
     double queue[MAX_QUEUE];
+    unsigned long reads; /* successful reads so far, for fault=KIND@N */
 };
 
 /* ---- helpers -------------------------------------------------------------- */
@@ -255,17 +316,57 @@ static void copy_name(char *dst, size_t cap, const char *src) {
     strncpy(dst, src, cap - 1);
 }
 
-static size_t input_frame_bytes(const struct _hailo_configured_network_group *ng) {
-    return (size_t)ng->height * ng->width * 3 * sizeof(float);
+static int is_nms(const struct variant *v) {
+    return v->nms_classes > 0;
+}
+
+static int n_outputs(const struct variant *v) {
+    return is_nms(v) ? 1 : N_OUTPUTS;
+}
+
+static const char *ng_name(const struct variant *v) {
+    return is_nms(v) ? NMS_NG_NAME : NG_NAME;
+}
+
+static const char *network_name(const struct variant *v) {
+    return is_nms(v) ? NMS_NETWORK_NAME : NETWORK_NAME;
+}
+
+static const char *input_name(const struct variant *v) {
+    return is_nms(v) ? NMS_INPUT_NAME : INPUT_NAME;
+}
+
+/* Output names in HEF index order. */
+static const char *output_name(const struct variant *v, int index) {
+    return is_nms(v) ? NMS_OUTPUT_NAME : OUTPUTS[index].name;
+}
+
+static size_t type_bytes(hailo_format_type_t t) {
+    switch (t) {
+    case HAILO_FORMAT_TYPE_UINT8: return 1;
+    case HAILO_FORMAT_TYPE_UINT16: return 2;
+    default: return sizeof(float);
+    }
+}
+
+static size_t input_frame_bytes(const struct _hailo_configured_network_group *ng, hailo_format_type_t user_type) {
+    return (size_t)ng->height * ng->width * 3 * type_bytes(user_type);
+}
+
+static size_t nms_full_floats(const struct variant *v) {
+    return (size_t)v->nms_classes * (1 + 5 * (size_t)v->nms_max);
 }
 
 static size_t output_frame_bytes(const struct _hailo_configured_network_group *ng, int index) {
+    if (is_nms(&ng->v)) {
+        return (nms_full_floats(&ng->v) - ng->v.short_floats) * sizeof(float);
+    }
     return (size_t)(ng->height / 4) * (ng->width / 4) * OUTPUTS[index].features * sizeof(float);
 }
 
-static int output_index(const char *name) {
-    for (int i = 0; i < N_OUTPUTS; i++) {
-        if (strncmp(name, OUTPUTS[i].name, HAILO_MAX_STREAM_NAME_SIZE) == 0) {
+static int output_index(const struct variant *v, const char *name) {
+    for (int i = 0; i < n_outputs(v); i++) {
+        if (strncmp(name, output_name(v, i), HAILO_MAX_STREAM_NAME_SIZE) == 0) {
             return i;
         }
     }
@@ -469,15 +570,76 @@ EXPORT hailo_status hailo_release_vdevice(hailo_vdevice vdevice) {
 
 /* ---- HEF ---------------------------------------------------------------------------- */
 
-static hailo_status parse_hef(const char *text, size_t size, uint32_t *h, uint32_t *w) {
+/* One variant word; 0 on success. */
+static int parse_word(const char *w, struct variant *v) {
+    unsigned a = 0, b = 0;
+    char kind[16] = {0};
+    unsigned long at = 0;
+    struct nms_box box;
+    if (strcmp(w, "input=f32") == 0) {
+        v->in_type = HAILO_FORMAT_TYPE_FLOAT32;
+    } else if (strcmp(w, "input=u8") == 0) {
+        v->in_type = HAILO_FORMAT_TYPE_UINT8;
+    } else if (strcmp(w, "input=u16") == 0) {
+        v->in_type = HAILO_FORMAT_TYPE_UINT16;
+    } else if (strncmp(w, "record=", 7) == 0 && strlen(w + 7) > 0 && strlen(w + 7) < sizeof v->record) {
+        strcpy(v->record, w + 7);
+    } else if (sscanf(w, "nms=%ux%u", &a, &b) == 2 && a > 0 && b > 0 && a <= 1000 && b <= 1000) {
+        v->nms_classes = a;
+        v->nms_max = b;
+    } else if (strcmp(w, "nms-order=legacy") == 0) {
+        v->nms_order = HAILO_FORMAT_ORDER_HAILO_NMS;
+    } else if (strcmp(w, "nms-order=by-score") == 0) {
+        v->nms_order = HAILO_FORMAT_ORDER_HAILO_NMS_BY_SCORE;
+    } else if (sscanf(w, "box=%u:%f,%f,%f,%f,%f", &box.cls, &box.v[0], &box.v[1], &box.v[2], &box.v[3],
+                      &box.v[4]) == 6 && v->nbox < MAX_BOXES) {
+        v->boxes[v->nbox++] = box;
+    } else if (sscanf(w, "short=%u", &a) == 1) {
+        v->short_floats = a;
+    } else if (sscanf(w, "fault=%15[a-z-]@%lu", kind, &at) == 2 && at > 0) {
+        v->fault_at = at;
+        if (strcmp(kind, "too-many") == 0) {
+            v->fault = FAULT_TOO_MANY;
+        } else if (strcmp(kind, "nan") == 0) {
+            v->fault = FAULT_NAN;
+        } else if (strcmp(kind, "truncated") == 0) {
+            v->fault = FAULT_TRUNCATED;
+        } else {
+            return -1;
+        }
+    } else {
+        return -1;
+    }
+    return 0;
+}
+
+static hailo_status parse_hef(const char *text, size_t size, uint32_t *h, uint32_t *w, struct variant *v) {
     if (env_flag("HAILO_DOUBLE_INVALID_HEF")) {
         return HAILO_INVALID_HEF;
     }
-    char buf[64] = {0};
+    char buf[HEF_TEXT_MAX] = {0};
     memcpy(buf, text, size < sizeof buf - 1 ? size : sizeof buf - 1);
     unsigned hh = 0, ww = 0;
-    if (sscanf(buf, "HAILODOUBLE-HEF %u %u", &hh, &ww) != 2 || hh < 4 || ww < 4 || hh % 4 || ww % 4 ||
+    int used = 0;
+    if (sscanf(buf, "HAILODOUBLE-HEF %u %u%n", &hh, &ww, &used) != 2 || hh < 4 || ww < 4 || hh % 4 || ww % 4 ||
         hh > 4096 || ww > 4096) {
+        return HAILO_INVALID_HEF;
+    }
+    memset(v, 0, sizeof *v);
+    v->in_type = HAILO_FORMAT_TYPE_FLOAT32;
+    v->nms_order = HAILO_FORMAT_ORDER_HAILO_NMS_BY_CLASS;
+    for (char *save = NULL, *word = strtok_r(buf + used, " \t\n", &save); word != NULL;
+         word = strtok_r(NULL, " \t\n", &save)) {
+        if (parse_word(word, v) != 0) {
+            return HAILO_INVALID_HEF;
+        }
+    }
+    for (int i = 0; i < v->nbox; i++) {
+        if (v->boxes[i].cls >= v->nms_classes) {
+            return HAILO_INVALID_HEF;
+        }
+    }
+    if (is_nms(v) && v->short_floats >= nms_full_floats(v)) {
         return HAILO_INVALID_HEF;
     }
     *h = hh;
@@ -485,7 +647,7 @@ static hailo_status parse_hef(const char *text, size_t size, uint32_t *h, uint32
     return HAILO_SUCCESS;
 }
 
-static hailo_status new_hef(hailo_hef *hef, uint32_t h, uint32_t w) {
+static hailo_status new_hef(hailo_hef *hef, uint32_t h, uint32_t w, const struct variant *v) {
     struct _hailo_hef *p = alloc_handle(sizeof *p);
     if (p == NULL) {
         return HAILO_OUT_OF_HOST_MEMORY;
@@ -493,6 +655,7 @@ static hailo_status new_hef(hailo_hef *hef, uint32_t h, uint32_t w) {
     p->magic = MAGIC_HEF;
     p->height = h;
     p->width = w;
+    p->v = *v;
     *hef = p;
     return HAILO_SUCCESS;
 }
@@ -502,8 +665,9 @@ EXPORT hailo_status hailo_create_hef_buffer(hailo_hef *hef, const void *buffer, 
         return HAILO_INVALID_ARGUMENT;
     }
     uint32_t h = 0, w = 0;
-    hailo_status s = parse_hef(buffer, size, &h, &w);
-    return s == HAILO_SUCCESS ? new_hef(hef, h, w) : s;
+    struct variant v;
+    hailo_status s = parse_hef(buffer, size, &h, &w, &v);
+    return s == HAILO_SUCCESS ? new_hef(hef, h, w, &v) : s;
 }
 
 EXPORT hailo_status hailo_create_hef_file(hailo_hef *hef, const char *file_name) {
@@ -514,12 +678,13 @@ EXPORT hailo_status hailo_create_hef_file(hailo_hef *hef, const char *file_name)
     if (f == NULL) {
         return HAILO_OPEN_FILE_FAILURE;
     }
-    char buf[64] = {0};
+    char buf[HEF_TEXT_MAX] = {0};
     size_t n = fread(buf, 1, sizeof buf - 1, f);
     fclose(f);
     uint32_t h = 0, w = 0;
-    hailo_status s = parse_hef(buf, n, &h, &w);
-    return s == HAILO_SUCCESS ? new_hef(hef, h, w) : s;
+    struct variant v;
+    hailo_status s = parse_hef(buf, n, &h, &w, &v);
+    return s == HAILO_SUCCESS ? new_hef(hef, h, w, &v) : s;
 }
 
 EXPORT hailo_status hailo_release_hef(hailo_hef hef) {
@@ -536,17 +701,18 @@ EXPORT hailo_status hailo_hef_get_sorted_output_names(hailo_hef hef, const char 
     if (hef == NULL || hef->magic != MAGIC_HEF || count == NULL) {
         return HAILO_INVALID_ARGUMENT;
     }
-    if (network_group_name != NULL && strcmp(network_group_name, NG_NAME) != 0) {
+    if (network_group_name != NULL && strcmp(network_group_name, ng_name(&hef->v)) != 0) {
         return HAILO_NOT_FOUND;
     }
-    if (*count < N_OUTPUTS || names == NULL) {
-        *count = N_OUTPUTS;
+    int n = n_outputs(&hef->v);
+    if (*count < (size_t)n || names == NULL) {
+        *count = (size_t)n;
         return HAILO_INSUFFICIENT_BUFFER;
     }
-    for (int i = 0; i < N_OUTPUTS; i++) {
-        copy_name(names[i].name, sizeof names[i].name, OUTPUTS[i].name);
+    for (int i = 0; i < n; i++) {
+        copy_name(names[i].name, sizeof names[i].name, output_name(&hef->v, i));
     }
-    *count = N_OUTPUTS;
+    *count = (size_t)n;
     return HAILO_SUCCESS;
 }
 
@@ -561,22 +727,23 @@ EXPORT hailo_status hailo_init_configure_params_by_vdevice(hailo_hef hef, hailo_
     memset(params, 0, sizeof *params);
     params->network_group_params_count = 1;
     hailo_configure_network_group_params_t *ng = &params->network_group_params[0];
-    copy_name(ng->name, sizeof ng->name, NG_NAME);
+    const struct variant *v = &hef->v;
+    copy_name(ng->name, sizeof ng->name, ng_name(v));
     ng->batch_size = HAILO_DEFAULT_BATCH_SIZE;
     ng->power_mode = HAILO_POWER_MODE_PERFORMANCE;
     ng->latency = HAILO_LATENCY_NONE;
-    ng->stream_params_by_name_count = 1 + N_OUTPUTS;
-    copy_name(ng->stream_params_by_name[0].name, HAILO_MAX_STREAM_NAME_SIZE, INPUT_NAME);
+    ng->stream_params_by_name_count = 1 + (size_t)n_outputs(v);
+    copy_name(ng->stream_params_by_name[0].name, HAILO_MAX_STREAM_NAME_SIZE, input_name(v));
     ng->stream_params_by_name[0].stream_params.stream_interface = HAILO_STREAM_INTERFACE_PCIE;
     ng->stream_params_by_name[0].stream_params.direction = HAILO_H2D_STREAM;
-    for (int i = 0; i < N_OUTPUTS; i++) {
+    for (int i = 0; i < n_outputs(v); i++) {
         hailo_stream_parameters_by_name_t *s = &ng->stream_params_by_name[1 + i];
-        copy_name(s->name, HAILO_MAX_STREAM_NAME_SIZE, OUTPUTS[i].name);
+        copy_name(s->name, HAILO_MAX_STREAM_NAME_SIZE, output_name(v, i));
         s->stream_params.stream_interface = HAILO_STREAM_INTERFACE_PCIE;
         s->stream_params.direction = HAILO_D2H_STREAM;
     }
     ng->network_params_by_name_count = 1;
-    copy_name(ng->network_params_by_name[0].name, HAILO_MAX_NETWORK_NAME_SIZE, NETWORK_NAME);
+    copy_name(ng->network_params_by_name[0].name, HAILO_MAX_NETWORK_NAME_SIZE, network_name(v));
     return HAILO_SUCCESS;
 }
 
@@ -594,9 +761,9 @@ EXPORT hailo_status hailo_configure_vdevice(hailo_vdevice vdevice, hailo_hef hef
      * this double wrote are where it wrote them (a layout mismatch shows here). */
     if (params != NULL &&
         (params->network_group_params_count != 1 ||
-         strcmp(params->network_group_params[0].name, NG_NAME) != 0 ||
-         params->network_group_params[0].stream_params_by_name_count != 1 + N_OUTPUTS ||
-         strcmp(params->network_group_params[0].network_params_by_name[0].name, NETWORK_NAME) != 0)) {
+         strcmp(params->network_group_params[0].name, ng_name(&hef->v)) != 0 ||
+         params->network_group_params[0].stream_params_by_name_count != 1 + (size_t)n_outputs(&hef->v) ||
+         strcmp(params->network_group_params[0].network_params_by_name[0].name, network_name(&hef->v)) != 0)) {
         return HAILO_INVALID_ARGUMENT;
     }
     if (*number_of_network_groups < 1) {
@@ -613,6 +780,7 @@ EXPORT hailo_status hailo_configure_vdevice(hailo_vdevice vdevice, hailo_hef hef
     ng->magic = MAGIC_NG;
     ng->height = hef->height;
     ng->width = hef->width;
+    ng->v = hef->v;
     vdevice->ngs[vdevice->ng_count++] = ng;
     network_groups[0] = ng;
     *number_of_network_groups = 1;
@@ -641,7 +809,7 @@ EXPORT hailo_status hailo_make_input_vstream_params(hailo_configured_network_gro
         *count = 1;
         return HAILO_INSUFFICIENT_BUFFER;
     }
-    copy_name(params[0].name, sizeof params[0].name, INPUT_NAME);
+    copy_name(params[0].name, sizeof params[0].name, input_name(&ng->v));
     default_vstream_params(&params[0].params, format_type);
     *count = 1;
     return HAILO_SUCCESS;
@@ -654,24 +822,26 @@ EXPORT hailo_status hailo_make_output_vstream_params(hailo_configured_network_gr
     if (ng == NULL || ng->magic != MAGIC_NG || count == NULL) {
         return HAILO_INVALID_ARGUMENT;
     }
-    if (*count < N_OUTPUTS || params == NULL) {
-        *count = N_OUTPUTS;
+    int n = n_outputs(&ng->v);
+    if (*count < (size_t)n || params == NULL) {
+        *count = (size_t)n;
         return HAILO_INSUFFICIENT_BUFFER;
     }
-    for (int i = 0; i < N_OUTPUTS; i++) {
-        copy_name(params[i].name, sizeof params[i].name, OUTPUTS[PARAMS_ORDER[i]].name);
+    for (int i = 0; i < n; i++) {
+        copy_name(params[i].name, sizeof params[i].name, output_name(&ng->v, is_nms(&ng->v) ? 0 : PARAMS_ORDER[i]));
         default_vstream_params(&params[i].params, format_type);
     }
-    *count = N_OUTPUTS;
+    *count = (size_t)n;
     return HAILO_SUCCESS;
 }
 
-static hailo_status check_user_format(const hailo_vstream_params_t *p) {
+/* `nms_order`: the output's NMS order, or 0 for a frame vstream. */
+static hailo_status check_user_format(const hailo_vstream_params_t *p, hailo_format_order_t nms_order) {
     if (p->user_buffer_format.type != HAILO_FORMAT_TYPE_FLOAT32) {
         return HAILO_NOT_IMPLEMENTED;
     }
     if (p->user_buffer_format.order != HAILO_FORMAT_ORDER_AUTO &&
-        p->user_buffer_format.order != HAILO_FORMAT_ORDER_NHWC) {
+        p->user_buffer_format.order != (nms_order != 0 ? nms_order : HAILO_FORMAT_ORDER_NHWC)) {
         return HAILO_NOT_IMPLEMENTED;
     }
     if (p->queue_size == 0 || p->queue_size > MAX_QUEUE) {
@@ -686,10 +856,18 @@ EXPORT hailo_status hailo_create_input_vstreams(hailo_configured_network_group n
     if (ng == NULL || ng->magic != MAGIC_NG || params == NULL || out == NULL || count != 1) {
         return HAILO_INVALID_ARGUMENT;
     }
-    if (strncmp(params[0].name, INPUT_NAME, HAILO_MAX_STREAM_NAME_SIZE) != 0) {
+    if (strncmp(params[0].name, input_name(&ng->v), HAILO_MAX_STREAM_NAME_SIZE) != 0) {
         return HAILO_NOT_FOUND;
     }
-    hailo_status s = check_user_format(&params[0].params);
+    /* AUTO takes the HEF's type; FLOAT32 is quantised "on the host"; the
+     * HEF's own type is passed through. */
+    hailo_vstream_params_t p = params[0].params;
+    hailo_format_type_t user_type = p.user_buffer_format.type;
+    if (user_type == HAILO_FORMAT_TYPE_AUTO || user_type == ng->v.in_type) {
+        user_type = ng->v.in_type;
+        p.user_buffer_format.type = HAILO_FORMAT_TYPE_FLOAT32; /* for the order and queue checks below */
+    }
+    hailo_status s = check_user_format(&p, 0);
     if (s != HAILO_SUCCESS) {
         return s;
     }
@@ -700,6 +878,7 @@ EXPORT hailo_status hailo_create_input_vstreams(hailo_configured_network_group n
     v->magic = MAGIC_IN;
     v->ng = ng;
     v->timeout_ms = params[0].params.timeout_ms;
+    v->user_type = user_type;
     ng->live_vstreams++;
     out[0] = v;
     return HAILO_SUCCESS;
@@ -718,14 +897,15 @@ EXPORT hailo_status hailo_create_output_vstreams(hailo_configured_network_group 
                                                  const hailo_output_vstream_params_by_name_t *params, size_t count,
                                                  hailo_output_vstream *out) {
     if (ng == NULL || ng->magic != MAGIC_NG || params == NULL || out == NULL || count == 0 ||
-        count > N_OUTPUTS) {
+        count > (size_t)n_outputs(&ng->v)) {
         return HAILO_INVALID_ARGUMENT;
     }
+    hailo_format_order_t nms_order = is_nms(&ng->v) ? ng->v.nms_order : 0;
     for (size_t i = 0; i < count; i++) {
-        int idx = output_index(params[i].name);
+        int idx = output_index(&ng->v, params[i].name);
         hailo_status s = idx < 0 ? HAILO_NOT_FOUND
                          : ng->outs[idx] != NULL ? HAILO_INVALID_OPERATION
-                                                 : check_user_format(&params[i].params);
+                                                 : check_user_format(&params[i].params, nms_order);
         struct _hailo_output_vstream *v = NULL;
         if (s == HAILO_SUCCESS) {
             v = alloc_handle(sizeof *v);
@@ -742,6 +922,7 @@ EXPORT hailo_status hailo_create_output_vstreams(hailo_configured_network_group 
         v->ng = ng;
         v->index = idx;
         v->cap = params[i].params.queue_size;
+        v->reads = 0;
         ng->outs[idx] = v;
         ng->live_vstreams++;
         out[i] = v;
@@ -769,9 +950,9 @@ static void fill_info(hailo_vstream_info_t *info, const char *name, hailo_stream
     info->quant_info.limvals_max = 255.0f;
 }
 
-static void fill_user_format(hailo_format_t *f) {
-    f->type = HAILO_FORMAT_TYPE_FLOAT32;
-    f->order = HAILO_FORMAT_ORDER_NHWC;
+static void fill_user_format(hailo_format_t *f, hailo_format_type_t type, hailo_format_order_t order) {
+    f->type = type;
+    f->order = order;
     f->flags = HAILO_FORMAT_FLAGS_NONE;
 }
 
@@ -779,7 +960,7 @@ EXPORT hailo_status hailo_get_input_vstream_frame_size(hailo_input_vstream v, si
     if (v == NULL || v->magic != MAGIC_IN || frame_size == NULL) {
         return HAILO_INVALID_ARGUMENT;
     }
-    *frame_size = input_frame_bytes(v->ng);
+    *frame_size = input_frame_bytes(v->ng, v->user_type);
     return HAILO_SUCCESS;
 }
 
@@ -795,13 +976,25 @@ EXPORT hailo_status hailo_get_input_vstream_info(hailo_input_vstream v, hailo_vs
     if (v == NULL || v->magic != MAGIC_IN || info == NULL) {
         return HAILO_INVALID_ARGUMENT;
     }
-    fill_info(info, INPUT_NAME, HAILO_H2D_STREAM, v->ng->height, v->ng->width, 3);
+    fill_info(info, input_name(&v->ng->v), HAILO_H2D_STREAM, v->ng->height, v->ng->width, 3);
+    info->format.type = v->ng->v.in_type;
     return HAILO_SUCCESS;
 }
 
 EXPORT hailo_status hailo_get_output_vstream_info(hailo_output_vstream v, hailo_vstream_info_t *info) {
     if (v == NULL || v->magic != MAGIC_OUT || info == NULL) {
         return HAILO_INVALID_ARGUMENT;
+    }
+    const struct variant *var = &v->ng->v;
+    if (is_nms(var)) {
+        fill_info(info, NMS_OUTPUT_NAME, HAILO_D2H_STREAM, 0, 0, 0);
+        info->format.type = HAILO_FORMAT_TYPE_UINT16;
+        info->format.order = var->nms_order;
+        memset(&info->nms_shape, 0, sizeof info->nms_shape);
+        info->nms_shape.number_of_classes = var->nms_classes;
+        info->nms_shape.max_bboxes_per_class = var->nms_max;
+        info->nms_shape.max_bboxes_total = var->nms_classes * var->nms_max;
+        return HAILO_SUCCESS;
     }
     fill_info(info, OUTPUTS[v->index].name, HAILO_D2H_STREAM, v->ng->height / 4, v->ng->width / 4,
               OUTPUTS[v->index].features);
@@ -812,7 +1005,7 @@ EXPORT hailo_status hailo_get_input_vstream_user_format(hailo_input_vstream v, h
     if (v == NULL || v->magic != MAGIC_IN || f == NULL) {
         return HAILO_INVALID_ARGUMENT;
     }
-    fill_user_format(f);
+    fill_user_format(f, v->user_type, HAILO_FORMAT_ORDER_NHWC);
     return HAILO_SUCCESS;
 }
 
@@ -820,7 +1013,7 @@ EXPORT hailo_status hailo_get_output_vstream_user_format(hailo_output_vstream v,
     if (v == NULL || v->magic != MAGIC_OUT || f == NULL) {
         return HAILO_INVALID_ARGUMENT;
     }
-    fill_user_format(f);
+    fill_user_format(f, HAILO_FORMAT_TYPE_FLOAT32, is_nms(&v->ng->v) ? v->ng->v.nms_order : HAILO_FORMAT_ORDER_NHWC);
     return HAILO_SUCCESS;
 }
 
@@ -836,19 +1029,31 @@ EXPORT hailo_status hailo_vstream_write_raw_buffer(hailo_input_vstream v, const 
         return gate;
     }
     struct _hailo_configured_network_group *ng = v->ng;
-    if (size != input_frame_bytes(ng)) {
+    if (size != input_frame_bytes(ng, v->user_type)) {
         return HAILO_INVALID_ARGUMENT;
+    }
+    if (ng->v.record[0] != '\0') {
+        FILE *f = fopen(ng->v.record, "wb");
+        if (f == NULL || fwrite(buffer, 1, size, f) != size) {
+            if (f != NULL) {
+                fclose(f);
+            }
+            return HAILO_FILE_OPERATION_FAILURE;
+        }
+        fclose(f);
     }
     for (int k = 0; k < N_OUTPUTS; k++) {
         if (ng->outs[k] != NULL && ng->outs[k]->count == ng->outs[k]->cap) {
             return HAILO_TIMEOUT; /* a real write blocks on a full queue until timeout_ms */
         }
     }
-    const float *x = buffer;
-    size_t elems = size / sizeof(float);
+    size_t elems = size / type_bytes(v->user_type);
     double s = 0.0;
     for (size_t i = 0; i < elems; i++) {
-        s += (double)x[i] * (double)(1 + i % 7);
+        double x = v->user_type == HAILO_FORMAT_TYPE_UINT8    ? (double)((const uint8_t *)buffer)[i]
+                   : v->user_type == HAILO_FORMAT_TYPE_UINT16 ? (double)((const uint16_t *)buffer)[i]
+                                                              : (double)((const float *)buffer)[i];
+        s += x * (double)(1 + i % 7);
     }
     for (int k = 0; k < N_OUTPUTS; k++) {
         struct _hailo_output_vstream *o = ng->outs[k];
@@ -861,6 +1066,40 @@ EXPORT hailo_status hailo_vstream_write_raw_buffer(hailo_input_vstream v, const 
         ng->late = 1;
     }
     return HAILO_SUCCESS;
+}
+
+/* One NMS frame of `len` floats: the variant's boxes, or the fault due at read `n`. */
+static void fill_nms(const struct variant *v, unsigned long n, float *y, size_t len) {
+    memset(y, 0, len * sizeof(float));
+    enum nms_fault fault = n == v->fault_at ? v->fault : FAULT_NONE;
+    size_t at = 0;
+    for (uint32_t c = 0; c < v->nms_classes && at < len; c++) {
+        size_t count_at = at++;
+        uint32_t count = 0;
+        for (int i = 0; i < v->nbox && count < v->nms_max; i++) {
+            if (v->boxes[i].cls == c && at + 5 <= len) {
+                memcpy(&y[at], v->boxes[i].v, sizeof v->boxes[i].v);
+                at += 5;
+                count++;
+            }
+        }
+        if (c == 0 && fault == FAULT_TOO_MANY) {
+            count = v->nms_max + 1;
+        }
+        if (c == 0 && fault == FAULT_NAN) {
+            const float bad[5] = {0.1f, 0.1f, 0.2f, 0.2f, __builtin_nanf("")};
+            size_t first = count_at + 1;
+            if (first + 5 <= len) {
+                memcpy(&y[first], bad, sizeof bad);
+            }
+            count = count == 0 ? 1 : count;
+            at = first + 5 * count;
+        }
+        if (c + 1 == v->nms_classes && fault == FAULT_TRUNCATED) {
+            count = v->nms_max; /* claims boxes past the (shortened) end */
+        }
+        y[count_at] = (float)count;
+    }
 }
 
 EXPORT hailo_status hailo_vstream_read_raw_buffer(hailo_output_vstream v, void *buffer, size_t size) {
@@ -884,6 +1123,11 @@ EXPORT hailo_status hailo_vstream_read_raw_buffer(hailo_output_vstream v, void *
     double s = v->queue[v->head];
     v->head = (v->head + 1) % v->cap;
     v->count--;
+    v->reads++;
+    if (is_nms(&v->ng->v)) {
+        fill_nms(&v->ng->v, v->reads, buffer, size / sizeof(float));
+        return HAILO_SUCCESS;
+    }
     float *y = buffer;
     size_t elems = size / sizeof(float);
     double base = s * 0.001 + (double)(v->index + 1);

@@ -161,6 +161,15 @@ mod tests {
         assert_eq!(run(vec![1.5, 0.0, 0.0, 0.0, 0.0, 0.0], 1, 3), nms(0, NmsFault::NotInteger(1.5)));
         assert_eq!(run(vec![f32::INFINITY], 1, 3), nms(0, NmsFault::NotInteger(f32::INFINITY)));
         assert_eq!(run(vec![4.0; 16], 1, 3), nms(0, NmsFault::TooMany { count: 4, max: 3 }));
+        // A count far past any buffer saturates instead of overflowing the offset arithmetic.
+        assert!(matches!(
+            run(vec![1e30; 16], 1, 3),
+            Err(DecodeError::Nms { class: 0, fault: NmsFault::TooMany { .. } })
+        ));
+        assert!(matches!(
+            run(vec![4e9, 0.0], 1, u32::MAX as usize),
+            Err(DecodeError::Nms { class: 0, fault: NmsFault::PastEnd { .. } })
+        ));
         // Two boxes announced, one and a half present.
         assert_eq!(
             run(vec![2.0, 0.1, 0.1, 0.2, 0.2, 0.9, 0.1, 0.1], 1, 3),

@@ -50,6 +50,7 @@ fn hailo_opener(config: &Config, model: &Model) -> Option<Opener> {
         return None;
     }
     let hef = model.manifest.hef.clone()?;
+    let hef_path = model.hef_path()?;
     let model = model.clone();
     let lib = (!config.hailo.library.as_os_str().is_empty()).then(|| config.hailo.library.clone());
     let opts = HailoOptions {
@@ -62,7 +63,7 @@ fn hailo_opener(config: &Config, model: &Model) -> Option<Opener> {
             Some(r) => r.map_err(HailoError::HefFile)?,
             None => return Err(HailoError::NoHef.into()),
         };
-        let engine = HailoEngine::open(lib.as_deref(), HefSource::Bytes(&bytes), &opts)?;
+        let engine = HailoEngine::open(lib.as_deref(), HefSource::Read { path: &hef_path, bytes: &bytes }, &opts)?;
         if let Some(want) = &hef.hailort_version {
             let have = engine.library_version();
             let have_mm = format!("{}.{}", have.major, have.minor);

@@ -2,7 +2,8 @@
 //!
 //! Owns every HailoRT handle spark-edge creates (vdevice, HEF, the configured
 //! network group, input and output vstreams) and their release order; the
-//! NCHW to NHWC transposes at the boundary; and turning `hailo_status` codes
+//! NCHW to NHWC transposes at the boundary and the input's element type;
+//! and turning `hailo_status` codes
 //! into [`HailoError`]s that say what failed and whether the device is gone
 //! ([`HailoError::failure`]). It does not decide between Hailo and the CPU:
 //! the daemon does, from that classification.
@@ -12,11 +13,19 @@
 //! guard whose `Drop` releases it; guards hold an `Arc` of the loaded library,
 //! so the library outlives every handle.
 //!
-//! Data path per frame (synchronous vstream API, scheduler on):
-//! our NCHW `f32` tensor, transposed to NHWC, goes to
-//! `hailo_vstream_write_raw_buffer`; HailoRT quantises it (user format
-//! FLOAT32), runs the network and de-quantises each output, read with
-//! `hailo_vstream_read_raw_buffer` and transposed back to NCHW `[1, C, H, W]`.
+//! Data path per frame (synchronous vstream API, scheduler on): the input
+//! vstream takes the HEF's own element type. A UINT8 input (Hailo Model Zoo
+//! HEFs, normalisation on the chip) gets uint8 NHWC bytes straight from the
+//! resize ([`HailoEngine::infer_frame`]); a FLOAT32 input gets our NCHW `f32`
+//! tensor transposed to NHWC, quantised by HailoRT; any other input type is
+//! refused at open ([`HailoError::InputFormat`]). Both go to
+//! `hailo_vstream_write_raw_buffer`. Each output is de-quantised to float32
+//! and read with `hailo_vstream_read_raw_buffer`: tensors are transposed back
+//! to NCHW `[1, C, H, W]`; an on-chip NMS output (`HAILO_NMS_BY_CLASS`, or
+//! `HAILO_NMS` where an older library names it so) is read whole, at the frame
+//! size HailoRT reports, and handed on as shape `[number_of_classes,
+//! max_bboxes_per_class]` for the `hailo-nms` decoder, which checks every
+//! count against the buffer.
 //! Outputs come in the HEF's sorted output order
 //! (`hailo_hef_get_sorted_output_names`, which for a network compiled from
 //! ONNX follows the ONNX model's output order), not the alphabetical order in
@@ -32,8 +41,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use hailo_sys as sys;
 
+use image::RgbImage;
+
 use super::{Engine, EngineError, EngineKind, Output};
-use crate::inference::vision::Tensor;
+use crate::inference::model::InputSpec;
+use crate::inference::vision::{self, Tensor};
 
 /// HailoRT arrays are sized for this many streams per network group.
 const MAX_STREAMS: usize = sys::HAILO_MAX_STREAMS_COUNT as usize;
@@ -229,6 +241,11 @@ pub enum HailoError {
     HefPath(PathBuf),
     #[error("the HEF does not fit this engine: {0}")]
     UnsupportedModel(String),
+    #[error(
+        "HEF {hef}: input vstream {vstream} has hailo_vstream_info_t.format.type {value}; only UINT8 and FLOAT32 \
+         inputs are supported"
+    )]
+    InputFormat { hef: String, vstream: String, value: String },
     #[error("input tensor shape {got:?} does not match the HEF input (NCHW {expected:?})")]
     InputShape { got: Vec<usize>, expected: [usize; 4] },
     #[error("the engine is unusable: clearing its vstreams after an earlier failure failed ({cause})")]
@@ -265,6 +282,7 @@ impl HailoError {
             HailoError::Load(_)
             | HailoError::HefPath(_)
             | HailoError::UnsupportedModel(_)
+            | HailoError::InputFormat { .. }
             | HailoError::InputShape { .. }
             | HailoError::NoHef
             | HailoError::HefFile(_)
@@ -307,6 +325,21 @@ fn check(lib: &sys::HailoRt, call: &'static str, status: sys::hailo_status) -> R
 pub enum HefSource<'a> {
     File(&'a Path),
     Bytes(&'a [u8]),
+    /// Bytes already read (and checked) from `path`, which errors name.
+    Read {
+        path: &'a Path,
+        bytes: &'a [u8],
+    },
+}
+
+impl HefSource<'_> {
+    /// How errors name the HEF.
+    fn describe(&self) -> String {
+        match self {
+            HefSource::File(path) | HefSource::Read { path, .. } => path.display().to_string(),
+            HefSource::Bytes(b) => format!("(a {}-byte buffer)", b.len()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -450,7 +483,7 @@ impl Hef {
                 // `raw` is a valid out-pointer.
                 check(lib, "hailo_create_hef_file", unsafe { lib.hailo_create_hef_file(&mut raw, c.as_ptr()) })?;
             }
-            HefSource::Bytes(bytes) => {
+            HefSource::Bytes(bytes) | HefSource::Read { bytes, .. } => {
                 // SAFETY: the pointer and length describe `bytes`, which
                 // outlives the call (HailoRT copies what it keeps).
                 check(lib, "hailo_create_hef_buffer", unsafe {
@@ -532,26 +565,155 @@ enum Layout {
     Nhw,
 }
 
+/// What one vstream carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PortKind {
+    /// A tensor in `Layout`.
+    Frame(Layout),
+    /// HailoRT's on-chip NMS result, by class, float32: handed to the
+    /// `hailo-nms` decoder as is, with its `nms_shape`.
+    Nms { classes: usize, max_per_class: usize },
+}
+
+/// The host-side element type of the HEF's input: it decides how a frame is
+/// prepared ([`HailoEngine::infer_frame`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum InputFormat {
+    /// Raw pixels, normalised on the chip (Hailo Model Zoo HEFs): uint8 NHWC.
+    Uint8,
+    /// Normalised floats, quantised by HailoRT on the host.
+    Float32,
+}
+
+impl InputFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InputFormat::Uint8 => "UINT8",
+            InputFormat::Float32 => "FLOAT32",
+        }
+    }
+
+    fn bytes(self) -> usize {
+        match self {
+            InputFormat::Uint8 => 1,
+            InputFormat::Float32 => size_of::<f32>(),
+        }
+    }
+}
+
+/// The loaded HEF as `sparkctl engine` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HefLayout {
+    /// `UINT8` or `FLOAT32`.
+    pub input_format: String,
+    /// HailoRT's host format order of the input (`NHWC`, ...).
+    pub input_order: String,
+    /// In the order [`HailoEngine::infer`] returns them.
+    pub outputs: Vec<HefOutput>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HefOutput {
+    pub name: String,
+    /// HailoRT's format order name without `HAILO_FORMAT_ORDER_` (`NHWC`, `HAILO_NMS_BY_CLASS`).
+    pub order: String,
+    /// `[number_of_classes, max_bboxes_per_class]` of an NMS output.
+    pub nms_shape: Option<[u32; 2]>,
+}
+
+/// HailoRT's name of a `hailo_format_type_t`.
+fn format_type_name(t: u32) -> &'static str {
+    match t {
+        0 => "AUTO",
+        1 => "UINT8",
+        2 => "UINT16",
+        3 => "FLOAT32",
+        _ => "unknown",
+    }
+}
+
+/// HailoRT's name of a `hailo_format_order_t`, without `HAILO_FORMAT_ORDER_`.
+fn format_order_name(o: u32) -> &'static str {
+    match o {
+        0 => "AUTO",
+        1 => "NHWC",
+        2 => "NHCW",
+        3 => "FCR",
+        4 => "F8CR",
+        5 => "NHW",
+        6 => "NC",
+        7 => "BAYER_RGB",
+        8 => "12_BIT_BAYER_RGB",
+        9 => "HAILO_NMS",
+        10 => "RGB888",
+        11 => "NCHW",
+        12 => "YUY2",
+        13 => "NV12",
+        14 => "NV21",
+        15 => "HAILO_YYUV",
+        16 => "HAILO_YYVU",
+        17 => "RGB4",
+        18 => "I420",
+        19 => "HAILO_YYYYUV",
+        20 => "HAILO_NMS_WITH_BYTE_MASK",
+        21 => "HAILO_NMS_ON_CHIP",
+        22 => "HAILO_NMS_BY_CLASS",
+        23 => "HAILO_NMS_BY_SCORE",
+        _ => "unknown",
+    }
+}
+
+/// The NMS orders whose float32 frame is per class `count, count × {y_min,
+/// x_min, y_max, x_max, score}`: BY_CLASS, and the older HAILO_NMS name that
+/// libraries before 4.21 report for the same layout.
+fn is_nms_by_class(order: u32) -> bool {
+    order == sys::HAILO_FORMAT_ORDER_HAILO_NMS || order == sys::HAILO_FORMAT_ORDER_HAILO_NMS_BY_CLASS
+}
+
+/// Any NMS-shaped order (its `hailo_vstream_info_t` holds `nms_shape`, not `shape`).
+fn is_nms(order: u32) -> bool {
+    is_nms_by_class(order)
+        || order == sys::HAILO_FORMAT_ORDER_HAILO_NMS_WITH_BYTE_MASK
+        || order == sys::HAILO_FORMAT_ORDER_HAILO_NMS_ON_CHIP
+        || order == sys::HAILO_FORMAT_ORDER_HAILO_NMS_BY_SCORE
+}
+
+/// An NMS frame larger than this is refused at open: a HEF (or library)
+/// reporting it would make every frame a huge read.
+const MAX_NMS_FRAME_BYTES: usize = 64 << 20;
+
 #[derive(Debug, Clone)]
 struct Port {
     name: String,
-    layout: Layout,
+    kind: PortKind,
     height: usize,
     width: usize,
     channels: usize,
+    /// Values per frame: floats, or bytes for a UINT8 input.
     elements: usize,
+    /// The host format order, for `sparkctl engine`.
+    order: u32,
 }
 
 impl Port {
     fn shape(&self) -> Vec<usize> {
-        match self.layout {
-            Layout::Nhwc | Layout::Nchw => vec![1, self.channels, self.height, self.width],
-            Layout::Nc => vec![1, self.channels],
-            Layout::Nhw => vec![1, 1, self.height, self.width],
+        match self.kind {
+            PortKind::Frame(Layout::Nhwc | Layout::Nchw) => vec![1, self.channels, self.height, self.width],
+            PortKind::Frame(Layout::Nc) => vec![1, self.channels],
+            PortKind::Frame(Layout::Nhw) => vec![1, 1, self.height, self.width],
+            PortKind::Nms { classes, max_per_class } => vec![classes, max_per_class],
         }
     }
 
-    /// Checks what HailoRT reports for a vstream and builds its description.
+    fn layout(&self) -> Option<Layout> {
+        match self.kind {
+            PortKind::Frame(l) => Some(l),
+            PortKind::Nms { .. } => None,
+        }
+    }
+
+    /// Checks what HailoRT reports for an output vstream (user format
+    /// FLOAT32) and builds its description.
     fn describe(
         info: &sys::hailo_vstream_info_t,
         user: &sys::hailo_format_t,
@@ -561,26 +723,27 @@ impl Port {
         if user.type_ != sys::HAILO_FORMAT_TYPE_FLOAT32 {
             return Err(HailoError::UnsupportedModel(format!(
                 "vstream {name} has user format type {} (FLOAT32 expected)",
-                user.type_
+                format_type_name(user.type_)
             )));
         }
-        let layout = match user.order {
+        // An AUTO user order takes the HEF's.
+        let order = if user.order == sys::HAILO_FORMAT_ORDER_AUTO { info.format.order } else { user.order };
+        if is_nms(order) || is_nms(info.format.order) {
+            return Self::describe_nms(info, order, frame_bytes);
+        }
+        let layout = match order {
             sys::HAILO_FORMAT_ORDER_NHWC | sys::HAILO_FORMAT_ORDER_AUTO => Layout::Nhwc,
             sys::HAILO_FORMAT_ORDER_NCHW => Layout::Nchw,
             sys::HAILO_FORMAT_ORDER_NC => Layout::Nc,
             sys::HAILO_FORMAT_ORDER_NHW => Layout::Nhw,
             other => {
                 return Err(HailoError::UnsupportedModel(format!(
-                    "vstream {name} has host format order {other} (NMS and YUV outputs are not supported; \
-                     compile the HEF without on-chip NMS)"
+                    "vstream {name} has host format order {} ({other}; YUV and Bayer outputs are not supported)",
+                    format_order_name(other)
                 )));
             }
         };
-        // SAFETY: for every non-NMS format order (checked above) HailoRT
-        // fills the `shape` member of this union; both members are plain
-        // integers, so reading either is defined.
-        let shape = unsafe { info.__bindgen_anon_1.shape };
-        let (height, width, channels) = (shape.height as usize, shape.width as usize, shape.features as usize);
+        let (height, width, channels) = image_shape(info);
         let elements = match layout {
             Layout::Nc => channels,
             Layout::Nhw => height * width,
@@ -591,8 +754,113 @@ impl Port {
                 "vstream {name}: shape {height}x{width}x{channels} does not match its frame size of {frame_bytes} bytes"
             )));
         }
-        Ok(Self { name, layout, height, width, channels, elements })
+        Ok(Self { name, kind: PortKind::Frame(layout), height, width, channels, elements, order })
     }
+
+    /// An on-chip NMS output. Its frame is read whole (the size HailoRT
+    /// reports) and parsed by the decoder, which checks every count against
+    /// the buffer; here only what makes the read itself unsafe or absurd is
+    /// refused.
+    fn describe_nms(info: &sys::hailo_vstream_info_t, order: u32, frame_bytes: usize) -> Result<Self, HailoError> {
+        let name = c_chars(&info.name);
+        if !is_nms_by_class(order) {
+            return Err(HailoError::UnsupportedModel(format!(
+                "vstream {name} has NMS output order {} ({order}); only HAILO_NMS_BY_CLASS (or HAILO_NMS) \
+                 with float32 user format is read",
+                format_order_name(order)
+            )));
+        }
+        // SAFETY: for the NMS format orders (checked above) HailoRT fills the
+        // `nms_shape` member of this union; both members are plain integers,
+        // so reading either is defined.
+        let nms = unsafe { info.__bindgen_anon_1.nms_shape };
+        let (classes, max_per_class) = (nms.number_of_classes as usize, nms.max_bboxes_per_class as usize);
+        if classes == 0
+            || max_per_class == 0
+            || frame_bytes == 0
+            || frame_bytes % size_of::<f32>() != 0
+            || frame_bytes > MAX_NMS_FRAME_BYTES
+        {
+            return Err(HailoError::UnsupportedModel(format!(
+                "NMS vstream {name}: nms_shape {classes} classes x {max_per_class} boxes with a frame size of \
+                 {frame_bytes} bytes cannot be read (want non-zero counts and a whole number of float32 values \
+                 up to {MAX_NMS_FRAME_BYTES} bytes)"
+            )));
+        }
+        Ok(Self {
+            name,
+            kind: PortKind::Nms { classes, max_per_class },
+            height: 0,
+            width: 0,
+            channels: 0,
+            elements: frame_bytes / size_of::<f32>(),
+            order,
+        })
+    }
+
+    /// Checks the input vstream: the HEF's input type decides the host
+    /// format (`hailo_vstream_info_t.format.type`: UINT8 or FLOAT32, anything
+    /// else is refused naming `hef`), and the frame must be an image.
+    fn describe_input(
+        info: &sys::hailo_vstream_info_t,
+        user: &sys::hailo_format_t,
+        frame_bytes: usize,
+        hef: &str,
+    ) -> Result<(Self, InputFormat), HailoError> {
+        let name = c_chars(&info.name);
+        let format = match info.format.type_ {
+            sys::HAILO_FORMAT_TYPE_UINT8 => InputFormat::Uint8,
+            sys::HAILO_FORMAT_TYPE_FLOAT32 => InputFormat::Float32,
+            other => {
+                return Err(HailoError::InputFormat {
+                    hef: hef.to_string(),
+                    vstream: name,
+                    value: format!("{} ({other})", format_type_name(other)),
+                });
+            }
+        };
+        // The input is created with an AUTO user type, which HailoRT resolves to the HEF's.
+        let user_type = if user.type_ == sys::HAILO_FORMAT_TYPE_AUTO { info.format.type_ } else { user.type_ };
+        if user_type != info.format.type_ {
+            return Err(HailoError::UnsupportedModel(format!(
+                "input {name}: HailoRT chose user format type {} for a {} input",
+                format_type_name(user_type),
+                format.as_str()
+            )));
+        }
+        let order = if user.order == sys::HAILO_FORMAT_ORDER_AUTO { info.format.order } else { user.order };
+        let layout = match order {
+            sys::HAILO_FORMAT_ORDER_NHWC | sys::HAILO_FORMAT_ORDER_AUTO => Layout::Nhwc,
+            sys::HAILO_FORMAT_ORDER_NCHW if format == InputFormat::Float32 => Layout::Nchw,
+            other => {
+                return Err(HailoError::UnsupportedModel(format!(
+                    "input {name} is not an image spark-edge can feed ({} input in host order {})",
+                    format.as_str(),
+                    format_order_name(other)
+                )));
+            }
+        };
+        let (height, width, channels) = image_shape(info);
+        let elements = height * width * channels;
+        if elements == 0 || elements * format.bytes() != frame_bytes {
+            return Err(HailoError::UnsupportedModel(format!(
+                "input {name}: shape {height}x{width}x{channels} ({}) does not match its frame size of \
+                 {frame_bytes} bytes",
+                format.as_str()
+            )));
+        }
+        let order = if order == sys::HAILO_FORMAT_ORDER_AUTO { sys::HAILO_FORMAT_ORDER_NHWC } else { order };
+        Ok((Self { name, kind: PortKind::Frame(layout), height, width, channels, elements, order }, format))
+    }
+}
+
+/// `(height, width, features)` of a non-NMS vstream.
+fn image_shape(info: &sys::hailo_vstream_info_t) -> (usize, usize, usize) {
+    // SAFETY: callers pass only vstreams whose order is not NMS, for which
+    // HailoRT fills the `shape` member of this union; both members are plain
+    // integers, so reading either is defined.
+    let shape = unsafe { info.__bindgen_anon_1.shape };
+    (shape.height as usize, shape.width as usize, shape.features as usize)
 }
 
 /// NCHW `src` (`c` planes of `h`x`w`) into NHWC `dst`. Writes each pixel's
@@ -614,6 +882,19 @@ fn nchw_to_nhwc(src: &[f32], c: usize, h: usize, w: usize, dst: &mut Vec<f32>) {
     for (p, px) in dst.chunks_exact_mut(c).enumerate() {
         for (ch, v) in px.iter_mut().enumerate() {
             *v = src[ch * plane + p];
+        }
+    }
+}
+
+/// NCHW floats into NHWC bytes, rounded and clamped to 0..=255: a UINT8
+/// input fed from a float tensor (the [`HailoEngine::infer`] path).
+fn nchw_to_nhwc_u8(src: &[f32], c: usize, h: usize, w: usize, dst: &mut Vec<u8>) {
+    let plane = h * w;
+    dst.clear();
+    dst.resize(c * plane, 0);
+    for (p, px) in dst.chunks_exact_mut(c).enumerate() {
+        for (ch, v) in px.iter_mut().enumerate() {
+            *v = src[ch * plane + p].round().clamp(0.0, 255.0) as u8;
         }
     }
 }
@@ -771,9 +1052,14 @@ pub struct HailoEngine {
     library_path: PathBuf,
     library_version: sys::LibraryVersion,
     input_port: Port,
+    input_format: InputFormat,
     output_ports: Vec<Port>,
-    /// NHWC staging buffer for the input frame, reused across frames.
+    /// NHWC staging buffer for a FLOAT32 input frame, reused across frames.
     staging_in: Vec<f32>,
+    /// Staging buffer for a UINT8 input frame (NHWC bytes), reused across frames.
+    staging_u8: Vec<u8>,
+    /// Float tensor for [`HailoEngine::infer_frame`] on a FLOAT32 input.
+    staging_tensor: Tensor,
     /// Host buffer for one output read, reused across frames.
     staging_out: Vec<f32>,
     poisoned: Option<(String, HailoFailure)>,
@@ -794,6 +1080,7 @@ impl HailoEngine {
 
     /// [`HailoEngine::open`] with the typed error.
     pub fn try_open(lib: Option<&Path>, hef: HefSource<'_>, opts: &HailoOptions) -> Result<Self, HailoError> {
+        let hef_name = hef.describe();
         let (lib, library_path) = shared_library(lib)?;
         let library_version = library_version(&lib)?;
         if scan_devices(&lib)?.is_empty() {
@@ -811,7 +1098,7 @@ impl HailoEngine {
             lib.hailo_make_input_vstream_params(
                 network_group,
                 false,
-                sys::HAILO_FORMAT_TYPE_FLOAT32,
+                sys::HAILO_FORMAT_TYPE_AUTO,
                 in_params.as_mut_ptr(),
                 &mut n_in,
             )
@@ -840,19 +1127,23 @@ impl HailoEngine {
             return Err(HailoError::UnsupportedModel("the HEF has no output vstreams".into()));
         }
         let out_params = hef_order(out_params, hef.sorted_output_names().as_deref());
-        let tune = |p: &mut sys::hailo_vstream_params_t| {
-            p.user_buffer_format.type_ = sys::HAILO_FORMAT_TYPE_FLOAT32;
+        let tune = |p: &mut sys::hailo_vstream_params_t, format_type| {
+            p.user_buffer_format.type_ = format_type;
             p.timeout_ms = opts.timeout_ms;
             if let Some(q) = opts.queue_size {
                 p.queue_size = q;
             }
         };
+        // The input takes the HEF's own type (AUTO): UINT8 for HEFs that
+        // normalise on the chip, FLOAT32 for those that want floats; any
+        // other is refused once HailoRT has said which it is. Outputs are
+        // always de-quantised to FLOAT32 (NMS outputs included).
         for p in &mut in_params {
-            tune(&mut p.params);
+            tune(&mut p.params, sys::HAILO_FORMAT_TYPE_AUTO);
         }
         let mut out_params = out_params;
         for p in &mut out_params {
-            tune(&mut p.params);
+            tune(&mut p.params, sys::HAILO_FORMAT_TYPE_FLOAT32);
         }
 
         let mut raw_in = vec![std::ptr::null_mut(); in_params.len()];
@@ -870,16 +1161,9 @@ impl HailoEngine {
         })?;
         let outputs = OutputVstreams { lib: Arc::clone(&lib), raw: raw_out };
 
-        let input_port = describe_input(&lib, input.raw[0])?;
-        if input_port.layout != Layout::Nhwc && input_port.layout != Layout::Nchw {
-            return Err(HailoError::UnsupportedModel(format!(
-                "input {} is not an image (layout {:?})",
-                input_port.name, input_port.layout
-            )));
-        }
+        let (input_port, input_format) = describe_input(&lib, input.raw[0], &hef_name)?;
         let output_ports = outputs.raw.iter().map(|v| describe_output(&lib, *v)).collect::<Result<Vec<_>, _>>()?;
 
-        let staging_in = Vec::with_capacity(input_port.elements);
         let staging_out = Vec::with_capacity(output_ports.iter().map(|p| p.elements).max().unwrap_or(0));
         Ok(Self {
             outputs,
@@ -889,8 +1173,11 @@ impl HailoEngine {
             library_path,
             library_version,
             input_port,
+            input_format,
             output_ports,
-            staging_in,
+            staging_in: Vec::new(),
+            staging_u8: Vec::new(),
+            staging_tensor: Tensor::zeros(&[1]),
             staging_out,
             poisoned: None,
         })
@@ -913,9 +1200,35 @@ impl HailoEngine {
         &self.input_port.name
     }
 
-    /// Output vstream names and NCHW shapes, in the order `infer` returns them.
+    /// The HEF input's element type: how frames are prepared for it.
+    pub fn input_format(&self) -> InputFormat {
+        self.input_format
+    }
+
+    /// Output vstream names and shapes, in the order `infer` returns them:
+    /// NCHW for tensors, `[number_of_classes, max_bboxes_per_class]` for NMS.
     pub fn outputs(&self) -> Vec<(String, Vec<usize>)> {
         self.output_ports.iter().map(|p| (p.name.clone(), p.shape())).collect()
+    }
+
+    /// Input format, output orders and NMS shapes, for `sparkctl engine`.
+    pub fn hef_layout(&self) -> HefLayout {
+        HefLayout {
+            input_format: self.input_format.as_str().into(),
+            input_order: format_order_name(self.input_port.order).into(),
+            outputs: self
+                .output_ports
+                .iter()
+                .map(|p| HefOutput {
+                    name: p.name.clone(),
+                    order: format_order_name(p.order).into(),
+                    nms_shape: match p.kind {
+                        PortKind::Nms { classes, max_per_class } => Some([classes as u32, max_per_class as u32]),
+                        PortKind::Frame(_) => None,
+                    },
+                })
+                .collect(),
+        }
     }
 
     /// Chip temperature of the vdevice's first physical device. Not available
@@ -929,45 +1242,107 @@ impl HailoEngine {
         identify(&self.vdevice.lib, self.vdevice.first_physical_device()?)
     }
 
-    /// Runs one frame: `input` is NCHW `[1, C, H, W]`; outputs are NCHW, in
-    /// HEF order. After a failed frame the vstreams are cleared so the next
-    /// frame cannot read this one's late outputs; if clearing fails too, the
-    /// engine refuses further frames ([`HailoError::Poisoned`]).
+    /// Runs one frame: `input` is NCHW `[1, C, H, W]`; outputs are NCHW (NMS
+    /// outputs: the raw frame, see [`HailoEngine::outputs`]), in HEF order.
+    /// A UINT8 input gets the tensor's values rounded to bytes: exact for a
+    /// tensor prepared with mean 0 and std 1, which a HEF that normalises on
+    /// the chip needs; [`HailoEngine::infer_frame`] skips the floats.
+    ///
+    /// After a failed frame the vstreams are cleared so the next frame cannot
+    /// read this one's late outputs; if clearing fails too, the engine
+    /// refuses further frames ([`HailoError::Poisoned`]).
     pub fn infer(&mut self, input: &Tensor) -> Result<Vec<Output>, HailoError> {
-        if let Some((cause, failure)) = &self.poisoned {
-            return Err(HailoError::Poisoned { cause: cause.clone(), failure: *failure });
-        }
+        self.check_usable()?;
         let expected = self.input_shape();
         if input.shape.as_slice() != expected.as_slice() || input.data.len() != self.input_port.elements {
             return Err(HailoError::InputShape { got: input.shape.clone(), expected });
         }
-        match self.exchange(input) {
-            Ok(outputs) => Ok(outputs),
-            Err(e) => {
-                if let Err(clear) = self.clear_vstreams() {
-                    self.poisoned = Some((clear.to_string(), e.failure()));
-                }
-                Err(e)
+        let result = match self.input_format {
+            InputFormat::Float32 => self.exchange_f32(input),
+            InputFormat::Uint8 => {
+                let p = &self.input_port;
+                nchw_to_nhwc_u8(&input.data, p.channels, p.height, p.width, &mut self.staging_u8);
+                self.exchange_u8()
+            }
+        };
+        self.settle(result)
+    }
+
+    /// Prepares `frame` as `spec` says, in the form the HEF input takes, and
+    /// runs it. A UINT8 input gets uint8 NHWC straight from the resize
+    /// ([`vision::prepare_u8_nhwc`]: no float tensor, no transpose; the
+    /// manifest's mean and std are the chip's business); a FLOAT32 input the
+    /// normalised tensor. Returns the outputs and the letterbox to map boxes
+    /// back to the frame.
+    pub fn infer_frame(
+        &mut self,
+        frame: &RgbImage,
+        spec: &InputSpec,
+    ) -> Result<(Vec<Output>, vision::Letterbox), HailoError> {
+        self.check_usable()?;
+        let expected = self.input_shape();
+        if [3, spec.height as usize, spec.width as usize] != expected[1..] {
+            return Err(HailoError::InputShape {
+                got: vec![1, 3, spec.height as usize, spec.width as usize],
+                expected,
+            });
+        }
+        match self.input_format {
+            InputFormat::Uint8 => {
+                let lb = vision::prepare_u8_nhwc(frame, spec, &mut self.staging_u8);
+                let result = self.exchange_u8();
+                self.settle(result).map(|o| (o, lb))
+            }
+            InputFormat::Float32 => {
+                let mut t = std::mem::replace(&mut self.staging_tensor, Tensor::zeros(&[0]));
+                let lb = vision::prepare(frame, spec, &mut t);
+                let result = self.exchange_f32(&t);
+                self.staging_tensor = t;
+                self.settle(result).map(|o| (o, lb))
             }
         }
     }
 
-    fn exchange(&mut self, input: &Tensor) -> Result<Vec<Output>, HailoError> {
-        let lib = &self.input.lib;
+    fn check_usable(&self) -> Result<(), HailoError> {
+        match &self.poisoned {
+            Some((cause, failure)) => Err(HailoError::Poisoned { cause: cause.clone(), failure: *failure }),
+            None => Ok(()),
+        }
+    }
+
+    /// After a failed frame: clear the vstreams, or poison the engine.
+    fn settle(&mut self, result: Result<Vec<Output>, HailoError>) -> Result<Vec<Output>, HailoError> {
+        if let Err(e) = &result
+            && let Err(clear) = self.clear_vstreams()
+        {
+            self.poisoned = Some((clear.to_string(), e.failure()));
+        }
+        result
+    }
+
+    fn exchange_f32(&mut self, input: &Tensor) -> Result<Vec<Output>, HailoError> {
         let port = &self.input_port;
-        let frame: &[f32] = match port.layout {
-            Layout::Nhwc => {
+        let frame: &[f32] = match port.layout() {
+            Some(Layout::Nhwc) => {
                 nchw_to_nhwc(&input.data, port.channels, port.height, port.width, &mut self.staging_in);
                 &self.staging_in
             }
             _ => &input.data,
         };
-        // SAFETY: `frame` holds exactly the vstream's frame size in bytes
-        // (checked against hailo_get_input_vstream_frame_size at open) and
-        // outlives the call; the vstream handle is live.
-        check(lib, "hailo_vstream_write_raw_buffer", unsafe {
-            lib.hailo_vstream_write_raw_buffer(self.input.raw[0], frame.as_ptr().cast(), size_of_val(frame))
-        })?;
+        write_frame(&self.input, frame.as_ptr().cast(), size_of_val(frame))?;
+        self.read_outputs()
+    }
+
+    fn exchange_u8(&mut self) -> Result<Vec<Output>, HailoError> {
+        if self.staging_u8.len() != self.input_port.elements {
+            return Err(HailoError::InputShape { got: vec![self.staging_u8.len()], expected: self.input_shape() });
+        }
+        write_frame(&self.input, self.staging_u8.as_ptr(), self.staging_u8.len())?;
+        self.read_outputs()
+    }
+
+    fn read_outputs(&mut self) -> Result<Vec<Output>, HailoError> {
+        let lib = &self.outputs.lib;
         let mut out = Vec::with_capacity(self.output_ports.len());
         for (port, vstream) in self.output_ports.iter().zip(&self.outputs.raw) {
             self.staging_out.clear();
@@ -981,8 +1356,11 @@ impl HailoEngine {
                     size_of_val(self.staging_out.as_slice()),
                 )
             })?;
-            let data = match port.layout {
-                Layout::Nhwc => nhwc_to_nchw(&self.staging_out, port.height, port.width, port.channels),
+            let data = match port.kind {
+                PortKind::Frame(Layout::Nhwc) => {
+                    nhwc_to_nchw(&self.staging_out, port.height, port.width, port.channels)
+                }
+                // NMS frames go to the decoder as read; it checks every count.
                 _ => self.staging_out.clone(),
             };
             out.push(Output { name: port.name.clone(), shape: port.shape(), data });
@@ -1004,6 +1382,17 @@ impl HailoEngine {
     }
 }
 
+/// Writes one input frame of `len` bytes at `data`.
+fn write_frame(input: &InputVstreams, data: *const u8, len: usize) -> Result<(), HailoError> {
+    let lib = &input.lib;
+    // SAFETY: callers pass a live buffer of exactly the vstream's frame size
+    // in bytes (checked against hailo_get_input_vstream_frame_size at open)
+    // that outlives the call; the vstream handle is live.
+    check(lib, "hailo_vstream_write_raw_buffer", unsafe {
+        lib.hailo_vstream_write_raw_buffer(input.raw[0], data.cast(), len)
+    })
+}
+
 impl Engine for HailoEngine {
     fn kind(&self) -> EngineKind {
         EngineKind::Hailo
@@ -1012,6 +1401,20 @@ impl Engine for HailoEngine {
     /// Outputs come in the HEF's order (see the module docs).
     fn run(&mut self, input: &Tensor) -> Result<Vec<Output>, EngineError> {
         self.infer(input).map_err(EngineError::from)
+    }
+
+    /// [`HailoEngine::infer_frame`]: a UINT8 HEF gets bytes, not floats.
+    fn run_frame(
+        &mut self,
+        frame: &RgbImage,
+        spec: &InputSpec,
+        _input: &mut Tensor,
+    ) -> Result<(Vec<Output>, vision::Letterbox), EngineError> {
+        self.infer_frame(frame, spec).map_err(EngineError::from)
+    }
+
+    fn hef_layout(&self) -> Option<HefLayout> {
+        Some(HailoEngine::hef_layout(self))
     }
 }
 
@@ -1062,7 +1465,11 @@ fn hef_order(
     keyed.into_iter().map(|(_, _, p)| p).collect()
 }
 
-fn describe_input(lib: &sys::HailoRt, v: sys::hailo_input_vstream) -> Result<Port, HailoError> {
+fn describe_input(
+    lib: &sys::HailoRt,
+    v: sys::hailo_input_vstream,
+    hef: &str,
+) -> Result<(Port, InputFormat), HailoError> {
     let mut info = sys::hailo_vstream_info_t::default();
     let mut user = sys::hailo_format_t::default();
     let mut frame = 0usize;
@@ -1072,7 +1479,7 @@ fn describe_input(lib: &sys::HailoRt, v: sys::hailo_input_vstream) -> Result<Por
         check(lib, "hailo_get_input_vstream_user_format", lib.hailo_get_input_vstream_user_format(v, &mut user))?;
         check(lib, "hailo_get_input_vstream_frame_size", lib.hailo_get_input_vstream_frame_size(v, &mut frame))?;
     }
-    Port::describe(&info, &user, frame)
+    Port::describe_input(&info, &user, frame, hef)
 }
 
 fn describe_output(lib: &sys::HailoRt, v: sys::hailo_output_vstream) -> Result<Port, HailoError> {
@@ -1156,6 +1563,84 @@ mod tests {
         let sorted = ["g/c".to_string(), "g/a".to_string(), "g/b".to_string()];
         let names: Vec<String> = hef_order(params, Some(&sorted)).iter().map(|v| c_chars(&v.name)).collect();
         assert_eq!(names, ["g/c", "g/a", "g/b", "g/x"]);
+    }
+
+    fn info(name: &str, type_: u32, order: u32) -> sys::hailo_vstream_info_t {
+        let mut i = sys::hailo_vstream_info_t::default();
+        for (d, s) in i.name.iter_mut().zip(name.bytes()) {
+            *d = s as c_char;
+        }
+        i.format.type_ = type_;
+        i.format.order = order;
+        i
+    }
+
+    fn user(type_: u32, order: u32) -> sys::hailo_format_t {
+        sys::hailo_format_t { type_, order, ..Default::default() }
+    }
+
+    fn nms_info(order: u32, classes: u32, max: u32) -> sys::hailo_vstream_info_t {
+        let mut i = info("net/nms", sys::HAILO_FORMAT_TYPE_UINT16, order);
+        i.__bindgen_anon_1.nms_shape.number_of_classes = classes;
+        i.__bindgen_anon_1.nms_shape.max_bboxes_per_class = max;
+        i
+    }
+
+    #[test]
+    fn nms_outputs_by_class_are_read_whole_with_their_nms_shape() {
+        let full = 3 * (1 + 5 * 4) * 4;
+        let f32_auto = user(sys::HAILO_FORMAT_TYPE_FLOAT32, sys::HAILO_FORMAT_ORDER_AUTO);
+        for order in [sys::HAILO_FORMAT_ORDER_HAILO_NMS_BY_CLASS, sys::HAILO_FORMAT_ORDER_HAILO_NMS] {
+            let p = Port::describe(&nms_info(order, 3, 4), &f32_auto, full).unwrap();
+            assert_eq!(p.kind, PortKind::Nms { classes: 3, max_per_class: 4 });
+            assert_eq!((p.shape(), p.elements), (vec![3, 4], 63));
+        }
+        // The frame size HailoRT reports is what is read, even when short (the decoder checks counts).
+        let p = Port::describe(&nms_info(22, 3, 4), &f32_auto, 12).unwrap();
+        assert_eq!(p.elements, 3);
+        // By score, byte masks, no classes, a ragged or absurd frame: refused at open.
+        let by_score = user(sys::HAILO_FORMAT_TYPE_FLOAT32, sys::HAILO_FORMAT_ORDER_HAILO_NMS_BY_SCORE);
+        let e = Port::describe(&nms_info(22, 3, 4), &by_score, full).unwrap_err();
+        assert!(e.to_string().contains("HAILO_NMS_BY_SCORE"), "{e}");
+        for (classes, max, bytes) in
+            [(0, 4, full), (3, 0, full), (3, 4, 10), (3, 4, 0), (3, 4, MAX_NMS_FRAME_BYTES + 4)]
+        {
+            let e = Port::describe(&nms_info(22, classes, max), &f32_auto, bytes).unwrap_err();
+            assert!(matches!(e, HailoError::UnsupportedModel(_)), "{classes} {max} {bytes}: {e}");
+        }
+        // NMS read as UINT8 is not what the decoder reads.
+        let u8_user = user(sys::HAILO_FORMAT_TYPE_UINT8, sys::HAILO_FORMAT_ORDER_HAILO_NMS_BY_CLASS);
+        assert!(Port::describe(&nms_info(22, 3, 4), &u8_user, full).is_err());
+    }
+
+    #[test]
+    fn input_type_comes_from_the_hef_and_others_are_refused_naming_file_field_and_value() {
+        let mut i = info("net/input", sys::HAILO_FORMAT_TYPE_UINT8, sys::HAILO_FORMAT_ORDER_NHWC);
+        i.__bindgen_anon_1.shape = sys::hailo_3d_image_shape_t { height: 4, width: 6, features: 3 };
+        let auto = user(sys::HAILO_FORMAT_TYPE_AUTO, sys::HAILO_FORMAT_ORDER_AUTO);
+        let (p, f) = Port::describe_input(&i, &auto, 72, "a.hef").unwrap();
+        assert_eq!((f, p.elements, p.layout()), (InputFormat::Uint8, 72, Some(Layout::Nhwc)));
+        // A UINT8 frame of float size is a mismatch.
+        assert!(Port::describe_input(&i, &auto, 72 * 4, "a.hef").is_err());
+        i.format.type_ = sys::HAILO_FORMAT_TYPE_FLOAT32;
+        let (_, f) = Port::describe_input(&i, &auto, 72 * 4, "a.hef").unwrap();
+        assert_eq!(f, InputFormat::Float32);
+        i.format.type_ = sys::HAILO_FORMAT_TYPE_UINT16;
+        let e = Port::describe_input(&i, &auto, 144, "/models/x/model.hef").unwrap_err();
+        assert!(
+            matches!(&e, HailoError::InputFormat { vstream, value, .. } if vstream == "net/input" && value == "UINT16 (2)")
+        );
+        let msg = e.to_string();
+        assert!(msg.contains("/models/x/model.hef") && msg.contains("format.type") && msg.contains("UINT16"), "{msg}");
+        assert_eq!(e.failure(), HailoFailure::Permanent);
+    }
+
+    #[test]
+    fn float_tensor_to_uint8_nhwc_rounds_and_clamps() {
+        let nchw = [0.4, 0.6, 254.5, 300.0, -3.0, 7.0];
+        let mut out = Vec::new();
+        nchw_to_nhwc_u8(&nchw, 3, 1, 2, &mut out);
+        assert_eq!(out, [0, 255, 0, 1, 255, 7]);
     }
 
     #[test]

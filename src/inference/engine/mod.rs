@@ -12,7 +12,10 @@ pub mod select;
 
 use serde::{Deserialize, Serialize};
 
-use crate::inference::vision::Tensor;
+use image::RgbImage;
+
+use crate::inference::model::InputSpec;
+use crate::inference::vision::{self, Letterbox, Tensor};
 
 /// Which backend produced a result. Serialized into every inference record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -87,4 +90,25 @@ pub trait Engine: Send {
     fn kind(&self) -> EngineKind;
     /// Runs one input; outputs come in the ONNX model's output order.
     fn run(&mut self, input: &Tensor) -> Result<Vec<Output>, EngineError>;
+
+    /// Prepares `frame` as `spec` says and runs it, returning the outputs and
+    /// the letterbox that maps boxes back to the frame. By default the float
+    /// NCHW tensor goes into `input` (reused between frames); an engine whose
+    /// input takes another form (a UINT8 HEF) prepares that instead and may
+    /// leave `input` untouched.
+    fn run_frame(
+        &mut self,
+        frame: &RgbImage,
+        spec: &InputSpec,
+        input: &mut Tensor,
+    ) -> Result<(Vec<Output>, Letterbox), EngineError> {
+        let lb = vision::prepare(frame, spec, input);
+        Ok((self.run(input)?, lb))
+    }
+
+    /// The loaded HEF's input format, output orders and NMS shapes, for an
+    /// accelerator engine; `None` on the CPU.
+    fn hef_layout(&self) -> Option<hailo::HefLayout> {
+        None
+    }
 }

@@ -13,11 +13,13 @@ use std::time::{Duration, Instant};
 
 #[cfg(test)]
 use super::hailo::HailoError;
-use super::hailo::HailoFailure;
+use super::hailo::{HailoFailure, HefLayout};
 use super::{Engine, EngineError, EngineKind, Output};
-use crate::inference::vision::Tensor;
+use crate::inference::model::InputSpec;
+use crate::inference::vision::{Letterbox, Tensor};
 use crate::state::Shared;
 use crate::sys::backoff::Backoff;
+use image::RgbImage;
 
 /// Opens the accelerator engine; called at start and on every re-probe.
 pub type Opener = Box<dyn FnMut() -> Result<Box<dyn Engine>, EngineError> + Send>;
@@ -79,6 +81,8 @@ impl Selector {
         match open() {
             Ok(engine) => {
                 tracing::info!("Hailo-8 ready; inference runs on the accelerator");
+                let hef = engine.hef_layout();
+                self.shared.update_engine(|s| s.hef = hef);
                 self.accel = Some(engine);
                 self.backoff.reset();
                 self.publish_active();
@@ -113,10 +117,33 @@ impl Engine for Selector {
     }
 
     fn run(&mut self, input: &Tensor) -> Result<Vec<Output>, EngineError> {
+        self.dispatch(|engine| engine.run(input))
+    }
+
+    /// Each engine prepares the frame its own way: a CPU re-run after an
+    /// accelerator failure prepares the float tensor afresh.
+    fn run_frame(
+        &mut self,
+        frame: &RgbImage,
+        spec: &InputSpec,
+        input: &mut Tensor,
+    ) -> Result<(Vec<Output>, Letterbox), EngineError> {
+        self.dispatch(|engine| engine.run_frame(frame, spec, input))
+    }
+
+    fn hef_layout(&self) -> Option<HefLayout> {
+        self.accel.as_ref().and_then(|a| a.hef_layout())
+    }
+}
+
+impl Selector {
+    /// Runs `go` on the accelerator when there is one, and on the CPU when
+    /// there is none or it failed (the same frame, re-run).
+    fn dispatch<T>(&mut self, mut go: impl FnMut(&mut dyn Engine) -> Result<T, EngineError>) -> Result<T, EngineError> {
         self.probe();
         if let Some(accel) = self.accel.as_mut() {
             let t0 = Instant::now();
-            match accel.run(input) {
+            match go(accel.as_mut()) {
                 Ok(out) => {
                     self.account(EngineKind::Hailo, t0.elapsed());
                     self.last = EngineKind::Hailo;
@@ -144,7 +171,7 @@ impl Engine for Selector {
             }
         }
         let t0 = Instant::now();
-        let out = self.cpu.run(input)?;
+        let out = go(self.cpu.as_mut())?;
         self.account(EngineKind::OnnxCpu, t0.elapsed());
         self.last = EngineKind::OnnxCpu;
         Ok(out)
