@@ -38,6 +38,15 @@ pub struct Config {
     pub audio: AudioConfig,
     pub hailo: HailoConfig,
     pub update: UpdateConfig,
+    pub inference: InferenceConfig,
+    pub tracking: TrackingConfig,
+    pub events: EventsConfig,
+    /// `[[zone]]` tables: the events stage's zones.
+    #[serde(rename = "zone")]
+    pub zones: Vec<ZoneConfig>,
+    /// `[[line]]` tables: the events stage's counting lines.
+    #[serde(rename = "line")]
+    pub lines: Vec<LineConfig>,
     pub metrics: MetricsConfig,
 }
 
@@ -276,6 +285,11 @@ impl Default for Config {
             audio: AudioConfig::default(),
             hailo: HailoConfig::default(),
             update: UpdateConfig::default(),
+            inference: InferenceConfig::default(),
+            tracking: TrackingConfig::default(),
+            events: EventsConfig::default(),
+            zones: Vec::new(),
+            lines: Vec::new(),
             metrics: MetricsConfig::default(),
         }
     }
@@ -540,6 +554,7 @@ impl Config {
         if self.mqtt.client_cert_file.as_os_str().is_empty() != self.mqtt.client_key_file.as_os_str().is_empty() {
             bad("mqtt.client_cert_file", "client_cert_file and client_key_file go together".into());
         }
+        self.events_issues(&mut bad);
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             bad("log.level", format!("not a valid filter: {:?}", self.log.level));
         }
@@ -721,6 +736,9 @@ fn key_at(text: &str, byte: Option<usize>) -> String {
 
 /// Line of `a.b` in `text` (the `b =` line inside `[a]`), 0 if absent.
 fn find_key_line(text: &str, dotted: &str) -> usize {
+    if let Some(line) = find_array_key_line(text, dotted) {
+        return line;
+    }
     let (table, key) = dotted.rsplit_once('.').unwrap_or(("", dotted));
     let mut current = String::new();
     for (i, l) in text.lines().enumerate() {
@@ -738,6 +756,35 @@ fn find_key_line(text: &str, dotted: &str) -> usize {
         }
     }
     0
+}
+
+/// Line of `name[i].key` (the `key =` line in the i-th `[[name]]` table,
+/// else that table's header); `None` when `dotted` has no `[i]`.
+fn find_array_key_line(text: &str, dotted: &str) -> Option<usize> {
+    let (head, key) = dotted.split_once("].")?;
+    let (name, index) = head.split_once('[')?;
+    let index: usize = index.parse().ok()?;
+    let header = format!("[[{name}]]");
+    let mut seen = None::<usize>;
+    let mut header_line = 0;
+    for (i, l) in text.lines().enumerate() {
+        let l = l.trim();
+        if l.starts_with('[') {
+            if l.replace(' ', "") == header {
+                seen = Some(seen.map_or(0, |n| n + 1));
+                if seen == Some(index) {
+                    header_line = i + 1;
+                }
+            } else if seen == Some(index) {
+                break;
+            }
+            continue;
+        }
+        if seen == Some(index) && l.split_once('=').is_some_and(|(k, _)| k.trim().trim_matches('"') == key) {
+            return Some(i + 1);
+        }
+    }
+    Some(header_line)
 }
 
 /// Fleet updates (see docs/updates.md).
@@ -781,6 +828,183 @@ pub struct MetricsConfig {
 impl Default for MetricsConfig {
     fn default() -> Self {
         Self { textfile_dir: PathBuf::new(), textfile_interval_secs: 15 }
+    }
+}
+
+/// Per-frame inference records (`[inference]`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct InferenceConfig {
+    pub publish: Publish,
+}
+
+/// Which frames get an `inference` record.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Publish {
+    /// One record per frame.
+    #[default]
+    EveryFrame,
+    /// Only frames where the set of tracked labels changed.
+    OnChange,
+    /// None: events only.
+    None,
+}
+
+/// The multi-object tracker (`[tracking]`, see `src/events/tracker.rs`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrackingConfig {
+    /// Frames an object may be missing and keep its track id when seen again.
+    pub max_missed_frames: u32,
+    /// Detections scoring at least this start tracks and are matched first.
+    pub high_score: f32,
+    /// Least IoU between a track's predicted box and a high-score detection.
+    pub match_iou: f32,
+    /// Least IoU for a low-score detection to continue a track.
+    pub low_match_iou: f32,
+}
+
+impl Default for TrackingConfig {
+    fn default() -> Self {
+        Self { max_missed_frames: 10, high_score: 0.5, match_iou: 0.2, low_match_iou: 0.5 }
+    }
+}
+
+/// Events from tracks (`[events]`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// Camera id named in every event.
+    pub camera: String,
+    /// Length of a `count` record's interval; 0: no count records.
+    pub count_interval_secs: u64,
+    /// `track_start` / `track_end` events (zone and line events are on
+    /// whenever a zone or line is configured).
+    pub track_events: bool,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self { camera: "cam0".into(), count_interval_secs: 60, track_events: true }
+    }
+}
+
+/// One `[[zone]]`: a polygon in normalised image coordinates (0..1, y down).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ZoneConfig {
+    pub name: String,
+    /// At least 3 `[x, y]` points, not self-intersecting.
+    pub polygon: Vec<[f32; 2]>,
+    /// Model labels it applies to; empty: all.
+    #[serde(default)]
+    pub labels: Vec<String>,
+}
+
+/// One `[[line]]`: a counting segment in normalised image coordinates.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LineConfig {
+    pub name: String,
+    pub from: [f32; 2],
+    pub to: [f32; 2],
+    /// Names of the two crossing directions: the first is from the right of
+    /// `from → to` to its left as drawn on screen (left to right for a line
+    /// drawn top to bottom), the second the other way.
+    #[serde(default = "default_directions")]
+    pub directions: [String; 2],
+    #[serde(default)]
+    pub labels: Vec<String>,
+}
+
+fn default_directions() -> [String; 2] {
+    ["in".into(), "out".into()]
+}
+
+impl Config {
+    /// `[inference]`, `[tracking]`, `[events]`, `[[zone]]` and `[[line]]`.
+    /// Zone and line keys are `zone[i].key` (0-based), found on the i-th
+    /// `[[zone]]` table. Labels are checked against the model at start.
+    fn events_issues(&self, bad: &mut impl FnMut(&str, String)) {
+        let t = &self.tracking;
+        if t.max_missed_frames > 1000 {
+            bad("tracking.max_missed_frames", format!("must be between 0 and 1000, got {}", t.max_missed_frames));
+        }
+        for (k, v, lo) in [
+            ("tracking.high_score", t.high_score, 0.0),
+            ("tracking.match_iou", t.match_iou, 0.01),
+            ("tracking.low_match_iou", t.low_match_iou, 0.01),
+        ] {
+            if !(lo..=1.0).contains(&v) {
+                bad(k, format!("must be between {lo} and 1, got {v}"));
+            }
+        }
+        if self.events.count_interval_secs > 86_400 {
+            bad(
+                "events.count_interval_secs",
+                format!("must be between 0 and 86400, got {}", self.events.count_interval_secs),
+            );
+        }
+        if !is_topic_segment(&self.events.camera) {
+            bad("events.camera", format!("must be 1-64 characters of [A-Za-z0-9_.-], got {:?}", self.events.camera));
+        }
+        let point_ok = |p: &[f32; 2]| p.iter().all(|c| (0.0..=1.0).contains(c));
+        let mut names = std::collections::BTreeSet::new();
+        let mut rule_name = |key: String, name: &str, bad: &mut dyn FnMut(&str, String)| {
+            if !is_topic_segment(name) {
+                bad(&key, format!("must be 1-64 characters of [A-Za-z0-9_.-], got {name:?}"));
+            } else if !names.insert(name.to_string()) {
+                bad(&key, format!("{name:?} names another zone or line already"));
+            }
+        };
+        let labels_ok = |key: String, labels: &[String], bad: &mut dyn FnMut(&str, String)| {
+            if let Some(l) = labels.iter().find(|l| l.trim().is_empty()) {
+                bad(&key, format!("an empty label {l:?}"));
+            }
+        };
+        for (i, z) in self.zones.iter().enumerate() {
+            rule_name(format!("zone[{i}].name"), &z.name, bad);
+            labels_ok(format!("zone[{i}].labels"), &z.labels, bad);
+            let key = format!("zone[{i}].polygon");
+            if z.polygon.len() < 3 {
+                bad(&key, format!("needs at least 3 points, got {}: {:?}", z.polygon.len(), z.polygon));
+            } else if z.polygon.len() > 64 {
+                bad(&key, format!("at most 64 points, got {}", z.polygon.len()));
+            } else if let Some(p) = z.polygon.iter().find(|p| !point_ok(p)) {
+                bad(&key, format!("point {p:?} is outside 0..1 (coordinates are fractions of the image)"));
+            } else if let Some((a, b)) = crate::sys::geometry::self_intersection(&z.polygon) {
+                bad(
+                    &key,
+                    format!(
+                        "self-intersecting: edge {:?}-{:?} crosses edge {:?}-{:?}",
+                        z.polygon[a],
+                        z.polygon[(a + 1) % z.polygon.len()],
+                        z.polygon[b],
+                        z.polygon[(b + 1) % z.polygon.len()]
+                    ),
+                );
+            }
+        }
+        for (i, l) in self.lines.iter().enumerate() {
+            rule_name(format!("line[{i}].name"), &l.name, bad);
+            labels_ok(format!("line[{i}].labels"), &l.labels, bad);
+            for (k, p) in [("from", &l.from), ("to", &l.to)] {
+                if !point_ok(p) {
+                    bad(
+                        &format!("line[{i}].{k}"),
+                        format!("point {p:?} is outside 0..1 (coordinates are fractions of the image)"),
+                    );
+                }
+            }
+            if l.from == l.to {
+                bad(&format!("line[{i}].to"), format!("the same point as `from`: {:?}", l.to));
+            }
+            let [a, b] = &l.directions;
+            if a.trim().is_empty() || b.trim().is_empty() || a == b {
+                bad(&format!("line[{i}].directions"), format!("needs two different names, got {:?}", l.directions));
+            }
+        }
     }
 }
 
@@ -903,6 +1127,63 @@ mod tests {
         let mut c = Config::default();
         c.mqtt.url = "mqtt://other:1883".into();
         assert_eq!(changed_keys(&Config::default(), &c), ["mqtt.url"]);
+    }
+
+    #[test]
+    fn zones_lines_and_tracking_parse_with_defaults() {
+        let c = parse(
+            "[tracking]\nmax_missed_frames = 5\n[inference]\npublish = \"on-change\"\n\
+             [[zone]]\nname = \"bay\"\npolygon = [[0.1, 0.1], [0.9, 0.1], [0.5, 0.9]]\nlabels = [\"person\"]\n\
+             [[line]]\nname = \"door\"\nfrom = [0.5, 0.0]\nto = [0.5, 1.0]\n",
+        )
+        .unwrap();
+        assert_eq!(c.tracking.max_missed_frames, 5);
+        assert_eq!(c.inference.publish, Publish::OnChange);
+        assert_eq!(c.zones[0].polygon.len(), 3);
+        assert_eq!(c.lines[0].directions, ["in", "out"]);
+        assert_eq!(c.events.count_interval_secs, 60);
+        assert_eq!(c.events.camera, "cam0");
+        assert_eq!(parse("").unwrap().inference.publish, Publish::EveryFrame);
+    }
+
+    /// Each bad rule is reported on its own table's line, with the value.
+    #[test]
+    fn bad_zones_and_lines_name_the_line_and_the_value() {
+        let text = "[[zone]]\nname = \"ok\"\npolygon = [[0.1, 0.1], [0.9, 0.1], [0.5, 0.9]]\n\
+                    [[zone]]\nname = \"two\"\npolygon = [[0.1, 0.1], [0.9, 0.1]]\n\
+                    [[zone]]\nname = \"bow\"\npolygon = [[0.0, 0.0], [1.0, 1.0], [1.0, 0.0], [0.0, 1.0]]\n\
+                    [[zone]]\nname = \"out\"\npolygon = [[0.1, 0.1], [1.5, 0.1], [0.5, 0.9]]\n\
+                    [[line]]\nname = \"door\"\nfrom = [0.5, 0.5]\nto = [0.5, 0.5]\n\
+                    [[line]]\nname = \"ok\"\nfrom = [0.1, 0.5]\nto = [-0.2, 0.5]\ndirections = [\"a\", \"a\"]\n";
+        let ConfigError::Invalid(issues) = parse(text).unwrap_err() else { panic!() };
+        let got: Vec<String> = issues.iter().map(|i| i.to_string()).collect();
+        assert_eq!(
+            got,
+            [
+                "t.toml:6: key `zone[1].polygon`: needs at least 3 points, got 2: [[0.1, 0.1], [0.9, 0.1]]",
+                "t.toml:9: key `zone[2].polygon`: self-intersecting: edge [0.0, 0.0]-[1.0, 1.0] crosses edge [1.0, 0.0]-[0.0, 1.0]",
+                "t.toml:12: key `zone[3].polygon`: point [1.5, 0.1] is outside 0..1 (coordinates are fractions of the image)",
+                "t.toml:16: key `line[0].to`: the same point as `from`: [0.5, 0.5]",
+                "t.toml:18: key `line[1].name`: \"ok\" names another zone or line already",
+                "t.toml:20: key `line[1].to`: point [-0.2, 0.5] is outside 0..1 (coordinates are fractions of the image)",
+                "t.toml:21: key `line[1].directions`: needs two different names, got [\"a\", \"a\"]",
+            ]
+        );
+    }
+
+    #[test]
+    fn tracking_and_events_values_are_bounded() {
+        for (text, key) in [
+            ("[tracking]\nmax_missed_frames = 5000\n", "tracking.max_missed_frames"),
+            ("[tracking]\nhigh_score = 1.5\n", "tracking.high_score"),
+            ("[tracking]\nmatch_iou = nan\n", "tracking.match_iou"),
+            ("[events]\ncount_interval_secs = 100000\n", "events.count_interval_secs"),
+            ("[events]\ncamera = \"a/b\"\n", "events.camera"),
+            ("[inference]\npublish = \"sometimes\"\n", "inference.publish"),
+        ] {
+            let Err(ConfigError::Invalid(issues)) = parse(text) else { panic!("{text:?} was accepted") };
+            assert!(issues.iter().any(|i| i.key == key && i.line == 2), "{text:?}: {issues:?}");
+        }
     }
 
     #[test]

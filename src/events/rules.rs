@@ -24,6 +24,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::events::tracker::{Track, TrackId};
+use crate::sys::geometry::{cross, inside};
 
 /// Normalised distance from a line within which the side is not updated.
 pub const LINE_DEADBAND: f32 = 0.005;
@@ -57,52 +58,6 @@ fn applies(labels: &[String], label: &str) -> bool {
 pub fn anchor(bbox: &[f32; 4], frame: (u32, u32)) -> [f32; 2] {
     let (w, h) = (frame.0.max(1) as f32, frame.1.max(1) as f32);
     [(bbox[0] + bbox[2]) / 2.0 / w, bbox[3] / h]
-}
-
-/// Even-odd point-in-polygon test.
-pub fn inside(polygon: &[[f32; 2]], p: [f32; 2]) -> bool {
-    let mut inside = false;
-    let n = polygon.len();
-    for i in 0..n {
-        let (a, b) = (polygon[i], polygon[(i + n - 1) % n]);
-        if (a[1] > p[1]) != (b[1] > p[1]) && p[0] < (b[0] - a[0]) * (p[1] - a[1]) / (b[1] - a[1]) + a[0] {
-            inside = !inside;
-        }
-    }
-    inside
-}
-
-/// Twice the signed area of `(a, b, p)`: > 0 when `p` is on the right of
-/// `a → b` on screen (y down), < 0 on its left.
-fn cross(a: [f32; 2], b: [f32; 2], p: [f32; 2]) -> f32 {
-    (b[0] - a[0]) * (p[1] - a[1]) - (b[1] - a[1]) * (p[0] - a[0])
-}
-
-/// Whether segments `p1-p2` and `q1-q2` properly intersect (shared
-/// endpoints and collinear touching do not count).
-pub fn segments_cross(p1: [f32; 2], p2: [f32; 2], q1: [f32; 2], q2: [f32; 2]) -> bool {
-    let d1 = cross(q1, q2, p1);
-    let d2 = cross(q1, q2, p2);
-    let d3 = cross(p1, p2, q1);
-    let d4 = cross(p1, p2, q2);
-    d1 * d2 < 0.0 && d3 * d4 < 0.0
-}
-
-/// Whether two non-adjacent edges of `polygon` cross.
-pub fn self_intersects(polygon: &[[f32; 2]]) -> bool {
-    let n = polygon.len();
-    for i in 0..n {
-        for j in i + 1..n {
-            // Adjacent edges share a vertex.
-            if j == i + 1 || (i == 0 && j == n - 1) {
-                continue;
-            }
-            if segments_cross(polygon[i], polygon[(i + 1) % n], polygon[j], polygon[(j + 1) % n]) {
-                return true;
-            }
-        }
-    }
-    false
 }
 
 /// What happened.
@@ -390,26 +345,6 @@ mod tests {
     #[test]
     fn anchor_is_the_bottom_centre_normalised() {
         assert_eq!(anchor(&[100.0, 100.0, 300.0, 500.0], (1000, 500)), [0.2, 1.0]);
-    }
-
-    #[test]
-    fn point_in_polygon_on_a_square_and_a_concave_shape() {
-        let sq = square(0.2, 0.2, 0.8, 0.8);
-        assert!(inside(&sq, [0.5, 0.5]));
-        assert!(!inside(&sq, [0.1, 0.5]));
-        assert!(!inside(&sq, [0.5, 0.9]));
-        // An L: the notch at the top right is outside.
-        let l = vec![[0.0, 0.0], [0.5, 0.0], [0.5, 0.5], [1.0, 0.5], [1.0, 1.0], [0.0, 1.0]];
-        assert!(inside(&l, [0.25, 0.25]));
-        assert!(!inside(&l, [0.75, 0.25]));
-        assert!(inside(&l, [0.75, 0.75]));
-    }
-
-    #[test]
-    fn self_intersection_is_found_in_a_bow_tie_only() {
-        assert!(self_intersects(&[[0.0, 0.0], [1.0, 1.0], [1.0, 0.0], [0.0, 1.0]]));
-        assert!(!self_intersects(&square(0.0, 0.0, 1.0, 1.0)));
-        assert!(!self_intersects(&[[0.0, 0.0], [1.0, 0.0], [0.5, 1.0]]));
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! Basics below every stage: systemd notification, logging, memory, device
-//! identity, secrets, durable file writes and the one backoff. Nothing here
+//! identity, secrets, durable file writes, the one backoff and plane geometry. Nothing here
 //! imports a stage.
 
 pub mod backoff;
 pub mod credentials;
 pub mod durable;
+pub mod geometry;
 pub mod identity;
 pub mod logging;
 pub mod memory;
