@@ -87,6 +87,17 @@ fn hailo_is_used_falls_back_mid_stream_without_loss_and_recovers() {
     .expect("inferences on the accelerator");
     assert_eq!(st["engine"]["active"], "hailo", "{st}");
     assert_eq!(st["engine"]["hailo_present"], true);
+    // `sparkctl engine` shows the HEF as the accelerator opened it.
+    let hef = &st["engine"]["hef"];
+    assert_eq!((hef["input_format"].as_str(), hef["input_order"].as_str()), (Some("FLOAT32"), Some("NHWC")), "{st}");
+    let outputs: Vec<_> = hef["outputs"].as_array().map(|a| a.iter().collect()).unwrap_or_default();
+    assert_eq!(outputs.len(), double::OUTPUTS.len(), "{st}");
+    assert_eq!((outputs[0]["name"].as_str(), outputs[0]["order"].as_str()), (Some("centerface/heatmap"), Some("NHWC")));
+    assert!(outputs[0]["nms_shape"].is_null());
+    let (code, text, _) = sparkctl(&s.cfg.socket(), &["engine"]);
+    assert_eq!(code, 0);
+    assert!(text.contains("hef input") && text.contains("FLOAT32 NHWC"), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("hef output") && l.contains("centerface/landmarks (NHWC)")), "{text}");
     wait_for(Duration::from_secs(20), || engines(&consumer).iter().any(|e| e == "hailo").then_some(()))
         .expect("hailo records");
 

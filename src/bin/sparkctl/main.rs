@@ -465,7 +465,7 @@ fn print_link(l: &LinkView, o: &Out) {
 }
 
 fn print_engine(e: &EngineView, o: &Out) {
-    rows(&[
+    let mut r = vec![
         ("active", e.active.map(|k| o.good(k.as_str())).unwrap_or_else(|| o.warn("none"))),
         ("model", if e.model.is_empty() { "-".into() } else { e.model.clone() }),
         ("hailo in use", e.hailo_present.to_string()),
@@ -473,7 +473,22 @@ fn print_engine(e: &EngineView, o: &Out) {
         ("time on hailo", format!("{:.1} s", e.hailo_seconds)),
         ("time on cpu", format!("{:.1} s", e.cpu_seconds)),
         ("last error", e.last_error.as_deref().map(|m| o.bad(m)).unwrap_or_else(|| "-".into())),
-    ]);
+    ];
+    // The HEF as the accelerator opened it: what the CPU feeds it and what it returns.
+    match &e.hef {
+        None => r.push(("hef", "- (not opened on the accelerator)".into())),
+        Some(h) => {
+            r.push(("hef input", format!("{} {}", h.input_format, h.input_order)));
+            for out in &h.outputs {
+                let nms = out
+                    .nms_shape
+                    .map(|[c, m]| format!(", nms_shape {c} classes x {m} boxes per class"))
+                    .unwrap_or_default();
+                r.push(("hef output", format!("{} ({}{nms})", out.name, out.order)));
+            }
+        }
+    }
+    rows(&r);
 }
 
 fn print_config(c: &ConfigReport) -> ExitCode {
