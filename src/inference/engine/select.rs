@@ -243,6 +243,29 @@ mod tests {
     }
 
     #[test]
+    fn a_frame_the_accelerator_failed_is_prepared_afresh_for_the_cpu() {
+        let (fail, present) = (Arc::new(AtomicU32::new(2)), Arc::new(AtomicU32::new(1)));
+        let (mut s, shared) = selector(&fail, &present);
+        let spec = InputSpec {
+            name: "x".into(),
+            width: 8,
+            height: 6,
+            color: crate::inference::model::ColorOrder::Rgb,
+            layout: crate::inference::model::Layout::Nchw,
+            resize: crate::inference::model::Resize::Letterbox,
+            pad_value: 0.0,
+            mean: [0.0; 3],
+            std: [1.0; 3],
+        };
+        let mut t = Tensor::zeros(&[1]);
+        let (out, lb) = s.run_frame(&RgbImage::new(16, 12), &spec, &mut t).unwrap();
+        assert_eq!((s.kind(), out[0].name.as_str()), (EngineKind::OnnxCpu, "onnx-cpu"));
+        assert_eq!(t.shape, vec![1, 3, 6, 8], "the CPU got the float tensor");
+        assert_eq!(lb.to_frame([0.0, 0.0, 8.0, 6.0]), [0.0, 0.0, 16.0, 12.0]);
+        assert_eq!(shared.engine().fallbacks, 1);
+    }
+
+    #[test]
     fn transient_failure_keeps_the_accelerator() {
         let (fail, present) = (Arc::new(AtomicU32::new(1)), Arc::new(AtomicU32::new(1)));
         let (mut s, shared) = selector(&fail, &present);
