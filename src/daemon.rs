@@ -17,7 +17,6 @@ use tokio::sync::{Notify, watch};
 
 use crate::config::{BrokerUrl, CameraSource, Config};
 use crate::control::server::{self, ControlContext};
-use crate::inference::model::Model;
 use crate::outbox::{self, Outbox, OutboxOptions};
 use crate::record::Stream;
 use crate::sources::camera::{FrameQueue, replay};
@@ -44,12 +43,14 @@ pub enum StartError {
     Password(#[source] crate::sys::credentials::CredentialError),
     #[error("MQTT over TLS")]
     Tls(#[from] crate::uplink::tls::TlsError),
-    #[error("camera: {0}")]
-    Camera(String),
+    #[error("camera.mjpeg_file")]
+    MjpegFile(#[source] crate::sources::camera::live::CaptureError),
     #[error("starting the microphone and voice-activity model (audio.enabled = true)")]
     Audio(#[from] crate::sources::audio::AudioError),
-    #[error("device identity: {0}")]
-    Identity(String),
+    #[error("the zones and lines do not fit the model")]
+    Events(#[from] crate::events::stage::EventsError),
+    #[error("device identity")]
+    Identity(#[from] crate::sys::identity::NoDeviceId),
     #[error("mqtt.url")]
     BrokerUrl(#[from] crate::config::BrokerUrlError),
     #[error("starting a thread or the async runtime")]
@@ -117,7 +118,7 @@ pub fn run_from(config: Config, config_path: Option<PathBuf>) -> Result<(), Star
         (None, Some(p)) => p.display().to_string(),
         (None, None) => "built-in demo configuration".to_string(),
     };
-    let device_id = identity::device_id(&config.device_id).map_err(StartError::Identity)?;
+    let device_id = identity::device_id(&config.device_id)?;
     tracing::info!(device_id = %device_id, state_dir = %paths.state_dir.display(), "sparkd starting");
 
     let outbox = Outbox::open(
@@ -147,8 +148,7 @@ pub fn run_from(config: Config, config_path: Option<PathBuf>) -> Result<(), Star
                 CameraSource::Replay => Capture::Replay(replay::list_images(&config.camera.replay_dir)?),
                 CameraSource::MjpegFile => {
                     let path = config.camera.mjpeg_file.clone();
-                    let frames = crate::sources::camera::mjpeg_file::probe(&path)
-                        .map_err(|e| StartError::Camera(format!("camera.mjpeg_file: {}", crate::error_chain(&e))))?;
+                    let frames = crate::sources::camera::mjpeg_file::probe(&path).map_err(StartError::MjpegFile)?;
                     tracing::info!(file = %path.display(), frames, "camera: replaying an MJPEG recording");
                     Capture::MjpegFile(path)
                 }
@@ -161,6 +161,7 @@ pub fn run_from(config: Config, config_path: Option<PathBuf>) -> Result<(), Star
             // A label count or output layout the model cannot decode is a
             // start failure naming both values, not an error on every frame.
             crate::inference::pipeline::check_fit(engine.as_mut(), &model).map_err(StartError::ModelFit)?;
+            crate::events::stage::check_labels(&config, &model.manifest.name, &model.manifest.labels)?;
             let kind = engine.kind();
             shared.update_engine(|e| e.model = format!("{} {}", model.manifest.name, model.manifest.version));
             tracing::info!(engine = %kind, model = %model.manifest.name, "inference engine ready");
@@ -252,12 +253,17 @@ pub fn run_from(config: Config, config_path: Option<PathBuf>) -> Result<(), Star
             }
         });
         let (appender, sh, abort) = (writer.appender.clone(), shared.clone(), abort_inference.clone());
+        // Tracking and events run on the inference thread, after decoding.
+        let after = crate::inference::pipeline::AfterDecode {
+            observer: Some(Box::new(crate::events::stage::EventStage::new(&config, appender.clone(), sh.clone()))),
+            publish: config.inference.publish,
+        };
         threads.inference = Some(
             std::thread::Builder::new()
                 .name("inference".into())
                 .spawn(move || {
-                    crate::inference::pipeline::run_swappable(
-                        engine, model, queue, appender, sh, abort, infer_rx, swap_rx,
+                    crate::inference::pipeline::run_with(
+                        engine, model, queue, appender, sh, abort, infer_rx, swap_rx, after,
                     )
                 })
                 .map_err(StartError::Runtime)?,
@@ -411,7 +417,6 @@ fn spawn_update_agent(
         state_dir: paths.state_dir.clone(),
         shared: shared.clone(),
         swap,
-        model_name: Model::load(&config.model.manifest).ok().map(|m| m.manifest.name),
         config_path,
     };
     match crate::update::agent::spawn(deps) {

@@ -80,16 +80,13 @@ fn wait_record(c: &Consumer, model: &str, version: &str, labels: &[&str]) -> ser
 }
 
 #[test]
-#[ignore = "the update agent refuses a pack whose model name differs from the running one \
-            (bad_pack: 'this device runs model centerface, not nanodet-g-416', src/update/agent.rs); \
-            run with --ignored once switching across model names is allowed"]
 fn fleet_switches_centerface_to_nanodet_and_back_with_the_canary_checked_each_way() {
     let broker = Broker::start();
     let lab = Lab::new();
     let mut cfg = DaemonConfig::new(&broker.url());
     cfg.fps = 2.0;
     cfg.extra = format!("[update]\ntrusted_keys_file = \"{}\"\n", lab.public.display());
-    let d = Daemon::start(&cfg);
+    let mut d = Daemon::start(&cfg);
     let c = Consumer::start(broker.port, "spark/#");
     wait_online(&c, "test-dev");
     assert_eq!(engine_model(&cfg.socket()), "centerface 1.0.0");
@@ -113,6 +110,14 @@ fn fleet_switches_centerface_to_nanodet_and_back_with_the_canary_checked_each_wa
     assert_eq!(engine_model(&cfg.socket()), "nanodet-g-416 1.0.1");
     let r = wait_record(&c, "nanodet-g-416", "1.0.1", &["person", "motorcycle", "cup", "cat"]);
     assert!(r["detections"].as_array().is_some_and(|d| !d.is_empty()), "{r}");
+
+    // The switch holds across a restart: the daemon starts the model the fleet selected.
+    assert!(d.terminate(Duration::from_secs(30)).success(), "sparkd stops cleanly");
+    d = Daemon::start(&cfg);
+    wait_for(Duration::from_secs(60), || sparkctl(&cfg.socket(), &["engine", "--json"]).0.eq(&0).then_some(()))
+        .expect("sparkd answers after the restart");
+    assert_eq!(engine_model(&cfg.socket()), "nanodet-g-416 1.0.1");
+    let wait = |id: &str, state: &str| wait_state_for(&c, id, state, Duration::from_secs(180), || d.log_text());
 
     // NanoDet → CenterFace: the canary wants a face on the astronaut.
     let cf = pack(&lab, "centerface", "1.1.0", &["centerface.onnx"], "astronaut.png");

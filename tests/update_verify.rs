@@ -12,7 +12,8 @@ use ed25519_dalek::SigningKey;
 use spark_edge::inference::model::sha256_hex;
 use spark_edge::update::{
     ArtifactSpec, CRASH_ENV, Kind, Phase, Rejection, TRUSTED_TIME_FLOOR_UNIX, Targets, TrustedKey, TrustedKeys,
-    UpdateError, UpdateManifest, UpdateRecord, Updater, UpdaterOptions, Version, chunk_artifact, sign_envelope,
+    UpdateError, UpdateManifest, UpdateRecord, Updater, UpdaterOptions, Version, chunk_artifact, selected_model,
+    sign_envelope,
 };
 
 const DEVICE: &str = "dev-1";
@@ -165,6 +166,32 @@ fn accepted_model_update_swaps_current_keeps_previous_and_rolls_back() {
     drop(u);
     let u = open(d.path());
     assert_eq!(u.installed()["model/centerface"].active, Some(v("1.0.0")));
+}
+
+#[test]
+fn a_model_of_another_name_is_selected_and_its_rollback_selects_the_model_before() {
+    let d = tempfile::tempdir().unwrap();
+    let mut u = open(d.path());
+    assert_eq!(selected_model(d.path()), None, "nothing selected before the fleet says so");
+    install(&mut u, "1.0.0", &artifact("one", 1_000));
+    assert_eq!(selected_model(d.path()).as_deref(), Some("centerface"));
+
+    let other = artifact("nano", 2_000);
+    let m = manifest(Kind::Model, "nanodet", "2.0.0", &other);
+    let rec = deliver(&mut u, &sign(&m), &other, 700).unwrap();
+    u.activate(&rec.update_id).unwrap();
+    assert_eq!(selected_model(d.path()).as_deref(), Some("nanodet"));
+    assert_eq!(std::fs::read(u.current_model_manifest("nanodet").unwrap()).unwrap(), other);
+    // The model switched from keeps its own current version.
+    assert!(u.current_model_manifest("centerface").is_some());
+
+    // Rolling back the first version of a model goes back to the model before it.
+    u.rollback(Kind::Model, "nanodet", "canary failed").unwrap();
+    assert_eq!(selected_model(d.path()).as_deref(), Some("centerface"));
+    assert!(u.current_model_manifest("nanodet").is_none());
+    assert_eq!(u.record(&rec.update_id).unwrap().unwrap().phase, Phase::RolledBack { reason: "canary failed".into() });
+    // ...and only once: then there is nothing to go back to.
+    assert!(matches!(u.rollback(Kind::Model, "centerface", "again"), Err(UpdateError::NoPrevious { .. })));
 }
 
 #[test]

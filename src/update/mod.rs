@@ -30,7 +30,7 @@ pub use manifest::{
     Targets, TrustedKey, TrustedKeys, UnknownKind, UpdateManifest, Verified, VerifyContext, Version, check_plain_name,
     decode_key, open_envelope, sign_envelope, update_id_of, verify,
 };
-pub use store::{BinarySlot, Phase, UpdateRecord, Updater, UpdaterOptions, wall_clock_secs};
+pub use store::{BinarySlot, Phase, UpdateRecord, Updater, UpdaterOptions, selected_model, wall_clock_secs};
 pub use wire::{Bundle, BundleError, CHUNK_MAX_BYTES, Chunk, StateReport, chunk_artifact, envelope_update_id, topics};
 
 use std::path::PathBuf;

@@ -127,8 +127,6 @@ pub struct AgentDeps {
     pub shared: Arc<Shared>,
     /// The inference thread's engine switch; `None` without a camera.
     pub swap: Option<crossbeam_channel::Sender<EngineSwap>>,
-    /// The model the daemon runs (model updates for another name are refused).
-    pub model_name: Option<String>,
     /// The file the running config was read from (`None`: the demo config).
     pub config_path: Option<PathBuf>,
 }
@@ -362,9 +360,6 @@ impl Agent {
     /// Policy of this daemon the pure `verify()` does not know.
     fn refusal_before_transfer(&self, rec: &UpdateRecord) -> Option<Rejection> {
         match rec.kind {
-            Kind::Model if self.deps.model_name.as_deref().is_some_and(|n| n != rec.name) => Some(Rejection::BadPack {
-                detail: format!("this device runs model {:?}, not {:?}", self.deps.model_name, rec.name),
-            }),
             Kind::Config if rec.name != CONFIG_NAME => Some(Rejection::Unsupported {
                 detail: format!("the only config this device takes is {CONFIG_NAME:?}, not {:?}", rec.name),
             }),

@@ -10,7 +10,7 @@ use crate::config::Config;
 use crate::inference::model::Model;
 use crate::inference::pipeline::EngineSwap;
 use crate::update::pack::{self, MODEL_MANIFEST};
-use crate::update::{Rejection, UpdateError, UpdateRecord};
+use crate::update::{Rejection, UpdateError, UpdateRecord, selected_model};
 
 impl Agent {
     pub(super) fn activate_model(&mut self, rec: UpdateRecord) {
@@ -128,15 +128,17 @@ pub(super) enum SwitchError {
 }
 
 /// The model the daemon starts with, and its ONNX bytes (read and checked
-/// once, here): the fleet-activated version of the configured model
-/// (`<state>/models/<name>/current/pack/model.toml`) when there is one and
-/// it loads with intact files, else the configured model.
+/// once, here): the fleet-activated version of the model the fleet selected
+/// (`<state>/models/.selected`, else the configured model's name), from
+/// `<state>/models/<name>/current/pack/model.toml`, when there is one and it
+/// loads with intact files; else the configured model.
 pub fn startup_model(
     config: &Config,
     state_dir: &Path,
 ) -> Result<(Model, Vec<u8>), crate::inference::model::ModelError> {
     let configured = Model::load(&config.model.manifest)?;
-    let current = state_dir.join("models").join(&configured.manifest.name).join("current");
+    let name = selected_model(state_dir).unwrap_or_else(|| configured.manifest.name.clone());
+    let current = state_dir.join("models").join(&name).join("current");
     let path = current.join(UNPACKED).join(MODEL_MANIFEST);
     if path.exists() {
         match Model::load(&path).and_then(|m| m.read_onnx().map(|bytes| (m, bytes))) {

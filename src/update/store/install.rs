@@ -6,7 +6,9 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use super::{BinarySlot, PendingBinary, Phase, UpdateRecord, Updater, version_of_dir, write_json};
+use super::{
+    BinarySlot, PendingBinary, Phase, SELECTED, SELECTED_PREVIOUS, UpdateRecord, Updater, version_of_dir, write_json,
+};
 use crate::record::now_ms;
 use crate::update::fsio::{crash_point, fsync_dir, remove_any, swap_symlink, write_atomic};
 use crate::update::manifest::{InstalledEntry, Kind, Version, installed_key};
@@ -160,12 +162,35 @@ impl Updater {
         e.previous = previous;
         self.save_installed()?;
         crash_point("installed");
+        if rec.kind == Kind::Model {
+            self.select_model(&rec.name)?;
+        }
         rec.phase = Phase::Active;
         self.save(rec)?;
         Self::audit(rec);
         crash_point("active");
         self.settle_records(rec.kind, &rec.name)?;
         self.collect_old_versions(&dir, rec.version);
+        Ok(())
+    }
+
+    /// Makes `name` the model the device runs (`models/.selected`), keeping
+    /// the one it replaces in `models/.selected-previous` for a rollback.
+    /// Idempotent: a second call with the same name changes nothing.
+    fn select_model(&self, name: &str) -> Result<(), UpdateError> {
+        let models = self.opts.state_dir.join("models");
+        let (sel, sel_prev) = (models.join(SELECTED), models.join(SELECTED_PREVIOUS));
+        let old = fs::read_link(&sel).ok();
+        if old.as_deref() == Some(Path::new(name)) {
+            return Ok(());
+        }
+        match &old {
+            Some(old) => swap_symlink(&sel_prev, old).map_err(UpdateError::io("linking", &sel_prev))?,
+            None => remove_any(&sel_prev).map_err(UpdateError::io("removing", &sel_prev))?,
+        }
+        crash_point("previous-selected");
+        swap_symlink(&sel, Path::new(name)).map_err(UpdateError::io("selecting", &sel))?;
+        crash_point("selected");
         Ok(())
     }
 
@@ -257,6 +282,12 @@ impl Updater {
                 remove_any(&cur).map_err(UpdateError::io("removing", &cur))?;
                 None
             }
+            // The first version of a model the device switched to: the
+            // model it ran before runs again.
+            Err(_) if kind == Kind::Model && from.is_some() && self.unselect_model(name)? => {
+                remove_any(&cur).map_err(UpdateError::io("removing", &cur))?;
+                None
+            }
             Err(_) => return Err(no_previous()),
         };
         crash_point("rolled-back");
@@ -277,6 +308,21 @@ impl Updater {
             }
         }
         self.settle_records(kind, name)
+    }
+
+    /// Puts back the model selected before `name`, if `name` is selected
+    /// and there was one; `false` when there is nothing to go back to.
+    fn unselect_model(&self, name: &str) -> Result<bool, UpdateError> {
+        let models = self.opts.state_dir.join("models");
+        let (sel, sel_prev) = (models.join(SELECTED), models.join(SELECTED_PREVIOUS));
+        if fs::read_link(&sel).ok().as_deref() != Some(Path::new(name)) {
+            return Ok(false);
+        }
+        let Ok(back) = fs::read_link(&sel_prev) else { return Ok(false) };
+        swap_symlink(&sel, &back).map_err(UpdateError::io("selecting", &sel))?;
+        crash_point("unselected");
+        remove_any(&sel_prev).map_err(UpdateError::io("removing", &sel_prev))?;
+        Ok(true)
     }
 
     /// Makes the finished records of `kind/name` agree with `current`: the

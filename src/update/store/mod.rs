@@ -43,6 +43,21 @@ use super::wire::StateReport;
 use super::{Rejection, UpdateError};
 use crate::record::now_ms;
 
+/// `models/.selected`: a symlink to the name of the model the device runs
+/// (a model update may switch between names). Model names cannot start with
+/// `.`, so it never collides with a model's folder.
+pub const SELECTED: &str = ".selected";
+/// `models/.selected-previous`: the model selected before, for a rollback.
+const SELECTED_PREVIOUS: &str = ".selected-previous";
+
+/// The name of the model the fleet selected on this device, if any.
+pub fn selected_model(state_dir: &Path) -> Option<String> {
+    let link = fs::read_link(state_dir.join("models").join(SELECTED)).ok()?;
+    let name = link.to_str()?;
+    super::check_plain_name("models/.selected", name).ok()?;
+    Some(name.to_string())
+}
+
 /// Where an update is in its life. Serialized as `{"state": "...", ...}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
