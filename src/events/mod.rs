@@ -2,9 +2,11 @@
 //! through zones and across lines become `events` records.
 //!
 //! `tracker` associates detections frame to frame (pure), `rules` turns
-//! track positions into zone, line and count events (pure). The stage plugs
+//! track positions into zone, line and count events (pure), `stage` runs
+//! both per frame and appends the records to the outbox. The stage plugs
 //! into the inference loop through [`crate::inference::observe`]: it
 //! imports inference's types, inference never imports it.
 
 pub mod rules;
+pub mod stage;
 pub mod tracker;

@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::inference::detect::{self, DecodeError, Detection};
 use crate::inference::engine::Engine;
 use crate::inference::model::Model;
+use crate::inference::observe::{FrameObserver, Observed, TrackTag};
 use crate::inference::vision::{self, Tensor};
 use crate::outbox::Appender;
 use crate::record::Stream;
@@ -37,7 +38,7 @@ struct InferenceBody<'a> {
     label: Option<&'a str>,
     score: Option<f32>,
     count: usize,
-    detections: &'a [Detection],
+    detections: Vec<TaggedDetection<'a>>,
     latency_ms: f64,
     frame: FrameInfo<'a>,
     /// 1 when this frame's outputs could not be decoded (then `detections`
@@ -46,6 +47,15 @@ struct InferenceBody<'a> {
     decode_errors: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     decode_error: Option<String>,
+}
+
+/// A detection and, when tracking gave it one, its track.
+#[derive(Debug, Serialize)]
+struct TaggedDetection<'a> {
+    #[serde(flatten)]
+    detection: &'a Detection,
+    #[serde(flatten)]
+    track: Option<TrackTag>,
 }
 
 /// Result of one frame through the model, for the record and for `sparkctl infer`.
@@ -94,16 +104,28 @@ pub fn check_fit(engine: &mut dyn Engine, model: &Model) -> Result<(), InferErro
 
 /// Builds the record body for one inferred frame.
 pub fn record_body(model: &Model, frame: &Frame, r: &Inferred) -> String {
-    body(model, frame, r, None)
+    body(model, frame, r, &[], None)
+}
+
+/// [`record_body`] with each detection's track (`tags` in detection order;
+/// missing entries are untracked).
+pub fn tracked_record_body(model: &Model, frame: &Frame, r: &Inferred, tags: &[Option<TrackTag>]) -> String {
+    body(model, frame, r, tags, None)
 }
 
 /// The record body of a frame whose outputs did not decode: no detections,
 /// a decode error count of 1 and the reason.
 pub fn decode_error_body(model: &Model, frame: &Frame, r: &Inferred, e: &DecodeError) -> String {
-    body(model, frame, r, Some(e))
+    body(model, frame, r, &[], Some(e))
 }
 
-fn body(model: &Model, frame: &Frame, r: &Inferred, decode_error: Option<&DecodeError>) -> String {
+fn body(
+    model: &Model,
+    frame: &Frame,
+    r: &Inferred,
+    tags: &[Option<TrackTag>],
+    decode_error: Option<&DecodeError>,
+) -> String {
     let top = r.detections.iter().max_by(|a, b| a.score.total_cmp(&b.score));
     let body = InferenceBody {
         engine: r.engine.as_str(),
@@ -112,7 +134,12 @@ fn body(model: &Model, frame: &Frame, r: &Inferred, decode_error: Option<&Decode
         label: top.map(|d| d.label.as_str()),
         score: top.map(|d| d.score),
         count: r.detections.len(),
-        detections: &r.detections,
+        detections: r
+            .detections
+            .iter()
+            .enumerate()
+            .map(|(i, detection)| TaggedDetection { detection, track: tags.get(i).copied().flatten() })
+            .collect(),
         latency_ms: r.latency.as_secs_f64() * 1000.0,
         frame: FrameInfo {
             origin: &frame.origin,
@@ -163,6 +190,22 @@ pub struct EngineSwap {
     pub done: crossbeam_channel::Sender<()>,
 }
 
+/// What runs after decoding, and which frames get a record.
+pub struct AfterDecode {
+    /// Tracking and events (`crate::events`), when the daemon plugs them in.
+    pub observer: Option<Box<dyn FrameObserver>>,
+    /// `inference.publish`: decoded frames get a record every frame, only
+    /// when the tracked labels change (every frame without an observer), or
+    /// never. A frame whose outputs did not decode always gets its record.
+    pub publish: crate::config::Publish,
+}
+
+impl Default for AfterDecode {
+    fn default() -> Self {
+        Self { observer: None, publish: crate::config::Publish::EveryFrame }
+    }
+}
+
 /// Runs until the queue is closed and drained (graceful stop) or `abort` is set.
 /// `jobs` (bounded, filled by the control socket) is polled between frames.
 pub fn run(
@@ -181,6 +224,22 @@ pub fn run(
 /// (the old engine is dropped there, on this thread).
 #[allow(clippy::too_many_arguments)]
 pub fn run_swappable(
+    engine: Box<dyn Engine>,
+    model: Arc<Model>,
+    queue: Arc<FrameQueue>,
+    appender: Appender,
+    shared: Arc<Shared>,
+    abort: Arc<AtomicBool>,
+    jobs: crossbeam_channel::Receiver<InferJob>,
+    swaps: crossbeam_channel::Receiver<EngineSwap>,
+) {
+    run_with(engine, model, queue, appender, shared, abort, jobs, swaps, AfterDecode::default())
+}
+
+/// [`run_swappable`], handing each decoded frame to `after.observer` (whose
+/// track tags go into the record) and writing records as `after.publish` says.
+#[allow(clippy::too_many_arguments)]
+pub fn run_with(
     mut engine: Box<dyn Engine>,
     mut model: Arc<Model>,
     queue: Arc<FrameQueue>,
@@ -189,6 +248,7 @@ pub fn run_swappable(
     abort: Arc<AtomicBool>,
     jobs: crossbeam_channel::Receiver<InferJob>,
     swaps: crossbeam_channel::Receiver<EngineSwap>,
+    mut after: AfterDecode,
 ) {
     let mut input = Tensor::zeros(&[1]);
     let mut last_error_log: Option<Instant> = None;
@@ -214,7 +274,18 @@ pub fn run_swappable(
         shared.snapshots.serve(popped_at, || model_view(&model, &frame, &input));
         // A frame whose outputs did not decode still gets its record, carrying the error.
         let stored = match &inferred {
-            Ok(r) => Some(record_body(&model, &frame, r)),
+            Ok(r) => {
+                let observed = match after.observer.as_mut() {
+                    Some(o) => o.observe(&frame, &r.detections),
+                    None => Observed { tags: Vec::new(), labels_changed: true },
+                };
+                let publish = match after.publish {
+                    crate::config::Publish::EveryFrame => true,
+                    crate::config::Publish::OnChange => observed.labels_changed,
+                    crate::config::Publish::None => false,
+                };
+                publish.then(|| tracked_record_body(&model, &frame, r, &observed.tags))
+            }
             Err(InferError::Decode(e)) => {
                 let r = Inferred { detections: Vec::new(), engine: engine.kind(), latency: popped_at.elapsed() };
                 Some(decode_error_body(&model, &frame, &r, e))
@@ -245,5 +316,9 @@ pub fn run_swappable(
                 last_error_log = Some(Instant::now());
             }
         }
+    }
+    // Open tracks end (their events are stored) before the writer stops.
+    if let Some(o) = after.observer.as_mut() {
+        o.finish();
     }
 }
