@@ -5,16 +5,39 @@
 # check, and exits 1 if any check failed.
 #
 #   tests/hardware/hailo.sh                     checks only
-#   HEF=/path/model.hef tests/hardware/hailo.sh  also measure FPS of that HEF
+#   tests/hardware/hailo.sh yolov8s.hef         also run that Model Zoo detection HEF
+#                                               and the CPU model on the demo photos
+#   HEF=/path/model.hef tests/hardware/hailo.sh  also measure FPS of that HEF (hailortcli)
 #   SPARKCTL=/usr/bin/sparkctl SPARKD=/usr/bin/sparkd ...   binaries to use
 #   SECONDS_PER_RUN=10 ...                       length of each FPS run
 #
 # Without HEF it looks for models/centerface.hef (the demo model compiled for
 # Hailo-8; see docs/hailo.md for where a HEF comes from).
+#
+# MODEL ZOO DETECTION HEF (the command-line argument). Any Hailo Model Zoo
+# detection HEF compiled for hailo8 (not hailo8l) with on-chip NMS, e.g.
+# yolov8s.hef or nanodet_repvgg.hef. Precompiled HEFs are published per Model
+# Zoo release and architecture at
+#   https://hailo-model-zoo.s3.eu-west-2.amazonaws.com/ModelZoo/Compiled/v2.<N>.0/hailo8/yolov8s.hef
+#   https://hailo-model-zoo.s3.eu-west-2.amazonaws.com/ModelZoo/Compiled/v2.<N>.0/hailo8/nanodet_repvgg.hef
+# (the links are also in the hailo8 "Public Models" tables of github.com/hailo-ai/hailo_model_zoo).
+# Take the Model Zoo release whose release notes name HailoRT 4.23 (the
+# version this device runs; a HEF from a release for another HailoRT may be
+# refused with HAILO_HEF_NOT_COMPATIBLE_WITH_DEVICE): spark-edge has not
+# checked which v2.<N> that is. `hailortcli parse-hef FILE` shows the target
+# architecture. The check runs examples/hailo_photos.rs (built here with
+# cargo, release) on models/demo: per photo the HEF's labels next to the CPU
+# model's (models/nanodet.toml), then frames/s of both, one frame at a time
+# with preparation and decoding, as sparkd runs them.
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 SECONDS_PER_RUN="${SECONDS_PER_RUN:-10}"
+ZOO_HEF="${1:-}"
+if [[ "$ZOO_HEF" == "-h" || "$ZOO_HEF" == "--help" ]]; then
+  sed -n '2,/^set -uo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
+  exit 0
+fi
 SUPPORTED_MINORS="21 22 23"   # HailoRT 4.21-4.23: the layouts hailo-sys was written for
 
 # shellcheck source=lib.sh
@@ -157,6 +180,32 @@ if [[ -n "$hailo_fps" ]]; then
       fail "the Hailo-8 is not faster than the CPU: check the PCIe link and that the HEF was compiled for hailo8"
   else
     skip "CPU comparison: no cargo/source tree or CPU benchmark output here"
+  fi
+fi
+
+# 8. A Model Zoo detection HEF (on-chip NMS, UINT8 input) next to the CPU model, on the demo photos.
+if [[ -z "$ZOO_HEF" ]]; then
+  skip "Model Zoo HEF: none given (tests/hardware/hailo.sh yolov8s.hef; see the header for where to get one)"
+elif [[ ! -f "$ZOO_HEF" ]]; then
+  fail "Model Zoo HEF: $ZOO_HEF does not exist"
+else
+  photos_bin="$ROOT/target/release/examples/hailo_photos"
+  if command -v cargo >/dev/null 2>&1 && [[ -f "$ROOT/examples/hailo_photos.rs" ]]; then
+    info "building examples/hailo_photos.rs (cargo build --release --example hailo_photos; can take minutes)"
+    (cd "$ROOT" && cargo build --release --example hailo_photos >/dev/null 2>&1) || photos_bin=""
+  fi
+  if [[ -z "$photos_bin" || ! -x "$photos_bin" ]]; then
+    skip "Model Zoo HEF: examples/hailo_photos could not be built here (cargo and the source tree are needed)"
+  elif out="$(timeout $((SECONDS_PER_RUN * 2 + 120)) "$photos_bin" --hef "$ZOO_HEF" \
+    --cpu-manifest "$ROOT/models/nanodet.toml" --photos "$ROOT/models/demo" --seconds "$SECONDS_PER_RUN" 2>&1)"; then
+    echo "$out" | sed 's/^/      /'
+    pass "Model Zoo HEF $ZOO_HEF ran on the demo photos next to the CPU model"
+    # Columns are separated by two or more spaces: photo, hailo-8, cpu.
+    echo "$out" | awk -F'  +' '$1 == "astronaut.png" && $2 ~ /person/ { found = 1 } END { exit !found }' ||
+      warn "the HEF found no person on astronaut.png: compare its labels with the CPU column above"
+  else
+    fail "Model Zoo HEF $ZOO_HEF:"
+    echo "$out" | tail -10 | sed 's/^/      /'
   fi
 fi
 
