@@ -509,6 +509,9 @@ fn watch(broker: &str, group: Option<String>, prefix: &str, json: bool, timeout_
     }
 }
 
+/// Largest MQTT packet `devices` reads.
+const MAX_STATUS_PACKET: usize = 64 << 20;
+
 struct DevicesArgs {
     broker: String,
     prefix: String,
@@ -531,8 +534,10 @@ fn devices(a: DevicesArgs) -> Result<()> {
     let nonce = hex::encode(random_seed()?.get(..8).unwrap_or_default());
     let client_id = format!("spark-fleet-devices-{nonce}");
     let mut opts = mqtt_options(&a.broker, client_id.clone())?;
-    // Deliveries at QoS 0: no PUBACK round trip per status.
     opts.set_clean_session(true);
+    // A hostile status up to this size becomes an `unknown` row; a larger
+    // packet ends the connection (rumqttc reads packets whole).
+    opts.set_max_packet_size(MAX_STATUS_PACKET, 4 << 20);
     let (client, mut conn) = Client::new(opts, 64);
     let status_filter = format!("{}/+/status", a.prefix);
     let marker_topic = format!("spark-fleet/{client_id}/end");
@@ -570,6 +575,17 @@ fn devices(a: DevicesArgs) -> Result<()> {
                 }
             }
             Some(Ok(_)) => {}
+            Some(Err(rumqttc::ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+                rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(n),
+            )))) => {
+                // It is retained: every reconnection would meet it again.
+                bail!(
+                    "the broker holds a retained message of {n} bytes under {status_filter} (limit {} MiB); \
+                     find it with `mosquitto_sub -v -t '{status_filter}' --retained-only`, clear it with \
+                     `mosquitto_pub -r -n -t TOPIC`, and set message_size_limit in mosquitto.conf",
+                    MAX_STATUS_PACKET >> 20
+                );
+            }
             Some(Err(e)) => {
                 if !complete && started.elapsed() >= a.timeout {
                     bail!("MQTT connection to {}: {e}", a.broker);

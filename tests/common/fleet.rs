@@ -172,7 +172,7 @@ pub fn wait_state_for(
 /// fleet view's test and bench).
 pub fn publish_retained_all(broker: &super::Broker, messages: Vec<(String, Vec<u8>)>) {
     let mut o = rumqttc::MqttOptions::new(format!("test-retain-{}", std::process::id()), "127.0.0.1", broker.port);
-    o.set_max_packet_size(4 << 20, 4 << 20);
+    o.set_max_packet_size(4 << 20, 128 << 20);
     o.set_inflight(100);
     let (client, mut conn) = rumqttc::Client::new(o, 256);
     let want = messages.len();
