@@ -39,11 +39,28 @@ pub struct LinkState {
     pub broker_connected: bool,
     pub broker: String,
     pub last_error: Option<String>,
+    /// What kind of failure `last_error` is, for the fix a technician is told.
+    pub last_error_kind: Option<BrokerFailure>,
     /// Unix ms of the last change of `broker_connected`.
     pub since_ms: u64,
     pub reconnects: u64,
     /// Inbound messages dropped unread: retained update chunks, oversized packets.
     pub inbound_discarded: u64,
+}
+
+/// The class of a failed broker connection, from the MQTT client's typed error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerFailure {
+    /// TLS: certificate, handshake, CA file.
+    Tls,
+    /// The broker refused the credentials (bad user name/password, not authorized).
+    Auth,
+    /// The broker refused for another reason (protocol version, client id, unavailable).
+    Refused,
+    /// TCP: unreachable, reset, timed out.
+    Network,
+    /// The MQTT session broke (protocol or state error).
+    Protocol,
 }
 
 /// Upper bounds (inclusive, microseconds) of the latency histogram's

@@ -189,6 +189,7 @@ fn assert_refused_and_running(mut d: Daemon, cfg: &DaemonConfig, consumer: &Cons
     assert_eq!(link["broker_connected"], false, "{link}");
     assert_eq!(link["reconnects"], 0, "never connected: {link}");
     assert_eq!(link["last_error"].as_str(), Some(err.as_str()), "{link}");
+    assert_eq!(link["last_error_kind"], "tls", "classed from the client's typed error: {link}");
     assert!(queue_json(&socket)["pending"].as_u64().unwrap_or(0) > 0, "records should wait in the outbox");
     assert_eq!(consumer.len(), 0, "nothing may be delivered: {:?}", consumer.snapshot());
     assert!(d.log_text().contains("uplink connect failed"), "the reason is logged once:\n{}", d.log_text());

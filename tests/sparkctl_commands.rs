@@ -254,6 +254,8 @@ fn doctor_fails_on_an_unreachable_broker_and_a_corrupted_model() {
     let b = check(&r, "broker");
     assert!(b["detail"].as_str().unwrap().contains("not connected"), "{b}");
     assert!(b["fix"].as_str().unwrap().contains("reachable"), "{b}");
+    let link = json(&s, &["link"], 0);
+    assert_eq!(link["last_error_kind"], "network", "nobody listens on the broker's port: {link}");
     let m = check(&r, "model-files");
     assert_eq!(m["status"], "fail", "{m}");
     assert!(m["detail"].as_str().unwrap().contains("corrupt"), "{m}");

@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use super::protocol::{Check, StatusReport};
+use super::protocol::{BrokerErrorKind, Check, StatusReport};
 use crate::config::{BrokerUrl, CameraSource, Config};
 use crate::inference::model::Model;
 
@@ -490,20 +490,26 @@ pub fn broker(config: &Config, s: &StatusReport) -> Check {
         return Check::warn(NAME, format!("{}: not tried while the VPN gate is closed", l.broker), "see the vpn check");
     }
     let err = l.last_error.as_deref().unwrap_or("not connected yet");
-    Check::fail(NAME, format!("not connected to {}: {err}", l.broker), broker_fix(err))
+    Check::fail(NAME, format!("not connected to {}: {err}", l.broker), broker_fix(l.last_error_kind))
 }
 
-/// The likeliest fix for an uplink connection error.
-pub fn broker_fix(err: &str) -> String {
-    let e = err.to_ascii_lowercase();
-    if e.contains("certificate") || e.contains("tls") || e.contains("handshake") {
-        "check mqtt.ca_file, mqtt.tls_server_name and the device clock (see the clock check)".into()
-    } else if e.contains("auth") || e.contains("password") || e.contains("not authorized") || e.contains("username") {
-        "check mqtt.username and the password in /etc/sparkd/credentials/mqtt-password, then systemctl restart sparkd"
-            .into()
-    } else {
-        "check the broker is up and reachable from here: mosquitto_sub -h HOST -p PORT -t '$SYS/#' -C 1 (and mqtt.url)"
-            .into()
+/// The likeliest fix for an uplink connection error of class `kind`.
+pub fn broker_fix(kind: Option<BrokerErrorKind>) -> String {
+    match kind {
+        Some(BrokerErrorKind::Tls) => {
+            "check mqtt.ca_file, mqtt.tls_server_name and the device clock (see the clock check)".into()
+        }
+        Some(BrokerErrorKind::Auth) => {
+            "check mqtt.username and the password in /etc/sparkd/credentials/mqtt-password, then systemctl restart sparkd"
+                .into()
+        }
+        Some(BrokerErrorKind::Refused | BrokerErrorKind::Protocol) => {
+            "the broker answered but refused the session: check its log and its MQTT 3.1.1 listener on mqtt.url".into()
+        }
+        Some(BrokerErrorKind::Network) | None => {
+            "check the broker is up and reachable from here: mosquitto_sub -h HOST -p PORT -t '$SYS/#' -C 1 (and mqtt.url)"
+                .into()
+        }
     }
 }
 
@@ -659,9 +665,11 @@ mod tests {
 
     #[test]
     fn broker_fix_follows_the_error() {
-        assert!(broker_fix("TLS: invalid peer certificate: Expired").contains("ca_file"));
-        assert!(broker_fix("connection refused: not authorized").contains("password"));
-        assert!(broker_fix("I/O: Connection refused (os error 111)").contains("reachable"));
+        assert!(broker_fix(Some(BrokerErrorKind::Tls)).contains("ca_file"));
+        assert!(broker_fix(Some(BrokerErrorKind::Auth)).contains("password"));
+        assert!(broker_fix(Some(BrokerErrorKind::Network)).contains("reachable"));
+        assert!(broker_fix(None).contains("reachable"));
+        assert!(broker_fix(Some(BrokerErrorKind::Refused)).contains("refused"));
     }
 
     #[test]

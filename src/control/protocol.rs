@@ -287,6 +287,17 @@ pub struct HefOutputView {
 }
 
 /// `sparkctl link` and `status.link` (wire type, see [`EngineView`]).
+/// The class of a failed broker connection (`LinkView::last_error_kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BrokerErrorKind {
+    Tls,
+    Auth,
+    Refused,
+    Network,
+    Protocol,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LinkView {
     /// True when no VPN gate is configured.
@@ -302,6 +313,9 @@ pub struct LinkView {
     pub broker_connected: bool,
     pub broker: String,
     pub last_error: Option<String>,
+    /// `tls`, `auth`, `refused`, `network` or `protocol`: the class of `last_error`.
+    #[serde(default)]
+    pub last_error_kind: Option<BrokerErrorKind>,
     /// Unix ms of the last change of `broker_connected`.
     pub since_ms: u64,
     pub reconnects: u64,
@@ -979,7 +993,8 @@ mod tests {
             vpn_last_error: None,
             broker_connected: true,
             broker: "b:1883".into(),
-            last_error: None,
+            last_error: Some("I/O: refused".into()),
+            last_error_kind: Some(BrokerErrorKind::Network),
             since_ms: 7,
             reconnects: 1,
             inbound_discarded: 0,
@@ -1039,7 +1054,7 @@ mod tests {
         assert_eq!(serde_json::from_value::<EngineView>(old).unwrap(), engine);
         let link_json = serde_json::json!({"vpn_up": true, "vpn_interface": "wg0", "handshake_age_s": 3,
             "handshake_source": "uapi", "vpn_down_since_ms": null, "vpn_last_error": null, "broker_connected": true,
-            "broker": "b:1883", "last_error": null, "since_ms": 7, "reconnects": 1, "inbound_discarded": 0});
+            "broker": "b:1883", "last_error": "I/O: refused", "last_error_kind": "network", "since_ms": 7, "reconnects": 1, "inbound_discarded": 0});
         let queue_json = serde_json::json!({"pending": 1, "bytes": 2, "dropped": 3, "oldest_age_s": null,
             "published": 5, "acked": 4, "drain_rate_per_s": 0.0, "eta_s": null, "space_errors": 0,
             "disk_low": false, "refused": 0, "streams": {"events": {"pending": 1, "bytes": 2, "dropped": 3,

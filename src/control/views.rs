@@ -2,10 +2,10 @@
 //! status types (`state`) stay free to change, the wire types in
 //! [`super::protocol`] do not.
 
-use super::protocol::{EngineName, EngineView, HefOutputView, HefView, LinkView};
+use super::protocol::{BrokerErrorKind, EngineName, EngineView, HefOutputView, HefView, LinkView};
 use crate::inference::engine::EngineKind;
 use crate::inference::engine::hailo::{HefLayout, HefOutput};
-use crate::state::{EngineState, LinkState};
+use crate::state::{BrokerFailure, EngineState, LinkState};
 
 pub fn engine_name(k: EngineKind) -> EngineName {
     match k {
@@ -51,6 +51,7 @@ pub fn link_view(l: LinkState) -> LinkView {
         broker_connected,
         broker,
         last_error,
+        last_error_kind,
         since_ms,
         reconnects,
         inbound_discarded,
@@ -65,6 +66,13 @@ pub fn link_view(l: LinkState) -> LinkView {
         broker_connected,
         broker,
         last_error,
+        last_error_kind: last_error_kind.map(|k| match k {
+            BrokerFailure::Tls => BrokerErrorKind::Tls,
+            BrokerFailure::Auth => BrokerErrorKind::Auth,
+            BrokerFailure::Refused => BrokerErrorKind::Refused,
+            BrokerFailure::Network => BrokerErrorKind::Network,
+            BrokerFailure::Protocol => BrokerErrorKind::Protocol,
+        }),
         since_ms,
         reconnects,
         inbound_discarded,

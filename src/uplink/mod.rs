@@ -32,7 +32,7 @@ use tokio::sync::{Notify, watch};
 use crate::config::BrokerUrl;
 use crate::outbox::{Appender, Outbox};
 use crate::record::{Stream, now_ms};
-use crate::state::Shared;
+use crate::state::{BrokerFailure, Shared};
 
 #[derive(Debug, Clone)]
 pub struct UplinkSettings {
@@ -327,6 +327,24 @@ fn mqtt_options(s: &UplinkSettings) -> MqttOptions {
     o
 }
 
+/// The class of a connection error, read from rumqttc's typed error: the
+/// doctor's advice depends on it.
+fn failure_class(e: &rumqttc::ConnectionError) -> BrokerFailure {
+    use rumqttc::{ConnectReturnCode as Code, ConnectionError as E};
+    // A TLS alert after the handshake (a refused client certificate) comes
+    // wrapped in an MQTT read error.
+    if crate::uplink::tls::rustls_error(e).is_some() {
+        return BrokerFailure::Tls;
+    }
+    match e {
+        E::Tls(_) => BrokerFailure::Tls,
+        E::ConnectionRefused(Code::BadUserNamePassword | Code::NotAuthorized) => BrokerFailure::Auth,
+        E::ConnectionRefused(_) => BrokerFailure::Refused,
+        E::Io(_) | E::NetworkTimeout | E::FlushTimeout => BrokerFailure::Network,
+        _ => BrokerFailure::Protocol,
+    }
+}
+
 /// A connection error for `sparkctl link` and the log: the whole source
 /// chain (links already contained in the text before them are skipped:
 /// rumqttc repeats its sources in its messages), plus a plain-words reason
@@ -452,6 +470,7 @@ async fn on_event(
             deps.shared.update_link(|l| {
                 l.broker_connected = true;
                 l.last_error = None;
+                l.last_error_kind = None;
                 l.since_ms = now_ms();
                 l.reconnects += 1;
             });
@@ -503,7 +522,11 @@ async fn on_event(
             } else {
                 tracing::debug!(error = %msg, "uplink connect failed");
             }
-            deps.shared.update_link(|l| l.last_error = Some(msg));
+            let kind = failure_class(&e);
+            deps.shared.update_link(|l| {
+                l.last_error = Some(msg);
+                l.last_error_kind = Some(kind);
+            });
             let oversized_inbound = matches!(
                 e,
                 rumqttc::ConnectionError::MqttState(rumqttc::StateError::Deserialization(

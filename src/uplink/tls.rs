@@ -281,53 +281,58 @@ impl ServerCertVerifier for FixedNameVerifier {
     }
 }
 
-/// A plain-words reason for a TLS failure found anywhere in `e`'s source
-/// chain (rumqttc wraps rustls's error in `io::Error`s, whose `source()`
-/// skips it, so each `io::Error` is opened with `get_ref`).
-pub fn explain(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
-    use rustls::{AlertDescription as A, CertificateError as C, Error as R};
+/// The rustls error anywhere in `e`'s source chain (rumqttc wraps rustls's
+/// error in `io::Error`s, whose `source()` skips it, so each `io::Error` is
+/// opened with `get_ref`).
+pub fn rustls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
     let mut cur = Some(e);
     while let Some(err) = cur {
-        let tls = err.downcast_ref::<R>().or_else(|| {
-            err.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()).and_then(|i| i.downcast_ref::<R>())
+        let tls = err.downcast_ref::<rustls::Error>().or_else(|| {
+            err.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|i| i.downcast_ref::<rustls::Error>())
         });
-        if let Some(tls) = tls {
-            return Some(match tls {
-                R::InvalidCertificate(C::UnknownIssuer) => {
-                    "the broker's certificate is not signed by a CA in mqtt.ca_file"
-                }
-                R::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => {
-                    "the broker's certificate is not issued for the name sparkd checks \
-                     (mqtt.tls_server_name, else the host in mqtt.url)"
-                }
-                R::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
-                    "the broker's certificate has expired (or this device's clock is wrong)"
-                }
-                R::InvalidCertificate(C::NotValidYet | C::NotValidYetContext { .. }) => {
-                    "the broker's certificate is not valid yet (is this device's clock set?)"
-                }
-                R::InvalidCertificate(_) => "the broker's certificate was rejected",
-                R::AlertReceived(A::UnknownCA | A::BadCertificate | A::CertificateUnknown | A::AccessDenied) => {
-                    "the broker rejected sparkd's client certificate (mqtt.client_cert_file): \
-                     is it signed by a CA the broker trusts?"
-                }
-                R::AlertReceived(A::CertificateRequired) => {
-                    "the broker requires a client certificate (set mqtt.client_cert_file and mqtt.client_key_file)"
-                }
-                R::AlertReceived(A::HandshakeFailure) => {
-                    "the broker ended the TLS handshake: does it require a client certificate, \
-                     or share no cipher suite with sparkd?"
-                }
-                R::AlertReceived(A::CertificateExpired) => "the broker says sparkd's client certificate has expired",
-                R::AlertReceived(A::CertificateRevoked) => "the broker says sparkd's client certificate is revoked",
-                R::AlertReceived(A::ProtocolVersion) => "the broker speaks no TLS version sparkd accepts (1.2, 1.3)",
-                R::InvalidMessage(_) => "the broker did not answer with TLS: is the port a plain mqtt:// listener?",
-                _ => return None,
-            });
+        if tls.is_some() {
+            return tls;
         }
         cur = err.source();
     }
     None
+}
+
+/// A plain-words reason for a TLS failure found anywhere in `e`'s source chain.
+pub fn explain(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    use rustls::{AlertDescription as A, CertificateError as C, Error as R};
+    Some(match rustls_error(e)? {
+        R::InvalidCertificate(C::UnknownIssuer) => "the broker's certificate is not signed by a CA in mqtt.ca_file",
+        R::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => {
+            "the broker's certificate is not issued for the name sparkd checks \
+             (mqtt.tls_server_name, else the host in mqtt.url)"
+        }
+        R::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
+            "the broker's certificate has expired (or this device's clock is wrong)"
+        }
+        R::InvalidCertificate(C::NotValidYet | C::NotValidYetContext { .. }) => {
+            "the broker's certificate is not valid yet (is this device's clock set?)"
+        }
+        R::InvalidCertificate(_) => "the broker's certificate was rejected",
+        R::AlertReceived(A::UnknownCA | A::BadCertificate | A::CertificateUnknown | A::AccessDenied) => {
+            "the broker rejected sparkd's client certificate (mqtt.client_cert_file): \
+             is it signed by a CA the broker trusts?"
+        }
+        R::AlertReceived(A::CertificateRequired) => {
+            "the broker requires a client certificate (set mqtt.client_cert_file and mqtt.client_key_file)"
+        }
+        R::AlertReceived(A::HandshakeFailure) => {
+            "the broker ended the TLS handshake: does it require a client certificate, \
+             or share no cipher suite with sparkd?"
+        }
+        R::AlertReceived(A::CertificateExpired) => "the broker says sparkd's client certificate has expired",
+        R::AlertReceived(A::CertificateRevoked) => "the broker says sparkd's client certificate is revoked",
+        R::AlertReceived(A::ProtocolVersion) => "the broker speaks no TLS version sparkd accepts (1.2, 1.3)",
+        R::InvalidMessage(_) => "the broker did not answer with TLS: is the port a plain mqtt:// listener?",
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
