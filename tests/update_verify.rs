@@ -247,6 +247,14 @@ fn every_refusal_is_typed_and_leaves_the_disk_untouched() {
         sign_envelope(&serde_json::to_vec(&value).unwrap(), &[("k1", &key(1))]),
         "unknown_manifest_field",
     ));
+    // ...or inside one of its objects.
+    let mut value = serde_json::to_value(good()).unwrap();
+    value["artifact"]["post_install"] = "reboot".into();
+    cases.push((
+        "unknown artifact field",
+        sign_envelope(&serde_json::to_vec(&value).unwrap(), &[("k1", &key(1))]),
+        "unknown_manifest_field",
+    ));
     // A valid signature over other bytes than the shipped manifest.
     let mut env: serde_json::Value = serde_json::from_slice(&sign(&good())).unwrap();
     let other = sign(&manifest(Kind::Model, "centerface", "1.3.0", &art));

@@ -399,11 +399,11 @@ pub fn open_envelope(envelope_bytes: &[u8], keys: &TrustedKeys) -> Result<Verifi
     };
 
     let m: UpdateManifest = serde_json::from_slice(&manifest_bytes).map_err(|e| {
-        let detail = e.to_string();
-        if detail.contains("unknown field") {
-            Rejection::UnknownManifestField { detail }
-        } else {
-            Rejection::MalformedManifest { detail }
+        // A field this sparkd does not know is told apart by comparing the
+        // keys with the structs' own field lists, not by reading the error.
+        match serde_json::from_slice::<serde_json::Value>(&manifest_bytes).ok().and_then(|v| unknown_field(&v)) {
+            Some(field) => Rejection::UnknownManifestField { detail: format!("unknown field `{field}`: {e}") },
+            None => Rejection::MalformedManifest { detail: e.to_string() },
         }
     })?;
     let bad_manifest = |detail: &str| Rejection::MalformedManifest { detail: detail.into() };
@@ -432,6 +432,60 @@ pub fn open_envelope(envelope_bytes: &[u8], keys: &TrustedKeys) -> Result<Verifi
         envelope_bytes: envelope_bytes.to_vec(),
         key_id,
     })
+}
+
+/// The first key of a manifest (or of its `targets`, `artifact`, `canary`
+/// objects) that the manifest structs do not have, as `path.key`.
+fn unknown_field(v: &serde_json::Value) -> Option<String> {
+    let extra = |v: &serde_json::Value, fields: &[&str], at: &str| -> Option<String> {
+        let key = v.as_object()?.keys().find(|k| !fields.contains(&k.as_str()))?;
+        Some(format!("{at}{key}"))
+    };
+    extra(v, field_names::<UpdateManifest>(), "")
+        .or_else(|| extra(&v["targets"], field_names::<Targets>(), "targets."))
+        .or_else(|| extra(&v["artifact"], field_names::<ArtifactSpec>(), "artifact."))
+        .or_else(|| extra(&v["canary"], field_names::<Canary>(), "canary."))
+}
+
+/// The field names a derived `Deserialize` struct accepts, as it tells its
+/// deserializer (`deserialize_struct`).
+fn field_names<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
+    struct Names(&'static [&'static str]);
+    #[derive(Debug)]
+    struct Stop;
+    impl std::fmt::Display for Stop {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("field names taken")
+        }
+    }
+    impl std::error::Error for Stop {}
+    impl serde::de::Error for Stop {
+        fn custom<M: fmt::Display>(_: M) -> Self {
+            Stop
+        }
+    }
+    impl<'de> serde::Deserializer<'de> for &mut Names {
+        type Error = Stop;
+        fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Stop> {
+            Err(Stop)
+        }
+        fn deserialize_struct<V: serde::de::Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Stop> {
+            self.0 = fields;
+            Err(Stop)
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option unit
+            unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
+        }
+    }
+    let mut names = Names(&[]);
+    let _ = T::deserialize(&mut names);
+    names.0
 }
 
 /// Decides whether `envelope_bytes` may be applied on this device. Pure: no
@@ -502,6 +556,19 @@ fn major_minor(v: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn field_names_are_the_structs_own_and_unknown_keys_are_found_at_any_level() {
+        let top = field_names::<UpdateManifest>();
+        for f in ["kind", "name", "version", "targets", "artifact", "issued_at", "expires_at", "canary"] {
+            assert!(top.contains(&f), "{f} missing from {top:?}");
+        }
+        assert!(field_names::<ArtifactSpec>().contains(&"sha256"));
+        let v = serde_json::json!({"kind": "model", "artifact": {"sha256": "x", "extra": 1}});
+        assert_eq!(unknown_field(&v).as_deref(), Some("artifact.extra"));
+        assert_eq!(unknown_field(&serde_json::json!({"kind": "model", "evil": 1})).as_deref(), Some("evil"));
+        assert_eq!(unknown_field(&serde_json::json!({"kind": "model"})), None);
+    }
 
     #[test]
     fn hailort_versions_compare_by_major_minor() {
