@@ -91,8 +91,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn main() {
     let quick = !std::env::args().any(|a| a == "--bench");
     let (n, rounds) = if quick { (1_000, 1) } else { (10_000, 5) };
+    let statuses: Vec<(String, Vec<u8>)> = (0..n).map(status).collect();
+    let (parse, table) = in_process(&statuses);
     let broker = mosquitto();
-    common::fleet::publish_retained_all(&broker, (0..n).map(status).collect());
+    common::fleet::publish_retained_all(&broker, statuses);
     let url = broker.url();
     let (mut base, mut ours) = (Vec::new(), Vec::new());
     for round in 0..rounds {
@@ -105,4 +107,27 @@ fn main() {
     );
     println!("| --- | --- | --- | --- |");
     println!("| time to all statuses / first table | {:.0} ms | {:.0} ms | {:.2}× |", b * 1e3, o * 1e3, o / b);
+    println!("| of which in-process: parse {n} statuses | - | {:.1} ms | - |", parse * 1e3);
+    println!("| of which in-process: sort, summary, render the table | - | {:.1} ms | - |", table * 1e3);
+}
+
+/// The pure part alone (medians of 5): every status into the view, and
+/// the table built from it; seconds.
+fn in_process(statuses: &[(String, Vec<u8>)]) -> (f64, f64) {
+    use spark_edge::fleet::devices::{Filter, Fleet, SortKey, render_table, summary};
+    let (mut parse, mut table) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        let t = Instant::now();
+        let mut fleet = Fleet::default();
+        for (topic, payload) in statuses {
+            fleet.apply("spark", topic, payload);
+        }
+        parse.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let rows = fleet.rows(&Filter::default(), SortKey::Id);
+        let s = summary(&rows, 1000);
+        std::hint::black_box(render_table(&rows, &s, 1_700_000_100_000));
+        table.push(t.elapsed().as_secs_f64());
+    }
+    (median(parse), median(table))
 }

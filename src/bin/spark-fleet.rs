@@ -549,10 +549,16 @@ fn devices(a: DevicesArgs) -> Result<()> {
     let mut changed = false;
     loop {
         let wait = if complete { a.interval } else { a.timeout.saturating_sub(started.elapsed()) };
-        let ev = match conn.recv_timeout(wait.max(Duration::from_millis(10))) {
+        // What is already read first, without arming a timer per message
+        // (10,000 retained statuses arrive in a few large reads).
+        let ev = match conn.try_recv() {
             Ok(ev) => Some(ev),
-            Err(rumqttc::RecvTimeoutError::Timeout) => None,
-            Err(rumqttc::RecvTimeoutError::Disconnected) => bail!("MQTT connection to {} closed", a.broker),
+            Err(rumqttc::TryRecvError::Disconnected) => bail!("MQTT connection to {} closed", a.broker),
+            Err(rumqttc::TryRecvError::Empty) => match conn.recv_timeout(wait.max(Duration::from_millis(10))) {
+                Ok(ev) => Some(ev),
+                Err(rumqttc::RecvTimeoutError::Timeout) => None,
+                Err(rumqttc::RecvTimeoutError::Disconnected) => bail!("MQTT connection to {} closed", a.broker),
+            },
         };
         match ev {
             Some(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
