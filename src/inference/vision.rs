@@ -240,10 +240,10 @@ pub fn prepare_u8_nhwc(frame: &RgbImage, spec: &InputSpec, out: &mut Vec<u8>) ->
         let (r0, r1) = (&raw[y0 * stride..(y0 + 1) * stride], &raw[y1 * stride..(y1 + 1) * stride]);
         for (d, &(x0, x1, wx)) in o.chunks_exact_mut(3).zip(&fit.xs) {
             let (a, b) = (x0 * 3, x1 * 3);
-            for (c, v) in d.iter_mut().enumerate() {
-                // A convex blend of bytes stays in 0..=255: rounding is the only conversion.
-                *v = (bilinear(r0, r1, a, b, order[c], wx, wy) + 0.5) as u8;
-            }
+            // A convex blend of bytes stays in 0..=255: rounding is the only conversion.
+            d[0] = (bilinear(r0, r1, a, b, order[0], wx, wy) + 0.5) as u8;
+            d[1] = (bilinear(r0, r1, a, b, order[1], wx, wy) + 0.5) as u8;
+            d[2] = (bilinear(r0, r1, a, b, order[2], wx, wy) + 0.5) as u8;
         }
     }
     fit.letterbox

@@ -865,7 +865,8 @@ fn image_shape(info: &sys::hailo_vstream_info_t) -> (usize, usize, usize) {
 
 /// NCHW `src` (`c` planes of `h`x`w`) into NHWC `dst`. Writes each pixel's
 /// channels together (contiguous stores, `c` sequential read streams).
-fn nchw_to_nhwc(src: &[f32], c: usize, h: usize, w: usize, dst: &mut Vec<f32>) {
+/// Public for `benches/hailo_prepare.rs`, which times the FLOAT32 input path.
+pub fn nchw_to_nhwc(src: &[f32], c: usize, h: usize, w: usize, dst: &mut Vec<f32>) {
     let plane = h * w;
     dst.clear();
     dst.resize(c * plane, 0.0);
