@@ -555,7 +555,12 @@ impl Config {
             bad("mqtt.client_cert_file", "client_cert_file and client_key_file go together".into());
         }
         self.events_issues(&mut bad);
-        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+        if let Err(e) = crate::sys::logging::check_filter(&self.log.level) {
+            bad(
+                "log.level",
+                format!("not a valid filter ({e}): {:?}", self.log.level.chars().take(80).collect::<String>()),
+            );
+        } else if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             bad("log.level", format!("not a valid filter: {:?}", self.log.level));
         }
         out
@@ -732,6 +737,13 @@ fn key_at(text: &str, byte: Option<usize>) -> String {
         (true, false) => key,
         (false, false) => format!("{table}.{key}"),
     }
+}
+
+/// Line of the dotted `key` (as in [`ConfigIssue::key`], `zone[1].labels`
+/// included) in a config file's `text`; 0 if absent. For checks made
+/// outside this module (the model's labels in `sparkd check-config`).
+pub fn key_line(text: &str, key: &str) -> usize {
+    find_key_line(text, key)
 }
 
 /// Line of `a.b` in `text` (the `b =` line inside `[a]`), 0 if absent.
@@ -1080,6 +1092,8 @@ mod tests {
     fn values_that_crashed_or_wrapped_at_run_time_are_refused() {
         for (text, key) in [
             ("[camera]\nfps = 1e-300\n", "camera.fps"),
+            // Panicked tracing-subscriber's filter parser (found by the `config` fuzz target).
+            ("[log]\nlevel = \"a b, c\"\n", "log.level"),
             ("[camera]\nfps = nan\n", "camera.fps"),
             ("[hailo]\nreprobe_max_secs = 1e300\n", "hailo.reprobe_max_secs"),
             ("[hailo]\nreprobe_max_secs = inf\n", "hailo.reprobe_max_secs"),
