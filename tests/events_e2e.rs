@@ -165,3 +165,39 @@ fn a_person_walking_through_a_line_and_a_zone_gives_one_crossing_per_pass_and_co
     assert!(tracked, "no inference record with the person's track_id");
     daemon.terminate(Duration::from_secs(20));
 }
+
+/// A rule naming a label the model lacks: `check-config` names the file,
+/// line, key and label; `sparkd run` refuses to start with the same words.
+#[test]
+fn check_config_and_start_refuse_a_label_the_model_does_not_have() {
+    let mut cfg = DaemonConfig::new(&format!("mqtt://127.0.0.1:{}", free_port()));
+    cfg.manifest = repo().join("models/nanodet.toml");
+    cfg.extra = "[[line]]\nname = \"door\"\nfrom = [0.5, 0.0]\nto = [0.5, 1.0]\nlabels = [\"persn\"]\n".into();
+    let path = cfg.write();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let line = text.lines().position(|l| l.starts_with("labels = [\"persn\"]")).unwrap() + 1;
+    let want = "line[0].labels (door) names the label \"persn\", which the model nanodet-g-416 does not have";
+
+    let out = std::process::Command::new(sparkd_bin()).arg("check-config").arg(&path).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("{}:{line}: key `line[0].labels`: {want}", path.display())), "{stderr}");
+
+    let log = cfg.dir.path().join("run.log");
+    let mut child = std::process::Command::new(sparkd_bin())
+        .args(["run", "--config"])
+        .arg(&path)
+        .env_remove("JOURNAL_STREAM")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let status = wait_for(Duration::from_secs(60), || child.try_wait().ok().flatten());
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "sparkd run did not refuse to start: {stderr}");
+    assert!(stderr.contains(want), "{stderr}");
+}

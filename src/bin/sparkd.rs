@@ -49,6 +49,10 @@ fn main() -> ExitCode {
     match cli.command {
         Command::CheckConfig { path, effective } => match Config::load(&path) {
             Ok(file_config) => {
+                if let Err(issue) = check_rule_labels(&file_config, &path) {
+                    eprintln!("invalid config:\n  {issue}");
+                    return ExitCode::from(1);
+                }
                 println!("{}: valid", path.display());
                 if effective {
                     let state_dir = spark_edge::daemon::Paths::resolve(&file_config).state_dir;
@@ -121,6 +125,33 @@ fn launch(config: &Config) {
             tracing::error!(error = %report(&e), "reading the binary update state; running the packaged sparkd");
         }
     }
+}
+
+/// Zones and lines may only name labels the configured model has. A model
+/// that does not load here is not an error of this file (`sparkd run`
+/// reports it), so the labels are then left to the start-up check.
+fn check_rule_labels(config: &Config, path: &std::path::Path) -> Result<(), spark_edge::config::ConfigIssue> {
+    if config.zones.is_empty() && config.lines.is_empty() {
+        return Ok(());
+    }
+    let Ok(model) = spark_edge::inference::model::Model::load(&config.model.manifest) else {
+        eprintln!(
+            "note: model {} not readable here; zone and line labels are checked at start",
+            config.model.manifest.display()
+        );
+        return Ok(());
+    };
+    let m = &model.manifest;
+    spark_edge::events::stage::check_labels(config, &m.name, &m.labels).map_err(|e| {
+        let spark_edge::events::stage::EventsError::UnknownLabel { key, .. } = &e;
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        spark_edge::config::ConfigIssue {
+            file: path.to_path_buf(),
+            line: spark_edge::config::key_line(&text, key),
+            key: key.clone(),
+            message: e.to_string(),
+        }
+    })
 }
 
 /// The error and its whole `#[source]` chain on one line.

@@ -25,8 +25,11 @@ use crate::state::Shared;
 /// A rule the model cannot satisfy, found at start.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum EventsError {
-    #[error("{rule} names the label {label:?}, which the model {model} does not have (its labels include {sample})")]
-    UnknownLabel { rule: String, label: String, model: String, sample: String },
+    /// `key` is the config key (`zone[0].labels`), `rule` the zone's or line's name.
+    #[error(
+        "{key} ({rule}) names the label {label:?}, which the model {model} does not have (its labels include {sample})"
+    )]
+    UnknownLabel { key: String, rule: String, label: String, model: String, sample: String },
 }
 
 /// Every zone's and line's labels must be among `labels` (the model's).
@@ -35,12 +38,18 @@ pub fn check_labels(config: &Config, model: &str, labels: &[String]) -> Result<(
         .zones
         .iter()
         .enumerate()
-        .map(|(i, z)| (format!("zone[{i}].labels ({})", z.name), &z.labels))
-        .chain(config.lines.iter().enumerate().map(|(i, l)| (format!("line[{i}].labels ({})", l.name), &l.labels)));
-    for (rule, wanted) in rules {
+        .map(|(i, z)| (format!("zone[{i}].labels"), &z.name, &z.labels))
+        .chain(config.lines.iter().enumerate().map(|(i, l)| (format!("line[{i}].labels"), &l.name, &l.labels)));
+    for (key, rule, wanted) in rules {
         if let Some(label) = wanted.iter().find(|w| !labels.contains(w)) {
             let sample = labels.iter().take(8).map(|l| format!("{l:?}")).collect::<Vec<_>>().join(", ");
-            return Err(EventsError::UnknownLabel { rule, label: label.clone(), model: model.into(), sample });
+            return Err(EventsError::UnknownLabel {
+                key,
+                rule: rule.clone(),
+                label: label.clone(),
+                model: model.into(),
+                sample,
+            });
         }
     }
     Ok(())
