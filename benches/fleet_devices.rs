@@ -27,14 +27,14 @@ fn status(i: usize) -> (String, Vec<u8>) {
     let group = format!("site-{}", i % 40);
     let body = StatusMessage {
         ts: 1_700_000_000_000 + i as u64,
-        engine: Some(if i % 50 == 0 { "onnx-cpu" } else { "hailo" }),
+        engine: Some(if i.is_multiple_of(50) { "onnx-cpu" } else { "hailo" }),
         pending: Some((i % 977) as u64 * 3),
         model: Some("nanodet 1.0.0"),
-        fallbacks: Some(u64::from(i % 50 == 0)),
+        fallbacks: Some(u64::from(i.is_multiple_of(50))),
         oldest_age_s: Some((i % 300) as f64),
-        vpn_up: Some(i % 33 != 0),
+        vpn_up: Some(!i.is_multiple_of(33)),
         reconnects: Some((i % 5) as u64),
-        ..StatusMessage::identity(i % 20 != 0, &id, &group, Some("slot-a"))
+        ..StatusMessage::identity(!i.is_multiple_of(20), &id, &group, Some("slot-a"))
     };
     (format!("spark/{id}/status"), serde_json::to_vec(&body).expect("status json"))
 }

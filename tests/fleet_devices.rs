@@ -31,9 +31,9 @@ struct Sim {
 fn sim(i: usize) -> Sim {
     Sim {
         id: format!("d{i:04}"),
-        group: if i % 2 == 0 { "north" } else { "south" },
-        online: i % 10 != 0,
-        cpu_fallback: i % 7 == 0,
+        group: if i.is_multiple_of(2) { "north" } else { "south" },
+        online: !i.is_multiple_of(10),
+        cpu_fallback: i.is_multiple_of(7),
         pending: i as u64 * 10,
     }
 }
