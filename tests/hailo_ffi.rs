@@ -649,7 +649,8 @@ fn nms_under_the_older_hailo_nms_name_reads_the_same_and_by_score_is_refused() {
 fn malformed_nms_frames_are_decode_errors_and_the_next_frame_is_fine() {
     scenario("malformed_nms_frames_are_decode_errors_and_the_next_frame_is_fine", &[], || {
         let boxes = "nms=3x4 box=0:0.25,0.5,0.5,0.75,0.9 box=2:0.1,0.1,0.2,0.2,0.8";
-        let cases: [(&str, fn(&NmsFault) -> bool); 3] = [
+        type Expect = fn(&NmsFault) -> bool;
+        let cases: [(&str, Expect); 3] = [
             ("fault=too-many@2", |f| matches!(f, NmsFault::TooMany { count: 5, max: 4 })),
             ("fault=nan@2", |f| matches!(f, NmsFault::NonFinite { index: 0 })),
             // The library reports an 18-float frame (the good frames need 13); the last class

@@ -778,7 +778,7 @@ impl Port {
         if classes == 0
             || max_per_class == 0
             || frame_bytes == 0
-            || frame_bytes % size_of::<f32>() != 0
+            || !frame_bytes.is_multiple_of(size_of::<f32>())
             || frame_bytes > MAX_NMS_FRAME_BYTES
         {
             return Err(HailoError::UnsupportedModel(format!(
