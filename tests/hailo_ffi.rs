@@ -737,6 +737,12 @@ fn float32_hef_input_still_takes_the_normalised_tensor() {
         for (o, w) in outputs.iter().zip(&want) {
             assert!(o.data.iter().zip(w).all(|(a, b)| (a - b).abs() <= 1e-4 * b.abs().max(1.0)), "{}", o.name);
         }
+        // Through the Engine trait the caller's tensor holds the prepared input, as on the CPU.
+        let mut caller = Tensor::zeros(&[1]);
+        let dyn_engine: &mut dyn Engine = &mut engine;
+        let (again, _) = dyn_engine.run_frame(&frame, &spec, &mut caller).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(caller, t);
+        assert_eq!(again, outputs);
     });
 }
 

@@ -1404,14 +1404,22 @@ impl Engine for HailoEngine {
         self.infer(input).map_err(EngineError::from)
     }
 
-    /// [`HailoEngine::infer_frame`]: a UINT8 HEF gets bytes, not floats.
+    /// A UINT8 HEF gets bytes, not floats ([`HailoEngine::infer_frame`];
+    /// `input` is left as it was); a FLOAT32 HEF the tensor, prepared into
+    /// `input` as on the CPU.
     fn run_frame(
         &mut self,
         frame: &RgbImage,
         spec: &InputSpec,
-        _input: &mut Tensor,
+        input: &mut Tensor,
     ) -> Result<(Vec<Output>, vision::Letterbox), EngineError> {
-        self.infer_frame(frame, spec).map_err(EngineError::from)
+        match self.input_format {
+            InputFormat::Uint8 => self.infer_frame(frame, spec).map_err(EngineError::from),
+            InputFormat::Float32 => {
+                let lb = vision::prepare(frame, spec, input);
+                Ok((self.infer(input)?, lb))
+            }
+        }
     }
 
     fn hef_layout(&self) -> Option<HefLayout> {
