@@ -166,6 +166,35 @@ fn a_person_walking_through_a_line_and_a_zone_gives_one_crossing_per_pass_and_co
     daemon.terminate(Duration::from_secs(20));
 }
 
+/// `inference.publish = "on-change"`: the one person stays tracked all
+/// along, so the only inference record is the frame her track started on.
+#[test]
+fn on_change_writes_an_inference_record_only_when_the_tracked_labels_change() {
+    let broker = Broker::start();
+    let consumer = Consumer::start(broker.port, "spark/#");
+    let mut cfg = DaemonConfig::new(&broker.url());
+    write_walk(&cfg.dir.path().join("walk"));
+    cfg.images = cfg.dir.path().join("walk");
+    cfg.manifest = repo().join("models/nanodet.toml");
+    cfg.fps = 4.0;
+    cfg.telemetry_secs = 5.0;
+    cfg.extra = "[inference]\npublish = \"on-change\"\n\
+                 [[line]]\nname = \"door\"\nfrom = [0.5, 0.0]\nto = [0.5, 1.0]\n"
+        .into();
+    let daemon = Daemon::start(&cfg);
+    // The crossing of the second pass: 17+ frames after the first.
+    wait_for(Duration::from_secs(150), || {
+        let crossed = consumer.records("events").iter().any(|e| kind(e) == "line_cross" && pass_of(frame_of(e)) >= 1);
+        (crossed && !consumer.records("inference").is_empty()).then_some(())
+    })
+    .unwrap_or_else(|| panic!("no second crossing or no inference record; log:\n{}", daemon.log_text()));
+    let inference = consumer.records("inference");
+    assert_eq!(inference.len(), 1, "{inference:?}");
+    let d = inference[0]["detections"].as_array().cloned().unwrap_or_default();
+    assert!(d.iter().any(|d| d["label"] == "person" && d["track_age"] == 0), "{d:?}");
+    daemon.terminate(Duration::from_secs(20));
+}
+
 /// A rule naming a label the model lacks: `check-config` names the file,
 /// line, key and label; `sparkd run` refuses to start with the same words.
 #[test]

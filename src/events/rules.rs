@@ -193,6 +193,10 @@ impl Rules {
     /// The events of one track seen on this frame at `bbox` (frame pixels).
     pub fn track(&mut self, track: &Track, frame: (u32, u32), time_ms: u64, out: &mut Vec<Event>) {
         let p = anchor(&track.bbox, frame);
+        // A box that is not a number has no place: no rule can say anything.
+        if !p.iter().all(|c| c.is_finite()) {
+            return;
+        }
         let st = self.state.entry(track.id).or_insert_with(|| TrackState {
             in_zone: vec![false; self.zones.len()],
             anchor: None,

@@ -172,7 +172,8 @@ impl Tracker {
         // 4. New tracks from unmatched high-score detections.
         let mut started = Vec::new();
         for (di, d) in dets.iter().enumerate() {
-            if det_track[di].is_none() && high(d) {
+            // A box that is not finite can match nothing, so it starts nothing.
+            if det_track[di].is_none() && high(d) && d.bbox.iter().all(|c| c.is_finite()) {
                 let id = self.next_id;
                 self.next_id += 1;
                 self.tracks.push(Track {
@@ -392,6 +393,15 @@ mod tests {
         let (ids, ups) = run(&mut t, &frames);
         assert_eq!(ids, [vec![Some(1), None], vec![Some(1), None], vec![Some(1)]]);
         assert_eq!(ups[1].started, Vec::<TrackId>::new());
+    }
+
+    #[test]
+    fn a_box_that_is_not_a_number_gets_no_track() {
+        let mut t = Tracker::new(params(3));
+        let nan = Detection { label: "person".into(), score: 0.9, bbox: [f32::NAN, 0.0, 10.0, f32::INFINITY] };
+        let (ids, ups) = run(&mut t, &[vec![nan.clone(), det("person", 0.9, 0.0, 0.0)], vec![nan]]);
+        assert_eq!(ids, [vec![None, Some(1)], vec![None]]);
+        assert_eq!(ups[0].started, [1]);
     }
 
     #[test]
