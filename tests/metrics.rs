@@ -145,3 +145,25 @@ fn the_textfile_is_replaced_whole_every_interval_and_never_seen_partial() {
     }
     drop(daemon);
 }
+
+/// With the camera on, every inferred frame is timed into the latency
+/// histogram: its `_count` follows the frames inferred, and promtool accepts it.
+#[test]
+fn inferred_frames_fill_the_latency_histogram() {
+    let broker = Broker::start();
+    let mut cfg = DaemonConfig::new(&broker.url());
+    cfg.fps = 5.0;
+    cfg.write();
+    let daemon = Daemon::start(&cfg);
+    let count = "spark_inference_latency_seconds_count";
+    let m = wait_for(Duration::from_secs(90), || {
+        let (code, out, _) = sparkctl(&cfg.socket(), &["metrics"]);
+        (code == 0 && value(&out, count).is_some_and(|v| v >= 3.0)).then_some(out)
+    })
+    .unwrap_or_else(|| panic!("no timed frames in the metrics within 90 s; log:\n{}", daemon.log_text()));
+    assert_promtool_passes(&m);
+    assert!(m.contains("# TYPE spark_inference_latency_seconds histogram"), "{m}");
+    let inf = value(&m, r#"spark_inference_latency_seconds_bucket{le="+Inf"}"#).expect("a +Inf bucket");
+    assert_eq!(inf, value(&m, count).unwrap(), "+Inf holds every observation");
+    assert!(value(&m, "spark_inference_latency_seconds_sum").unwrap() > 0.0);
+}

@@ -294,6 +294,7 @@ pub fn run_with(
         };
         if let Ok(r) = &inferred {
             shared.last_latency_us.store(r.latency.as_micros() as u64, Ordering::Relaxed);
+            shared.latency.observe(r.latency);
         }
         if let Some(body) = stored {
             match appender.append(Stream::Inference, body) {
