@@ -155,10 +155,10 @@ impl Tracker {
                 Some(di) => {
                     let b = dets[*di].bbox;
                     let steps = (t.missed + 1) as f32;
-                    for k in 0..4 {
-                        let v = (b[k] - t.bbox[k]) / steps;
+                    for ((vel, new), old) in t.velocity.iter_mut().zip(b).zip(t.bbox) {
+                        let v = (new - old) / steps;
                         // The first step sets the speed; later ones smooth it.
-                        t.velocity[k] = if t.hits == 1 { v } else { 0.5 * (t.velocity[k] + v) };
+                        *vel = if t.hits == 1 { v } else { 0.5 * (*vel + v) };
                     }
                     t.bbox = b;
                     t.last_ms = ts_ms;
