@@ -715,6 +715,26 @@ fn uint8_input_bytes_arrive_unchanged() {
         vision::prepare_u8_nhwc(&frame, &spec, &mut want);
         assert!(read() == want, "the tensor path sent other bytes");
         assert_eq!(engine.hef_layout().input_format, "UINT8");
+
+        // The daemon's own path (`pipeline::infer_frame`) sends the uint8
+        // bytes of the resize too, mean and std left to the chip.
+        let manifest = dir.join("model.toml");
+        let text =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/centerface.toml")).unwrap();
+        let text = text
+            .replace("width = 640", "width = 64")
+            .replace("height = 480", "height = 48")
+            .replace("mean = [0.0, 0.0, 0.0]", "mean = [1.0, 2.0, 3.0]")
+            .replace("std = [1.0, 1.0, 1.0]", "std = [4.0, 5.0, 6.0]");
+        std::fs::write(&manifest, text).unwrap();
+        let model = spark_edge::inference::model::Model::load(&manifest).unwrap();
+        let frame = gradient(90, 70);
+        let mut want = Vec::new();
+        vision::prepare_u8_nhwc(&frame, &model.manifest.input, &mut want);
+        let mut unused = Tensor::zeros(&[1]);
+        let r = spark_edge::inference::pipeline::infer_frame(&mut engine, &model, &frame, &mut unused);
+        assert!(r.is_ok(), "{:?}", r.err());
+        assert!(read() == want, "the daemon path sent other bytes than the uint8 resize");
         drop(engine);
         assert_eq!(live_handles(), 0);
     });

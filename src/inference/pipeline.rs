@@ -86,8 +86,9 @@ pub fn infer_frame(
 ) -> Result<Inferred, InferError> {
     let t0 = Instant::now();
     let m = &model.manifest;
-    let lb = vision::prepare(frame, &m.input, input);
-    let outputs = engine.run(input).map_err(InferError::Engine)?;
+    // The engine prepares the input in the form it takes: float NCHW for
+    // ONNX Runtime, uint8 NHWC straight from the resize for a UINT8 HEF.
+    let (outputs, lb) = engine.run_frame(frame, &m.input, input).map_err(InferError::Engine)?;
     let detections = detect::decode(&m.output, &m.labels, &outputs, &lb)?;
     Ok(Inferred { detections, engine: engine.kind(), latency: t0.elapsed() })
 }
@@ -154,10 +155,14 @@ fn body(
     serde_json::to_string(&body).unwrap_or_else(|_| "{}".into())
 }
 
-/// The prepared `input` of `frame` as a picture, for [`crate::inference::snapshot`].
-fn model_view(model: &Model, frame: &Frame, input: &Tensor) -> crate::inference::snapshot::Reply {
+/// The model input of `frame` as a picture, for [`crate::inference::snapshot`].
+/// Prepared again here (only when a technician asks): an engine fed uint8
+/// NHWC leaves the float tensor untouched.
+fn model_view(model: &Model, frame: &Frame) -> crate::inference::snapshot::Reply {
     let spec = &model.manifest.input;
-    let image = vision::tensor_to_rgb(input, spec)
+    let mut input = Tensor::zeros(&[1]);
+    vision::prepare(&frame.image, spec, &mut input);
+    let image = vision::tensor_to_rgb(&input, spec)
         .ok_or_else(|| crate::inference::snapshot::ViewError { shape: input.shape.clone() })?;
     Ok(crate::inference::snapshot::ModelView {
         image,
@@ -270,8 +275,8 @@ pub fn run_with(
         };
         let popped_at = Instant::now();
         let inferred = infer_frame(engine.as_mut(), &model, &frame.image, &mut input);
-        // `sparkctl camera snapshot`: the tensor is prepared even if the engine failed.
-        shared.snapshots.serve(popped_at, || model_view(&model, &frame, &input));
+        // `sparkctl camera snapshot`: answered even if the engine failed.
+        shared.snapshots.serve(popped_at, || model_view(&model, &frame));
         // A frame whose outputs did not decode still gets its record, carrying the error.
         let stored = match &inferred {
             Ok(r) => {
