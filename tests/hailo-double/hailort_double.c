@@ -56,6 +56,9 @@
  *                      not fit a frame shortened by `short`.
  *   The input of an NMS variant is `yolov8s/input_layer1`; its outputs'
  *   values do not depend on the input.
+ *   timing             turn the TIMING MODEL on with its defaults (below).
+ *   timing=T:L:D       the timing model with chip time T and latency L in
+ *                      microseconds (L >= T > 0) and queue depth D (1..16).
  *
  * THE COMPUTATION (so tests can prove data crossed the boundary both ways)
  *   Writing a frame x (float32, NHWC, n = H*W*3 elements) computes
@@ -67,7 +70,24 @@
  *   The weights make S depend on the input layout, and j makes y depend on
  *   the output layout, so a wrong transpose on either side changes values.
  *   Each output vstream is a FIFO of `queue_size` frames (from its params): a
- *   write into a full queue, or a read from an empty one, is HAILO_TIMEOUT.
+ *   write into a full queue, or a read from an empty one, is HAILO_TIMEOUT
+ *   (with the timing model on, the FIFO holds D frames and both wait instead).
+ *
+ * TIMING MODEL (off unless the HEF or HAILO_DOUBLE_TIMING asks for it)
+ *   A chip that takes T per frame with a latency of L (L >= T), holding at
+ *   most D frames: a write blocks while D frames are pending (written and
+ *   not yet read by every output), up to the vstream's timeout_ms (then
+ *   HAILO_TIMEOUT); a frame written at time t is ready at
+ *   max(t + L, ready time of the previous frame + T), and a read blocks until
+ *   the oldest queued frame is ready (so at most one frame per T comes out).
+ *   Defaults, from published Hailo-8 figures for a yolov8s-class network
+ *   (docs/hailo.md): T = 2000 us, L = 8000 us, D = 8.
+ *   HAILO_DOUBLE_TIMING=T:L:D (or `default`) turns it on for every HEF that
+ *   names no `timing` word; read when the HEF is created.
+ *   With timing off, a write into a full queue and a read from an empty one
+ *   return HAILO_TIMEOUT at once, as they always did. Vstream I/O is
+ *   serialised by one lock either way, so a writer thread and a reader
+ *   thread may use the same network group at once (as HailoRT allows).
  *
  * FAILURE INJECTION (environment variables, read on every call)
  *   HAILO_DOUBLE_NO_DEVICE=1       scan finds nothing; vdevice creation fails
@@ -108,11 +128,13 @@
  * Misuse that would be undefined behaviour in HailoRT (releasing a vdevice
  * while vstreams of its network groups are alive) aborts the process.
  */
-#define _POSIX_C_SOURCE 200809L /* strtok_r */
+#define _POSIX_C_SOURCE 200809L /* strtok_r, clock_gettime */
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "hailort_subset.h"
@@ -133,6 +155,14 @@
 static atomic_long g_live = 0;
 static atomic_ulong g_writes = 0;
 static atomic_int g_vdevices_exclusive = 0;
+/* Serialises vstream I/O (write, read, clear); `g_io_changed` is signalled
+ * whenever a queue changes, for the timing model's waits. */
+static pthread_mutex_t g_io = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t g_io_changed = PTHREAD_COND_INITIALIZER;
+
+#define TIMING_T_US 2000L
+#define TIMING_L_US 8000L
+#define TIMING_D 8L
 
 struct output_desc {
     const char *name;
@@ -175,6 +205,8 @@ struct variant {
     uint32_t short_floats;
     enum nms_fault fault;
     unsigned long fault_at;
+    /* The timing model: on when timing_d > 0. */
+    long timing_t_us, timing_l_us, timing_d;
 };
 
 struct _hailo_hef {
@@ -196,6 +228,7 @@ struct _hailo_configured_network_group {
     struct _hailo_output_vstream *outs[N_OUTPUTS];
     int live_vstreams;
     int late;
+    double last_ready; /* timing: when the previous frame is ready (seconds, CLOCK_MONOTONIC) */
 };
 
 struct _hailo_vdevice {
@@ -219,7 +252,9 @@ struct _hailo_output_vstream {
     struct _hailo_configured_network_group *ng;
     int index; /* HEF index */
     uint32_t cap, head, count;
+    uint32_t timeout_ms;
     double queue[MAX_QUEUE];
+    double ready[MAX_QUEUE]; /* timing: when each queued frame may be read */
     unsigned long reads; /* successful reads so far, for fault=KIND@N */
 };
 
@@ -570,6 +605,22 @@ EXPORT hailo_status hailo_release_vdevice(hailo_vdevice vdevice) {
 
 /* ---- HEF ---------------------------------------------------------------------------- */
 
+/* `T:L:D` (or `default`) into the variant's timing model; 0 on success. */
+static int parse_timing(const char *text, struct variant *v) {
+    long t = TIMING_T_US, l = TIMING_L_US, d = TIMING_D;
+    char tail = 0;
+    if (strcmp(text, "default") != 0 && sscanf(text, "%ld:%ld:%ld%c", &t, &l, &d, &tail) != 3) {
+        return -1;
+    }
+    if (t <= 0 || l < t || l > 10L * 1000 * 1000 || d < 1 || d > MAX_QUEUE) {
+        return -1;
+    }
+    v->timing_t_us = t;
+    v->timing_l_us = l;
+    v->timing_d = d;
+    return 0;
+}
+
 /* One variant word; 0 on success. */
 static int parse_word(const char *w, struct variant *v) {
     unsigned a = 0, b = 0;
@@ -594,6 +645,12 @@ static int parse_word(const char *w, struct variant *v) {
     } else if (sscanf(w, "box=%u:%f,%f,%f,%f,%f", &box.cls, &box.v[0], &box.v[1], &box.v[2], &box.v[3],
                       &box.v[4]) == 6 && v->nbox < MAX_BOXES) {
         v->boxes[v->nbox++] = box;
+    } else if (strcmp(w, "timing") == 0) {
+        v->timing_t_us = TIMING_T_US;
+        v->timing_l_us = TIMING_L_US;
+        v->timing_d = TIMING_D;
+    } else if (strncmp(w, "timing=", 7) == 0) {
+        return parse_timing(w + 7, v);
     } else if (sscanf(w, "short=%u", &a) == 1) {
         v->short_floats = a;
     } else if (sscanf(w, "fault=%15[a-z-]@%lu", kind, &at) == 2 && at > 0) {
@@ -640,6 +697,10 @@ static hailo_status parse_hef(const char *text, size_t size, uint32_t *h, uint32
         }
     }
     if (is_nms(v) && v->short_floats >= nms_full_floats(v)) {
+        return HAILO_INVALID_HEF;
+    }
+    const char *timing = getenv("HAILO_DOUBLE_TIMING");
+    if (v->timing_d == 0 && timing != NULL && *timing != '\0' && parse_timing(timing, v) != 0) {
         return HAILO_INVALID_HEF;
     }
     *h = hh;
@@ -922,6 +983,7 @@ EXPORT hailo_status hailo_create_output_vstreams(hailo_configured_network_group 
         v->ng = ng;
         v->index = idx;
         v->cap = params[i].params.queue_size;
+        v->timeout_ms = params[i].params.timeout_ms;
         v->reads = 0;
         ng->outs[idx] = v;
         ng->live_vstreams++;
@@ -1019,19 +1081,49 @@ EXPORT hailo_status hailo_get_output_vstream_user_format(hailo_output_vstream v,
 
 /* ---- inference ------------------------------------------------------------------------------ */
 
-EXPORT hailo_status hailo_vstream_write_raw_buffer(hailo_input_vstream v, const void *buffer, size_t size) {
-    if (v == NULL || v->magic != MAGIC_IN || buffer == NULL) {
-        return HAILO_INVALID_ARGUMENT;
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static int timing_on(const struct _hailo_configured_network_group *ng) {
+    return ng->v.timing_d > 0;
+}
+
+/* Frames written and not yet read by every output. */
+static uint32_t pending_frames(const struct _hailo_configured_network_group *ng) {
+    uint32_t n = 0;
+    for (int k = 0; k < N_OUTPUTS; k++) {
+        if (ng->outs[k] != NULL && ng->outs[k]->count > n) {
+            n = ng->outs[k]->count;
+        }
     }
-    unsigned long n = atomic_fetch_add(&g_writes, 1) + 1;
-    hailo_status gate = io_gate();
-    if (gate != HAILO_SUCCESS) {
-        return gate;
+    return n;
+}
+
+/* Waits on g_io (held) until `until` (monotonic seconds) at the latest, in
+ * slices of at most 5 ms so a device lost meanwhile is noticed. */
+static void wait_io(double until) {
+    double now = now_s();
+    double slice = until - now;
+    if (slice <= 0.0) {
+        return;
     }
+    if (slice > 0.005) {
+        slice = 0.005;
+    }
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    long ns = ts.tv_nsec + (long)(slice * 1e9);
+    ts.tv_sec += ns / 1000000000L;
+    ts.tv_nsec = ns % 1000000000L;
+    int rc = pthread_cond_timedwait(&g_io_changed, &g_io, &ts);
+    (void)rc; /* ETIMEDOUT or a signal: the caller re-checks its condition */
+}
+
+static hailo_status write_locked(hailo_input_vstream v, const void *buffer, size_t size, double s, unsigned long n) {
     struct _hailo_configured_network_group *ng = v->ng;
-    if (size != input_frame_bytes(ng, v->user_type)) {
-        return HAILO_INVALID_ARGUMENT;
-    }
     if (ng->v.record[0] != '\0') {
         FILE *f = fopen(ng->v.record, "wb");
         if (f == NULL || fwrite(buffer, 1, size, f) != size) {
@@ -1042,11 +1134,65 @@ EXPORT hailo_status hailo_vstream_write_raw_buffer(hailo_input_vstream v, const 
         }
         fclose(f);
     }
-    for (int k = 0; k < N_OUTPUTS; k++) {
-        if (ng->outs[k] != NULL && ng->outs[k]->count == ng->outs[k]->cap) {
-            return HAILO_TIMEOUT; /* a real write blocks on a full queue until timeout_ms */
+    if (timing_on(ng)) {
+        /* A real write blocks while the chip holds D frames, up to timeout_ms. */
+        double deadline = now_s() + (double)v->timeout_ms * 1e-3;
+        while (pending_frames(ng) >= (uint32_t)ng->v.timing_d) {
+            if (now_s() >= deadline) {
+                return HAILO_TIMEOUT;
+            }
+            wait_io(deadline);
+            hailo_status gate = io_gate();
+            if (gate != HAILO_SUCCESS) {
+                return gate;
+            }
+        }
+    } else {
+        for (int k = 0; k < N_OUTPUTS; k++) {
+            if (ng->outs[k] != NULL && ng->outs[k]->count == ng->outs[k]->cap) {
+                return HAILO_TIMEOUT; /* a real write blocks on a full queue until timeout_ms */
+            }
         }
     }
+    double ready = 0.0;
+    if (timing_on(ng)) {
+        double now = now_s();
+        ready = now + (double)ng->v.timing_l_us * 1e-6;
+        double spaced = ng->last_ready + (double)ng->v.timing_t_us * 1e-6;
+        if (spaced > ready) {
+            ready = spaced;
+        }
+        ng->last_ready = ready;
+    }
+    for (int k = 0; k < N_OUTPUTS; k++) {
+        struct _hailo_output_vstream *o = ng->outs[k];
+        if (o != NULL) {
+            uint32_t at = (o->head + o->count) % MAX_QUEUE;
+            o->queue[at] = s;
+            o->ready[at] = ready;
+            o->count++;
+        }
+    }
+    if (env_long("HAILO_DOUBLE_TIMEOUT_AT", 0) == (long)n) {
+        ng->late = 1;
+    }
+    pthread_cond_broadcast(&g_io_changed);
+    return HAILO_SUCCESS;
+}
+
+EXPORT hailo_status hailo_vstream_write_raw_buffer(hailo_input_vstream v, const void *buffer, size_t size) {
+    if (v == NULL || v->magic != MAGIC_IN || buffer == NULL) {
+        return HAILO_INVALID_ARGUMENT;
+    }
+    unsigned long n = atomic_fetch_add(&g_writes, 1) + 1;
+    hailo_status gate = io_gate();
+    if (gate != HAILO_SUCCESS) {
+        return gate;
+    }
+    if (size != input_frame_bytes(v->ng, v->user_type)) {
+        return HAILO_INVALID_ARGUMENT;
+    }
+    /* The "computation" needs no lock: it reads only the caller's buffer. */
     size_t elems = size / type_bytes(v->user_type);
     double s = 0.0;
     for (size_t i = 0; i < elems; i++) {
@@ -1055,17 +1201,10 @@ EXPORT hailo_status hailo_vstream_write_raw_buffer(hailo_input_vstream v, const 
                                                               : (double)((const float *)buffer)[i];
         s += x * (double)(1 + i % 7);
     }
-    for (int k = 0; k < N_OUTPUTS; k++) {
-        struct _hailo_output_vstream *o = ng->outs[k];
-        if (o != NULL) {
-            o->queue[(o->head + o->count) % o->cap] = s;
-            o->count++;
-        }
-    }
-    if (env_long("HAILO_DOUBLE_TIMEOUT_AT", 0) == (long)n) {
-        ng->late = 1;
-    }
-    return HAILO_SUCCESS;
+    pthread_mutex_lock(&g_io);
+    hailo_status st = write_locked(v, buffer, size, s, n);
+    pthread_mutex_unlock(&g_io);
+    return st;
 }
 
 /* One NMS frame of `len` floats: the variant's boxes, or the fault due at read `n`. */
@@ -1102,6 +1241,41 @@ static void fill_nms(const struct variant *v, unsigned long n, float *y, size_t 
     }
 }
 
+/* Takes the oldest queued frame of `v` into `*s` (g_io held). */
+static hailo_status read_locked(hailo_output_vstream v, double *s) {
+    if (v->ng->late) {
+        v->ng->late = 0;
+        return HAILO_TIMEOUT;
+    }
+    if (timing_on(v->ng)) {
+        /* A real read blocks until the chip has finished the frame, up to timeout_ms. */
+        double deadline = now_s() + (double)v->timeout_ms * 1e-3;
+        for (;;) {
+            double now = now_s();
+            if (v->count > 0 && now >= v->ready[v->head]) {
+                break;
+            }
+            if (now >= deadline) {
+                return HAILO_TIMEOUT;
+            }
+            double until = v->count > 0 && v->ready[v->head] < deadline ? v->ready[v->head] : deadline;
+            wait_io(until);
+            hailo_status gate = io_gate();
+            if (gate != HAILO_SUCCESS) {
+                return gate;
+            }
+        }
+    } else if (v->count == 0) {
+        return HAILO_TIMEOUT; /* nothing written: a real read waits timeout_ms */
+    }
+    *s = v->queue[v->head];
+    v->head = (v->head + 1) % MAX_QUEUE;
+    v->count--;
+    v->reads++;
+    pthread_cond_broadcast(&g_io_changed);
+    return HAILO_SUCCESS;
+}
+
 EXPORT hailo_status hailo_vstream_read_raw_buffer(hailo_output_vstream v, void *buffer, size_t size) {
     if (v == NULL || v->magic != MAGIC_OUT || buffer == NULL) {
         return HAILO_INVALID_ARGUMENT;
@@ -1113,19 +1287,16 @@ EXPORT hailo_status hailo_vstream_read_raw_buffer(hailo_output_vstream v, void *
     if (size != output_frame_bytes(v->ng, v->index)) {
         return HAILO_INVALID_ARGUMENT;
     }
-    if (v->ng->late) {
-        v->ng->late = 0;
-        return HAILO_TIMEOUT;
+    double s = 0.0;
+    pthread_mutex_lock(&g_io);
+    hailo_status st = read_locked(v, &s);
+    unsigned long reads = v->reads;
+    pthread_mutex_unlock(&g_io);
+    if (st != HAILO_SUCCESS) {
+        return st;
     }
-    if (v->count == 0) {
-        return HAILO_TIMEOUT; /* nothing written: a real read waits timeout_ms */
-    }
-    double s = v->queue[v->head];
-    v->head = (v->head + 1) % v->cap;
-    v->count--;
-    v->reads++;
     if (is_nms(&v->ng->v)) {
-        fill_nms(&v->ng->v, v->reads, buffer, size / sizeof(float));
+        fill_nms(&v->ng->v, reads, buffer, size / sizeof(float));
         return HAILO_SUCCESS;
     }
     float *y = buffer;
@@ -1144,13 +1315,17 @@ EXPORT hailo_status hailo_clear_input_vstreams(const hailo_input_vstream *vs, si
     if (device_state() == DEV_LOST) {
         return lost_status();
     }
-    for (size_t i = 0; i < count; i++) {
+    pthread_mutex_lock(&g_io);
+    hailo_status st = HAILO_SUCCESS;
+    for (size_t i = 0; i < count && st == HAILO_SUCCESS; i++) {
         if (vs[i] == NULL || vs[i]->magic != MAGIC_IN) {
-            return HAILO_INVALID_ARGUMENT;
+            st = HAILO_INVALID_ARGUMENT;
+        } else {
+            vs[i]->ng->late = 0;
         }
-        vs[i]->ng->late = 0;
     }
-    return HAILO_SUCCESS;
+    pthread_mutex_unlock(&g_io);
+    return st;
 }
 
 EXPORT hailo_status hailo_clear_output_vstreams(const hailo_output_vstream *vs, size_t count) {
@@ -1160,15 +1335,20 @@ EXPORT hailo_status hailo_clear_output_vstreams(const hailo_output_vstream *vs, 
     if (device_state() == DEV_LOST) {
         return lost_status();
     }
-    for (size_t i = 0; i < count; i++) {
+    pthread_mutex_lock(&g_io);
+    hailo_status st = HAILO_SUCCESS;
+    for (size_t i = 0; i < count && st == HAILO_SUCCESS; i++) {
         if (vs[i] == NULL || vs[i]->magic != MAGIC_OUT) {
-            return HAILO_INVALID_ARGUMENT;
+            st = HAILO_INVALID_ARGUMENT;
+        } else {
+            vs[i]->head = 0;
+            vs[i]->count = 0;
+            vs[i]->ng->late = 0;
         }
-        vs[i]->head = 0;
-        vs[i]->count = 0;
-        vs[i]->ng->late = 0;
     }
-    return HAILO_SUCCESS;
+    pthread_cond_broadcast(&g_io_changed);
+    pthread_mutex_unlock(&g_io);
+    return st;
 }
 
 EXPORT hailo_status hailo_release_input_vstreams(const hailo_input_vstream *vs, size_t count) {
