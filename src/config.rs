@@ -27,7 +27,9 @@ pub struct Config {
     /// Control socket. Empty: `$RUNTIME_DIRECTORY/sparkd.sock` under
     /// systemd, else `<state_dir>/sparkd.sock`.
     pub socket_path: PathBuf,
-    pub camera: CameraConfig,
+    /// `[camera]` (one camera, id `cam0`) or `[[camera]]` tables (several,
+    /// each with its own `id`); read through [`Config::cameras`].
+    pub camera: CameraSection,
     pub model: ModelConfig,
     pub telemetry: TelemetryConfig,
     pub store: StoreConfig,
@@ -65,9 +67,51 @@ pub enum CameraSource {
     None,
 }
 
+/// The `camera` key: one `[camera]` table or an array of `[[camera]]` tables.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum CameraSection {
+    One(CameraConfig),
+    Many(Vec<CameraConfig>),
+}
+
+impl Default for CameraSection {
+    fn default() -> Self {
+        CameraSection::One(CameraConfig::default())
+    }
+}
+
+// By hand rather than `untagged`: a mistake inside a camera table keeps its
+// own message and line instead of "did not match any variant".
+impl<'de> Deserialize<'de> for CameraSection {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Section;
+        impl<'de> serde::de::Visitor<'de> for Section {
+            type Value = CameraSection;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a [camera] table or [[camera]] tables")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<CameraSection, A::Error> {
+                CameraConfig::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(CameraSection::One)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<CameraSection, A::Error> {
+                Vec::<CameraConfig>::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
+                    .map(CameraSection::Many)
+            }
+        }
+        d.deserialize_any(Section)
+    }
+}
+
+/// Most cameras one device serves.
+pub const MAX_CAMERAS: usize = 16;
+
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct CameraConfig {
+    /// Names the camera in records, status and `camera snapshot --camera`;
+    /// `cam0` for a single `[camera]` table.
+    pub id: String,
     pub source: CameraSource,
     /// Folder of JPEG/PNG files for the replay source.
     pub replay_dir: PathBuf,
@@ -189,6 +233,9 @@ pub struct HailoConfig {
     pub multi_process_service: bool,
     /// Longest wait for one inference on the device.
     pub timeout_ms: u32,
+    /// Frames kept in flight on the device (0: from the HEF's batch size and
+    /// HailoRT's queue size, at least 4; docs/hailo.md).
+    pub frames_in_flight: usize,
     /// Re-probe backoff after the accelerator failed: first and longest wait.
     pub reprobe_min_secs: f64,
     pub reprobe_max_secs: f64,
@@ -201,6 +248,7 @@ impl Default for HailoConfig {
             library: PathBuf::new(),
             multi_process_service: false,
             timeout_ms: 2000,
+            frames_in_flight: 0,
             reprobe_min_secs: 1.0,
             reprobe_max_secs: 60.0,
         }
@@ -274,7 +322,7 @@ impl Default for Config {
             group: "default".into(),
             state_dir: PathBuf::new(),
             socket_path: PathBuf::new(),
-            camera: CameraConfig::default(),
+            camera: CameraSection::default(),
             model: ModelConfig::default(),
             telemetry: TelemetryConfig::default(),
             store: StoreConfig::default(),
@@ -298,6 +346,7 @@ impl Default for Config {
 impl Default for CameraConfig {
     fn default() -> Self {
         Self {
+            id: "cam0".into(),
             source: CameraSource::Replay,
             replay_dir: "/usr/share/sparkd/demo".into(),
             fps: 5.0,
@@ -416,8 +465,9 @@ impl Config {
         let mut c = Self::default();
         c.state_dir = "var".into();
         c.socket_path = "var/sparkd.sock".into();
-        c.camera.replay_dir = "models/demo".into();
-        c.camera.fps = 2.0;
+        let cam = &mut c.cameras_mut()[0];
+        cam.replay_dir = "models/demo".into();
+        cam.fps = 2.0;
         c.model.manifest = "models/nanodet.toml".into();
         c.telemetry.interval_secs = 5.0;
         c
@@ -470,7 +520,6 @@ impl Config {
                 out_range(&mut bad, k, &v, &lo, &hi);
             }
         };
-        range("camera.queue_frames", self.camera.queue_frames as u64, 1, 64);
         range("model.intra_threads", self.model.intra_threads as u64, 1, 64);
         range("store.max_megabytes", self.store.max_megabytes, 4, MAX_STORE_MEGABYTES);
         range("store.commit_batch_max", self.store.commit_batch_max as u64, 1, 100_000);
@@ -491,6 +540,7 @@ impl Config {
         range("link.handshake_max_age_secs", self.link.handshake_max_age_secs, 0, MAX_SECS);
         range("link.check_interval_ms", self.link.check_interval_ms, 100, 3_600_000);
         range("hailo.timeout_ms", self.hailo.timeout_ms as u64, 1, 600_000);
+        range("hailo.frames_in_flight", self.hailo.frames_in_flight as u64, 0, 16);
         range("audio.min_speech_ms", self.audio.min_speech_ms, 0, 60_000);
         range("audio.min_silence_ms", self.audio.min_silence_ms, 0, 60_000);
         range("update.binary_health_secs", self.update.binary_health_secs, 1, 3600);
@@ -498,16 +548,12 @@ impl Config {
         range("metrics.textfile_interval_secs", self.metrics.textfile_interval_secs, 1, 3600);
         range("update.reserve_megabytes", self.update.reserve_megabytes, 0, MAX_STORE_MEGABYTES);
         range("load.event_bytes", self.load.event_bytes as u64, 0, 64 * 1024);
-        range("camera.width", self.camera.width as u64, 1, 8192);
-        range("camera.height", self.camera.height as u64, 1, 8192);
         let mut real = |k: &str, v: f64, lo: f64, hi: f64| {
             // `contains` is false for NaN, so NaN and infinities are refused.
             if !(lo..=hi).contains(&v) {
                 out_range(&mut bad, k, &v, &lo, &hi);
             }
         };
-        // At least one frame every 100 s: `1 / fps` stays a small Duration.
-        real("camera.fps", self.camera.fps, MIN_FPS, 240.0);
         real("telemetry.interval_secs", self.telemetry.interval_secs, 0.1, 86_400.0);
         real("hailo.reprobe_min_secs", self.hailo.reprobe_min_secs, 0.01, 86_400.0);
         real("hailo.reprobe_max_secs", self.hailo.reprobe_max_secs, 0.01, 86_400.0);
@@ -542,12 +588,7 @@ impl Config {
         {
             bad("link.vpn_interface", "not a valid interface name".into());
         }
-        if !["auto", "mjpeg", "yuyv", "nv12", "yu12"].contains(&self.camera.pixel_format.as_str()) {
-            bad("camera.pixel_format", "must be auto, mjpeg, yuyv, nv12 or yu12".into());
-        }
-        if self.camera.source == CameraSource::MjpegFile && self.camera.mjpeg_file.as_os_str().is_empty() {
-            bad("camera.mjpeg_file", "camera.source = \"mjpeg-file\" needs the file to replay".into());
-        }
+        self.camera_issues(&mut bad);
         if self.hailo.reprobe_min_secs > self.hailo.reprobe_max_secs {
             bad("hailo.reprobe_min_secs", "must be <= hailo.reprobe_max_secs".into());
         }
@@ -604,9 +645,81 @@ impl Config {
         seconds(self.telemetry.interval_secs)
     }
 
-    /// The time between two frames at `camera.fps`.
-    pub fn frame_period(&self) -> std::time::Duration {
-        frame_period(self.camera.fps)
+    /// The cameras the daemon runs, in config order (one for `[camera]`);
+    /// a single camera with `source = "none"` means no camera.
+    pub fn cameras(&self) -> &[CameraConfig] {
+        match &self.camera {
+            CameraSection::One(c) => std::slice::from_ref(c),
+            CameraSection::Many(v) => v,
+        }
+    }
+
+    pub fn cameras_mut(&mut self) -> &mut [CameraConfig] {
+        match &mut self.camera {
+            CameraSection::One(c) => std::slice::from_mut(c),
+            CameraSection::Many(v) => v,
+        }
+    }
+
+    /// True when at least one camera delivers frames (and a model runs).
+    pub fn has_camera(&self) -> bool {
+        self.cameras().iter().any(|c| c.source != CameraSource::None)
+    }
+
+    /// Which form the config used, for `check-config`.
+    pub fn camera_form(&self) -> &'static str {
+        match self.camera {
+            CameraSection::One(_) => "one [camera] table (id cam0)",
+            CameraSection::Many(_) => "[[camera]] tables",
+        }
+    }
+
+    /// The dotted key of camera `i`'s `key`: `camera.fps` for `[camera]`,
+    /// `camera[i].fps` for `[[camera]]` (what [`key_line`] finds).
+    fn camera_key(&self, i: usize, key: &str) -> String {
+        match self.camera {
+            CameraSection::One(_) => format!("camera.{key}"),
+            CameraSection::Many(_) => format!("camera[{i}].{key}"),
+        }
+    }
+
+    fn camera_issues(&self, bad: &mut impl FnMut(&str, String)) {
+        let cams = self.cameras();
+        if let CameraSection::Many(v) = &self.camera {
+            if v.is_empty() || v.len() > MAX_CAMERAS {
+                bad("camera", format!("[[camera]] needs 1 to {MAX_CAMERAS} tables, got {}", v.len()));
+            }
+        }
+        for (i, c) in cams.iter().enumerate() {
+            let key = |k: &str| self.camera_key(i, k);
+            let mut range = |k: &str, v: u64, lo: u64, hi: u64| {
+                if !(lo..=hi).contains(&v) {
+                    out_range(bad, &key(k), &v, &lo, &hi);
+                }
+            };
+            range("queue_frames", c.queue_frames as u64, 1, 64);
+            range("width", c.width as u64, 1, 8192);
+            range("height", c.height as u64, 1, 8192);
+            // At least one frame every 100 s: `1 / fps` stays a small Duration.
+            // `contains` is false for NaN, so NaN and infinities are refused.
+            if !(MIN_FPS..=240.0).contains(&c.fps) {
+                out_range(bad, &key("fps"), &c.fps, &MIN_FPS, &240.0);
+            }
+            if !["auto", "mjpeg", "yuyv", "nv12", "yu12"].contains(&c.pixel_format.as_str()) {
+                bad(&key("pixel_format"), "must be auto, mjpeg, yuyv, nv12 or yu12".into());
+            }
+            if c.source == CameraSource::MjpegFile && c.mjpeg_file.as_os_str().is_empty() {
+                bad(&key("mjpeg_file"), "source = \"mjpeg-file\" needs the file to replay".into());
+            }
+            if !is_topic_segment(&c.id) {
+                bad(&key("id"), format!("must be 1-64 characters of [A-Za-z0-9_.-], got {:?}", c.id));
+            } else if let Some(j) = cams[..i].iter().position(|o| o.id == c.id) {
+                bad(&key("id"), format!("{:?} is also the id of camera[{j}]", c.id));
+            }
+            if matches!(self.camera, CameraSection::Many(_)) && c.source == CameraSource::None {
+                bad(&key("source"), "\"none\" in [[camera]]: leave the table out instead".into());
+            }
+        }
     }
 }
 
@@ -1118,7 +1231,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.store_max_bytes(), 1 << 40);
         assert_eq!(c.store_ttl_ms()[2], 31_536_000_000);
-        assert_eq!(c.frame_period(), std::time::Duration::from_secs(100));
+        assert_eq!(frame_period(c.cameras()[0].fps), std::time::Duration::from_secs(100));
         assert_eq!(c.hailo_reprobe().1, std::time::Duration::from_secs(86_400));
         assert_eq!(seconds(f64::NAN), std::time::Duration::ZERO);
         assert_eq!(frame_period(0.0), std::time::Duration::from_secs(100));
@@ -1130,7 +1243,7 @@ mod tests {
         assert_eq!(issues[0].key, "camera.mjpeg_file");
         let c =
             parse("[camera]\nsource = \"mjpeg_file\"\nmjpeg_file = \"/x.mjpeg\"\npixel_format = \"nv12\"\n").unwrap();
-        assert_eq!(c.camera.source, CameraSource::MjpegFile);
+        assert_eq!(c.cameras()[0].source, CameraSource::MjpegFile);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use crate::config::{BrokerUrl, CameraSource, Config};
 use crate::control::server::{self, ControlContext};
 use crate::outbox::{self, Outbox, OutboxOptions};
 use crate::record::Stream;
-use crate::sources::camera::{FrameQueue, replay};
+use crate::sources::camera::{CameraQueues, replay};
 use crate::sources::telemetry::Sampler;
 use crate::state::Shared;
 use crate::uplink::{self, UplinkDeps, UplinkSettings};
@@ -93,7 +93,8 @@ enum Capture {
 }
 
 struct Threads {
-    source: Option<JoinHandle<()>>,
+    /// One capture thread per camera.
+    sources: Vec<JoinHandle<()>>,
     inference: Option<JoinHandle<()>>,
     telemetry: JoinHandle<()>,
     load: Option<JoinHandle<()>>,
@@ -136,24 +137,28 @@ pub fn run_from(config: Config, config_path: Option<PathBuf>) -> Result<(), Star
     // cut short, so the model loaded below is the one `current` names.
     // Fleet model updates hand a checked engine to the inference thread.
     let (swap_tx, swap_rx) = crossbeam_channel::bounded(1);
-    let swap = (config.camera.source != CameraSource::None).then_some(swap_tx);
+    let swap = config.has_camera().then_some(swap_tx);
     let updates = spawn_update_agent(&config, config_path, &device_id, &paths, &shared, swap);
 
     // Engine and model first: a broken model is a start failure, not a
     // half-running daemon.
-    let camera = match config.camera.source {
-        CameraSource::None => None,
-        source => {
-            let capture = match source {
-                CameraSource::Replay => Capture::Replay(replay::list_images(&config.camera.replay_dir)?),
-                CameraSource::MjpegFile => {
-                    let path = config.camera.mjpeg_file.clone();
-                    let frames = crate::sources::camera::mjpeg_file::probe(&path).map_err(StartError::MjpegFile)?;
-                    tracing::info!(file = %path.display(), frames, "camera: replaying an MJPEG recording");
-                    Capture::MjpegFile(path)
-                }
-                _ => Capture::V4l,
-            };
+    let camera = match config.has_camera() {
+        false => None,
+        true => {
+            let mut captures = Vec::new();
+            for cam in config.cameras().iter().filter(|c| c.source != CameraSource::None) {
+                captures.push(match cam.source {
+                    CameraSource::Replay => Capture::Replay(replay::list_images(&cam.replay_dir)?),
+                    CameraSource::MjpegFile => {
+                        let path = cam.mjpeg_file.clone();
+                        let frames =
+                            crate::sources::camera::mjpeg_file::probe(&path).map_err(StartError::MjpegFile)?;
+                        tracing::info!(camera = %cam.id, file = %path.display(), frames, "camera: replaying an MJPEG recording");
+                        Capture::MjpegFile(path)
+                    }
+                    _ => Capture::V4l,
+                });
+            }
             // The fleet-activated version of the model, when there is one.
             let (model, onnx) = crate::update::agent::startup_model(&config, &paths.state_dir)?;
             let model = Arc::new(model);
@@ -165,7 +170,7 @@ pub fn run_from(config: Config, config_path: Option<PathBuf>) -> Result<(), Star
             let kind = engine.kind();
             shared.update_engine(|e| e.model = format!("{} {}", model.manifest.name, model.manifest.version));
             tracing::info!(engine = %kind, model = %model.manifest.name, "inference engine ready");
-            Some((capture, model, engine))
+            Some((captures, model, engine))
         }
     };
 
@@ -190,7 +195,13 @@ pub fn run_from(config: Config, config_path: Option<PathBuf>) -> Result<(), Star
         .build()
         .map_err(StartError::Runtime)?;
 
-    let frames = camera.as_ref().map(|_| FrameQueue::new(config.camera.queue_frames));
+    let lanes: Vec<(&str, usize)> = config
+        .cameras()
+        .iter()
+        .filter(|c| c.source != CameraSource::None)
+        .map(|c| (c.id.as_str(), c.queue_frames))
+        .collect();
+    let frames = camera.as_ref().map(|_| CameraQueues::new(&lanes));
     // `sparkctl infer` images for the inference thread (bounded; full = busy).
     let (infer_tx, infer_rx) = crossbeam_channel::bounded(server::INFER_QUEUE);
     let infer_tx = camera.as_ref().map(|_| infer_tx);
@@ -204,7 +215,7 @@ pub fn run_from(config: Config, config_path: Option<PathBuf>) -> Result<(), Star
     let stop_sources = Arc::new(AtomicBool::new(false));
     let abort_inference = Arc::new(AtomicBool::new(false));
     let mut threads = Threads {
-        source: None,
+        sources: Vec::new(),
         inference: None,
         telemetry: spawn_telemetry(&config, &paths, &shared, &outbox, &writer.appender, &stop_sources)?,
         load: None,
@@ -230,28 +241,27 @@ pub fn run_from(config: Config, config_path: Option<PathBuf>) -> Result<(), Star
                 .map_err(StartError::Runtime)?,
         );
     }
-    if let (Some((capture, model, engine)), Some(queue)) = (camera, frames.clone()) {
-        let (q, stop, fps) = (queue.clone(), stop_sources.clone(), config.camera.fps);
-        threads.source = Some(match capture {
-            Capture::Replay(files) => std::thread::Builder::new()
-                .name("camera-replay".into())
-                .spawn(move || replay::run(files, fps, q, stop))
+    if let (Some((captures, model, engine)), Some(queues)) = (camera, frames.clone()) {
+        let cams = config.cameras().iter().filter(|c| c.source != CameraSource::None);
+        for ((capture, cam), lane) in captures.into_iter().zip(cams).zip(queues.lanes()) {
+            let (q, stop, fps) = (lane.queue.clone(), stop_sources.clone(), cam.fps);
+            let name = format!("camera-{}", cam.id);
+            let thread = std::thread::Builder::new().name(name);
+            threads.sources.push(
+                match capture {
+                    Capture::Replay(files) => thread.spawn(move || replay::run(files, fps, q, stop)),
+                    Capture::MjpegFile(path) => {
+                        let sh = shared.clone();
+                        thread.spawn(move || crate::sources::camera::mjpeg_file::run(&path, fps, q, sh, stop))
+                    }
+                    Capture::V4l => {
+                        let (camera, sh) = (cam.clone(), shared.clone());
+                        thread.spawn(move || crate::sources::camera::v4l::run(camera, q, sh, stop))
+                    }
+                }
                 .map_err(StartError::Runtime)?,
-            Capture::MjpegFile(path) => {
-                let sh = shared.clone();
-                std::thread::Builder::new()
-                    .name("camera-mjpeg".into())
-                    .spawn(move || crate::sources::camera::mjpeg_file::run(&path, fps, q, sh, stop))
-                    .map_err(StartError::Runtime)?
-            }
-            Capture::V4l => {
-                let (camera, sh) = (config.camera.clone(), shared.clone());
-                std::thread::Builder::new()
-                    .name("camera-v4l".into())
-                    .spawn(move || crate::sources::camera::v4l::run(camera, q, sh, stop))
-                    .map_err(StartError::Runtime)?
-            }
-        });
+            );
+        }
         let (appender, sh, abort) = (writer.appender.clone(), shared.clone(), abort_inference.clone());
         // Tracking and events run on the inference thread, after decoding.
         let after = crate::inference::pipeline::AfterDecode {
@@ -263,7 +273,7 @@ pub fn run_from(config: Config, config_path: Option<PathBuf>) -> Result<(), Star
                 .name("inference".into())
                 .spawn(move || {
                     crate::inference::pipeline::run_with(
-                        engine, model, queue, appender, sh, abort, infer_rx, swap_rx, after,
+                        engine, model, queues, appender, sh, abort, infer_rx, swap_rx, after,
                     )
                 })
                 .map_err(StartError::Runtime)?,
@@ -375,7 +385,9 @@ pub fn run_from(config: Config, config_path: Option<PathBuf>) -> Result<(), Star
 
     // 1. Sources stop; inference finishes the frames already queued.
     stop_sources.store(true, Ordering::Relaxed);
-    join_with_deadline(threads.source.take(), "camera", Duration::from_secs(3));
+    for h in threads.sources.drain(..) {
+        join_with_deadline(Some(h), "camera", Duration::from_secs(3));
+    }
     if !join_with_deadline(threads.inference.take(), "inference", Duration::from_secs(5)) {
         abort_inference.store(true, Ordering::Relaxed);
     }

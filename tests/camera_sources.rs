@@ -22,7 +22,7 @@ use spark_edge::inference::vision::Tensor;
 use spark_edge::outbox::{Outbox, OutboxOptions, spawn_writer};
 use spark_edge::record::Stream;
 use spark_edge::sources::camera::live::{self, CaptureError, FrameSource, LiveOptions};
-use spark_edge::sources::camera::{Frame, FrameQueue};
+use spark_edge::sources::camera::{CameraQueues, Frame, FrameQueue};
 use spark_edge::state::Shared;
 
 /// An engine that takes `delay` per frame and returns CenterFace-shaped
@@ -92,7 +92,8 @@ fn slow_engine_behind_a_fast_camera_drops_oldest_frames_with_bounded_memory() {
     let model = Arc::new(Model::load(&repo().join("models/centerface.toml")).unwrap());
     let shared = Arc::new(Shared::new("t".into()));
     let capacity = 2;
-    let queue = FrameQueue::new(capacity);
+    let queues = CameraQueues::new(&[("cam0", capacity)]);
+    let queue = queues.lanes()[0].queue.clone();
     let (stop, abort) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
     let runs = Arc::new(AtomicU64::new(0));
     let engine = Box::new(SlowEngine { delay: Duration::from_millis(40), runs: runs.clone() });
@@ -103,7 +104,7 @@ fn slow_engine_behind_a_fast_camera_drops_oldest_frames_with_bounded_memory() {
         std::thread::spawn(move || live::run(FastCamera { number: 0 }, LiveOptions::default(), q, sh, st))
     };
     let inference = {
-        let (q, a, sh, app) = (queue.clone(), abort.clone(), shared.clone(), writer.appender.clone());
+        let (q, a, sh, app) = (queues.clone(), abort.clone(), shared.clone(), writer.appender.clone());
         let (_jobs_tx, jobs) = crossbeam_channel::bounded(1);
         std::thread::spawn(move || {
             let _keep = _jobs_tx;

@@ -204,7 +204,7 @@ fn packaged_config_names_every_key_and_the_packaged_paths() {
     // The COCO detector is the packaged default (CenterFace ships beside it).
     assert_eq!(c.model.manifest, Path::new("/usr/share/sparkd/models/nanodet.toml"));
     assert_eq!(c.model.onnxruntime_library, Path::new("/usr/lib/sparkd/libonnxruntime.so"));
-    assert_eq!(c.camera.replay_dir, Path::new("/usr/share/sparkd/demo"));
+    assert_eq!(c.cameras()[0].replay_dir, Path::new("/usr/share/sparkd/demo"));
     assert!(c.state_dir.as_os_str().is_empty(), "state_dir must be empty so $STATE_DIRECTORY is used");
     assert!(c.socket_path.as_os_str().is_empty(), "socket_path must be empty so $RUNTIME_DIRECTORY is used");
 }

@@ -54,6 +54,8 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
                 println!("{}: valid", path.display());
+                let ids: Vec<&str> = file_config.cameras().iter().map(|c| c.id.as_str()).collect();
+                println!("cameras: {} ({})", file_config.camera_form(), ids.join(", "));
                 if effective {
                     let state_dir = spark_edge::daemon::Paths::resolve(&file_config).state_dir;
                     let choice = spark_edge::update::config_trial::choose(file_config, &state_dir);

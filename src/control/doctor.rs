@@ -10,8 +10,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use super::protocol::{BrokerErrorKind, Check, StatusReport};
-use crate::config::{BrokerUrl, CameraSource, Config};
+use super::protocol::{BrokerErrorKind, Check, CheckStatus, StatusReport};
+use crate::config::{BrokerUrl, CameraConfig, CameraSource, Config};
 use crate::inference::model::Model;
 
 /// The Hailo-8's device node, created by the `hailo_pci` driver.
@@ -98,7 +98,7 @@ pub fn daemon_report(config: &Config, state_dir: &Path, status: &StatusReport) -
 
 pub fn model_files(config: &Config) -> Check {
     const NAME: &str = "model-files";
-    if config.camera.source == CameraSource::None {
+    if !config.has_camera() {
         return Check::pass(NAME, "no model in use (camera.source = none)");
     }
     let fix =
@@ -254,22 +254,35 @@ pub fn judge_hailort(lib: HailoLoad, driver: Option<String>, device: bool, hef_v
     Check::pass(NAME, detail)
 }
 
+/// Every configured camera; with several, one line each (`id: ...`) and
+/// the worst status.
 pub fn camera(config: &Config) -> Check {
+    let cams = config.cameras();
+    if let [one] = cams {
+        return camera_one(one);
+    }
+    let checks: Vec<Check> = cams.iter().map(camera_one).collect();
+    let status = checks.iter().map(|c| c.status).max().unwrap_or(CheckStatus::Pass);
+    let detail =
+        cams.iter().zip(&checks).map(|(c, k)| format!("{}: {}", c.id, k.detail)).collect::<Vec<_>>().join("; ");
+    let fix = cams.iter().zip(&checks).find_map(|(c, k)| k.fix.as_ref().map(|f| format!("{}: {f}", c.id)));
+    Check { name: "camera".into(), status, detail, fix }
+}
+
+fn camera_one(cam: &CameraConfig) -> Check {
     const NAME: &str = "camera";
-    match config.camera.source {
+    match cam.source {
         CameraSource::None => Check::pass(NAME, "no camera configured (camera.source = none)"),
-        CameraSource::Replay => match crate::sources::camera::replay::list_images(&config.camera.replay_dir) {
-            Ok(files) => {
-                Check::pass(NAME, format!("replay of {} images in {}", files.len(), config.camera.replay_dir.display()))
-            }
+        CameraSource::Replay => match crate::sources::camera::replay::list_images(&cam.replay_dir) {
+            Ok(files) => Check::pass(NAME, format!("replay of {} images in {}", files.len(), cam.replay_dir.display())),
             Err(e) => Check::fail(NAME, chain(&e), "check camera.replay_dir in the config"),
         },
-        CameraSource::MjpegFile => match crate::sources::camera::mjpeg_file::probe(&config.camera.mjpeg_file) {
-            Ok(n) => Check::pass(NAME, format!("replay of {n} MJPEG frames in {}", config.camera.mjpeg_file.display())),
+        CameraSource::MjpegFile => match crate::sources::camera::mjpeg_file::probe(&cam.mjpeg_file) {
+            Ok(n) => Check::pass(NAME, format!("replay of {n} MJPEG frames in {}", cam.mjpeg_file.display())),
             Err(e) => Check::fail(NAME, chain(&e), "check camera.mjpeg_file in the config"),
         },
         CameraSource::V4l => {
-            let dev = &config.camera.device;
+            let dev = &cam.device;
             // Opening a V4L2 node does not disturb a capture in progress.
             match std::fs::File::open(dev) {
                 Ok(_) => Check::pass(NAME, format!("{} opens", dev.display())),
@@ -382,7 +395,7 @@ pub fn judge_disk(dir: &Path, free: u64, total: u64) -> Check {
 
 pub fn engine(config: &Config, s: &StatusReport, hailo_node: bool) -> Check {
     const NAME: &str = "engine";
-    if config.camera.source == CameraSource::None {
+    if !config.has_camera() {
         return Check::pass(NAME, "no inference (camera.source = none)");
     }
     let e = &s.engine;
@@ -410,7 +423,7 @@ pub fn engine(config: &Config, s: &StatusReport, hailo_node: bool) -> Check {
 
 pub fn inference(config: &Config, s: &StatusReport) -> Check {
     const NAME: &str = "inference";
-    if config.camera.source == CameraSource::None {
+    if !config.has_camera() {
         return Check::pass(NAME, "no inference (camera.source = none)");
     }
     let i = &s.inference;
@@ -431,7 +444,7 @@ pub fn inference(config: &Config, s: &StatusReport) -> Check {
 
 pub fn frames(config: &Config, s: &StatusReport) -> Check {
     const NAME: &str = "frames";
-    if config.camera.source == CameraSource::None {
+    if !config.has_camera() {
         return Check::pass(NAME, "no camera");
     }
     let i = &s.inference;

@@ -331,6 +331,21 @@ pub struct InferenceReport {
     pub frames_captured: u64,
     pub frames_dropped: u64,
     pub last_latency_ms: f64,
+    /// Per camera, in config order (the figures above are their sums, and
+    /// the latency of the last frame of any camera).
+    #[serde(default)]
+    pub cameras: Vec<CameraStatus>,
+}
+
+/// One camera's frames: captured by its source, dropped by its queue
+/// (drop-oldest while inference was busy), inferred.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CameraStatus {
+    pub id: String,
+    pub captured: u64,
+    pub dropped: u64,
+    pub inferred: u64,
+    pub last_latency_ms: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -1027,6 +1042,13 @@ mod tests {
                 frames_captured: 11,
                 frames_dropped: 1,
                 last_latency_ms: 40.5,
+                cameras: vec![CameraStatus {
+                    id: "cam0".into(),
+                    captured: 11,
+                    dropped: 1,
+                    inferred: 10,
+                    last_latency_ms: 40.5,
+                }],
             },
             records_lost: 0,
             telemetry_samples: 3,
@@ -1062,6 +1084,7 @@ mod tests {
         let status_json = serde_json::json!({"device_id": "d", "version": "0.1.0", "uptime_s": 9,
             "engine": engine_json, "queue": queue_json, "link": link_json,
             "inference": {"total": 10, "failed": 0, "frames_captured": 11, "frames_dropped": 1,
+                "cameras": [{"id": "cam0", "captured": 11, "dropped": 1, "inferred": 10, "last_latency_ms": 40.5}],
                 "last_latency_ms": 40.5},
             "records_lost": 0, "telemetry_samples": 3,
             "sensors": {"camera_reconnects": 0, "camera_errors": 0, "audio_windows": 0,

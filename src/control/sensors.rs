@@ -28,18 +28,24 @@ pub const DEV_DIR: &str = "/dev";
 
 /// The report of `found` for a daemon running `camera`: marks the node it
 /// streams from. Pure; `sparkctl camera list --local` uses it too.
-pub fn camera_report(found: Vec<DeviceInfo>, camera: &CameraConfig) -> CameraListReport {
-    let source = serde_json::to_value(camera.source).ok().and_then(|v| v.as_str().map(String::from));
+/// The V4L2 nodes found, marked `in_use` when one of `cameras` streams from
+/// it; `source` and `configured_device` describe the first camera.
+pub fn camera_report(found: Vec<DeviceInfo>, cameras: &[CameraConfig]) -> CameraListReport {
+    let first = cameras.first().cloned().unwrap_or_default();
+    let source = serde_json::to_value(first.source).ok().and_then(|v| v.as_str().map(String::from));
     // Compare real paths: the config may name a /dev/v4l/by-id/ link.
-    let streaming = (camera.source == CameraSource::V4l)
-        .then(|| std::fs::canonicalize(&camera.device).unwrap_or_else(|_| camera.device.clone()));
+    let streaming: Vec<std::path::PathBuf> = cameras
+        .iter()
+        .filter(|c| c.source == CameraSource::V4l)
+        .map(|c| std::fs::canonicalize(&c.device).unwrap_or_else(|_| c.device.clone()))
+        .collect();
     let devices = found
         .into_iter()
         .map(|d| {
             let real = std::fs::canonicalize(&d.path).unwrap_or_else(|_| d.path.clone());
             CameraDevice {
                 path: d.path.display().to_string(),
-                in_use: streaming.as_ref().is_some_and(|s| *s == real),
+                in_use: streaming.contains(&real),
                 driver: d.driver,
                 card: d.card,
                 bus: d.bus,
@@ -61,7 +67,7 @@ pub fn camera_report(found: Vec<DeviceInfo>, camera: &CameraConfig) -> CameraLis
         .collect();
     CameraListReport {
         source: source.unwrap_or_default(),
-        configured_device: camera.device.display().to_string(),
+        configured_device: first.device.display().to_string(),
         devices,
     }
 }
@@ -87,7 +93,7 @@ fn size(s: SizeInfo) -> CameraSize {
 pub(super) async fn camera_list(ctx: &Arc<ControlContext>, limits: &Limits) -> Response {
     // Opening nodes and a few hundred ioctls: the blocking pool, not a worker.
     match heavy(limits, || v4l::inventory(Path::new(DEV_DIR))).await {
-        Ok(found) => Response::Cameras(camera_report(found, &ctx.config.camera)),
+        Ok(found) => Response::Cameras(camera_report(found, ctx.config.cameras())),
         Err(e) => Response::Error(e),
     }
 }
@@ -108,7 +114,8 @@ pub(super) async fn camera_snapshot(ctx: &Arc<ControlContext>, limits: &Limits) 
         Ok(rx) => rx,
         Err(e) => return err(ErrorCode::Busy, format!("{e}; try again")),
     };
-    let deadline = snapshot_deadline(ctx.config.camera.fps);
+    let slowest = ctx.config.cameras().iter().map(|c| c.fps).fold(f64::INFINITY, f64::min);
+    let deadline = snapshot_deadline(slowest);
     let view = match tokio::time::timeout(deadline, rx).await {
         Err(_) => {
             return err(
@@ -214,7 +221,7 @@ mod tests {
     #[test]
     fn the_node_the_daemon_streams_from_is_marked_and_rates_are_fps() {
         let mut camera = CameraConfig { source: CameraSource::V4l, device: "/dev/video0".into(), ..Default::default() };
-        let r = camera_report(vec![node("/dev/video0"), node("/dev/video2")], &camera);
+        let r = camera_report(vec![node("/dev/video0"), node("/dev/video2")], std::slice::from_ref(&camera));
         assert_eq!(r.source, "v4l");
         assert_eq!(r.devices.iter().map(|d| d.in_use).collect::<Vec<_>>(), [true, false]);
         let sizes = &r.devices[0].formats[0].sizes;
@@ -222,7 +229,7 @@ mod tests {
         assert_eq!((sizes[1].width, sizes[1].range.as_ref().map(|r| r.max_width)), (32, Some(1920)));
         // Another source streams from no node.
         camera.source = CameraSource::Replay;
-        assert!(camera_report(vec![node("/dev/video0")], &camera).devices.iter().all(|d| !d.in_use));
+        assert!(camera_report(vec![node("/dev/video0")], &[camera]).devices.iter().all(|d| !d.in_use));
     }
 
     #[test]

@@ -41,7 +41,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 
 use super::admission::{Admission, Admit, Refusal};
 use super::protocol::{
-    self, ConfigReport, DoctorReport, ErrorBody, ErrorCode, InferDetection, InferReport, InferenceReport,
+    self, CameraStatus, ConfigReport, DoctorReport, ErrorBody, ErrorCode, InferDetection, InferReport, InferenceReport,
     MAX_IMAGE_BYTES, MAX_REQUEST_BYTES, MAX_UPLOAD_BYTES, PROTOCOL_VERSION, QueueReport, Request, Response,
     ResponseFrame, SensorReport, StatusReport, StreamQueue,
 };
@@ -49,7 +49,7 @@ use crate::config::Config;
 use crate::inference::pipeline::InferJob;
 use crate::outbox::Outbox;
 use crate::record::now_ms;
-use crate::sources::camera::FrameQueue;
+use crate::sources::camera::CameraQueues;
 use crate::state::Shared;
 
 /// Connections served at once.
@@ -95,7 +95,7 @@ const INFER_DEADLINE: Duration = Duration::from_secs(30);
 pub struct ControlContext {
     pub shared: Arc<Shared>,
     pub outbox: Outbox,
-    pub frames: Option<Arc<FrameQueue>>,
+    pub frames: Option<Arc<CameraQueues>>,
     pub uplink_wake: Arc<Notify>,
     /// The configuration the daemon runs with (for `config show`, `doctor`).
     pub config: Config,
@@ -1028,8 +1028,19 @@ pub fn queue_report(ctx: &ControlContext) -> Result<QueueReport, crate::outbox::
 
 pub fn status_report(ctx: &ControlContext) -> Result<StatusReport, crate::outbox::OutboxError> {
     let s = &ctx.shared;
-    let (captured, dropped) =
-        ctx.frames.as_ref().map(|q| (Shared::count(&q.captured), Shared::count(&q.dropped))).unwrap_or((0, 0));
+    let cameras: Vec<CameraStatus> = ctx
+        .frames
+        .iter()
+        .flat_map(|q| q.lanes())
+        .map(|l| CameraStatus {
+            id: l.id.to_string(),
+            captured: Shared::count(&l.queue.captured),
+            dropped: Shared::count(&l.queue.dropped),
+            inferred: Shared::count(&l.inferred),
+            last_latency_ms: Shared::count(&l.last_latency_us) as f64 / 1000.0,
+        })
+        .collect();
+    let (captured, dropped) = (cameras.iter().map(|c| c.captured).sum(), cameras.iter().map(|c| c.dropped).sum());
     Ok(StatusReport {
         device_id: s.device_id.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -1043,6 +1054,7 @@ pub fn status_report(ctx: &ControlContext) -> Result<StatusReport, crate::outbox
             frames_captured: captured,
             frames_dropped: dropped,
             last_latency_ms: Shared::count(&s.last_latency_us) as f64 / 1000.0,
+            cameras,
         },
         records_lost: Shared::count(&s.records_lost),
         telemetry_samples: Shared::count(&s.telemetry_samples),

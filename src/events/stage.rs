@@ -144,6 +144,18 @@ impl CameraEvents {
         }
     }
 
+    /// The tracker of camera `id`: the zones and lines of the config apply to
+    /// the camera `events.camera` names; another camera is tracked (its
+    /// records carry track ids, `on-change` publishing works) with no rules.
+    pub fn for_camera(config: &Config, id: &str) -> Self {
+        let mut c = Self::new(config);
+        if id != config.events.camera {
+            c.camera = id.to_string();
+            c.rules = Rules::new(Vec::new(), Vec::new(), config.events.count_interval_secs.saturating_mul(1000));
+        }
+        c
+    }
+
     /// One decoded frame: `number`, capture time, size in pixels.
     pub fn frame(
         &mut self,
@@ -255,7 +267,8 @@ fn json(body: &impl Serialize) -> String {
 
 /// [`CameraEvents`] with its records going to the outbox.
 pub struct EventStage {
-    camera: CameraEvents,
+    /// One per configured camera, in config order.
+    cameras: Vec<CameraEvents>,
     appender: Appender,
     shared: Arc<Shared>,
     records: Vec<EventRecord>,
@@ -263,7 +276,8 @@ pub struct EventStage {
 
 impl EventStage {
     pub fn new(config: &Config, appender: Appender, shared: Arc<Shared>) -> Self {
-        Self { camera: CameraEvents::new(config), appender, shared, records: Vec::new() }
+        let cameras = config.cameras().iter().map(|c| CameraEvents::for_camera(config, &c.id)).collect();
+        Self { cameras, appender, shared, records: Vec::new() }
     }
 
     /// Submits every pending record, then waits for their commit (one group
@@ -292,15 +306,20 @@ impl EventStage {
 }
 
 impl FrameObserver for EventStage {
-    fn observe(&mut self, frame: &Frame, detections: &[Detection]) -> Observed {
+    fn observe(&mut self, camera: &str, frame: &Frame, detections: &[Detection]) -> Observed {
+        let Some(c) = self.cameras.iter_mut().find(|c| c.camera == camera) else {
+            return Observed { tags: Vec::new(), labels_changed: true };
+        };
         let size = frame.image.dimensions();
-        let observed = self.camera.frame(frame.number, frame.captured_ms, size, detections, &mut self.records);
+        let observed = c.frame(frame.number, frame.captured_ms, size, detections, &mut self.records);
         self.store();
         observed
     }
 
     fn finish(&mut self) {
-        self.camera.finish(&mut self.records);
+        for c in &mut self.cameras {
+            c.finish(&mut self.records);
+        }
         self.store();
     }
 }

@@ -29,7 +29,8 @@ pub struct Observed {
 
 /// Runs on the inference thread after each decoded frame.
 pub trait FrameObserver: Send {
-    fn observe(&mut self, frame: &Frame, detections: &[Detection]) -> Observed;
+    /// `camera` is the frame's camera id.
+    fn observe(&mut self, camera: &str, frame: &Frame, detections: &[Detection]) -> Observed;
     /// The loop is stopping (camera closed): close what is open.
     fn finish(&mut self);
 }

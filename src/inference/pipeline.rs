@@ -17,7 +17,7 @@ use crate::inference::observe::{FrameObserver, Observed, TrackTag};
 use crate::inference::vision::{self, Tensor};
 use crate::outbox::Appender;
 use crate::record::Stream;
-use crate::sources::camera::{Frame, FrameQueue};
+use crate::sources::camera::{CameraQueues, Frame};
 use crate::state::Shared;
 
 #[derive(Debug, Serialize)]
@@ -31,6 +31,8 @@ struct FrameInfo<'a> {
 
 #[derive(Debug, Serialize)]
 struct InferenceBody<'a> {
+    /// The camera's `id` (`cam0` for a single `[camera]`).
+    camera: &'a str,
     engine: &'static str,
     model: &'a str,
     model_version: &'a str,
@@ -104,24 +106,31 @@ pub fn check_fit(engine: &mut dyn Engine, model: &Model) -> Result<(), InferErro
 }
 
 /// Builds the record body for one inferred frame.
-pub fn record_body(model: &Model, frame: &Frame, r: &Inferred) -> String {
-    body(model, frame, r, &[], None)
+pub fn record_body(model: &Model, camera: &str, frame: &Frame, r: &Inferred) -> String {
+    body(model, camera, frame, r, &[], None)
 }
 
 /// [`record_body`] with each detection's track (`tags` in detection order;
 /// missing entries are untracked).
-pub fn tracked_record_body(model: &Model, frame: &Frame, r: &Inferred, tags: &[Option<TrackTag>]) -> String {
-    body(model, frame, r, tags, None)
+pub fn tracked_record_body(
+    model: &Model,
+    camera: &str,
+    frame: &Frame,
+    r: &Inferred,
+    tags: &[Option<TrackTag>],
+) -> String {
+    body(model, camera, frame, r, tags, None)
 }
 
 /// The record body of a frame whose outputs did not decode: no detections,
 /// a decode error count of 1 and the reason.
-pub fn decode_error_body(model: &Model, frame: &Frame, r: &Inferred, e: &DecodeError) -> String {
-    body(model, frame, r, &[], Some(e))
+pub fn decode_error_body(model: &Model, camera: &str, frame: &Frame, r: &Inferred, e: &DecodeError) -> String {
+    body(model, camera, frame, r, &[], Some(e))
 }
 
 fn body(
     model: &Model,
+    camera: &str,
     frame: &Frame,
     r: &Inferred,
     tags: &[Option<TrackTag>],
@@ -129,6 +138,7 @@ fn body(
 ) -> String {
     let top = r.detections.iter().max_by(|a, b| a.score.total_cmp(&b.score));
     let body = InferenceBody {
+        camera,
         engine: r.engine.as_str(),
         model: &model.manifest.name,
         model_version: &model.manifest.version,
@@ -216,13 +226,13 @@ impl Default for AfterDecode {
 pub fn run(
     engine: Box<dyn Engine>,
     model: Arc<Model>,
-    queue: Arc<FrameQueue>,
+    cameras: Arc<CameraQueues>,
     appender: Appender,
     shared: Arc<Shared>,
     abort: Arc<AtomicBool>,
     jobs: crossbeam_channel::Receiver<InferJob>,
 ) {
-    run_swappable(engine, model, queue, appender, shared, abort, jobs, crossbeam_channel::never())
+    run_swappable(engine, model, cameras, appender, shared, abort, jobs, crossbeam_channel::never())
 }
 
 /// [`run`], also switching to an engine received on `swaps` between frames
@@ -231,14 +241,14 @@ pub fn run(
 pub fn run_swappable(
     engine: Box<dyn Engine>,
     model: Arc<Model>,
-    queue: Arc<FrameQueue>,
+    cameras: Arc<CameraQueues>,
     appender: Appender,
     shared: Arc<Shared>,
     abort: Arc<AtomicBool>,
     jobs: crossbeam_channel::Receiver<InferJob>,
     swaps: crossbeam_channel::Receiver<EngineSwap>,
 ) {
-    run_with(engine, model, queue, appender, shared, abort, jobs, swaps, AfterDecode::default())
+    run_with(engine, model, cameras, appender, shared, abort, jobs, swaps, AfterDecode::default())
 }
 
 /// [`run_swappable`], handing each decoded frame to `after.observer` (whose
@@ -247,7 +257,7 @@ pub fn run_swappable(
 pub fn run_with(
     mut engine: Box<dyn Engine>,
     mut model: Arc<Model>,
-    queue: Arc<FrameQueue>,
+    cameras: Arc<CameraQueues>,
     appender: Appender,
     shared: Arc<Shared>,
     abort: Arc<AtomicBool>,
@@ -267,12 +277,15 @@ pub fn run_with(
         while let Ok(job) = jobs.try_recv() {
             let _ = job.reply.send(infer_frame(engine.as_mut(), &model, &job.image, &mut input));
         }
-        let Some(frame) = queue.pop(Duration::from_millis(200)) else {
-            if queue.is_closed_and_empty() {
+        // The cameras in turn: a busy one cannot starve a slow one.
+        let Some((lane, frame)) = cameras.pop(Duration::from_millis(200)) else {
+            if cameras.is_closed_and_empty() {
                 break;
             }
             continue;
         };
+        let lane = &cameras.lanes()[lane];
+        let camera: &str = &lane.id;
         let popped_at = Instant::now();
         let inferred = infer_frame(engine.as_mut(), &model, &frame.image, &mut input);
         // `sparkctl camera snapshot`: answered even if the engine failed.
@@ -281,7 +294,7 @@ pub fn run_with(
         let stored = match &inferred {
             Ok(r) => {
                 let observed = match after.observer.as_mut() {
-                    Some(o) => o.observe(&frame, &r.detections),
+                    Some(o) => o.observe(camera, &frame, &r.detections),
                     None => Observed { tags: Vec::new(), labels_changed: true },
                 };
                 let publish = match after.publish {
@@ -289,17 +302,19 @@ pub fn run_with(
                     crate::config::Publish::OnChange => observed.labels_changed,
                     crate::config::Publish::None => false,
                 };
-                publish.then(|| tracked_record_body(&model, &frame, r, &observed.tags))
+                publish.then(|| tracked_record_body(&model, camera, &frame, r, &observed.tags))
             }
             Err(InferError::Decode(e)) => {
                 let r = Inferred { detections: Vec::new(), engine: engine.kind(), latency: popped_at.elapsed() };
-                Some(decode_error_body(&model, &frame, &r, e))
+                Some(decode_error_body(&model, camera, &frame, &r, e))
             }
             Err(InferError::Engine(_)) => None,
         };
         if let Ok(r) = &inferred {
             shared.last_latency_us.store(r.latency.as_micros() as u64, Ordering::Relaxed);
             shared.latency.observe(r.latency);
+            lane.inferred.fetch_add(1, Ordering::Relaxed);
+            lane.last_latency_us.store(r.latency.as_micros() as u64, Ordering::Relaxed);
         }
         if let Some(body) = stored {
             match appender.append(Stream::Inference, body) {

@@ -319,6 +319,8 @@ pub struct DaemonConfig {
     pub manifest: PathBuf,
     /// No camera (and so no model): telemetry and synthetic load only.
     pub camera_off: bool,
+    /// `[[camera]]` tables written instead of the one `[camera]` table.
+    pub camera_tables: Option<String>,
 }
 
 impl DaemonConfig {
@@ -333,6 +335,7 @@ impl DaemonConfig {
             images: repo().join("models/demo"),
             manifest: repo().join("models/centerface.toml"),
             camera_off: false,
+            camera_tables: None,
         }
     }
 
@@ -345,17 +348,22 @@ impl DaemonConfig {
     }
 
     pub fn write(&self) -> PathBuf {
+        let camera = self.camera_tables.clone().unwrap_or_else(|| {
+            format!(
+                "[camera]\nsource = \"{src}\"\nreplay_dir = \"{img}\"\nfps = {fps:.3}\n",
+                src = if self.camera_off { "none" } else { "replay" },
+                img = self.images.display(),
+                fps = self.fps,
+            )
+        });
         let text = format!(
             "device_id = \"test-dev\"\nstate_dir = \"{state}\"\nsocket_path = \"{sock}\"\n\
-             [camera]\nsource = \"{src}\"\nreplay_dir = \"{img}\"\nfps = {fps:.3}\n\
+             {camera}\
              [model]\nmanifest = \"{man}\"\nonnxruntime_library = \"{ort}\"\nintra_threads = 1\n\
              [telemetry]\ninterval_secs = {tel:.3}\n\
              [mqtt]\nurl = \"{url}\"\nreconnect_min_ms = 100\nreconnect_max_ms = 1000\nkeep_alive_secs = 5\n{mqtt_extra}{extra}",
             state = self.state_dir().display(),
             sock = self.socket().display(),
-            src = if self.camera_off { "none" } else { "replay" },
-            img = self.images.display(),
-            fps = self.fps,
             man = self.manifest.display(),
             ort = repo().join("deps/onnxruntime/libonnxruntime.so").display(),
             tel = self.telemetry_secs,

@@ -379,13 +379,32 @@ fn print_status(s: &StatusReport, o: &Out) {
     let failed =
         if s.inference.failed > 0 { o.bad(&format!("{} failed", s.inference.failed)) } else { "0 failed".into() };
     let lost = if s.records_lost > 0 { o.bad(&s.records_lost.to_string()) } else { "0".into() };
-    rows(&[
+    // One row per camera when there are several.
+    let cameras: Vec<(String, String)> = match s.inference.cameras.as_slice() {
+        [] | [_] => Vec::new(),
+        cams => cams
+            .iter()
+            .map(|c| {
+                (
+                    format!("  camera {}", c.id),
+                    format!(
+                        "{} captured, {} dropped, {} inferred, last {:.1} ms",
+                        c.captured, c.dropped, c.inferred, c.last_latency_ms
+                    ),
+                )
+            })
+            .collect(),
+    };
+    let mut table: Vec<(&str, String)> = vec![
         ("device", s.device_id.clone()),
         ("version", s.version.clone()),
         ("uptime", duration(s.uptime_s as f64)),
         ("engine", engine),
         ("inferences", format!("{} ok, {failed}, last {:.1} ms", s.inference.total, s.inference.last_latency_ms)),
         ("frames", format!("{} captured, {} dropped", s.inference.frames_captured, s.inference.frames_dropped)),
+    ];
+    table.extend(cameras.iter().map(|(k, v)| (k.as_str(), v.clone())));
+    table.extend([
         (
             "queue",
             format!(
@@ -399,6 +418,7 @@ fn print_status(s: &StatusReport, o: &Out) {
         ("link", link_summary(&s.link, o)),
         ("records lost", lost),
     ]);
+    rows(&table);
 }
 
 fn link_summary(l: &LinkView, o: &Out) -> String {

@@ -68,7 +68,7 @@ fn camera_list(socket: &Path, local: bool, out: &Out) -> ExitCode {
         // No daemon asked: nothing is "in use", whatever the config says.
         let camera =
             spark_edge::config::CameraConfig { source: spark_edge::config::CameraSource::None, ..Default::default() };
-        (spark_edge::control::sensors::camera_report(found, &camera), "sparkctl")
+        (spark_edge::control::sensors::camera_report(found, &[camera]), "sparkctl")
     } else {
         match ask(socket, &Request::CameraList, SLOW_TIMEOUT, out) {
             Ok(Response::Cameras(r)) => (r, "sparkd"),

@@ -1,8 +1,10 @@
-//! Frame sources and the bounded queue between them and inference.
+//! Frame sources and the bounded queues between them and inference.
 //!
 //! Owns capture and the drop-oldest hand-off; knows nothing about models.
-//! **Invariant:** a source never waits on inference: when the queue is full
-//! the oldest frame is dropped and counted.
+//! **Invariant:** a source never waits on inference: when its queue is full
+//! the oldest frame is dropped and counted. Each camera has its own queue;
+//! [`CameraQueues`] serves them round-robin, so a 30 fps camera cannot
+//! starve a 5 fps one.
 
 pub mod convert;
 pub mod live;
@@ -34,24 +36,74 @@ struct QueueState {
     closed: bool,
 }
 
+/// Wakes the consumer of several queues: every push rings it.
+#[derive(Default)]
+pub struct Doorbell {
+    rings: Mutex<u64>,
+    rung: Condvar,
+}
+
+impl Doorbell {
+    fn lock(&self) -> std::sync::MutexGuard<'_, u64> {
+        self.rings.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn ring(&self) {
+        *self.lock() += 1;
+        self.rung.notify_all();
+    }
+
+    fn count(&self) -> u64 {
+        *self.lock()
+    }
+
+    /// Waits until the bell rang after `seen` (a [`Doorbell::count`]) or `deadline`.
+    fn wait_after(&self, seen: u64, deadline: Instant) {
+        let mut n = self.lock();
+        while *n == seen {
+            let now = Instant::now();
+            if now >= deadline {
+                return;
+            }
+            n = self.rung.wait_timeout(n, deadline - now).map(|(g, _)| g).unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+}
+
 /// Bounded single-consumer frame queue with a drop-oldest overflow policy.
 pub struct FrameQueue {
     capacity: usize,
     state: Mutex<QueueState>,
     ready: Condvar,
+    bell: Option<Arc<Doorbell>>,
     pub dropped: AtomicU64,
     pub captured: AtomicU64,
 }
 
 impl FrameQueue {
     pub fn new(capacity: usize) -> Arc<Self> {
+        Self::build(capacity, None)
+    }
+
+    /// A queue that also rings `bell` on every push (for [`CameraQueues`]).
+    pub fn with_doorbell(capacity: usize, bell: Arc<Doorbell>) -> Arc<Self> {
+        Self::build(capacity, Some(bell))
+    }
+
+    fn build(capacity: usize, bell: Option<Arc<Doorbell>>) -> Arc<Self> {
         Arc::new(Self {
             capacity: capacity.max(1),
             state: Mutex::new(QueueState { frames: VecDeque::with_capacity(capacity.max(1)), closed: false }),
             ready: Condvar::new(),
+            bell,
             dropped: AtomicU64::new(0),
             captured: AtomicU64::new(0),
         })
+    }
+
+    /// The oldest frame, without waiting.
+    pub fn try_pop(&self) -> Option<Frame> {
+        self.lock().frames.pop_front()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
@@ -69,6 +121,9 @@ impl FrameQueue {
         s.frames.push_back(frame);
         drop(s);
         self.ready.notify_one();
+        if let Some(b) = &self.bell {
+            b.ring();
+        }
     }
 
     /// Waits up to `timeout` for a frame. `None` on timeout or once closed
@@ -95,6 +150,9 @@ impl FrameQueue {
     pub fn close(&self) {
         self.lock().closed = true;
         self.ready.notify_all();
+        if let Some(b) = &self.bell {
+            b.ring();
+        }
     }
 
     pub fn is_closed_and_empty(&self) -> bool {
@@ -104,6 +162,82 @@ impl FrameQueue {
 
     pub fn len(&self) -> usize {
         self.lock().frames.len()
+    }
+}
+
+/// One camera's queue and what inference did with its frames.
+pub struct CameraLane {
+    pub id: Arc<str>,
+    pub queue: Arc<FrameQueue>,
+    /// Frames of this camera that went through the engine.
+    pub inferred: AtomicU64,
+    /// Latency of its last inferred frame, microseconds.
+    pub last_latency_us: AtomicU64,
+}
+
+/// The queues of every camera, served round-robin to one consumer.
+pub struct CameraQueues {
+    lanes: Vec<CameraLane>,
+    bell: Arc<Doorbell>,
+    /// Lane the next `pop` looks at first (only the consumer moves it).
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl CameraQueues {
+    /// One queue of `capacity` frames per camera id, in this order.
+    pub fn new(cameras: &[(&str, usize)]) -> Arc<Self> {
+        let bell = Arc::new(Doorbell::default());
+        let lanes = cameras
+            .iter()
+            .map(|(id, capacity)| CameraLane {
+                id: Arc::from(*id),
+                queue: FrameQueue::with_doorbell(*capacity, bell.clone()),
+                inferred: AtomicU64::new(0),
+                last_latency_us: AtomicU64::new(0),
+            })
+            .collect();
+        Arc::new(Self { lanes, bell, next: std::sync::atomic::AtomicUsize::new(0) })
+    }
+
+    pub fn lanes(&self) -> &[CameraLane] {
+        &self.lanes
+    }
+
+    pub fn lane(&self, id: &str) -> Option<&CameraLane> {
+        self.lanes.iter().find(|l| &*l.id == id)
+    }
+
+    /// The next frame, taking the cameras in turn (the lane after the one
+    /// served last comes first), with the index of its lane. Waits up to
+    /// `timeout`; `None` on timeout or once every queue is closed and empty.
+    pub fn pop(&self, timeout: Duration) -> Option<(usize, Frame)> {
+        let deadline = Instant::now() + timeout;
+        let n = self.lanes.len();
+        loop {
+            let seen = self.bell.count();
+            let start = self.next.load(Ordering::Relaxed);
+            for k in 0..n {
+                let i = (start + k) % n;
+                if let Some(f) = self.lanes[i].queue.try_pop() {
+                    self.next.store((i + 1) % n, Ordering::Relaxed);
+                    return Some((i, f));
+                }
+            }
+            if self.is_closed_and_empty() || Instant::now() >= deadline {
+                return None;
+            }
+            self.bell.wait_after(seen, deadline);
+        }
+    }
+
+    pub fn close(&self) {
+        for l in &self.lanes {
+            l.queue.close();
+        }
+    }
+
+    pub fn is_closed_and_empty(&self) -> bool {
+        self.lanes.iter().all(|l| l.queue.is_closed_and_empty())
     }
 }
 
@@ -140,5 +274,42 @@ mod tests {
         q.close();
         assert_eq!(q.pop(Duration::from_secs(1)).unwrap().number, 1);
         assert!(q.pop(Duration::from_secs(1)).is_none());
+    }
+
+    #[test]
+    fn cameras_are_served_in_turn_so_a_busy_one_cannot_starve_a_slow_one() {
+        let qs = CameraQueues::new(&[("fast", 8), ("slow", 8)]);
+        for n in 0..6 {
+            qs.lanes()[0].queue.push(frame(n));
+        }
+        qs.lanes()[1].queue.push(frame(100));
+        qs.lanes()[1].queue.push(frame(101));
+        let order: Vec<(usize, u64)> =
+            std::iter::from_fn(|| qs.pop(Duration::ZERO)).map(|(i, f)| (i, f.number)).collect();
+        assert_eq!(order, [(0, 0), (1, 100), (0, 1), (1, 101), (0, 2), (0, 3), (0, 4), (0, 5)]);
+        // Each camera drops its own oldest frames.
+        for n in 0..10 {
+            qs.lanes()[0].queue.push(frame(n));
+        }
+        assert_eq!(qs.lanes()[0].queue.dropped.load(Ordering::Relaxed), 2);
+        assert_eq!(qs.lanes()[1].queue.dropped.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_push_on_any_camera_wakes_the_consumer_and_close_ends_it() {
+        let qs = CameraQueues::new(&[("a", 2), ("b", 2)]);
+        let pusher = {
+            let qs = qs.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                qs.lanes()[1].queue.push(frame(7));
+            })
+        };
+        let (lane, f) = qs.pop(Duration::from_secs(10)).expect("woken by the push");
+        assert_eq!((lane, f.number), (1, 7));
+        pusher.join().unwrap();
+        qs.close();
+        assert!(qs.pop(Duration::from_secs(10)).is_none());
+        assert!(qs.is_closed_and_empty());
     }
 }
