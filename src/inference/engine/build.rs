@@ -57,6 +57,7 @@ fn hailo_opener(config: &Config, model: &Model) -> Option<Opener> {
         multi_process_service: config.hailo.multi_process_service,
         timeout_ms: config.hailo.timeout_ms,
         queue_size: None,
+        frames_in_flight: config.hailo.frames_in_flight,
     };
     Some(Box::new(move || {
         let bytes = match model.read_hef() {

@@ -26,6 +26,15 @@
 //! size HailoRT reports, and handed on as shape `[number_of_classes,
 //! max_bboxes_per_class]` for the `hailo-nms` decoder, which checks every
 //! count against the buffer.
+//! Frames in flight ([`Engine::submit`] / [`Engine::collect`]): the caller's
+//! thread prepares each frame into one of `depth` reused buffers; a writer
+//! thread (`hailo-write`) writes them to the input vstream and a reader thread
+//! (`hailo-read`) reads each frame's outputs, in the order written, and hands
+//! them back tagged, over bounded channels (HailoRT's vstreams_example.c keeps
+//! frames in flight the same way from C). After a failure no further frame is
+//! written or read: the frames behind it come back as
+//! [`HailoError::Abandoned`] (so the caller re-runs them elsewhere), and the
+//! vstreams are cleared once nothing is in flight, before the next frame.
 //! Outputs come in the HEF's sorted output order
 //! (`hailo_hef_get_sorted_output_names`, which for a network compiled from
 //! ONNX follows the ONNX model's output order), not the alphabetical order in
@@ -34,16 +43,21 @@
 
 #![allow(unsafe_code)]
 
+use std::collections::VecDeque;
 use std::ffi::{CString, c_char};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender, bounded};
 
 use hailo_sys as sys;
 
 use image::RgbImage;
 
-use super::{Engine, EngineError, EngineKind, Output};
+use super::{Completed, Engine, EngineError, EngineKind, Output};
 use crate::inference::model::InputSpec;
 use crate::inference::vision::{self, Tensor};
 
@@ -256,6 +270,13 @@ pub enum HailoError {
     HefFile(#[source] crate::inference::model::ModelError),
     #[error("the HEF was compiled for HailoRT {want}, this device has {have}")]
     HailoRtVersion { want: String, have: String },
+    /// Never run: a frame written before it failed (`after` is that
+    /// failure's class), so it was not read and its outputs were cleared.
+    #[error("not run: an earlier frame in flight failed ({after})")]
+    Abandoned { after: HailoFailure },
+    /// The engine's writer or reader thread is gone.
+    #[error("the Hailo engine's I/O thread stopped")]
+    IoThreadGone,
     /// A failure made up by a test double of the engine.
     #[cfg(test)]
     #[error("test failure ({0})")]
@@ -279,6 +300,8 @@ impl HailoError {
                 HailoFailure::Transient => HailoFailure::DeviceLost,
                 other => *other,
             },
+            HailoError::Abandoned { after } => *after,
+            HailoError::IoThreadGone => HailoFailure::DeviceLost,
             HailoError::Load(_)
             | HailoError::HefPath(_)
             | HailoError::UnsupportedModel(_)
@@ -351,14 +374,36 @@ pub struct HailoOptions {
     /// Longest wait for one vstream write or read, in milliseconds (the
     /// vstream params' `timeout_ms`; HailoRT's own default is 10 000).
     pub timeout_ms: u32,
-    /// Frames each vstream may queue; `None` keeps HailoRT's default (2).
+    /// Frames each vstream may queue; `None`: HailoRT's default (2), raised
+    /// to the frames in flight so every frame in flight has a place.
     pub queue_size: Option<u32>,
+    /// Frames in flight ([`Engine::depth`]); 0: [`auto_depth`] from the
+    /// HEF's batch size and the queue size.
+    pub frames_in_flight: usize,
 }
 
 impl Default for HailoOptions {
     fn default() -> Self {
-        Self { multi_process_service: false, timeout_ms: 2_000, queue_size: None }
+        Self { multi_process_service: false, timeout_ms: 2_000, queue_size: None, frames_in_flight: 0 }
     }
+}
+
+/// HailoRT's default vstream queue size (`HAILO_DEFAULT_VSTREAM_QUEUE_SIZE`).
+const DEFAULT_QUEUE_SIZE: u32 = 2;
+/// The fewest frames in flight by default: HailoRT's queues in and out (2
+/// each) filled; with a chip latency about 4x its time per frame that is
+/// what it takes to keep it busy (docs/hailo.md).
+pub const MIN_AUTO_DEPTH: usize = 4;
+/// The most frames in flight (a vstream queue holds at most this many in
+/// the double; a deeper pipeline only adds latency).
+pub const MAX_DEPTH: usize = 16;
+
+/// Frames in flight when the config leaves it to the HEF: one batch per
+/// frame HailoRT's queues hold, and at least [`MIN_AUTO_DEPTH`].
+pub fn auto_depth(batch_size: u16, queue_size: Option<u32>) -> usize {
+    let batch = usize::from(batch_size.max(1));
+    let queue = queue_size.unwrap_or(DEFAULT_QUEUE_SIZE) as usize;
+    (batch * queue).clamp(MIN_AUTO_DEPTH, MAX_DEPTH)
 }
 
 /// Chip temperature from the two on-die sensors.
@@ -1046,6 +1091,8 @@ pub fn probe(lib: Option<&Path>) -> Result<HailoInfo, HailoError> {
 /// vdevice (which takes its network group with it), the HEF; the library
 /// unloads when the last guard's `Arc` goes.
 pub struct HailoEngine {
+    /// The I/O threads; stopped and joined in `Drop`, before any handle goes.
+    io: Io,
     outputs: OutputVstreams,
     input: InputVstreams,
     vdevice: VDevice,
@@ -1089,7 +1136,14 @@ impl HailoEngine {
         }
         let vdevice = VDevice::create(&lib, opts.multi_process_service)?;
         let hef = Hef::open(&lib, hef)?;
-        let network_group = configure(&lib, &vdevice, &hef)?;
+        let (network_group, batch_size) = configure(&lib, &vdevice, &hef)?;
+        let depth = match opts.frames_in_flight {
+            0 => auto_depth(batch_size, opts.queue_size),
+            n => n.min(MAX_DEPTH),
+        };
+        // Every frame in flight needs a place in the output queues, or the
+        // chip stalls until the reader catches up.
+        let queue_size = opts.queue_size.unwrap_or(DEFAULT_QUEUE_SIZE).max(depth as u32);
 
         let mut in_params = vec![sys::hailo_input_vstream_params_by_name_t::default(); MAX_STREAMS];
         let mut n_in = in_params.len();
@@ -1131,9 +1185,7 @@ impl HailoEngine {
         let tune = |p: &mut sys::hailo_vstream_params_t, format_type| {
             p.user_buffer_format.type_ = format_type;
             p.timeout_ms = opts.timeout_ms;
-            if let Some(q) = opts.queue_size {
-                p.queue_size = q;
-            }
+            p.queue_size = queue_size;
         };
         // The input takes the HEF's own type (AUTO): UINT8 for HEFs that
         // normalise on the chip, FLOAT32 for those that want floats; any
@@ -1166,7 +1218,9 @@ impl HailoEngine {
         let output_ports = outputs.raw.iter().map(|v| describe_output(&lib, *v)).collect::<Result<Vec<_>, _>>()?;
 
         let staging_out = Vec::with_capacity(output_ports.iter().map(|p| p.elements).max().unwrap_or(0));
+        let io = Io::start(&lib, &input, &outputs, &output_ports, depth)?;
         Ok(Self {
+            io,
             outputs,
             input,
             vdevice,
@@ -1182,6 +1236,11 @@ impl HailoEngine {
             staging_out,
             poisoned: None,
         })
+    }
+
+    /// Frames this engine keeps in flight.
+    pub fn depth(&self) -> usize {
+        self.io.depth
     }
 
     pub fn library_path(&self) -> &Path {
@@ -1253,6 +1312,7 @@ impl HailoEngine {
     /// read this one's late outputs; if clearing fails too, the engine
     /// refuses further frames ([`HailoError::Poisoned`]).
     pub fn infer(&mut self, input: &Tensor) -> Result<Vec<Output>, HailoError> {
+        self.settle_in_flight();
         self.check_usable()?;
         let expected = self.input_shape();
         if input.shape.as_slice() != expected.as_slice() || input.data.len() != self.input_port.elements {
@@ -1280,6 +1340,7 @@ impl HailoEngine {
         frame: &RgbImage,
         spec: &InputSpec,
     ) -> Result<(Vec<Output>, vision::Letterbox), HailoError> {
+        self.settle_in_flight();
         self.check_usable()?;
         let expected = self.input_shape();
         if [3, spec.height as usize, spec.width as usize] != expected[1..] {
@@ -1343,30 +1404,7 @@ impl HailoEngine {
     }
 
     fn read_outputs(&mut self) -> Result<Vec<Output>, HailoError> {
-        let lib = &self.outputs.lib;
-        let mut out = Vec::with_capacity(self.output_ports.len());
-        for (port, vstream) in self.output_ports.iter().zip(&self.outputs.raw) {
-            self.staging_out.clear();
-            self.staging_out.resize(port.elements, 0.0);
-            // SAFETY: `staging_out` holds exactly the vstream's frame size in
-            // bytes (checked at open) and is writable; the handle is live.
-            check(lib, "hailo_vstream_read_raw_buffer", unsafe {
-                lib.hailo_vstream_read_raw_buffer(
-                    *vstream,
-                    self.staging_out.as_mut_ptr().cast(),
-                    size_of_val(self.staging_out.as_slice()),
-                )
-            })?;
-            let data = match port.kind {
-                PortKind::Frame(Layout::Nhwc) => {
-                    nhwc_to_nchw(&self.staging_out, port.height, port.width, port.channels)
-                }
-                // NMS frames go to the decoder as read; it checks every count.
-                _ => self.staging_out.clone(),
-            };
-            out.push(Output { name: port.name.clone(), shape: port.shape(), data });
-        }
-        Ok(out)
+        read_outputs(&self.outputs.lib, &self.output_ports, &self.outputs.raw, &mut self.staging_out)
     }
 
     /// Drops whatever frames are still queued in the vstreams.
@@ -1385,13 +1423,265 @@ impl HailoEngine {
 
 /// Writes one input frame of `len` bytes at `data`.
 fn write_frame(input: &InputVstreams, data: *const u8, len: usize) -> Result<(), HailoError> {
-    let lib = &input.lib;
+    write_raw(&input.lib, input.raw[0], data, len)
+}
+
+fn write_raw(
+    lib: &sys::HailoRt,
+    input: sys::hailo_input_vstream,
+    data: *const u8,
+    len: usize,
+) -> Result<(), HailoError> {
     // SAFETY: callers pass a live buffer of exactly the vstream's frame size
     // in bytes (checked against hailo_get_input_vstream_frame_size at open)
-    // that outlives the call; the vstream handle is live.
-    check(lib, "hailo_vstream_write_raw_buffer", unsafe {
-        lib.hailo_vstream_write_raw_buffer(input.raw[0], data.cast(), len)
-    })
+    // that outlives the call; the vstream handle is live (the engine joins
+    // its I/O threads before releasing it).
+    check(lib, "hailo_vstream_write_raw_buffer", unsafe { lib.hailo_vstream_write_raw_buffer(input, data.cast(), len) })
+}
+
+/// Reads one frame from every output vstream, in HEF order, into `Output`s.
+fn read_outputs(
+    lib: &sys::HailoRt,
+    ports: &[Port],
+    vstreams: &[sys::hailo_output_vstream],
+    staging: &mut Vec<f32>,
+) -> Result<Vec<Output>, HailoError> {
+    let mut out = Vec::with_capacity(ports.len());
+    for (port, vstream) in ports.iter().zip(vstreams) {
+        staging.clear();
+        staging.resize(port.elements, 0.0);
+        // SAFETY: `staging` holds exactly the vstream's frame size in bytes
+        // (checked at open) and is writable; the handle is live (as above).
+        check(lib, "hailo_vstream_read_raw_buffer", unsafe {
+            lib.hailo_vstream_read_raw_buffer(*vstream, staging.as_mut_ptr().cast(), size_of_val(staging.as_slice()))
+        })?;
+        let data = match port.kind {
+            PortKind::Frame(Layout::Nhwc) => nhwc_to_nchw(staging, port.height, port.width, port.channels),
+            // NMS frames go to the decoder as read; it checks every count.
+            _ => staging.clone(),
+        };
+        out.push(Output { name: port.name.clone(), shape: port.shape(), data });
+    }
+    Ok(out)
+}
+
+// ---- frames in flight ----------------------------------------------------------------------
+
+/// One prepared input frame, in the HEF input's element type.
+enum Prepared {
+    U8(Vec<u8>),
+    F32(Vec<f32>),
+}
+
+impl Prepared {
+    fn bytes(&self) -> (*const u8, usize) {
+        match self {
+            Prepared::U8(b) => (b.as_ptr(), b.len()),
+            Prepared::F32(f) => (f.as_ptr().cast(), size_of_val(f.as_slice())),
+        }
+    }
+}
+
+/// A frame for the writer: its buffer, or why it cannot be written.
+struct Job {
+    tag: u64,
+    lb: vision::Letterbox,
+    input: Result<Prepared, HailoError>,
+}
+
+/// A frame the writer handled, for the reader: written, or why not.
+struct Written {
+    tag: u64,
+    lb: vision::Letterbox,
+    status: Result<(), HailoError>,
+}
+
+type Done = (u64, Result<(Vec<Output>, vision::Letterbox), HailoError>);
+
+/// Raw vstream handles for one I/O thread.
+struct Lane<T> {
+    lib: Arc<sys::HailoRt>,
+    handles: Vec<T>,
+}
+
+// SAFETY: HailoRT's blocking vstream write and read may be called from any
+// thread, and a writer and a reader may work on one network group at once
+// (HailoRT's own vstreams_example.c writes on one thread and reads on
+// others). The input handle is used only by the writer thread and the
+// output handles only by the reader thread while frames are in flight; the
+// engine's own thread touches them only when both are idle (nothing in
+// flight). The engine joins both threads before releasing the vstreams.
+unsafe impl<T> Send for Lane<T> {}
+
+/// The writer and reader threads, their bounded channels (each holds at
+/// most `depth` frames) and the engine-side bookkeeping.
+struct Io {
+    depth: usize,
+    jobs: Option<Sender<Job>>,
+    /// Prepared-input buffers, `depth` of them, returned by the writer.
+    free: Receiver<Prepared>,
+    results: Option<Receiver<Done>>,
+    /// The class of the first failure since the vstreams were last cleared.
+    failed: Arc<Mutex<Option<HailoFailure>>>,
+    /// Tags submitted whose result has not been received from the reader,
+    /// oldest first.
+    outstanding: VecDeque<u64>,
+    /// Results received while draining, not yet collected (at most `depth`).
+    ready: VecDeque<Done>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+fn lock_failed(f: &Mutex<Option<HailoFailure>>) -> std::sync::MutexGuard<'_, Option<HailoFailure>> {
+    f.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Io {
+    fn start(
+        lib: &Arc<sys::HailoRt>,
+        input: &InputVstreams,
+        outputs: &OutputVstreams,
+        ports: &[Port],
+        depth: usize,
+    ) -> Result<Self, HailoError> {
+        let depth = depth.max(1);
+        let (jobs_tx, jobs_rx) = bounded::<Job>(depth);
+        let (free_tx, free_rx) = bounded::<Prepared>(depth);
+        let (written_tx, written_rx) = bounded::<Written>(depth);
+        let (results_tx, results_rx) = bounded::<Done>(depth);
+        for _ in 0..depth {
+            let _ = free_tx.send(Prepared::U8(Vec::new()));
+        }
+        let failed = Arc::new(Mutex::new(None));
+        let writer_lane = Lane { lib: Arc::clone(lib), handles: input.raw.clone() };
+        let reader_lane = Lane { lib: Arc::clone(lib), handles: outputs.raw.clone() };
+        let ports = ports.to_vec();
+        let wfailed = Arc::clone(&failed);
+        let writer = std::thread::Builder::new()
+            .name("hailo-write".into())
+            .spawn(move || writer_loop(writer_lane, jobs_rx, free_tx, written_tx, wfailed))
+            .map_err(|_| HailoError::IoThreadGone)?;
+        let rfailed = Arc::clone(&failed);
+        let reader = std::thread::Builder::new()
+            .name("hailo-read".into())
+            .spawn(move || reader_loop(reader_lane, ports, written_rx, results_tx, rfailed))
+            .map_err(|_| HailoError::IoThreadGone)?;
+        Ok(Self {
+            depth,
+            jobs: Some(jobs_tx),
+            free: free_rx,
+            results: Some(results_rx),
+            failed,
+            outstanding: VecDeque::new(),
+            ready: VecDeque::new(),
+            threads: vec![writer, reader],
+        })
+    }
+
+    fn in_flight(&self) -> usize {
+        self.outstanding.len() + self.ready.len()
+    }
+
+    /// The next result from the reader, waiting up to `timeout`; a reader
+    /// that is gone fails the frames it owed ([`HailoError::IoThreadGone`]).
+    fn receive(&mut self, timeout: Duration) -> Option<Done> {
+        let tag = *self.outstanding.front()?;
+        let got = match self.results.as_ref() {
+            Some(r) => r.recv_timeout(timeout),
+            None => Err(crossbeam_channel::RecvTimeoutError::Disconnected),
+        };
+        let done = match got {
+            Ok(done) => done,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => return None,
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => (tag, Err(HailoError::IoThreadGone)),
+        };
+        self.outstanding.pop_front();
+        Some(done)
+    }
+
+    /// Waits for every outstanding result, keeping them for `collect`.
+    fn drain(&mut self) {
+        while !self.outstanding.is_empty() {
+            if let Some(done) = self.receive(Duration::from_secs(1)) {
+                self.ready.push_back(done);
+            }
+        }
+    }
+
+    fn take_failure(&self) -> Option<HailoFailure> {
+        lock_failed(&self.failed).take()
+    }
+}
+
+impl Drop for Io {
+    fn drop(&mut self) {
+        // Closing the job channel stops the writer, which closes the reader's;
+        // dropping the results lets a reader blocked on a send go too.
+        self.jobs = None;
+        self.results = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn writer_loop(
+    lane: Lane<sys::hailo_input_vstream>,
+    jobs: Receiver<Job>,
+    free: Sender<Prepared>,
+    written: Sender<Written>,
+    failed: Arc<Mutex<Option<HailoFailure>>>,
+) {
+    for job in jobs {
+        let status = match job.input {
+            Err(e) => Err(e),
+            Ok(buf) => {
+                // After a failure nothing more goes to the chip until the
+                // engine has cleared the vstreams.
+                let after = *lock_failed(&failed);
+                let status = match after {
+                    Some(after) => Err(HailoError::Abandoned { after }),
+                    None => {
+                        let (ptr, len) = buf.bytes();
+                        let status = write_raw(&lane.lib, lane.handles[0], ptr, len);
+                        if let Err(e) = &status {
+                            lock_failed(&failed).get_or_insert(e.failure());
+                        }
+                        status
+                    }
+                };
+                let _ = free.send(buf);
+                status
+            }
+        };
+        if written.send(Written { tag: job.tag, lb: job.lb, status }).is_err() {
+            return;
+        }
+    }
+}
+
+fn reader_loop(
+    lane: Lane<sys::hailo_output_vstream>,
+    ports: Vec<Port>,
+    written: Receiver<Written>,
+    results: Sender<Done>,
+    failed: Arc<Mutex<Option<HailoFailure>>>,
+) {
+    let mut staging = Vec::with_capacity(ports.iter().map(|p| p.elements).max().unwrap_or(0));
+    for w in written {
+        let after = *lock_failed(&failed);
+        let result = match (w.status, after) {
+            (Err(e), _) => Err(e),
+            // Written before the writer saw the failure: not read, cleared later.
+            (Ok(()), Some(after)) => Err(HailoError::Abandoned { after }),
+            (Ok(()), None) => read_outputs(&lane.lib, &ports, &lane.handles, &mut staging),
+        };
+        if let Err(e) = &result {
+            lock_failed(&failed).get_or_insert(e.failure());
+        }
+        if results.send((w.tag, result.map(|o| (o, w.lb)))).is_err() {
+            return;
+        }
+    }
 }
 
 impl Engine for HailoEngine {
@@ -1425,13 +1715,122 @@ impl Engine for HailoEngine {
     fn hef_layout(&self) -> Option<HefLayout> {
         Some(HailoEngine::hef_layout(self))
     }
+
+    fn depth(&self) -> usize {
+        self.io.depth
+    }
+
+    /// Prepares on this thread; the I/O threads write and read.
+    fn submit(&mut self, tag: u64, frame: Arc<RgbImage>, spec: &InputSpec) -> Result<Option<Completed>, EngineError> {
+        if self.io.in_flight() >= self.io.depth {
+            return Err(EngineError::Overfull { depth: self.io.depth });
+        }
+        // A failure earlier in the stream: finish what is in flight, then
+        // clear the vstreams before anything new is written.
+        if lock_failed(&self.io.failed).is_some() {
+            self.settle_in_flight();
+        }
+        // Replaced by the real one when the frame is prepared.
+        let mut lb = vision::Letterbox {
+            scale_x: 1.0,
+            scale_y: 1.0,
+            frame_width: frame.width(),
+            frame_height: frame.height(),
+            input_width: spec.width,
+            input_height: spec.height,
+        };
+        let input = match self.check_usable().and_then(|()| self.check_spec(spec)) {
+            Err(e) => Err(e),
+            Ok(()) => {
+                let buf = self.io.free.recv().map_err(|_| HailoError::IoThreadGone);
+                buf.map(|buf| {
+                    let (prepared, l) = self.prepare_into(buf, &frame, spec);
+                    lb = l;
+                    prepared
+                })
+            }
+        };
+        let Some(jobs) = self.io.jobs.as_ref() else { return Err(HailoError::IoThreadGone.into()) };
+        if jobs.send(Job { tag, lb, input }).is_err() {
+            return Err(HailoError::IoThreadGone.into());
+        }
+        self.io.outstanding.push_back(tag);
+        Ok(None)
+    }
+
+    fn collect(&mut self, timeout: Duration) -> Option<Completed> {
+        let done = match self.io.ready.pop_front() {
+            Some(d) => d,
+            None => self.io.receive(timeout)?,
+        };
+        let (tag, result) = done;
+        Some(Completed { tag, kind: EngineKind::Hailo, result: result.map_err(EngineError::from) })
+    }
 }
 
+impl HailoEngine {
+    /// With nothing in flight (results kept for `collect`): clears the
+    /// vstreams if a frame failed since they were last cleared, or poisons
+    /// the engine if that fails.
+    fn settle_in_flight(&mut self) {
+        self.io.drain();
+        if let Some(failure) = self.io.take_failure()
+            && let Err(clear) = self.clear_vstreams()
+        {
+            self.poisoned.get_or_insert((clear.to_string(), failure));
+        }
+    }
+
+    fn check_spec(&self, spec: &InputSpec) -> Result<(), HailoError> {
+        let expected = self.input_shape();
+        if [3, spec.height as usize, spec.width as usize] != expected[1..] {
+            return Err(HailoError::InputShape {
+                got: vec![1, 3, spec.height as usize, spec.width as usize],
+                expected,
+            });
+        }
+        Ok(())
+    }
+
+    /// Prepares `frame` into `buf` in the HEF input's form (as `infer_frame`).
+    fn prepare_into(&mut self, buf: Prepared, frame: &RgbImage, spec: &InputSpec) -> (Prepared, vision::Letterbox) {
+        match self.input_format {
+            InputFormat::Uint8 => {
+                let mut b = match buf {
+                    Prepared::U8(b) => b,
+                    Prepared::F32(_) => Vec::new(),
+                };
+                let lb = vision::prepare_u8_nhwc(frame, spec, &mut b);
+                (Prepared::U8(b), lb)
+            }
+            InputFormat::Float32 => {
+                let mut f = match buf {
+                    Prepared::F32(f) => f,
+                    Prepared::U8(_) => Vec::new(),
+                };
+                let lb = vision::prepare(frame, spec, &mut self.staging_tensor);
+                let port = &self.input_port;
+                match port.layout() {
+                    Some(Layout::Nhwc) => {
+                        nchw_to_nhwc(&self.staging_tensor.data, port.channels, port.height, port.width, &mut f)
+                    }
+                    _ => {
+                        f.clear();
+                        f.extend_from_slice(&self.staging_tensor.data);
+                    }
+                }
+                (Prepared::F32(f), lb)
+            }
+        }
+    }
+}
+
+/// The configured network group and its batch size (0: HailoRT's default).
 fn configure(
     lib: &sys::HailoRt,
     vdevice: &VDevice,
     hef: &Hef,
-) -> Result<sys::hailo_configured_network_group, HailoError> {
+) -> Result<(sys::hailo_configured_network_group, u16), HailoError> {
     // About 64 KiB: on the heap.
     let mut params: Box<sys::hailo_configure_params_t> = Box::default();
     // SAFETY: `params` points at a writable hailo_configure_params_t; the HEF
@@ -1448,8 +1847,9 @@ fn configure(
     check(lib, "hailo_configure_vdevice", unsafe {
         lib.hailo_configure_vdevice(vdevice.raw, hef.raw, &mut *params, groups.as_mut_ptr(), &mut n)
     })?;
+    let batch = params.network_group_params[0].batch_size;
     match n {
-        1 if !groups[0].is_null() => Ok(groups[0]),
+        1 if !groups[0].is_null() => Ok((groups[0], batch)),
         _ => Err(HailoError::UnsupportedModel(format!("{n} network groups; exactly one is supported"))),
     }
 }

@@ -10,6 +10,9 @@ pub mod hailo;
 pub mod onnx;
 pub mod select;
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use image::RgbImage;
@@ -61,6 +64,12 @@ pub enum EngineError {
     },
     #[error("model does not fit the manifest: {0}")]
     ModelMismatch(String),
+    /// A caller submitted more frames than [`Engine::depth`] allows.
+    #[error("{depth} frames already in flight, the most this engine takes")]
+    Overfull { depth: usize },
+    /// The CPU engine's worker thread is gone (it panicked or could not start).
+    #[error("the ONNX Runtime worker thread stopped")]
+    WorkerGone,
     /// The accelerator failed; [`EngineError::failure`] says how badly.
     #[error("Hailo-8 ({})", .0.failure())]
     Accelerator(#[from] hailo::HailoError),
@@ -85,7 +94,20 @@ pub struct Output {
     pub data: Vec<f32>,
 }
 
-/// A loaded network ready to run. Engines run on the inference thread only.
+/// One frame's outputs and the letterbox that maps its boxes back to the frame.
+pub type FrameResult = Result<(Vec<Output>, Letterbox), EngineError>;
+
+/// The result of a frame handed to [`Engine::submit`], matched by its tag.
+#[derive(Debug)]
+pub struct Completed {
+    pub tag: u64,
+    /// The engine that produced `result` (the CPU after a fallback).
+    pub kind: EngineKind,
+    pub result: FrameResult,
+}
+
+/// A loaded network ready to run. Engines are driven from the inference
+/// thread only (an engine may run its own I/O threads inside).
 pub trait Engine: Send {
     fn kind(&self) -> EngineKind;
     /// Runs one input; outputs come in the ONNX model's output order.
@@ -95,7 +117,8 @@ pub trait Engine: Send {
     /// the letterbox that maps boxes back to the frame. By default the float
     /// NCHW tensor goes into `input` (reused between frames); an engine whose
     /// input takes another form (a UINT8 HEF) prepares that instead and may
-    /// leave `input` untouched.
+    /// leave `input` untouched. Call it with no frame in flight
+    /// ([`Engine::submit`]); engines that pipeline finish those first.
     fn run_frame(
         &mut self,
         frame: &RgbImage,
@@ -109,6 +132,31 @@ pub trait Engine: Send {
     /// The loaded HEF's input format, output orders and NMS shapes, for an
     /// accelerator engine; `None` on the CPU.
     fn hef_layout(&self) -> Option<hailo::HefLayout> {
+        None
+    }
+
+    /// How many frames may be in flight at once (submitted, not yet
+    /// collected). It may change after a collect (a fallback to the CPU).
+    fn depth(&self) -> usize {
+        1
+    }
+
+    /// Prepares `frame` on the caller's thread and starts it. A pipelining
+    /// engine returns `Ok(None)` and hands the result to [`Engine::collect`],
+    /// in submission order; a synchronous one (the default) runs it now and
+    /// returns it (only ever with nothing else in flight). Errors: only
+    /// [`EngineError::Overfull`] (more than [`Engine::depth`] in flight);
+    /// a frame's own failure comes back in its [`Completed`].
+    fn submit(&mut self, tag: u64, frame: Arc<RgbImage>, spec: &InputSpec) -> Result<Option<Completed>, EngineError> {
+        let mut input = Tensor::zeros(&[1]);
+        let result = self.run_frame(&frame, spec, &mut input);
+        Ok(Some(Completed { tag, kind: self.kind(), result }))
+    }
+
+    /// The oldest submitted frame's result, waiting up to `timeout`; `None`
+    /// when nothing is in flight or it is not done yet.
+    fn collect(&mut self, timeout: Duration) -> Option<Completed> {
+        let _ = timeout;
         None
     }
 }
