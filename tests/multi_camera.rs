@@ -86,6 +86,17 @@ fn two_replay_cameras_and_a_missing_v4l_one_each_keep_their_own_records() {
     for id in ["people", "cats", "usb"] {
         assert!(out.contains(id), "sparkctl status names camera {id}:\n{out}");
     }
+    // A snapshot of one camera waits for that camera's frame.
+    let png = cfg.dir.path().join("cats.png");
+    let (code, out, err) =
+        sparkctl(&cfg.socket(), &["camera", "snapshot", "--camera", "cats", png.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((v["camera"].as_str(), v["frame"]["origin"].as_str()), (Some("cats"), Some("chelsea.png")), "{v}");
+    let attic = cfg.dir.path().join("attic.png");
+    let (code, _, err) = sparkctl(&cfg.socket(), &["camera", "snapshot", "--camera", "attic", attic.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no camera \"attic\"") && err.contains("people, cats, usb"), "{err}");
     assert!(d.terminate(Duration::from_secs(30)).success());
 }
 

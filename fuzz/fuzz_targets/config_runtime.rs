@@ -18,7 +18,10 @@ fuzz_target!(|data: &[u8]| {
     let (min, max) = c.hailo_reprobe();
     assert!(min <= max && max <= Duration::from_secs(MAX_SECS), "hailo reprobe {min:?} {max:?}");
     assert!(c.telemetry_interval() > Duration::ZERO, "telemetry interval");
-    assert!(c.frame_period() > Duration::ZERO && c.frame_period() <= Duration::from_secs(100), "frame period");
+    for cam in c.cameras() {
+        let p = spark_edge::config::frame_period(cam.fps);
+        assert!(p > Duration::ZERO && p <= Duration::from_secs(100), "frame period");
+    }
     // Exact, not saturated: a saturated bound would be a wrong bound.
     assert_eq!(Some(c.store_max_bytes()), c.store.max_megabytes.checked_mul(1 << 20), "store bytes");
     let t = &c.store.ttl_secs;

@@ -62,7 +62,12 @@ pub enum Request {
     /// The V4L2 devices the daemon sees, with formats, sizes and rates.
     CameraList,
     /// The next camera frame as the model sees it (after resize/letterbox).
-    CameraSnapshot,
+    CameraSnapshot {
+        /// Only a frame of this camera (`[[camera]] id`); absent: the next
+        /// frame of any camera.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        camera: Option<String>,
+    },
     /// Microphone level windows numbered `from_seq` and later; `None` gives
     /// none, only where the stream is (a meter starts there).
     MicLevel {
@@ -100,7 +105,7 @@ impl Request {
             Request::UpdateApplyManifest { .. } | Request::UpdateApplyChunk { .. } => "update apply",
             Request::Infer { .. } => "infer",
             Request::CameraList => "camera list",
-            Request::CameraSnapshot => "camera snapshot",
+            Request::CameraSnapshot { .. } => "camera snapshot",
             Request::MicLevel { .. } => "mic level",
             Request::Metrics => "metrics",
         }
@@ -595,6 +600,9 @@ pub struct SizeRange {
 /// `sparkctl camera snapshot`: the model's input picture.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SnapshotReport {
+    /// The camera the frame came from.
+    #[serde(default)]
+    pub camera: String,
     pub width: u32,
     pub height: u32,
     /// RGB8 rows, top to bottom, base64 (the client writes the PNG).
@@ -758,7 +766,7 @@ mod tests {
             Request::UpdateApplyChunk { chunk: r#"{"update_id":"u","index":0,"data":""}"#.into() },
             Request::Infer { name: "a.png".into(), image_hex: "89504e47".into() },
             Request::CameraList,
-            Request::CameraSnapshot,
+            Request::CameraSnapshot { camera: None },
             Request::MicLevel { from_seq: None },
             Request::MicLevel { from_seq: Some(42) },
             Request::Metrics,
@@ -780,7 +788,7 @@ mod tests {
             | Request::ConfigReload
             | Request::UpdateStatus
             | Request::CameraList
-            | Request::CameraSnapshot
+            | Request::CameraSnapshot { .. }
             | Request::Metrics => r,
             Request::UpdateApplyManifest { .. } => Request::UpdateApplyManifest { envelope: text },
             Request::UpdateApplyChunk { .. } => Request::UpdateApplyChunk { chunk: text },
@@ -881,7 +889,7 @@ mod tests {
         let r = decode_request(br#"{"v":1,"request":{"cmd":"mic-level"}}"#).unwrap();
         assert_eq!(r, Request::MicLevel { from_seq: None });
         let r = decode_request(br#"{"v":1,"request":{"cmd":"camera-snapshot"}}"#).unwrap();
-        assert_eq!(r, Request::CameraSnapshot);
+        assert_eq!(r, Request::CameraSnapshot { camera: None });
     }
 
     #[test]

@@ -105,16 +105,30 @@ pub fn snapshot_deadline(fps: f64) -> Duration {
     crate::config::seconds((3.0 * period + 2.0).clamp(10.0, 50.0))
 }
 
-pub(super) async fn camera_snapshot(ctx: &Arc<ControlContext>, limits: &Limits) -> Response {
+pub(super) async fn camera_snapshot(ctx: &Arc<ControlContext>, limits: &Limits, camera: Option<String>) -> Response {
     let err = |code, m: String| Response::Error(ErrorBody::new(code, m));
-    if ctx.frames.is_none() {
+    let Some(frames) = ctx.frames.as_ref() else {
         return err(ErrorCode::Unavailable, "no camera: camera.source = \"none\" runs no model on frames".into());
+    };
+    if let Some(id) = &camera
+        && frames.lane(id).is_none()
+    {
+        let ids: Vec<&str> = frames.lanes().iter().map(|l| &*l.id).collect();
+        let shown: String = id.chars().take(64).collect();
+        return err(ErrorCode::BadRequest, format!("no camera {shown:?}; this daemon has {}", ids.join(", ")));
     }
-    let rx = match ctx.shared.snapshots.request() {
+    let rx = match ctx.shared.snapshots.request(camera.clone()) {
         Ok(rx) => rx,
         Err(e) => return err(ErrorCode::Busy, format!("{e}; try again")),
     };
-    let slowest = ctx.config.cameras().iter().map(|c| c.fps).fold(f64::INFINITY, f64::min);
+    // The asked camera's rate, else the slowest camera's.
+    let slowest = ctx
+        .config
+        .cameras()
+        .iter()
+        .filter(|c| camera.as_deref().is_none_or(|id| id == c.id))
+        .map(|c| c.fps)
+        .fold(f64::INFINITY, f64::min);
     let deadline = snapshot_deadline(slowest);
     let view = match tokio::time::timeout(deadline, rx).await {
         Err(_) => {
@@ -147,6 +161,7 @@ pub(super) async fn camera_snapshot(ctx: &Arc<ControlContext>, limits: &Limits) 
     };
     let (rgb_base64, v) = encoded;
     Response::Snapshot(SnapshotReport {
+        camera: v.camera,
         width,
         height,
         rgb_base64,

@@ -707,7 +707,7 @@ async fn handle(req: Request, ctx: &Arc<ControlContext>, peer: Option<&UCred>, l
             }
         }
         Request::CameraList => super::sensors::camera_list(ctx, limits).await,
-        Request::CameraSnapshot => super::sensors::camera_snapshot(ctx, limits).await,
+        Request::CameraSnapshot { camera } => super::sensors::camera_snapshot(ctx, limits, camera).await,
         Request::MicLevel { from_seq } => super::sensors::mic_level(ctx, from_seq),
         Request::Metrics => match super::metrics::collect(ctx).await {
             Ok(text) => Response::Metrics(protocol::MetricsReport { text }),

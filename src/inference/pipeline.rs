@@ -168,13 +168,14 @@ fn body(
 /// The model input of `frame` as a picture, for [`crate::inference::snapshot`].
 /// Prepared again here (only when a technician asks): an engine fed uint8
 /// NHWC leaves the float tensor untouched.
-fn model_view(model: &Model, frame: &Frame) -> crate::inference::snapshot::Reply {
+fn model_view(model: &Model, camera: &str, frame: &Frame) -> crate::inference::snapshot::Reply {
     let spec = &model.manifest.input;
     let mut input = Tensor::zeros(&[1]);
     vision::prepare(&frame.image, spec, &mut input);
     let image = vision::tensor_to_rgb(&input, spec)
         .ok_or_else(|| crate::inference::snapshot::ViewError { shape: input.shape.clone() })?;
     Ok(crate::inference::snapshot::ModelView {
+        camera: camera.to_string(),
         image,
         content: vision::fitted_size(frame.image.dimensions(), spec),
         frame_origin: frame.origin.clone(),
@@ -289,7 +290,7 @@ pub fn run_with(
         let popped_at = Instant::now();
         let inferred = infer_frame(engine.as_mut(), &model, &frame.image, &mut input);
         // `sparkctl camera snapshot`: answered even if the engine failed.
-        shared.snapshots.serve(popped_at, || model_view(&model, &frame));
+        shared.snapshots.serve(popped_at, camera, || model_view(&model, camera, &frame));
         // A frame whose outputs did not decode still gets its record, carrying the error.
         let stored = match &inferred {
             Ok(r) => {

@@ -34,6 +34,10 @@ pub enum CameraAction {
         /// Replace FILE if it exists.
         #[arg(long)]
         force: bool,
+        /// A frame of this camera (its `[[camera]] id`); default: the next
+        /// frame of any camera.
+        #[arg(long, value_name = "ID")]
+        camera: Option<String>,
     },
 }
 
@@ -50,7 +54,7 @@ pub enum MicAction {
 pub fn camera(socket: &Path, action: CameraAction, out: &Out) -> ExitCode {
     match action {
         CameraAction::List { local } => camera_list(socket, local, out),
-        CameraAction::Snapshot { file, force } => snapshot(socket, &file, force, out),
+        CameraAction::Snapshot { file, force, camera } => snapshot(socket, &file, force, camera, out),
     }
 }
 
@@ -157,7 +161,7 @@ fn device_lines(d: &CameraDevice, o: &Out) -> Vec<String> {
 
 // ---- camera snapshot -----------------------------------------------------------
 
-fn snapshot(socket: &Path, file: &Path, force: bool, out: &Out) -> ExitCode {
+fn snapshot(socket: &Path, file: &Path, force: bool, camera: Option<String>, out: &Out) -> ExitCode {
     let usage = |msg: String| {
         eprintln!("sparkctl: {msg}");
         ExitCode::from(2)
@@ -172,7 +176,7 @@ fn snapshot(socket: &Path, file: &Path, force: bool, out: &Out) -> ExitCode {
     if !dir.is_dir() {
         return usage(format!("{}: no such directory", dir.display()));
     }
-    let r = match ask(socket, &Request::CameraSnapshot, SLOW_TIMEOUT, out) {
+    let r = match ask(socket, &Request::CameraSnapshot { camera }, SLOW_TIMEOUT, out) {
         Ok(Response::Snapshot(r)) => r,
         Ok(other) => return unexpected(&other),
         Err(code) => return code,
@@ -189,6 +193,7 @@ fn snapshot(socket: &Path, file: &Path, force: bool, out: &Out) -> ExitCode {
             "{}",
             serde_json::json!({
                 "path": file,
+                "camera": r.camera,
                 "bytes": png.len(),
                 "width": r.width,
                 "height": r.height,
