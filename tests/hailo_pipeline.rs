@@ -1,0 +1,209 @@
+//! Frames in flight on the Hailo path, through the production loader and the
+//! HailoRT test double with its timing model on (tests/hailo-double/): each
+//! result is matched to its own frame, and a device lost with frames in
+//! flight re-runs every one of them on the CPU, in order, once.
+//!
+//! Each scenario runs in a child process of this test binary (as in
+//! tests/hailo_ffi.rs): the double's switches are process environment and its
+//! write counter is process-wide.
+
+#[path = "hailo-double/double.rs"]
+mod double;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use image::RgbImage;
+use spark_edge::inference::engine::hailo::{HailoEngine, HailoError, HailoOptions, HefSource};
+use spark_edge::inference::engine::select::{Opener, Selector};
+use spark_edge::inference::engine::{Completed, Engine, EngineError, EngineKind, Output};
+use spark_edge::inference::model::{ColorOrder, InputSpec, Layout, Resize};
+use spark_edge::inference::vision::{self, Tensor};
+use spark_edge::state::Shared;
+
+const SCENARIO_ENV: &str = "HAILO_PIPELINE_SCENARIO";
+const DOUBLE_VARS: [&str; 4] =
+    ["HAILO_DOUBLE_TIMING", "HAILO_DOUBLE_DEVICE_LOST_AT", "HAILO_DOUBLE_CONTROL", "HAILO_DOUBLE_TIMEOUT_AT"];
+
+/// Runs `body` as scenario `name` in a child process with `env` set.
+fn scenario(name: &str, env: &[(&str, &str)], body: impl FnOnce()) {
+    if std::env::var(SCENARIO_ENV).as_deref() == Ok(name) {
+        body();
+        return;
+    }
+    let lib = double::library();
+    let exe = std::env::current_exe().expect("path of this test binary");
+    let mut cmd = std::process::Command::new(&exe);
+    cmd.args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(SCENARIO_ENV, name)
+        .env(double::ENV_PATH, &lib)
+        .env("HAILORT_LOGGER_PATH", "NONE")
+        .env_remove("HAILORT_LIBRARY");
+    for v in DOUBLE_VARS {
+        cmd.env_remove(v);
+    }
+    cmd.envs(env.iter().copied());
+    let out = cmd.output().unwrap_or_else(|e| panic!("starting scenario {name}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "scenario {name} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+const H: u32 = 32;
+const W: u32 = 48;
+
+fn spec() -> InputSpec {
+    InputSpec {
+        name: "input".into(),
+        width: W,
+        height: H,
+        color: ColorOrder::Rgb,
+        layout: Layout::Nchw,
+        resize: Resize::Letterbox,
+        pad_value: 0.0,
+        mean: [0.0; 3],
+        std: [1.0; 3],
+    }
+}
+
+/// A frame whose content depends on `tag`, so each has its own outputs.
+fn frame(tag: u64) -> Arc<RgbImage> {
+    Arc::new(RgbImage::from_fn(W, H, |x, y| {
+        let v = (tag as u32).wrapping_mul(37).wrapping_add(x * 3 + y * 5);
+        image::Rgb([(v % 251) as u8, (v / 7 % 253) as u8, (tag % 256) as u8])
+    }))
+}
+
+/// What the double (and the CPU stand-in below) returns for `frame`.
+fn expected(frame: &RgbImage) -> Vec<Vec<f32>> {
+    let mut t = Tensor::zeros(&[1]);
+    vision::prepare(frame, &spec(), &mut t);
+    double::expected_outputs(&t.data, H as usize, W as usize)
+}
+
+fn assert_matches(tag: u64, outputs: &[Output]) {
+    let want = expected(&frame(tag));
+    assert_eq!(outputs.len(), want.len(), "frame {tag}");
+    for (out, e) in outputs.iter().zip(&want) {
+        for (g, e) in out.data.iter().zip(e) {
+            assert!((g - e).abs() <= 1e-4 * e.abs().max(1.0), "frame {tag} got another frame's outputs: {g} vs {e}");
+        }
+    }
+}
+
+fn open(timing: &str, frames_in_flight: usize) -> Result<HailoEngine, HailoError> {
+    let hef = double::hef_variant(H, W, timing);
+    let opts = HailoOptions { timeout_ms: 2_000, frames_in_flight, ..HailoOptions::default() };
+    HailoEngine::try_open(Some(&double::library()), HefSource::Bytes(&hef), &opts)
+}
+
+/// Streams tags 1..=n through `engine` with up to `depth()` frames in
+/// flight, as the inference loop does; returns the results in the order
+/// collected.
+fn stream(engine: &mut dyn Engine, n: u64) -> Vec<Completed> {
+    let mut done = Vec::new();
+    let (mut next, mut in_flight) = (1, 0);
+    while done.len() < n as usize {
+        while next <= n && in_flight < engine.depth() {
+            match engine.submit(next, frame(next), &spec()).expect("within the depth") {
+                Some(c) => done.push(c),
+                None => in_flight += 1,
+            }
+            next += 1;
+        }
+        if in_flight > 0 {
+            // A deadline, not a pace: the double answers within its latency.
+            let c = engine.collect(Duration::from_secs(10)).expect("a frame in flight completes within 10 s");
+            in_flight -= 1;
+            done.push(c);
+        }
+    }
+    assert!(engine.collect(Duration::ZERO).is_none(), "nothing left in flight");
+    done
+}
+
+#[test]
+fn results_are_matched_to_their_frames_under_load() {
+    scenario("results_are_matched_to_their_frames_under_load", &[], || {
+        for depth in [0, 1, 8] {
+            let mut engine = open("timing=200:1000:8", depth).expect("opening the double");
+            assert_eq!(engine.depth(), if depth == 0 { 4 } else { depth });
+            let done = stream(&mut engine, 200);
+            let tags: Vec<u64> = done.iter().map(|c| c.tag).collect();
+            assert_eq!(tags, (1..=200).collect::<Vec<_>>(), "depth {depth}: in order, each once");
+            for c in &done {
+                assert_eq!(c.kind, EngineKind::Hailo);
+                let (outputs, _) = c.result.as_ref().unwrap_or_else(|e| panic!("frame {}: {e}", c.tag));
+                assert_matches(c.tag, outputs);
+            }
+            // The synchronous path still works between streams, on fresh frames.
+            let (outputs, _) = engine.infer_frame(&frame(7), &spec()).expect("a synchronous frame");
+            assert_matches(7, &outputs);
+        }
+    });
+}
+
+/// The CPU engine's stand-in: computes the double's function, so both
+/// engines give a frame the same outputs and a frame re-run on the CPU can
+/// be checked against its own content. Records which tags it ran.
+struct CpuDouble {
+    ran: Arc<Mutex<Vec<u64>>>,
+}
+
+impl Engine for CpuDouble {
+    fn kind(&self) -> EngineKind {
+        EngineKind::OnnxCpu
+    }
+    fn run(&mut self, input: &Tensor) -> Result<Vec<Output>, EngineError> {
+        let outs = double::expected_outputs(&input.data, H as usize, W as usize);
+        Ok(outs.into_iter().map(|data| Output { name: "cpu".into(), shape: vec![data.len()], data }).collect())
+    }
+    fn submit(&mut self, tag: u64, frame: Arc<RgbImage>, spec: &InputSpec) -> Result<Option<Completed>, EngineError> {
+        self.ran.lock().unwrap_or_else(|e| e.into_inner()).push(tag);
+        let mut t = Tensor::zeros(&[1]);
+        let result = self.run_frame(&frame, spec, &mut t);
+        Ok(Some(Completed { tag, kind: EngineKind::OnnxCpu, result }))
+    }
+}
+
+#[test]
+fn device_lost_with_frames_in_flight_reruns_every_one_on_the_cpu_in_order() {
+    // The 30th write finds the device gone. With a 100 ms latency and 4
+    // frames in flight, the frames written just before it are still on the
+    // chip (the reader waits 100 ms per frame) when it goes.
+    const LOST_AT: u64 = 30;
+    scenario(
+        "device_lost_with_frames_in_flight_reruns_every_one_on_the_cpu_in_order",
+        &[("HAILO_DOUBLE_DEVICE_LOST_AT", "30")],
+        || {
+            let ran = Arc::new(Mutex::new(Vec::new()));
+            let opener: Opener = Box::new(|| Ok(Box::new(open("timing=1000:100000:8", 4)?) as Box<dyn Engine>));
+            let shared = Arc::new(Shared::new("t".into()));
+            let cpu = Box::new(CpuDouble { ran: ran.clone() });
+            let mut s =
+                Selector::new(cpu, Some(opener), Duration::from_secs(60), Duration::from_secs(60), shared.clone());
+            assert_eq!((s.active(), s.depth()), (EngineKind::Hailo, 4));
+            let done = stream(&mut s, 50);
+
+            let tags: Vec<u64> = done.iter().map(|c| c.tag).collect();
+            assert_eq!(tags, (1..=50).collect::<Vec<_>>(), "every frame once, in order");
+            for c in &done {
+                let (outputs, _) = c.result.as_ref().unwrap_or_else(|e| panic!("frame {}: {e}", c.tag));
+                assert_matches(c.tag, outputs);
+            }
+            // The accelerator's frames, then the CPU's: one switch.
+            let first_cpu = done.iter().position(|c| c.kind == EngineKind::OnnxCpu).expect("a fallback") as u64 + 1;
+            assert!(done[first_cpu as usize - 1..].iter().all(|c| c.kind == EngineKind::OnnxCpu));
+            assert!(first_cpu < LOST_AT, "frames written before the loss (from {first_cpu}) were re-run");
+            // The CPU ran exactly the frames the device did not answer, once each.
+            let cpu_ran = ran.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            assert_eq!(cpu_ran, (first_cpu..=50).collect::<Vec<_>>());
+            assert_eq!(shared.engine().fallbacks, 1);
+            assert_eq!(s.active(), EngineKind::OnnxCpu);
+        },
+    );
+}
