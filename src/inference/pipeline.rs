@@ -1,9 +1,11 @@
 //! The inference loop: frames in, inference records out.
 //!
 //! Runs on its own named thread (never on the async runtime): takes frames
-//! from the drop-oldest queue, prepares the tensor, runs the engine, decodes
-//! and appends one record per frame to the outbox. Owns no storage.
+//! from the drop-oldest queues, prepares and submits them to the engine with
+//! up to its depth in flight, decodes each result in order and appends one
+//! record per frame to the outbox. Owns no storage.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -11,13 +13,13 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::inference::detect::{self, DecodeError, Detection};
-use crate::inference::engine::Engine;
+use crate::inference::engine::{Completed, Engine};
 use crate::inference::model::Model;
 use crate::inference::observe::{FrameObserver, Observed, TrackTag};
 use crate::inference::vision::{self, Tensor};
 use crate::outbox::Appender;
 use crate::record::Stream;
-use crate::sources::camera::{CameraQueues, Frame};
+use crate::sources::camera::{CameraLane, CameraQueues, Frame};
 use crate::state::Shared;
 
 #[derive(Debug, Serialize)]
@@ -252,8 +254,36 @@ pub fn run_swappable(
     run_with(engine, model, cameras, appender, shared, abort, jobs, swaps, AfterDecode::default())
 }
 
+/// A frame handed to the engine, waiting for its result. Its picture is
+/// shared with the engine (which may need it to re-run the frame on the
+/// CPU) and put back when the result comes.
+struct InFlight {
+    tag: u64,
+    lane: usize,
+    frame: Frame,
+    image: Arc<image::RgbImage>,
+    popped_at: Instant,
+    /// A synchronous engine's result, returned by `submit` itself.
+    early: Option<Completed>,
+}
+
+/// What happens to a frame once its result is in: decode, observe, record.
+struct Recorder {
+    appender: Appender,
+    shared: Arc<Shared>,
+    after: AfterDecode,
+    last_error_log: Option<Instant>,
+}
+
 /// [`run_swappable`], handing each decoded frame to `after.observer` (whose
 /// track tags go into the record) and writing records as `after.publish` says.
+///
+/// Keeps up to `engine.depth()` frames in flight: while the engine works on
+/// them, the next frames are taken and prepared (`Engine::submit`), and the
+/// oldest result is decoded and recorded as soon as it is in, so frames are
+/// recorded in the order they were taken. The in-flight list is bounded by
+/// the engine's depth; it is emptied before an engine swap and before a
+/// `sparkctl infer` job runs.
 #[allow(clippy::too_many_arguments)]
 pub fn run_with(
     mut engine: Box<dyn Engine>,
@@ -264,50 +294,129 @@ pub fn run_with(
     abort: Arc<AtomicBool>,
     jobs: crossbeam_channel::Receiver<InferJob>,
     swaps: crossbeam_channel::Receiver<EngineSwap>,
-    mut after: AfterDecode,
+    after: AfterDecode,
 ) {
     let mut input = Tensor::zeros(&[1]);
-    let mut last_error_log: Option<Instant> = None;
+    let mut rec = Recorder { appender, shared, after, last_error_log: None };
+    let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+    let mut next_tag: u64 = 0;
     while !abort.load(Ordering::Relaxed) {
         if let Ok(swap) = swaps.try_recv() {
+            // The old engine's frames are finished and recorded first.
+            drain(engine.as_mut(), &model, &cameras, &mut in_flight, &mut rec);
             engine = swap.engine;
             model = swap.model;
             let _ = swap.done.send(());
             tracing::info!(model = %model.manifest.name, version = %model.manifest.version, "inference switched to the updated model");
         }
         while let Ok(job) = jobs.try_recv() {
+            drain(engine.as_mut(), &model, &cameras, &mut in_flight, &mut rec);
             let _ = job.reply.send(infer_frame(engine.as_mut(), &model, &job.image, &mut input));
         }
-        // The cameras in turn: a busy one cannot starve a slow one.
-        let Some((lane, frame)) = cameras.pop(Duration::from_millis(200)) else {
+        // Take and submit frames while the engine has room; wait for one
+        // only when nothing is in flight. The cameras in turn: a busy one
+        // cannot starve a slow one.
+        while in_flight.len() < engine.depth().max(1) {
+            let wait = if in_flight.is_empty() { Duration::from_millis(200) } else { Duration::ZERO };
+            let Some((lane, mut frame)) = cameras.pop(wait) else { break };
+            let popped_at = Instant::now();
+            next_tag += 1;
+            let image = Arc::new(std::mem::take(&mut frame.image));
+            let early = match engine.submit(next_tag, Arc::clone(&image), &model.manifest.input) {
+                Ok(early) => early,
+                // Refused (more than its depth): this frame fails, in its turn.
+                Err(e) => Some(Completed { tag: next_tag, kind: engine.kind(), result: Err(e) }),
+            };
+            in_flight.push_back(InFlight { tag: next_tag, lane, frame, image, popped_at, early });
+        }
+        if in_flight.is_empty() {
             if cameras.is_closed_and_empty() {
                 break;
             }
             continue;
-        };
-        let lane = &cameras.lanes()[lane];
+        }
+        collect_one(engine.as_mut(), &model, &cameras, &mut in_flight, &mut rec, Duration::from_millis(200));
+    }
+    // Open tracks end (their events are stored) before the writer stops.
+    if let Some(o) = rec.after.observer.as_mut() {
+        o.finish();
+    }
+}
+
+/// Finishes every frame in flight, in order.
+fn drain(
+    engine: &mut dyn Engine,
+    model: &Model,
+    cameras: &CameraQueues,
+    in_flight: &mut VecDeque<InFlight>,
+    rec: &mut Recorder,
+) {
+    while !in_flight.is_empty() {
+        collect_one(engine, model, cameras, in_flight, rec, Duration::from_secs(1));
+    }
+}
+
+/// Waits up to `timeout` for the oldest frame's result; decodes, observes
+/// and records it.
+fn collect_one(
+    engine: &mut dyn Engine,
+    model: &Model,
+    cameras: &CameraQueues,
+    in_flight: &mut VecDeque<InFlight>,
+    rec: &mut Recorder,
+    timeout: Duration,
+) {
+    let Some(front) = in_flight.front_mut() else { return };
+    let done = match front.early.take() {
+        Some(done) => done,
+        None => match engine.collect(timeout) {
+            Some(done) => done,
+            None => return,
+        },
+    };
+    let Some(InFlight { tag, lane, mut frame, image, popped_at, .. }) = in_flight.pop_front() else { return };
+    debug_assert_eq!(done.tag, tag, "engine results come back in submission order");
+    // The engine let go of the picture with the result: no copy.
+    frame.image = Arc::try_unwrap(image).unwrap_or_else(|shared| (*shared).clone());
+    let m = &model.manifest;
+    let inferred = done.result.map_err(InferError::Engine).and_then(|(outputs, lb)| {
+        let detections = detect::decode(&m.output, &m.labels, &outputs, &lb)?;
+        Ok(Inferred { detections, engine: done.kind, latency: popped_at.elapsed() })
+    });
+    rec.record(model, &cameras.lanes()[lane], &frame, popped_at, done.kind, inferred);
+}
+
+impl Recorder {
+    fn record(
+        &mut self,
+        model: &Model,
+        lane: &CameraLane,
+        frame: &Frame,
+        popped_at: Instant,
+        kind: crate::inference::engine::EngineKind,
+        inferred: Result<Inferred, InferError>,
+    ) {
         let camera: &str = &lane.id;
-        let popped_at = Instant::now();
-        let inferred = infer_frame(engine.as_mut(), &model, &frame.image, &mut input);
+        let shared = &self.shared;
         // `sparkctl camera snapshot`: answered even if the engine failed.
-        shared.snapshots.serve(popped_at, camera, || model_view(&model, camera, &frame));
+        shared.snapshots.serve(popped_at, camera, || model_view(model, camera, frame));
         // A frame whose outputs did not decode still gets its record, carrying the error.
         let stored = match &inferred {
             Ok(r) => {
-                let observed = match after.observer.as_mut() {
-                    Some(o) => o.observe(camera, &frame, &r.detections),
+                let observed = match self.after.observer.as_mut() {
+                    Some(o) => o.observe(camera, frame, &r.detections),
                     None => Observed { tags: Vec::new(), labels_changed: true },
                 };
-                let publish = match after.publish {
+                let publish = match self.after.publish {
                     crate::config::Publish::EveryFrame => true,
                     crate::config::Publish::OnChange => observed.labels_changed,
                     crate::config::Publish::None => false,
                 };
-                publish.then(|| tracked_record_body(&model, camera, &frame, r, &observed.tags))
+                publish.then(|| tracked_record_body(model, camera, frame, r, &observed.tags))
             }
             Err(InferError::Decode(e)) => {
-                let r = Inferred { detections: Vec::new(), engine: engine.kind(), latency: popped_at.elapsed() };
-                Some(decode_error_body(&model, camera, &frame, &r, e))
+                let r = Inferred { detections: Vec::new(), engine: kind, latency: popped_at.elapsed() };
+                Some(decode_error_body(model, camera, frame, &r, e))
             }
             Err(InferError::Engine(_)) => None,
         };
@@ -318,7 +427,7 @@ pub fn run_with(
             lane.last_latency_us.store(r.latency.as_micros() as u64, Ordering::Relaxed);
         }
         if let Some(body) = stored {
-            match appender.append(Stream::Inference, body) {
+            match self.appender.append(Stream::Inference, body) {
                 Ok(_) => {
                     shared.inference_total.fetch_add(1, Ordering::Relaxed);
                 }
@@ -333,14 +442,10 @@ pub fn run_with(
             shared.inference_failed.fetch_add(1, Ordering::Relaxed);
             shared.update_engine(|s| s.last_error = Some(e.clone()));
             // The world can make every frame fail: log at most every 10 s.
-            if last_error_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+            if self.last_error_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
                 tracing::error!(error = %e, frame = %frame.origin, "inference failed");
-                last_error_log = Some(Instant::now());
+                self.last_error_log = Some(Instant::now());
             }
         }
-    }
-    // Open tracks end (their events are stored) before the writer stops.
-    if let Some(o) = after.observer.as_mut() {
-        o.finish();
     }
 }

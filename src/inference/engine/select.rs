@@ -190,9 +190,9 @@ impl Engine for Selector {
         if self.pending.len() + self.finished.len() >= depth {
             return Err(EngineError::Overfull { depth });
         }
-        if self.pending.is_empty() {
-            self.probe();
-        }
+        // Frames on either engine keep their order, so a recovered
+        // accelerator takes new frames even while the CPU still has some.
+        self.probe();
         let mut at = At::CpuQueued;
         if let Some(accel) = self.accel.as_mut() {
             match accel.submit(tag, Arc::clone(&frame), spec) {
