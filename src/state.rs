@@ -107,6 +107,51 @@ impl LatencyHistogram {
     }
 }
 
+/// How many recent events `sparkctl events` can show.
+pub const RECENT_EVENTS: usize = 256;
+
+/// One stored event record, summarised for `sparkctl events`; what the
+/// control socket sends is `protocol::EventView`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecentEvent {
+    /// The record's seq in the outbox's `events` stream.
+    pub seq: u64,
+    /// `track_start`, `line_cross`, ..., `count`.
+    pub kind: &'static str,
+    pub camera: String,
+    pub rule: Option<String>,
+    /// `None` on a count record (it covers every label).
+    pub label: Option<String>,
+    pub track_id: Option<u64>,
+    pub time_ms: u64,
+    /// A line crossing's named direction.
+    pub direction: Option<String>,
+}
+
+/// The last [`RECENT_EVENTS`] event records, oldest first; in memory only
+/// (this run's events), bounded: the oldest gives way.
+#[derive(Debug, Default)]
+pub struct RecentEvents {
+    ring: Mutex<std::collections::VecDeque<RecentEvent>>,
+}
+
+impl RecentEvents {
+    /// Callers push in seq order (the events stage commits in order).
+    pub fn push(&self, e: RecentEvent) {
+        let mut r = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        if r.len() == RECENT_EVENTS {
+            r.pop_front();
+        }
+        r.push_back(e);
+    }
+
+    /// The entries with a seq above `after_seq` (all with 0), oldest first.
+    pub fn after(&self, after_seq: u64) -> Vec<RecentEvent> {
+        let r = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        r.iter().filter(|e| e.seq > after_seq).cloned().collect()
+    }
+}
+
 /// Counters are monotonic for the life of the process.
 pub struct Shared {
     pub started: Instant,
@@ -145,6 +190,8 @@ pub struct Shared {
     pub audio_levels: crate::sources::audio::level::Levels,
     /// `sparkctl camera snapshot` requests waiting for the next frame; bounded.
     pub snapshots: crate::inference::snapshot::SnapshotTap,
+    /// The last event records stored (`sparkctl events`); bounded.
+    pub recent_events: RecentEvents,
 }
 
 impl Shared {
@@ -183,6 +230,7 @@ impl Shared {
             audio_errors: AtomicU64::new(0),
             audio_levels: crate::sources::audio::level::Levels::default(),
             snapshots: crate::inference::snapshot::SnapshotTap::default(),
+            recent_events: RecentEvents::default(),
         }
     }
 
@@ -243,5 +291,29 @@ mod tests {
         assert_eq!(s.cumulative[1], (10_000, 3));
         assert_eq!(s.cumulative[4], (100_000, 4));
         assert_eq!(s.cumulative.last(), Some(&(5_000_000, 4)), "9 s only in +Inf");
+    }
+
+    #[test]
+    fn recent_events_keep_the_newest_and_answer_after_a_seq() {
+        let r = RecentEvents::default();
+        let event = |seq| RecentEvent {
+            seq,
+            kind: "line_cross",
+            camera: "cam0".into(),
+            rule: Some("door".into()),
+            label: Some("person".into()),
+            track_id: Some(1),
+            time_ms: seq * 10,
+            direction: Some("in".into()),
+        };
+        for seq in 1..=RECENT_EVENTS as u64 + 10 {
+            r.push(event(seq));
+        }
+        let all = r.after(0);
+        assert_eq!(all.len(), RECENT_EVENTS);
+        assert_eq!((all[0].seq, all[RECENT_EVENTS - 1].seq), (11, RECENT_EVENTS as u64 + 10), "oldest dropped");
+        let tail: Vec<u64> = r.after(RECENT_EVENTS as u64 + 7).iter().map(|e| e.seq).collect();
+        assert_eq!(tail, [RECENT_EVENTS as u64 + 8, RECENT_EVENTS as u64 + 9, RECENT_EVENTS as u64 + 10]);
+        assert!(r.after(u64::MAX).is_empty());
     }
 }

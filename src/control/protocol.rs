@@ -76,6 +76,12 @@ pub enum Request {
     },
     /// Every counter and gauge as Prometheus/OpenMetrics text (`sparkctl metrics`).
     Metrics,
+    /// The last event records stored (`sparkctl events`), those with a seq
+    /// above `after_seq` only (`--follow` asks from the last one it saw).
+    Events {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after_seq: Option<u64>,
+    },
 }
 
 impl Request {
@@ -108,6 +114,7 @@ impl Request {
             Request::CameraSnapshot { .. } => "camera snapshot",
             Request::MicLevel { .. } => "mic level",
             Request::Metrics => "metrics",
+            Request::Events { .. } => "events",
         }
     }
 
@@ -186,6 +193,7 @@ pub enum Response {
     Snapshot(SnapshotReport),
     MicLevel(MicLevelReport),
     Metrics(MetricsReport),
+    Events(EventsReport),
     Error(ErrorBody),
 }
 
@@ -651,6 +659,36 @@ pub struct LevelSample {
     pub peak_dbfs: f32,
 }
 
+/// `sparkctl events`: the last event records of this run, oldest first
+/// (wire type, see [`EngineView`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EventsReport {
+    /// The oldest seq of the `events` stream still pending in the outbox
+    /// (its next seq when nothing is): every record below it has left it.
+    pub pending_from_seq: u64,
+    pub events: Vec<EventView>,
+}
+
+/// One event record in `sparkctl events`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EventView {
+    /// The record's seq in the `events` stream (as the broker sees it).
+    pub seq: u64,
+    /// `track_start`, `track_end`, `zone_enter`, `zone_exit`, `line_cross`, `count`.
+    pub kind: String,
+    pub camera: String,
+    pub rule: Option<String>,
+    /// `null` on a count record.
+    pub label: Option<String>,
+    pub track_id: Option<u64>,
+    pub time_ms: u64,
+    /// A line crossing's named direction.
+    pub direction: Option<String>,
+    /// No longer pending in the outbox: the broker acknowledged it (or,
+    /// rarely, retention dropped it: `queue`'s events `dropped` counts those).
+    pub delivered: bool,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
     #[error("connection: {0}")]
@@ -770,6 +808,8 @@ mod tests {
             Request::MicLevel { from_seq: None },
             Request::MicLevel { from_seq: Some(42) },
             Request::Metrics,
+            Request::Events { after_seq: None },
+            Request::Events { after_seq: Some(7) },
         ]
     }
 
@@ -794,6 +834,7 @@ mod tests {
             Request::UpdateApplyChunk { .. } => Request::UpdateApplyChunk { chunk: text },
             Request::Infer { .. } => Request::Infer { name: text.clone(), image_hex: text },
             Request::MicLevel { .. } => Request::MicLevel { from_seq: n },
+            Request::Events { .. } => Request::Events { after_seq: n },
         }
     }
 
@@ -890,6 +931,58 @@ mod tests {
         assert_eq!(r, Request::MicLevel { from_seq: None });
         let r = decode_request(br#"{"v":1,"request":{"cmd":"camera-snapshot"}}"#).unwrap();
         assert_eq!(r, Request::CameraSnapshot { camera: None });
+    }
+
+    /// `events` is read-only, its `after_seq` optional; the answer's JSON
+    /// is pinned key by key (scripts read `sparkctl events --json`).
+    #[test]
+    fn events_request_and_report_json_are_pinned() {
+        let r = decode_request(br#"{"v":1,"request":{"cmd":"events"}}"#).unwrap();
+        assert_eq!(r, Request::Events { after_seq: None });
+        let r = decode_request(br#"{"v":1,"request":{"cmd":"events","after_seq":41}}"#).unwrap();
+        assert_eq!(r, Request::Events { after_seq: Some(41) });
+        assert!(!r.is_mutating());
+        assert_eq!(r.name(), "events");
+        let e = decode_request(br#"{"v":1,"request":{"cmd":"events","after_seq":-1}}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest, "{}", e.message);
+        let e = decode_request(br#"{"v":1,"request":{"cmd":"events","limit":3}}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest, "{}", e.message);
+
+        let report = EventsReport {
+            pending_from_seq: 43,
+            events: vec![
+                EventView {
+                    seq: 42,
+                    kind: "line_cross".into(),
+                    camera: "cam0".into(),
+                    rule: Some("door".into()),
+                    label: Some("person".into()),
+                    track_id: Some(3),
+                    time_ms: 1_700_000_000_000,
+                    direction: Some("east".into()),
+                    delivered: true,
+                },
+                EventView {
+                    seq: 43,
+                    kind: "count".into(),
+                    camera: "cam0".into(),
+                    rule: Some("door".into()),
+                    label: None,
+                    track_id: None,
+                    time_ms: 1_700_000_060_000,
+                    direction: None,
+                    delivered: false,
+                },
+            ],
+        };
+        let json = serde_json::json!({"kind": "events", "pending_from_seq": 43, "events": [
+            {"seq": 42, "kind": "line_cross", "camera": "cam0", "rule": "door", "label": "person",
+             "track_id": 3, "time_ms": 1_700_000_000_000u64, "direction": "east", "delivered": true},
+            {"seq": 43, "kind": "count", "camera": "cam0", "rule": "door", "label": null,
+             "track_id": null, "time_ms": 1_700_000_060_000u64, "direction": null, "delivered": false}]});
+        let response = Response::Events(report);
+        assert_eq!(serde_json::to_value(&response).unwrap(), json);
+        assert_eq!(serde_json::from_value::<Response>(json).unwrap(), response);
     }
 
     #[test]

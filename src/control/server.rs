@@ -713,7 +713,24 @@ async fn handle(req: Request, ctx: &Arc<ControlContext>, peer: Option<&UCred>, l
             Ok(text) => Response::Metrics(protocol::MetricsReport { text }),
             Err(e) => internal(crate::error_chain(&e)),
         },
+        Request::Events { after_seq } => match events_report(ctx, after_seq.unwrap_or(0)) {
+            Ok(r) => Response::Events(r),
+            Err(e) => internal(crate::error_chain(&e)),
+        },
     }
+}
+
+/// The recent events after `after_seq`, each marked delivered when the
+/// outbox no longer holds it. The ring is read first: its entries were
+/// committed before the outbox is asked, so none is called delivered early.
+fn events_report(ctx: &ControlContext, after_seq: u64) -> Result<protocol::EventsReport, crate::outbox::OutboxError> {
+    use crate::record::Stream;
+    let entries = ctx.shared.recent_events.after(after_seq);
+    let next_seq = ctx.outbox.counters()[Stream::Events as usize].next_seq;
+    // An entry below the oldest stored record has left the outbox; one
+    // acknowledged out of order behind it reads as pending until that one is.
+    let pending_from = ctx.outbox.read_after(Stream::Events, 0, 1)?.first().map_or(next_seq, |p| p.seq);
+    Ok(super::views::events_report(entries, pending_from))
 }
 
 /// Runs `f` on the blocking pool, at most [`MAX_HEAVY`] at a time.

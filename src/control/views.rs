@@ -2,10 +2,12 @@
 //! status types (`state`) stay free to change, the wire types in
 //! [`super::protocol`] do not.
 
-use super::protocol::{BrokerErrorKind, EngineName, EngineView, HefOutputView, HefView, LinkView};
+use super::protocol::{
+    BrokerErrorKind, EngineName, EngineView, EventView, EventsReport, HefOutputView, HefView, LinkView,
+};
 use crate::inference::engine::EngineKind;
 use crate::inference::engine::hailo::{HefLayout, HefOutput};
-use crate::state::{BrokerFailure, EngineState, LinkState};
+use crate::state::{BrokerFailure, EngineState, LinkState, RecentEvent};
 
 pub fn engine_name(k: EngineKind) -> EngineName {
     match k {
@@ -77,4 +79,24 @@ pub fn link_view(l: LinkState) -> LinkView {
         reconnects,
         inbound_discarded,
     }
+}
+
+/// `events`: `pending_from_seq` is the oldest seq of the `events` stream
+/// still in the outbox; an entry below it is delivered.
+pub fn events_report(entries: Vec<RecentEvent>, pending_from_seq: u64) -> EventsReport {
+    let events = entries
+        .into_iter()
+        .map(|RecentEvent { seq, kind, camera, rule, label, track_id, time_ms, direction }| EventView {
+            seq,
+            kind: kind.to_string(),
+            camera,
+            rule,
+            label,
+            track_id,
+            time_ms,
+            direction,
+            delivered: seq < pending_from_seq,
+        })
+        .collect();
+    EventsReport { pending_from_seq, events }
 }

@@ -20,7 +20,7 @@ use crate::inference::observe::{FrameObserver, Observed, TrackTag};
 use crate::outbox::{Appender, PendingAppend};
 use crate::record::Stream;
 use crate::sources::camera::Frame;
-use crate::state::Shared;
+use crate::state::{RecentEvent, Shared};
 
 /// A rule the model cannot satisfy, found at start.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -55,11 +55,13 @@ pub fn check_labels(config: &Config, model: &str, labels: &[String]) -> Result<(
     Ok(())
 }
 
-/// One record for the `events` stream: its time and JSON body.
+/// One record for the `events` stream: its time and JSON body, and its
+/// summary for `sparkctl events` (seq 0 until stored).
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventRecord {
     pub ts_ms: u64,
     pub body: String,
+    pub summary: RecentEvent,
 }
 
 #[derive(Serialize)]
@@ -236,7 +238,17 @@ impl CameraEvents {
                 by_label: &c.by_label,
                 by_direction: &c.by_direction,
             };
-            out.push(EventRecord { ts_ms: c.to_ms, body: json(&body) });
+            let summary = RecentEvent {
+                seq: 0,
+                kind: "count",
+                camera: self.camera.clone(),
+                rule: Some(c.rule.clone()),
+                label: None,
+                track_id: None,
+                time_ms: c.to_ms,
+                direction: None,
+            };
+            out.push(EventRecord { ts_ms: c.to_ms, body: json(&body), summary });
         }
         for e in self.events.drain(..) {
             let (direction, dwell_ms) = match &e.kind {
@@ -256,7 +268,17 @@ impl CameraEvents {
                 direction,
                 dwell_ms,
             };
-            out.push(EventRecord { ts_ms: e.time_ms, body: json(&body) });
+            let summary = RecentEvent {
+                seq: 0,
+                kind: e.kind.as_str(),
+                camera: self.camera.clone(),
+                rule: e.rule.clone(),
+                label: Some(e.label.clone()),
+                track_id: Some(e.track_id),
+                time_ms: e.time_ms,
+                direction: direction.map(String::from),
+            };
+            out.push(EventRecord { ts_ms: e.time_ms, body: json(&body), summary });
         }
     }
 }
@@ -281,23 +303,25 @@ impl EventStage {
     }
 
     /// Submits every pending record, then waits for their commit (one group
-    /// commit for a frame's events), counting each.
+    /// commit for a frame's events), counting each and keeping its summary
+    /// with its seq for `sparkctl events`.
     fn store(&mut self) {
-        let pending: Vec<PendingAppend> = self
+        let pending: Vec<(PendingAppend, RecentEvent)> = self
             .records
             .drain(..)
             .filter_map(|r| match self.appender.submit(Stream::Events, r.ts_ms, r.body) {
-                Ok(p) => Some(p),
+                Ok(p) => Some((p, r.summary)),
                 Err(e) => {
                     self.shared.record_lost("event", &e);
                     None
                 }
             })
             .collect();
-        for p in pending {
+        for (p, summary) in pending {
             match p.wait() {
-                Ok(_) => {
+                Ok(seq) => {
                     self.shared.events_generated.fetch_add(1, Ordering::Relaxed);
+                    self.shared.recent_events.push(RecentEvent { seq, ..summary });
                 }
                 Err(e) => self.shared.record_lost("event", &e),
             }
@@ -388,6 +412,22 @@ mod tests {
             (Some("cam0"), Some("door"), Some("person"), Some("in"))
         );
         assert_eq!(cross["track_id"], 1);
+        // The summary `sparkctl events` shows says the same.
+        let want = RecentEvent {
+            seq: 0,
+            kind: "line_cross",
+            camera: "cam0".into(),
+            rule: Some("door".into()),
+            label: Some("person".into()),
+            track_id: Some(1),
+            time_ms: 1500,
+            direction: Some("in".into()),
+        };
+        assert_eq!(out[2].summary, want);
+        assert_eq!(
+            (out[6].summary.kind, out[6].summary.rule.as_deref(), out[6].summary.label.as_deref()),
+            ("count", Some("door"), None)
+        );
         assert_eq!(cross["box"].as_array().map(|b| b.len()), Some(4));
         // Anchor x = 0.55 first at frame 6 (i = 5), t = 1500.
         assert_eq!((cross["time_ms"].as_u64(), cross["frame"].as_u64()), (Some(1500), Some(6)));
