@@ -20,7 +20,7 @@ use spark_edge::control::protocol::{
     Check, CheckStatus, ConfigReport, DoctorReport, ErrorBody, InferReport, MAX_IMAGE_BYTES, QueueReport, Request,
     Response, StatusReport, UpdateReport,
 };
-use spark_edge::control::protocol::{EngineView, LinkView};
+use spark_edge::control::protocol::{EngineView, EventView, LinkView};
 
 #[derive(Parser)]
 #[command(
@@ -95,6 +95,17 @@ enum Command {
     },
     /// Every counter and gauge as Prometheus text (for promtool, node_exporter, a scraper).
     Metrics,
+    /// The last events (tracks, zones, lines, counts) and whether each reached the broker.
+    Events {
+        /// Keep printing new events, polling every second, until interrupted.
+        /// A row's DELIVERED is as of when it was printed.
+        #[arg(short, long)]
+        follow: bool,
+        /// Show this many of the latest events (the daemon keeps 256).
+        #[arg(short = 'n', long, default_value_t = 20, value_name = "N",
+              value_parser = clap::value_parser!(u16).range(1..=256))]
+        lines: u16,
+    },
     /// Fleet update state.
     Update {
         #[command(subcommand)]
@@ -178,6 +189,7 @@ fn main() -> ExitCode {
         Command::Mic { action } => sensors::mic(&socket(), action, &out),
         Command::Update { action: UpdateAction::Apply { file } } => update_apply(&socket(), &file, &out),
         Command::Config { action: ConfigAction::Reload } => config_reload(&socket(), &out),
+        Command::Events { follow, lines } => events(&socket(), follow, usize::from(lines), &out),
         Command::Metrics => match ask(&socket(), &Request::Metrics, TIMEOUT, &out) {
             Ok(Response::Metrics(m)) if out.json => {
                 println!("{}", serde_json::json!({ "text": m.text }));
@@ -655,6 +667,135 @@ fn update_apply(socket: &Path, file: &Path, out: &Out) -> ExitCode {
     if v.state == "active" { ExitCode::SUCCESS } else { ExitCode::from(1) }
 }
 
+// ---- events --------------------------------------------------------------------
+
+/// `events --follow` asks this often.
+const EVENTS_POLL: Duration = Duration::from_secs(1);
+
+/// The last `n` events; with `follow`, then every new one until stdout
+/// closes (exit 0) or the daemon goes away (exit 3).
+fn events(socket: &Path, follow: bool, n: usize, out: &Out) -> ExitCode {
+    let mut report = match ask(socket, &Request::Events { after_seq: None }, TIMEOUT, out) {
+        Ok(Response::Events(r)) => r,
+        Ok(other) => return unexpected(&other),
+        Err(code) => return code,
+    };
+    let skip = report.events.len().saturating_sub(n);
+    report.events.drain(..skip);
+    let mut last_seq = report.events.last().map_or(0, |e| e.seq);
+    if out.json && !follow {
+        println!("{}", serde_json::to_value(&report).unwrap_or_default());
+        return ExitCode::SUCCESS;
+    }
+    let widths = EventWidths::of(&report.events);
+    let mut stdout = std::io::stdout().lock();
+    // A closed stdout (`| head`, the pager quit) ends the command quietly.
+    let mut print = |events: &[EventView], header: bool| -> std::io::Result<()> {
+        if header && !out.json {
+            writeln!(stdout, "{}", out.bold(&widths.header()))?;
+        }
+        for e in events {
+            if out.json {
+                writeln!(stdout, "{}", serde_json::to_value(e).unwrap_or_default())?;
+            } else {
+                writeln!(stdout, "{}", widths.row(e, out))?;
+            }
+        }
+        stdout.flush()
+    };
+    if print(&report.events, true).is_err() {
+        return ExitCode::SUCCESS;
+    }
+    if !follow {
+        if report.events.is_empty() && !out.json {
+            eprintln!("no events yet (zones and lines are [[zone]] and [[line]] in the config)");
+        }
+        return ExitCode::SUCCESS;
+    }
+    loop {
+        std::thread::sleep(EVENTS_POLL);
+        let r = match ask(socket, &Request::Events { after_seq: Some(last_seq) }, TIMEOUT, out) {
+            Ok(Response::Events(r)) => r,
+            Ok(other) => return unexpected(&other),
+            Err(code) => return code,
+        };
+        let Some(last) = r.events.last() else { continue };
+        last_seq = last.seq;
+        if print(&r.events, false).is_err() {
+            return ExitCode::SUCCESS;
+        }
+    }
+}
+
+/// Column widths of the events table, from the rows shown first (follow
+/// rows keep them, so the columns stay put).
+struct EventWidths {
+    camera: usize,
+    event: usize,
+    rule: usize,
+    label: usize,
+}
+
+impl EventWidths {
+    fn of(events: &[EventView]) -> Self {
+        let max = |min: usize, f: &dyn Fn(&EventView) -> usize| events.iter().map(f).max().unwrap_or(0).max(min);
+        Self {
+            camera: max(8, &|e| e.camera.len()),
+            event: max(17, &|e| event_text(e).len()),
+            rule: max(8, &|e| e.rule.as_deref().unwrap_or("-").len()),
+            label: max(8, &|e| e.label.as_deref().unwrap_or("-").len()),
+        }
+    }
+
+    fn header(&self) -> String {
+        let Self { camera, event, rule, label } = *self;
+        format!(
+            "{:<20}  {:<camera$}  {:<event$}  {:<rule$}  {:<label$}  {:>6}  DELIVERED",
+            "TIME (UTC)", "CAMERA", "EVENT", "RULE", "LABEL", "TRACK"
+        )
+    }
+
+    fn row(&self, e: &EventView, o: &Out) -> String {
+        let Self { camera, event, rule, label } = *self;
+        let track = e.track_id.map_or_else(|| "-".to_string(), |t| t.to_string());
+        let delivered = if e.delivered { o.good("yes") } else { o.warn("pending") };
+        format!(
+            "{:<20}  {:<camera$}  {:<event$}  {:<rule$}  {:<label$}  {track:>6}  {delivered}",
+            utc(e.time_ms),
+            e.camera,
+            event_text(e),
+            e.rule.as_deref().unwrap_or("-"),
+            e.label.as_deref().unwrap_or("-")
+        )
+    }
+}
+
+/// The event's kind, with a crossing's direction.
+fn event_text(e: &EventView) -> String {
+    match &e.direction {
+        Some(d) => format!("{} {d}", e.kind),
+        None => e.kind.clone(),
+    }
+}
+
+/// Unix milliseconds as `YYYY-MM-DD HH:MM:SSZ` (the device and the
+/// technician's laptop may not share a time zone).
+fn utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
 // ---- sync --wait ---------------------------------------------------------------
 
 /// Polls the queue until it is empty, drawing a progress bar on a terminal.
@@ -988,6 +1129,36 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn event_times_print_as_utc() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00Z");
+        assert_eq!(utc(951_782_400_999), "2000-02-29 00:00:00Z");
+        assert_eq!(utc(1_796_305_060_000), "2026-12-03 13:37:40Z");
+    }
+
+    #[test]
+    fn events_table_keeps_its_columns() {
+        let cross = EventView {
+            seq: 1,
+            kind: "line_cross".into(),
+            camera: "cam0".into(),
+            rule: Some("door".into()),
+            label: Some("person".into()),
+            track_id: Some(12),
+            time_ms: 0,
+            direction: Some("east".into()),
+            delivered: true,
+        };
+        let count = EventView { kind: "count".into(), label: None, track_id: None, direction: None, ..cross.clone() };
+        let w = EventWidths::of(&[cross.clone(), count.clone()]);
+        let o = Out { json: false, color: false };
+        let (h, a, b) = (w.header(), w.row(&cross, &o), w.row(&count, &o));
+        assert_eq!(h.find("DELIVERED"), a.find("yes"), "{h}\n{a}");
+        assert_eq!(a.find("yes"), b.find("yes"), "{a}\n{b}");
+        assert!(a.contains("line_cross east") && a.contains("person") && a.contains("    12  "), "{a}");
+        assert!(b.contains("count "), "{b}");
     }
 
     #[test]
