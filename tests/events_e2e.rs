@@ -230,3 +230,124 @@ fn check_config_and_start_refuse_a_label_the_model_does_not_have() {
     assert_eq!(status.and_then(|s| s.code()), Some(1), "sparkd run did not refuse to start: {stderr}");
     assert!(stderr.contains(want), "{stderr}");
 }
+
+/// `sparkctl events --json -n 256`: the daemon's last events.
+fn recent_events(socket: &Path) -> Vec<serde_json::Value> {
+    let v = sparkctl_json(socket, &["events", "-n", "256"], 0);
+    v["events"].as_array().cloned().unwrap_or_default()
+}
+
+fn by_seq(events: &[serde_json::Value], seq: u64) -> Option<serde_json::Value> {
+    events.iter().find(|e| e["seq"].as_u64() == Some(seq)).cloned()
+}
+
+/// `sparkctl events` lists a crossing with its rule, label and track, and
+/// says whether it reached the broker: delivered once the consumer has it;
+/// pending for a crossing stored while the broker is down, delivered again
+/// after it returns. `--follow` prints new crossings and ends when its
+/// reader goes; with sparkd gone the command exits 3.
+#[test]
+fn sparkctl_events_lists_crossings_and_tells_when_they_reached_the_broker() {
+    let mut broker = Broker::start();
+    let consumer = Consumer::start(broker.port, "spark/#");
+    let mut cfg = DaemonConfig::new(&broker.url());
+    write_walk(&cfg.dir.path().join("walk"));
+    cfg.images = cfg.dir.path().join("walk");
+    cfg.manifest = repo().join("models/nanodet.toml");
+    cfg.fps = 4.0;
+    cfg.telemetry_secs = 5.0;
+    cfg.extra = "[[line]]\nname = \"door\"\nfrom = [0.5, 0.0]\nto = [0.5, 1.0]\n\
+                 directions = [\"east\", \"west\"]\nlabels = [\"person\"]\n"
+        .into();
+    let daemon = Daemon::start(&cfg);
+    let socket = cfg.socket();
+
+    // The first crossing, as sparkctl lists it and as the consumer got it.
+    let cross =
+        wait_for(Duration::from_secs(150), || recent_events(&socket).into_iter().find(|e| e["kind"] == "line_cross"))
+            .unwrap_or_else(|| panic!("no line_cross in sparkctl events; log:\n{}", daemon.log_text()));
+    let seq = cross["seq"].as_u64().expect("seq");
+    let record = wait_for(Duration::from_secs(60), || {
+        consumer.records("events").into_iter().find(|e| e["seq"].as_u64() == Some(seq))
+    })
+    .unwrap_or_else(|| panic!("the consumer never got events seq {seq}: {cross}"));
+    assert_eq!(record["kind"], "line_cross", "{record}");
+    for key in ["camera", "rule", "label", "track_id", "time_ms", "direction"] {
+        assert_eq!(cross[key], record[key], "{key}: listed {cross}, published {record}");
+    }
+    assert_eq!((cross["rule"].as_str(), cross["label"].as_str()), (Some("door"), Some("person")), "{cross}");
+    assert!(cross["track_id"].as_u64().is_some(), "{cross}");
+    // The consumer has it, so the broker took it; its PUBACK follows.
+    wait_for(Duration::from_secs(30), || by_seq(&recent_events(&socket), seq).filter(|e| e["delivered"] == true))
+        .unwrap_or_else(|| panic!("seq {seq} never shown delivered: {:?}", by_seq(&recent_events(&socket), seq)));
+
+    // `--follow`: the next crossing arrives as a JSON line; closing the
+    // pipe ends the command cleanly at its next write.
+    let mut follow = std::process::Command::new(sparkctl_bin())
+        .arg("--socket")
+        .arg(&socket)
+        .args(["events", "--follow", "--json", "-n", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("sparkctl events --follow");
+    let stdout = follow.stdout.take().expect("stdout");
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let seen: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            let later_cross = seen["kind"] == "line_cross" && seen["seq"].as_u64() > Some(seq);
+            let _ = lines_tx.send(line);
+            if later_cross {
+                return; // drops the pipe's read end
+            }
+        }
+    });
+    let followed: Vec<String> = lines_rx.iter().collect();
+    reader.join().expect("reader");
+    let last: serde_json::Value = followed.last().and_then(|l| serde_json::from_str(l).ok()).unwrap_or_default();
+    assert!(last["kind"] == "line_cross" && last["seq"].as_u64() > Some(seq), "followed: {followed:?}");
+    let status = wait_for(Duration::from_secs(60), || follow.try_wait().ok().flatten());
+    if status.is_none() {
+        let _ = follow.kill();
+    }
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "--follow did not end when its reader went");
+
+    // Broker down: a crossing stored from now on cannot be acknowledged.
+    broker.stop();
+    let q = queue_json(&socket);
+    let from = q["streams"]["events"]["next_seq"].as_u64().expect("events next_seq");
+    let stuck = wait_for(Duration::from_secs(60), || {
+        recent_events(&socket).into_iter().find(|e| e["kind"] == "line_cross" && e["seq"].as_u64() >= Some(from))
+    })
+    .unwrap_or_else(|| panic!("no crossing while the broker was down; log:\n{}", daemon.log_text()));
+    assert_eq!(stuck["delivered"], false, "{stuck}");
+    let (code, table, _) = sparkctl(&socket, &["events", "-n", "256"]);
+    assert_eq!(code, 0, "{table}");
+    let row = table
+        .lines()
+        .find(|l| l.contains(&utc_prefix(stuck["time_ms"].as_u64().unwrap_or(0))) && l.contains("line_cross"))
+        .unwrap_or_else(|| panic!("no row for {stuck} in:\n{table}"));
+    assert!(row.contains("door") && row.contains("person") && row.ends_with("pending"), "{row}");
+
+    broker.restart();
+    let stuck_seq = stuck["seq"].as_u64().unwrap_or(0);
+    wait_for(Duration::from_secs(60), || by_seq(&recent_events(&socket), stuck_seq).filter(|e| e["delivered"] == true))
+        .unwrap_or_else(|| {
+            panic!("seq {stuck_seq} not delivered after the broker came back; log:\n{}", daemon.log_text())
+        });
+
+    daemon.terminate(Duration::from_secs(20));
+    let (code, _, err) = sparkctl(&socket, &["events"]);
+    assert_eq!(code, 3, "sparkd is gone: {err}");
+}
+
+/// The table's time column for `ms` (`YYYY-MM-DD HH:MM:SSZ`), from `date`.
+fn utc_prefix(ms: u64) -> String {
+    let out = std::process::Command::new("date")
+        .args(["-u", "-d", &format!("@{}", ms / 1000), "+%Y-%m-%d %H:%M:%SZ"])
+        .output()
+        .expect("date");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
