@@ -234,7 +234,7 @@ pub struct HailoConfig {
     /// Longest wait for one inference on the device.
     pub timeout_ms: u32,
     /// Frames kept in flight on the device (0: from the HEF's batch size and
-    /// HailoRT's queue size, at least 4; docs/hailo.md).
+    /// HailoRT's queue size, at least 8; docs/hailo.md).
     pub frames_in_flight: usize,
     /// Re-probe backoff after the accelerator failed: first and longest wait.
     pub reprobe_min_secs: f64,

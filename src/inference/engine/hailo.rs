@@ -390,10 +390,12 @@ impl Default for HailoOptions {
 
 /// HailoRT's default vstream queue size (`HAILO_DEFAULT_VSTREAM_QUEUE_SIZE`).
 const DEFAULT_QUEUE_SIZE: u32 = 2;
-/// The fewest frames in flight by default: HailoRT's queues in and out (2
-/// each) filled; with a chip latency about 4x its time per frame that is
-/// what it takes to keep it busy (docs/hailo.md).
-pub const MIN_AUTO_DEPTH: usize = 4;
+/// The fewest frames in flight by default. A Hailo-8's latency is about 4x
+/// its time per frame, so 4 frames in flight only keep it busy if the host
+/// takes no time at all; twice that covers the host's own time per frame
+/// (measured through the double's timing model: 4 in flight reach 0.87 of
+/// the chip's rate, 8 reach 0.99; BENCHMARKS.md).
+pub const MIN_AUTO_DEPTH: usize = 8;
 /// The most frames in flight (a vstream queue holds at most this many in
 /// the double; a deeper pipeline only adds latency).
 pub const MAX_DEPTH: usize = 16;

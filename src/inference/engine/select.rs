@@ -302,8 +302,10 @@ impl Selector {
         let class = e.failure();
         let abandoned = matches!(e, EngineError::Accelerator(HailoError::Abandoned { .. }));
         let msg = crate::error_chain(e);
+        let mut dropped = false;
         if class != Some(HailoFailure::Transient) {
             if let Some(accel) = self.accel.take() {
+                dropped = true;
                 tracing::warn!(error = %msg, "Hailo-8 failed; falling back to the CPU");
                 for p in self.pending.iter_mut().filter(|p| p.at == At::Accel) {
                     p.at = At::CpuQueued;
@@ -316,8 +318,9 @@ impl Selector {
         } else if !abandoned {
             tracing::warn!(error = %msg, "Hailo-8 frame failed; re-running it on the CPU");
         }
-        // One failure, however many frames in flight it takes with it.
-        if !abandoned {
+        // One failure, however many frames in flight it takes with it (the
+        // first error seen may be a frame abandoned because of it).
+        if dropped || !abandoned {
             self.shared.update_engine(|s| {
                 s.fallbacks += 1;
                 s.last_error = Some(msg);
