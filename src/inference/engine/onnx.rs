@@ -3,16 +3,34 @@
 //! Owns finding `libonnxruntime.so`, creating the session from verified model
 //! bytes, and running it. The library is never downloaded: it comes from the
 //! `onnxruntime` wheel on PyPI (scripts/setup.sh) or the system.
+//!
+//! Frames in flight ([`Engine::submit`]): the caller's thread prepares the
+//! float tensor, an `onnx-run` worker thread runs the session, and the caller
+//! decodes the previous result meanwhile. [`DEPTH`] frames at most, over
+//! bounded channels, their tensors reused. The synchronous [`Engine::run`]
+//! runs on the caller's thread (the session is shared behind a lock that only
+//! one of them holds at a time).
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
+use image::RgbImage;
 
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::TensorRef;
 
-use super::{Engine, EngineError, EngineKind, Output};
-use crate::inference::vision::Tensor;
+use super::{Completed, Engine, EngineError, EngineKind, FrameResult, Output};
+use crate::inference::model::InputSpec;
+use crate::inference::vision::{self, Letterbox, Tensor};
+
+/// Frames in flight on the CPU: one running while the next is prepared and
+/// the previous decoded on the inference thread (ARCHITECTURE.md decisions).
+pub const DEPTH: usize = 2;
 
 /// Places searched, in order, when neither the config nor `ORT_DYLIB_PATH`
 /// names the library.
@@ -81,10 +99,41 @@ pub fn load_runtime(configured: &Path) -> Result<(&'static Path, &'static ort::e
     }
 }
 
-pub struct OnnxEngine {
-    session: Session,
+/// What the worker runs: the session and its input and output names.
+struct Runner {
+    session: Mutex<Session>,
     input_name: String,
     output_names: Vec<String>,
+}
+
+type Ran = (Result<Vec<Output>, EngineError>, Tensor);
+
+struct Worker {
+    jobs: Option<Sender<Tensor>>,
+    results: Option<Receiver<Ran>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.jobs = None;
+        self.results = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+pub struct OnnxEngine {
+    runner: Arc<Runner>,
+    worker: Worker,
+    /// Tags and letterboxes of the frames on the worker, oldest first.
+    outstanding: VecDeque<(u64, Letterbox)>,
+    /// Results received while finishing the frames in flight for a
+    /// synchronous run, handed out by `collect` first.
+    ready: VecDeque<Completed>,
+    /// Tensors back from the worker, reused for the next frames.
+    spare: Vec<Tensor>,
 }
 
 impl OnnxEngine {
@@ -116,7 +165,66 @@ impl OnnxEngine {
             return Err(EngineError::ModelMismatch(format!("manifest input {input_name:?}, model inputs {inputs:?}")));
         }
         let output_names = session.outputs().iter().map(|o| o.name().to_string()).collect();
-        Ok(Self { session, input_name: input_name.to_string(), output_names })
+        let runner =
+            Arc::new(Runner { session: Mutex::new(session), input_name: input_name.to_string(), output_names });
+        let (jobs_tx, jobs_rx) = bounded::<Tensor>(DEPTH);
+        let (results_tx, results_rx) = bounded::<Ran>(DEPTH);
+        let r = Arc::clone(&runner);
+        let thread = std::thread::Builder::new()
+            .name("onnx-run".into())
+            .spawn(move || {
+                for input in jobs_rx {
+                    let out = r.run(&input);
+                    if results_tx.send((out, input)).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(|_| EngineError::WorkerGone)?;
+        let worker = Worker { jobs: Some(jobs_tx), results: Some(results_rx), thread: Some(thread) };
+        Ok(Self { runner, worker, outstanding: VecDeque::new(), ready: VecDeque::new(), spare: Vec::new() })
+    }
+
+    /// The next result from the worker, waiting up to `timeout`.
+    fn receive(&mut self, timeout: Duration) -> Option<Completed> {
+        let (tag, lb) = *self.outstanding.front()?;
+        let got = match self.worker.results.as_ref() {
+            Some(r) => r.recv_timeout(timeout),
+            None => Err(RecvTimeoutError::Disconnected),
+        };
+        let result: FrameResult = match got {
+            Ok((out, tensor)) => {
+                self.spare.push(tensor);
+                out.map(|o| (o, lb))
+            }
+            Err(RecvTimeoutError::Timeout) => return None,
+            Err(RecvTimeoutError::Disconnected) => Err(EngineError::WorkerGone),
+        };
+        self.outstanding.pop_front();
+        Some(Completed { tag, kind: EngineKind::OnnxCpu, result })
+    }
+}
+
+impl Runner {
+    fn run(&self, input: &Tensor) -> Result<Vec<Output>, EngineError> {
+        let mut session = self.session.lock().unwrap_or_else(PoisonError::into_inner);
+        let view = TensorRef::from_array_view((input.shape.clone(), &input.data[..]))
+            .map_err(ort_err("wrapping the input"))?;
+        let outputs =
+            session.run(ort::inputs![self.input_name.as_str() => view]).map_err(ort_err("running the model"))?;
+        let mut out = Vec::with_capacity(self.output_names.len());
+        for name in &self.output_names {
+            let value = outputs
+                .get(name)
+                .ok_or_else(|| EngineError::ModelMismatch(format!("output {name} missing from the run")))?;
+            let (shape, data) = value.try_extract_tensor::<f32>().map_err(ort_err("reading an output"))?;
+            out.push(Output {
+                name: name.clone(),
+                shape: shape.iter().map(|&d| d.max(0) as usize).collect(),
+                data: data.to_vec(),
+            });
+        }
+        Ok(out)
     }
 }
 
@@ -132,23 +240,38 @@ impl Engine for OnnxEngine {
         EngineKind::OnnxCpu
     }
 
+    /// On the caller's thread, after the frames in flight (kept for `collect`).
     fn run(&mut self, input: &Tensor) -> Result<Vec<Output>, EngineError> {
-        let view = TensorRef::from_array_view((input.shape.clone(), &input.data[..]))
-            .map_err(ort_err("wrapping the input"))?;
-        let outputs =
-            self.session.run(ort::inputs![self.input_name.as_str() => view]).map_err(ort_err("running the model"))?;
-        let mut out = Vec::with_capacity(self.output_names.len());
-        for name in &self.output_names {
-            let value = outputs
-                .get(name)
-                .ok_or_else(|| EngineError::ModelMismatch(format!("output {name} missing from the run")))?;
-            let (shape, data) = value.try_extract_tensor::<f32>().map_err(ort_err("reading an output"))?;
-            out.push(Output {
-                name: name.clone(),
-                shape: shape.iter().map(|&d| d.max(0) as usize).collect(),
-                data: data.to_vec(),
-            });
+        while !self.outstanding.is_empty() {
+            if let Some(done) = self.receive(Duration::from_secs(1)) {
+                self.ready.push_back(done);
+            }
         }
-        Ok(out)
+        self.runner.run(input)
+    }
+
+    fn depth(&self) -> usize {
+        DEPTH
+    }
+
+    fn submit(&mut self, tag: u64, frame: Arc<RgbImage>, spec: &InputSpec) -> Result<Option<Completed>, EngineError> {
+        if self.outstanding.len() + self.ready.len() >= DEPTH {
+            return Err(EngineError::Overfull { depth: DEPTH });
+        }
+        let mut input = self.spare.pop().unwrap_or_else(|| Tensor::zeros(&[1]));
+        let lb = vision::prepare(&frame, spec, &mut input);
+        // A worker that is gone fails this frame in its turn (`receive`).
+        if let Some(jobs) = self.worker.jobs.as_ref() {
+            let _ = jobs.send(input);
+        }
+        self.outstanding.push_back((tag, lb));
+        Ok(None)
+    }
+
+    fn collect(&mut self, timeout: Duration) -> Option<Completed> {
+        match self.ready.pop_front() {
+            Some(done) => Some(done),
+            None => self.receive(timeout),
+        }
     }
 }
