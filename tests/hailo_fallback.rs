@@ -134,6 +134,49 @@ fn hailo_is_used_falls_back_mid_stream_without_loss_and_recovers() {
     );
 }
 
+/// The device goes while frames are in flight: the double's latency is 300 ms and the camera
+/// runs at 20 fps, so about six frames are on the device at any time (depth 8 by default). Every
+/// frame taken gets exactly one record, in capture order; the only frame numbers missing are
+/// frames the camera queue dropped (counted), none lost with the device.
+#[test]
+fn device_lost_with_frames_in_flight_loses_none_and_records_none_twice() {
+    let broker = Broker::start();
+    let consumer = Consumer::start(broker.port, "spark/#");
+    let mut s = setup(&broker, "4.23.0");
+    s.cfg.fps = 20.0;
+    let d = start(&s, &[("HAILO_DOUBLE_TIMING", "1000:300000:8")]);
+    wait_for(Duration::from_secs(30), || {
+        (engines(&consumer).iter().filter(|e| *e == "hailo").count() >= 10).then_some(())
+    })
+    .unwrap_or_else(|| panic!("hailo records; log:\n{}", d.log_text()));
+    std::fs::write(&s.control, "lost").unwrap();
+    let n = wait_for(Duration::from_secs(30), || {
+        let st = status_json(&s.cfg.socket());
+        (st["engine"]["active"] == "onnx-cpu").then(|| consumer.records("inference").len())
+    })
+    .expect("fell back to the CPU");
+    wait_for(Duration::from_secs(60), || (consumer.records("inference").len() >= n + 5).then_some(()))
+        .expect("cpu records after the loss");
+    // Records first, then the counters (which only grow): every gap must be a counted drop.
+    let records = consumer.records("inference");
+    let st = status_json(&s.cfg.socket());
+    assert!(d.terminate(Duration::from_secs(15)).success());
+    let seqs: Vec<u64> = records.iter().filter_map(|r| r["seq"].as_u64()).collect();
+    assert_no_gaps(&seqs, "inference records");
+    let numbers: Vec<u64> = records.iter().filter_map(|r| r["frame"]["number"].as_u64()).collect();
+    assert_eq!(numbers.len(), records.len());
+    assert!(numbers.windows(2).all(|w| w[0] < w[1]), "frames in capture order, none twice: {numbers:?}");
+    let missing = numbers.last().unwrap() - numbers[0] + 1 - numbers.len() as u64;
+    let dropped = st["inference"]["cameras"][0]["dropped"].as_u64().expect("cam0 dropped");
+    assert!(missing <= dropped, "{missing} frames missing but only {dropped} dropped by the camera queue: {numbers:?}");
+    // One switch, to the CPU, and it stays there (the device is still gone).
+    let kinds: Vec<&str> = records.iter().map(|r| r["engine"].as_str().unwrap_or("?")).collect();
+    let first_cpu = kinds.iter().position(|k| *k == "onnx-cpu").expect("cpu records");
+    assert!(kinds[..first_cpu].iter().all(|k| *k == "hailo") && kinds[first_cpu..].iter().all(|k| *k == "onnx-cpu"));
+    assert_eq!(st["inference"]["failed"], 0, "no frame failed: {st}");
+    assert_eq!(st["engine"]["fallbacks"], 1, "{st}");
+}
+
 fn cpu_with_reason(env: &[(&str, &str)], hailort_version: &str, reason: &str) {
     let broker = Broker::start();
     let s = setup(&broker, hailort_version);
