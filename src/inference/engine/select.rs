@@ -476,8 +476,11 @@ mod tests {
         queue: VecDeque<Completed>,
         fail_from: u64,
         class: HailoFailure,
-        ran: Arc<std::sync::Mutex<Vec<(EngineKind, u64)>>>,
+        ran: RunLog,
     }
+
+    /// Which engine ran which tag, in order.
+    type RunLog = Arc<std::sync::Mutex<Vec<(EngineKind, u64)>>>;
 
     impl Engine for Piped {
         fn kind(&self) -> EngineKind {
@@ -555,11 +558,7 @@ mod tests {
         out
     }
 
-    fn piped_selector(
-        class: HailoFailure,
-        fail_from: u64,
-        cpu_depth: usize,
-    ) -> (Selector, Arc<Shared>, Arc<std::sync::Mutex<Vec<(EngineKind, u64)>>>) {
+    fn piped_selector(class: HailoFailure, fail_from: u64, cpu_depth: usize) -> (Selector, Arc<Shared>, RunLog) {
         let shared = Arc::new(Shared::new("t".into()));
         let ran = Arc::new(std::sync::Mutex::new(Vec::new()));
         let opened = Arc::new(AtomicU32::new(0));
