@@ -147,6 +147,21 @@ fn results_are_matched_to_their_frames_under_load() {
     });
 }
 
+#[test]
+fn a_chip_holding_fewer_frames_than_the_depth_makes_writes_wait_not_fail() {
+    scenario("a_chip_holding_fewer_frames_than_the_depth_makes_writes_wait_not_fail", &[], || {
+        // The double holds 2 frames; the engine keeps 8 in flight, so its
+        // writer waits for the reader instead of timing out.
+        let mut engine = open("timing=500:2000:2", 8).expect("opening the double");
+        let done = stream(&mut engine, 40);
+        assert_eq!(done.iter().map(|c| c.tag).collect::<Vec<_>>(), (1..=40).collect::<Vec<_>>());
+        for c in &done {
+            let (outputs, _) = c.result.as_ref().unwrap_or_else(|e| panic!("frame {}: {e}", c.tag));
+            assert_matches(c.tag, outputs);
+        }
+    });
+}
+
 /// The CPU engine's stand-in: computes the double's function, so both
 /// engines give a frame the same outputs and a frame re-run on the CPU can
 /// be checked against its own content. Records which tags it ran.
