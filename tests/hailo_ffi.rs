@@ -12,7 +12,6 @@
 mod double;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use spark_edge::inference::detect::{self, DecodeError, Detection, NmsFault};
 use spark_edge::inference::engine::hailo::InputFormat;
@@ -24,58 +23,14 @@ use spark_edge::inference::model::{ColorOrder, Decoder, InputSpec, Layout, Outpu
 use spark_edge::inference::vision::{self, Tensor};
 
 const SCENARIO_ENV: &str = "HAILO_FFI_SCENARIO";
-/// The double's switches: never inherited by a child unless a test sets them.
-const DOUBLE_VARS: [&str; 9] = [
-    "HAILO_DOUBLE_NO_DEVICE",
-    "HAILO_DOUBLE_INVALID_HEF",
-    "HAILO_DOUBLE_VERSION",
-    "HAILO_DOUBLE_TIMEOUT_AT",
-    "HAILO_DOUBLE_DEVICE_LOST_AT",
-    "HAILO_DOUBLE_RECOVER_FILE",
-    "HAILO_DOUBLE_CONTROL",
-    "HAILO_DOUBLE_LOST_STATUS",
-    "HAILO_DOUBLE_TEMPERATURE",
-];
 
-/// Runs `body` as scenario `name` (the test function's name) in a child
-/// process with `env` set. In the child, runs `body` directly.
+/// Runs `body` as scenario `name` in a child process with `env` set.
 fn scenario(name: &str, env: &[(&str, &str)], body: impl FnOnce()) {
-    run_scenario(name, env, None, body);
+    double::run_scenario(SCENARIO_ENV, name, env, None, body);
 }
 
 fn run_scenario(name: &str, env: &[(&str, &str)], wrapper: Option<&[&str]>, body: impl FnOnce()) {
-    if std::env::var(SCENARIO_ENV).as_deref() == Ok(name) {
-        body();
-        return;
-    }
-    let lib = double::library();
-    let exe = std::env::current_exe().expect("path of this test binary");
-    let mut cmd = match wrapper {
-        Some([program, args @ ..]) => {
-            let mut c = Command::new(program);
-            c.args(args).arg(&exe);
-            c
-        }
-        _ => Command::new(&exe),
-    };
-    cmd.args([name, "--exact", "--nocapture", "--test-threads=1"])
-        .env(SCENARIO_ENV, name)
-        .env(double::ENV_PATH, &lib)
-        // Set here so the loader never has to change the environment.
-        .env("HAILORT_LOGGER_PATH", "NONE")
-        .env_remove("HAILORT_LIBRARY");
-    for v in DOUBLE_VARS {
-        cmd.env_remove(v);
-    }
-    cmd.envs(env.iter().copied());
-    let out = cmd.output().unwrap_or_else(|e| panic!("starting scenario {name}: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && stdout.contains("1 passed"),
-        "scenario {name} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-        out.status
-    );
+    double::run_scenario(SCENARIO_ENV, name, env, wrapper, body);
 }
 
 /// The double, as the child sees it.

@@ -22,35 +22,10 @@ use spark_edge::inference::vision::{self, Tensor};
 use spark_edge::state::Shared;
 
 const SCENARIO_ENV: &str = "HAILO_PIPELINE_SCENARIO";
-const DOUBLE_VARS: [&str; 4] =
-    ["HAILO_DOUBLE_TIMING", "HAILO_DOUBLE_DEVICE_LOST_AT", "HAILO_DOUBLE_CONTROL", "HAILO_DOUBLE_TIMEOUT_AT"];
 
 /// Runs `body` as scenario `name` in a child process with `env` set.
 fn scenario(name: &str, env: &[(&str, &str)], body: impl FnOnce()) {
-    if std::env::var(SCENARIO_ENV).as_deref() == Ok(name) {
-        body();
-        return;
-    }
-    let lib = double::library();
-    let exe = std::env::current_exe().expect("path of this test binary");
-    let mut cmd = std::process::Command::new(&exe);
-    cmd.args([name, "--exact", "--nocapture", "--test-threads=1"])
-        .env(SCENARIO_ENV, name)
-        .env(double::ENV_PATH, &lib)
-        .env("HAILORT_LOGGER_PATH", "NONE")
-        .env_remove("HAILORT_LIBRARY");
-    for v in DOUBLE_VARS {
-        cmd.env_remove(v);
-    }
-    cmd.envs(env.iter().copied());
-    let out = cmd.output().unwrap_or_else(|e| panic!("starting scenario {name}: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("1 passed"),
-        "scenario {name} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    double::run_scenario(SCENARIO_ENV, name, env, None, body);
 }
 
 const H: u32 = 32;

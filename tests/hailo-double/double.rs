@@ -144,3 +144,64 @@ pub fn expected_outputs(input: &[f32], h: usize, w: usize) -> Vec<Vec<f32>> {
         })
         .collect()
 }
+
+/// The double's switches: never inherited by a scenario's child process
+/// unless the scenario sets them.
+pub const SWITCHES: [&str; 10] = [
+    "HAILO_DOUBLE_NO_DEVICE",
+    "HAILO_DOUBLE_INVALID_HEF",
+    "HAILO_DOUBLE_VERSION",
+    "HAILO_DOUBLE_TIMEOUT_AT",
+    "HAILO_DOUBLE_DEVICE_LOST_AT",
+    "HAILO_DOUBLE_RECOVER_FILE",
+    "HAILO_DOUBLE_CONTROL",
+    "HAILO_DOUBLE_LOST_STATUS",
+    "HAILO_DOUBLE_TEMPERATURE",
+    "HAILO_DOUBLE_TIMING",
+];
+
+/// Runs `body` as scenario `name` (the test function's name) in a child
+/// process of this test binary, with the double's switches cleared and `env`
+/// set (its switches are process environment and its counters are
+/// process-wide). `scenario_env` marks the child, which runs `body` directly.
+/// `wrapper` runs the child under another program (valgrind).
+pub fn run_scenario(
+    scenario_env: &str,
+    name: &str,
+    env: &[(&str, &str)],
+    wrapper: Option<&[&str]>,
+    body: impl FnOnce(),
+) {
+    if std::env::var(scenario_env).as_deref() == Ok(name) {
+        body();
+        return;
+    }
+    let lib = library();
+    let exe = std::env::current_exe().expect("path of this test binary");
+    let mut cmd = match wrapper {
+        Some([program, args @ ..]) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(&exe);
+            c
+        }
+        _ => Command::new(&exe),
+    };
+    cmd.args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(scenario_env, name)
+        .env(ENV_PATH, &lib)
+        // Set here so the loader never has to change the environment.
+        .env("HAILORT_LOGGER_PATH", "NONE")
+        .env_remove("HAILORT_LIBRARY");
+    for v in SWITCHES {
+        cmd.env_remove(v);
+    }
+    cmd.envs(env.iter().copied());
+    let out = cmd.output().unwrap_or_else(|e| panic!("starting scenario {name}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "scenario {name} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        out.status
+    );
+}
