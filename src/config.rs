@@ -1052,6 +1052,15 @@ impl Config {
     /// Zone and line keys are `zone[i].key` (0-based), found on the i-th
     /// `[[zone]]` table. Labels are checked against the model at start.
     fn events_issues(&self, bad: &mut impl FnMut(&str, String)) {
+        // Zones and lines on a camera that is not there would never fire.
+        let has_rules = !self.zones.is_empty() || !self.lines.is_empty();
+        if has_rules && self.has_camera() && !self.cameras().iter().any(|c| c.id == self.events.camera) {
+            let ids: Vec<&str> = self.cameras().iter().map(|c| c.id.as_str()).collect();
+            bad(
+                "events.camera",
+                format!("{:?} is not a configured camera (cameras: {})", self.events.camera, ids.join(", ")),
+            );
+        }
         let t = &self.tracking;
         if t.max_missed_frames > 1000 {
             bad("tracking.max_missed_frames", format!("must be between 0 and 1000, got {}", t.max_missed_frames));
@@ -1197,6 +1206,17 @@ mod tests {
         assert!(matches!(BrokerUrl::parse("mqtt:// :1883"), Err(BrokerUrlError::NoHost(_))));
         assert!(matches!(BrokerUrl::parse("mqtt://"), Err(BrokerUrlError::NoHost(_))));
         assert_eq!(BrokerUrl::parse("mqtt://[::1]:4000").unwrap().host, "::1");
+    }
+
+    #[test]
+    fn zones_must_name_a_configured_camera() {
+        let zone = "[[zone]]\nname = \"bay\"\npolygon = [[0.1, 0.1], [0.9, 0.1], [0.5, 0.9]]\nlabels = [\"person\"]\n";
+        let two = "[[camera]]\nid = \"door\"\n[[camera]]\nid = \"yard\"\n";
+        let ConfigError::Invalid(issues) = parse(&format!("{two}{zone}")).unwrap_err() else { panic!() };
+        let i = issues.iter().find(|i| i.key == "events.camera").expect("events.camera refused");
+        assert!(i.message.contains("\"cam0\"") && i.message.contains("door, yard"), "{}", i.message);
+        assert!(parse(&format!("{two}[events]\ncamera = \"yard\"\n{zone}")).is_ok());
+        assert!(parse(two).is_ok(), "no rules, no camera needed");
     }
 
     /// Regression (issue 15): each of these passed `check-config` and then
