@@ -42,10 +42,19 @@ fn records_arrive_with_envelope_label_and_no_seq_gaps() {
     let t = &consumer.records("telemetry")[0];
     assert!(t["mem_total_bytes"].as_u64().unwrap() > 0);
     assert!(t["uptime_s"].as_u64().is_some());
-    // The retained status says online, then offline after a clean stop.
-    let statuses: Vec<_> = consumer.snapshot().into_iter().filter(|m| m.topic == "spark/test-dev/status").collect();
-    assert_eq!(statuses.first().map(|m| m.json["online"].clone()), Some(serde_json::json!(true)));
-    assert_eq!(statuses.last().map(|m| m.json["online"].clone()), Some(serde_json::json!(false)));
+    // The retained status says online, then offline after a clean stop. (A
+    // connection the loaded machine dropped before its first status shows
+    // as the last will's offline first: reconnects are allowed, the order
+    // online → offline at the end is what is checked.)
+    let statuses: Vec<bool> = consumer
+        .snapshot()
+        .into_iter()
+        .filter(|m| m.topic == "spark/test-dev/status")
+        .filter_map(|m| m.json["online"].as_bool())
+        .collect();
+    let first_online = statuses.iter().position(|&o| o).expect("an online status");
+    assert_eq!(statuses.last(), Some(&false), "offline after the stop: {statuses:?}");
+    assert!(first_online < statuses.len() - 1, "online came before the final offline: {statuses:?}");
 }
 
 #[test]
