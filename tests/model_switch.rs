@@ -32,34 +32,9 @@ fn pack(lab: &Lab, stem: &str, version: &str, files: &[&str], canary: &str) -> P
 
 /// Signs `artifact` as model `name` `version` with a canary expecting `label`.
 fn sign(lab: &Lab, artifact: &Path, name: &str, version: &str, canary: (&str, &str, &str)) -> PathBuf {
-    let out = lab.dir.path().join(format!("{name}-{version}.bundle"));
     let (input, label, min) = canary;
-    fleet(&[
-        "sign",
-        "--key",
-        s(&lab.key),
-        "--kind",
-        "model",
-        "--name",
-        name,
-        "--version",
-        version,
-        "--artifact",
-        s(artifact),
-        "--expires-in-days",
-        "30",
-        "--out",
-        s(&out),
-        "--device",
-        "test-dev",
-        "--canary-input",
-        input,
-        "--canary-label",
-        label,
-        "--canary-min-score",
-        min,
-    ]);
-    out
+    let more = ["--canary-input", input, "--canary-label", label, "--canary-min-score", min];
+    lab.sign_model(name, version, artifact, &DEV, &more, None)
 }
 
 fn engine_model(socket: &Path) -> String {

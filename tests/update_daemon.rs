@@ -41,35 +41,8 @@ impl Lab {
     /// Signs `artifact` as model `centerface` `version`; `target` is e.g.
     /// `["--device", "test-dev"]`; `more` adds options (canary, key).
     fn sign(&self, artifact: &Path, version: &str, target: &[&str], more: &[&str], key: Option<&Path>) -> PathBuf {
-        let out = self.dir.path().join(format!("b-{version}-{}.bundle", fastrand_id()));
-        let mut args = vec![
-            "sign",
-            "--key",
-            s(key.unwrap_or(&self.key)),
-            "--kind",
-            "model",
-            "--name",
-            "centerface",
-            "--version",
-            version,
-            "--artifact",
-            s(artifact),
-            "--expires-in-days",
-            "30",
-            "--out",
-            s(&out),
-        ];
-        args.extend_from_slice(target);
-        args.extend_from_slice(more);
-        fleet(&args);
-        out
+        self.sign_model("centerface", version, artifact, target, more, key)
     }
-}
-
-fn fastrand_id() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    N.fetch_add(1, Ordering::Relaxed)
 }
 
 fn daemon_config(broker: &Broker, lab: &Lab, camera: bool) -> DaemonConfig {

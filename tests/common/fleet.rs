@@ -34,6 +34,45 @@ pub struct Lab {
 }
 
 impl Lab {
+    /// `artifact` signed as model `name` `version` with `key` (default: the
+    /// lab's); `target` is e.g. `["--device", "test-dev"]`, `more` adds
+    /// options (a canary).
+    pub fn sign_model(
+        &self,
+        name: &str,
+        version: &str,
+        artifact: &Path,
+        target: &[&str],
+        more: &[&str],
+        key: Option<&Path>,
+    ) -> PathBuf {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let out = self.dir.path().join(format!("{name}-{version}-{n}.bundle"));
+        let mut args = vec![
+            "sign",
+            "--key",
+            s(key.unwrap_or(&self.key)),
+            "--kind",
+            "model",
+            "--name",
+            name,
+            "--version",
+            version,
+            "--artifact",
+            s(artifact),
+            "--expires-in-days",
+            "30",
+            "--out",
+            s(&out),
+        ];
+        args.extend_from_slice(target);
+        args.extend_from_slice(more);
+        fleet(&args);
+        out
+    }
+
     /// `text` signed as the config update (`--kind config --name sparkd`)
     /// of `test-dev` at `version`.
     pub fn sign_config(&self, text: &str, version: &str) -> PathBuf {
