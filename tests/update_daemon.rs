@@ -188,13 +188,16 @@ fn bad_signature_other_device_and_corrupt_artifact_are_rejected_and_the_old_mode
     assert_eq!(r["state"], "rejected");
 
     // A byte of the artifact flipped after signing: reassembled, then refused.
-    let good = lab.sign(&pack, "1.1.0", &DEV, &[], None);
+    // Another version, so its update id is not the forged copy's (the id hashes
+    // the manifest, which two signings within one second share).
+    let good = lab.sign(&lab.pack("1.1.1", &[]), "1.1.1", &DEV, &[], None);
     let mut bytes = std::fs::read(&good).unwrap();
     let last = bytes.len() - 100;
     bytes[last] ^= 0xff;
     let corrupt = lab.dir.path().join("corrupt.bundle");
     std::fs::write(&corrupt, bytes).unwrap();
     let id = update_id(&corrupt);
+    assert_ne!(id, update_id(&forged));
     push(&broker, &DEV, &corrupt);
     let r = wait_state(&c, &id, "rejected", &d);
     assert_eq!(r["code"], "artifact_digest", "{r}");
