@@ -121,6 +121,28 @@ enum Command {
         #[arg(long)]
         timeout_secs: Option<u64>,
     },
+    /// Ask DEVICE over MQTT for `doctor`, `status` (default), `queue` or
+    /// `logs N` with a request signed by the fleet key; print the answer as
+    /// sparkctl would on the device. Exit 0 ok, 1 refused or failed, 3 no
+    /// answer before the deadline (docs/diagnostics.md).
+    Diagnose {
+        device: String,
+        #[arg(num_args = 0..=2)]
+        what: Vec<String>,
+        #[arg(long)]
+        broker: String,
+        /// The fleet's private key (spark-fleet keygen).
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long, default_value = "spark")]
+        topic_prefix: String,
+        /// Print the JSON `sparkctl <cmd> --json` prints.
+        #[arg(long)]
+        json: bool,
+        /// Wait this long for the whole answer (also the request's lifetime, at most 900 s).
+        #[arg(long, default_value_t = 30)]
+        timeout_secs: u64,
+    },
     /// The fleet from the devices' retained status messages (and last wills):
     /// one row per device and a summary line.
     Devices {
@@ -152,6 +174,11 @@ enum Command {
         /// messages were not all delivered (the end marker did not come back).
         #[arg(long, default_value_t = 30)]
         timeout_secs: u64,
+    },
+    /// Staged rollouts: waves, soak, a halt rule; state kept for resume.
+    Rollout {
+        #[command(subcommand)]
+        command: spark_edge::fleet::rollout_run::RolloutCommand,
     },
 }
 
@@ -200,6 +227,11 @@ fn main() {
         Command::Watch { broker, group, topic_prefix, json, timeout_secs } => {
             watch(&broker, group, &topic_prefix, json, timeout_secs)
         }
+        Command::Diagnose { device, what, broker, key, topic_prefix, json, timeout_secs } => {
+            let timeout = Duration::from_secs(timeout_secs.max(1));
+            let code = spark_edge::fleet::diagnose::main(broker, topic_prefix, device, &what, key, timeout, json);
+            std::process::exit(i32::from(code))
+        }
         Command::Devices {
             broker,
             topic_prefix,
@@ -221,6 +253,10 @@ fn main() {
             interval: Duration::from_secs(interval_secs.max(1)),
             timeout: Duration::from_secs(timeout_secs),
         }),
+        Command::Rollout { command } => match spark_edge::fleet::rollout_run::run(command) {
+            Ok(ended) => std::process::exit(ended.exit_code()),
+            Err(e) => Err(anyhow::Error::new(e)),
+        },
     };
     if let Err(e) = r {
         eprintln!("spark-fleet: {e:#}");

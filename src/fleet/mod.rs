@@ -1,9 +1,12 @@
 //! The operator's side of the fleet (`spark-fleet`), apart from signing and
 //! pushing one update: `devices` reads the retained status messages;
+//! `diagnose` signs a diagnose request and waits for one device's answer;
 //! `rollout` (with its `halt_rule` language) decides staged rollouts and
 //! keeps their state file, `rollout_run` drives them over MQTT. Nothing
 //! here runs in `sparkd`.
 
 pub mod devices;
+pub mod diagnose;
 pub mod halt_rule;
 pub mod rollout;
+pub mod rollout_run;
