@@ -244,7 +244,13 @@ fn main() {
     // The bound must not be reached: a retention drop would make the backlog
     // smaller than claimed (checked below).
     let max_bytes = (8u64 << 30).max(n as u64 * 800);
-    let opts = OutboxOptions { device_id: "bench".into(), max_bytes, drop_order: Stream::ALL.to_vec(), ttl_ms: [0; 3] };
+    let opts = OutboxOptions {
+        device_id: "bench".into(),
+        max_bytes,
+        drop_order: Stream::ALL.to_vec(),
+        snapshots_max_bytes: u64::MAX,
+        ttl_ms: [0; Stream::COUNT],
+    };
     let o = Outbox::open(dir.path(), opts).unwrap();
     let w = spawn_writer(o.clone(), BATCH, Arc::new(|| {})).unwrap();
     let (rss_start, _) = rss();

@@ -30,7 +30,13 @@ use common::{UplinkRig, body, mosquitto, uplink_to};
 const BATCH: usize = 1000;
 
 fn opts() -> OutboxOptions {
-    OutboxOptions { device_id: "bench".into(), max_bytes: 4 << 30, drop_order: Stream::ALL.to_vec(), ttl_ms: [0; 3] }
+    OutboxOptions {
+        device_id: "bench".into(),
+        max_bytes: 4 << 30,
+        drop_order: Stream::ALL.to_vec(),
+        snapshots_max_bytes: u64::MAX,
+        ttl_ms: [0; Stream::COUNT],
+    }
 }
 
 fn ingest_outbox(n: usize) -> f64 {

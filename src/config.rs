@@ -160,6 +160,9 @@ pub struct StoreConfig {
     /// lowest priority first. Must name every stream once.
     pub drop_order: Vec<String>,
     pub ttl_secs: StreamTtl,
+    /// Budget of the `snapshots` stream (evidence JPEGs) inside
+    /// `max_megabytes`; pictures are always the first to be dropped.
+    pub snapshots_max_megabytes: u64,
 }
 
 /// Time-to-live of stored records per stream; 0 keeps them until sent (or
@@ -383,6 +386,7 @@ impl Default for StoreConfig {
             commit_batch_max: 1024,
             drop_order: vec!["events".into(), "inference".into(), "telemetry".into()],
             ttl_secs: StreamTtl::default(),
+            snapshots_max_megabytes: 256,
         }
     }
 }
@@ -523,6 +527,12 @@ impl Config {
         range("model.intra_threads", self.model.intra_threads as u64, 1, 64);
         range("store.max_megabytes", self.store.max_megabytes, 4, MAX_STORE_MEGABYTES);
         range("store.commit_batch_max", self.store.commit_batch_max as u64, 1, 100_000);
+        range("store.snapshots_max_megabytes", self.store.snapshots_max_megabytes, 1, MAX_STORE_MEGABYTES);
+        let snap = &self.events.snapshots;
+        range("events.snapshots.jpeg_quality", snap.jpeg_quality as u64, 1, 100);
+        range("events.snapshots.max_bytes", snap.max_bytes as u64, 1024, 16 << 20);
+        range("events.snapshots.chunk_bytes", snap.chunk_bytes as u64, 4096, MAX_SNAPSHOT_CHUNK_BYTES as u64);
+        range("events.snapshots.queue", snap.queue as u64, 1, 64);
         for (stream, ttl) in [
             ("telemetry", self.store.ttl_secs.telemetry),
             ("inference", self.store.ttl_secs.inference),
@@ -560,6 +570,12 @@ impl Config {
         real("load.events_per_sec", self.load.events_per_sec, 0.0, 1_000_000.0);
         real("audio.buffer_secs", self.audio.buffer_secs, 0.01, 60.0);
         real("audio.threshold", self.audio.threshold as f64, 0.0, 1.0);
+        real("events.snapshots.crop_margin", self.events.snapshots.crop_margin as f64, 0.0, 4.0);
+        for (i, k) in self.events.snapshots.kinds.iter().enumerate() {
+            if !SNAPSHOT_KINDS.contains(&k.as_str()) {
+                bad(&format!("events.snapshots.kinds[{i}]"), format!("{k:?} is not one of {SNAPSHOT_KINDS:?}"));
+            }
+        }
         if !self.device_id.is_empty() && !is_topic_segment(&self.device_id) {
             bad("device_id", "must be 1-64 characters of [A-Za-z0-9_.-]".into());
         }
@@ -608,6 +624,12 @@ impl Config {
     }
 }
 
+/// Event kinds that can carry a snapshot (`count` has no box).
+pub const SNAPSHOT_KINDS: [&str; 5] = ["track_start", "track_end", "zone_enter", "zone_exit", "line_cross"];
+/// Largest `events.snapshots.chunk_bytes`: a chunk's record (base64 data
+/// and header) must fit the outbox's record limit.
+pub const MAX_SNAPSHOT_CHUNK_BYTES: usize = 192 * 1024;
+
 /// Longest span any `*_secs` key may name: one year.
 pub const MAX_SECS: u64 = 365 * 86_400;
 /// Largest outbox (and free-space reserve): 1 TiB, so bytes fit a `u64` with room.
@@ -629,10 +651,16 @@ impl Config {
         self.store.max_megabytes.saturating_mul(1 << 20)
     }
 
-    /// `store.ttl_secs` in milliseconds, per stream (telemetry, inference, events).
-    pub fn store_ttl_ms(&self) -> [u64; 3] {
+    /// `store.ttl_secs` in milliseconds, per stream (telemetry, inference,
+    /// events; snapshots have none: their byte budget bounds them).
+    pub fn store_ttl_ms(&self) -> [u64; crate::record::Stream::COUNT] {
         let t = &self.store.ttl_secs;
-        [t.telemetry, t.inference, t.events].map(|s| s.saturating_mul(1000))
+        [t.telemetry, t.inference, t.events, 0].map(|s| s.saturating_mul(1000))
+    }
+
+    /// `store.snapshots_max_megabytes` in bytes.
+    pub fn store_snapshots_max_bytes(&self) -> u64 {
+        self.store.snapshots_max_megabytes.saturating_mul(1 << 20)
     }
 
     /// `hailo.reprobe_min_secs` / `reprobe_max_secs`.
@@ -1007,11 +1035,67 @@ pub struct EventsConfig {
     /// `track_start` / `track_end` events (zone and line events are on
     /// whenever a zone or line is configured).
     pub track_events: bool,
+    /// `[events.snapshots]`: evidence JPEGs (docs/snapshots.md).
+    pub snapshots: SnapshotsConfig,
 }
 
 impl Default for EventsConfig {
     fn default() -> Self {
-        Self { camera: "cam0".into(), count_interval_secs: 60, track_events: true }
+        Self {
+            camera: "cam0".into(),
+            count_interval_secs: 60,
+            track_events: true,
+            snapshots: SnapshotsConfig::default(),
+        }
+    }
+}
+
+/// What an evidence snapshot shows.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum SnapshotMode {
+    /// The whole frame with the event's box drawn.
+    #[default]
+    Frame,
+    /// The event's box with `crop_margin` around it.
+    Crop,
+}
+
+/// `[events.snapshots]`: a JPEG per event, stored in the outbox's
+/// `snapshots` stream and published in chunks (docs/snapshots.md).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnapshotsConfig {
+    pub enabled: bool,
+    /// Event kinds that get a snapshot (of [`SNAPSHOT_KINDS`]).
+    pub kinds: Vec<String>,
+    pub mode: SnapshotMode,
+    /// `crop`: margin on each side as a fraction of the box's size.
+    pub crop_margin: f32,
+    /// JPEG quality (1-100) of the first encode.
+    pub jpeg_quality: u8,
+    /// Largest JPEG kept: a larger one is re-encoded at lower quality, else
+    /// dropped (counted).
+    pub max_bytes: usize,
+    /// Largest MQTT message a chunk makes (header and base64 data).
+    pub chunk_bytes: usize,
+    /// Frames waiting for the encoder; when full, an event gets no snapshot
+    /// (counted) and is stored at once all the same.
+    pub queue: usize,
+}
+
+impl Default for SnapshotsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            kinds: vec!["zone_enter".into(), "line_cross".into()],
+            mode: SnapshotMode::Frame,
+            crop_margin: 0.25,
+            jpeg_quality: 80,
+            max_bytes: 512 * 1024,
+            chunk_bytes: 128 * 1024,
+            queue: 4,
+        }
     }
 }
 

@@ -128,6 +128,7 @@ pub fn run_from(config: Config, config_path: Option<PathBuf>) -> Result<(), Star
             device_id: device_id.clone(),
             max_bytes: config.store_max_bytes(),
             drop_order: config.store.drop_order.iter().filter_map(|s| Stream::parse(s)).collect(),
+            snapshots_max_bytes: config.store_snapshots_max_bytes(),
             ttl_ms: config.store_ttl_ms(),
         },
     )?;

@@ -16,16 +16,22 @@ pub enum Stream {
     Telemetry = 0,
     Inference = 1,
     Events = 2,
+    /// Evidence JPEGs of events, in chunks (docs/snapshots.md): the lowest
+    /// retention priority, with a byte budget of its own.
+    Snapshots = 3,
 }
 
 impl Stream {
-    pub const ALL: [Stream; 3] = [Stream::Telemetry, Stream::Inference, Stream::Events];
+    /// How many streams there are: the length of per-stream arrays.
+    pub const COUNT: usize = 4;
+    pub const ALL: [Stream; Self::COUNT] = [Stream::Telemetry, Stream::Inference, Stream::Events, Stream::Snapshots];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Stream::Telemetry => "telemetry",
             Stream::Inference => "inference",
             Stream::Events => "events",
+            Stream::Snapshots => "snapshots",
         }
     }
 

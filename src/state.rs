@@ -152,6 +152,21 @@ impl RecentEvents {
     }
 }
 
+/// Evidence snapshots' outcomes (`src/events/snapshot.rs`); monotonic.
+#[derive(Debug, Default)]
+pub struct SnapshotCounters {
+    /// Snapshots whose every chunk was committed to the outbox.
+    pub stored: AtomicU64,
+    /// Encodes that needed a lower quality to fit `max_bytes`.
+    pub reencoded: AtomicU64,
+    /// Events stored without a snapshot: the encoder's queue was full.
+    pub dropped_queue_full: AtomicU64,
+    /// Pictures over `max_bytes` even at the lowest quality tried.
+    pub dropped_oversize: AtomicU64,
+    /// Encode failures and chunks the outbox did not take.
+    pub failed: AtomicU64,
+}
+
 /// Counters are monotonic for the life of the process.
 pub struct Shared {
     pub started: Instant,
@@ -192,6 +207,8 @@ pub struct Shared {
     pub snapshots: crate::inference::snapshot::SnapshotTap,
     /// The last event records stored (`sparkctl events`); bounded.
     pub recent_events: RecentEvents,
+    /// Evidence snapshots for events: stored, dropped and why.
+    pub snapshot_counts: SnapshotCounters,
 }
 
 impl Shared {
@@ -231,6 +248,7 @@ impl Shared {
             audio_levels: crate::sources::audio::level::Levels::default(),
             snapshots: crate::inference::snapshot::SnapshotTap::default(),
             recent_events: RecentEvents::default(),
+            snapshot_counts: SnapshotCounters::default(),
         }
     }
 

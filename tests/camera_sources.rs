@@ -85,7 +85,13 @@ fn slow_engine_behind_a_fast_camera_drops_oldest_frames_with_bounded_memory() {
     let dir = tempfile::tempdir().unwrap();
     let outbox = Outbox::open(
         &dir.path().join("outbox"),
-        OutboxOptions { device_id: "t".into(), max_bytes: 64 << 20, drop_order: Stream::ALL.to_vec(), ttl_ms: [0; 3] },
+        OutboxOptions {
+            device_id: "t".into(),
+            max_bytes: 64 << 20,
+            drop_order: Stream::ALL.to_vec(),
+            snapshots_max_bytes: u64::MAX,
+            ttl_ms: [0; Stream::COUNT],
+        },
     )
     .unwrap();
     let writer = spawn_writer(outbox.clone(), 256, Arc::new(|| {})).unwrap();

@@ -34,7 +34,8 @@ fn open(dir: &std::path::Path, max_bytes: u64) -> Outbox {
             device_id: "model".into(),
             max_bytes,
             drop_order: vec![Stream::Events, Stream::Inference, Stream::Telemetry],
-            ttl_ms: [0; 3],
+            snapshots_max_bytes: u64::MAX,
+            ttl_ms: [0; Stream::COUNT],
         },
     )
     .expect("open outbox")

@@ -12,8 +12,9 @@ use std::sync::atomic::Ordering;
 
 use serde::Serialize;
 
-use crate::config::Config;
+use crate::config::{Config, SnapshotMode};
 use crate::events::rules::{Count, Event, EventKind, Line, Rules, Zone};
+use crate::events::snapshot::{Job, SnapshotEncoder, SnapshotMeta, new_snapshot_id};
 use crate::events::tracker::{Track, Tracker, TrackerParams};
 use crate::inference::detect::Detection;
 use crate::inference::observe::{FrameObserver, Observed, TrackTag};
@@ -62,6 +63,8 @@ pub struct EventRecord {
     pub ts_ms: u64,
     pub body: String,
     pub summary: RecentEvent,
+    /// The event's box (frame pixels); `None` on a count record.
+    pub bbox: Option<[f32; 4]>,
 }
 
 #[derive(Serialize)]
@@ -248,7 +251,7 @@ impl CameraEvents {
                 time_ms: c.to_ms,
                 direction: None,
             };
-            out.push(EventRecord { ts_ms: c.to_ms, body: json(&body), summary });
+            out.push(EventRecord { ts_ms: c.to_ms, body: json(&body), summary, bbox: None });
         }
         for e in self.events.drain(..) {
             let (direction, dwell_ms) = match &e.kind {
@@ -278,7 +281,7 @@ impl CameraEvents {
                 time_ms: e.time_ms,
                 direction: direction.map(String::from),
             };
-            out.push(EventRecord { ts_ms: e.time_ms, body: json(&body), summary });
+            out.push(EventRecord { ts_ms: e.time_ms, body: json(&body), summary, bbox: Some(e.bbox) });
         }
     }
 }
@@ -294,34 +297,87 @@ pub struct EventStage {
     appender: Appender,
     shared: Arc<Shared>,
     records: Vec<EventRecord>,
+    /// `[events.snapshots]` when enabled: the encoder and the event kinds
+    /// that get a picture.
+    snapshots: Option<(SnapshotEncoder, Vec<String>, SnapshotMode)>,
+    snapshot_ids: u64,
 }
 
 impl EventStage {
     pub fn new(config: &Config, appender: Appender, shared: Arc<Shared>) -> Self {
         let cameras = config.cameras().iter().map(|c| CameraEvents::for_camera(config, &c.id)).collect();
-        Self { cameras, appender, shared, records: Vec::new() }
+        let s = &config.events.snapshots;
+        let snapshots = match s.enabled && !s.kinds.is_empty() {
+            false => None,
+            true => match SnapshotEncoder::spawn(s.into(), s.queue, appender.clone(), shared.clone()) {
+                Ok(enc) => Some((enc, s.kinds.clone(), s.mode)),
+                Err(e) => {
+                    // Events matter more than their pictures: carry on without.
+                    tracing::error!(error = %e, "could not start the snapshot encoder; events get no snapshots");
+                    None
+                }
+            },
+        };
+        Self { cameras, appender, shared, records: Vec::new(), snapshots, snapshot_ids: 0 }
     }
 
     /// Submits every pending record, then waits for their commit (one group
     /// commit for a frame's events), counting each and keeping its summary
-    /// with its seq for `sparkctl events`.
-    fn store(&mut self) {
-        let pending: Vec<(PendingAppend, RecentEvent)> = self
+    /// with its seq for `sparkctl events`. With `frame`, events of the
+    /// snapshot kinds get a snapshot id and, once stored, go to the encoder
+    /// while its queue has room (else no id, counted).
+    fn store(&mut self, frame: Option<&Frame>) {
+        let mut image: Option<Arc<image::RgbImage>> = None;
+        let mut room = self.snapshots.as_ref().map_or(0, |(enc, _, _)| enc.room());
+        let pending: Vec<(PendingAppend, RecentEvent, Option<Job>)> = self
             .records
             .drain(..)
-            .filter_map(|r| match self.appender.submit(Stream::Events, r.ts_ms, r.body) {
-                Ok(p) => Some((p, r.summary)),
-                Err(e) => {
-                    self.shared.record_lost("event", &e);
-                    None
+            .filter_map(|mut r| {
+                let mut job = None;
+                if let (Some((_, kinds, mode)), Some(frame), Some(bbox)) = (&self.snapshots, frame, r.bbox)
+                    && kinds.iter().any(|k| k == r.summary.kind)
+                {
+                    if room == 0 {
+                        self.shared.snapshot_counts.dropped_queue_full.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        room -= 1;
+                        self.snapshot_ids += 1;
+                        let id = new_snapshot_id(&r.body, self.snapshot_ids);
+                        // The body is our own JSON object: name the snapshot last.
+                        if r.body.ends_with('}') {
+                            r.body.pop();
+                            r.body.push_str(&format!(",\"snapshot_id\":\"{id}\"}}"));
+                        }
+                        let image = image.get_or_insert_with(|| Arc::new(frame.image.clone())).clone();
+                        let meta = SnapshotMeta {
+                            snapshot_id: id,
+                            event_seq: 0,
+                            event_kind: r.summary.kind,
+                            camera: r.summary.camera.clone(),
+                            time_ms: r.summary.time_ms,
+                            mode: *mode,
+                        };
+                        job = Some(Job { meta, bbox, image });
+                    }
+                }
+                match self.appender.submit(Stream::Events, r.ts_ms, r.body) {
+                    Ok(p) => Some((p, r.summary, job)),
+                    Err(e) => {
+                        self.shared.record_lost("event", &e);
+                        None
+                    }
                 }
             })
             .collect();
-        for (p, summary) in pending {
+        for (p, summary, job) in pending {
             match p.wait() {
                 Ok(seq) => {
                     self.shared.events_generated.fetch_add(1, Ordering::Relaxed);
                     self.shared.recent_events.push(RecentEvent { seq, ..summary });
+                    if let (Some(mut job), Some((enc, _, _))) = (job, &self.snapshots) {
+                        job.meta.event_seq = seq;
+                        enc.send(job);
+                    }
                 }
                 Err(e) => self.shared.record_lost("event", &e),
             }
@@ -336,7 +392,7 @@ impl FrameObserver for EventStage {
         };
         let size = frame.image.dimensions();
         let observed = c.frame(frame.number, frame.captured_ms, size, detections, &mut self.records);
-        self.store();
+        self.store(Some(frame));
         observed
     }
 
@@ -344,7 +400,8 @@ impl FrameObserver for EventStage {
         for c in &mut self.cameras {
             c.finish(&mut self.records);
         }
-        self.store();
+        // No frame to show: events of the last frame's end get no picture.
+        self.store(None);
     }
 }
 

@@ -2,7 +2,7 @@
 //! knows nothing about MQTT.
 //!
 //! Layout: one database per stream (`records/telemetry`, `records/inference`,
-//! `records/events`) keyed by `seq: u64 BE`; the value is
+//! `records/events`, `records/snapshots`) keyed by `seq: u64 BE`; the value is
 //! `[ts_ms: u64 BE][wire JSON]`. A stream's keys only grow, so every append
 //! goes in with `MDB_APPEND`: no tree search, and leaf pages are filled
 //! whole instead of split in half (about half the pages to write and sync).
@@ -13,6 +13,12 @@
 //! Stores written before the per-stream layout (one `records` database keyed
 //! by `[stream byte][seq]`) are moved over on open, in chunks, each chunk one
 //! transaction (see [`Outbox::migrate_single_database`]).
+//!
+//! Retention: the `snapshots` stream (evidence JPEG chunks) has a byte
+//! budget of its own ([`OutboxOptions::snapshots_max_bytes`]) and gives way
+//! first when the whole store is over its bound, before any stream of
+//! `drop_order`: a picture never costs an event, inference or telemetry
+//! record.
 //!
 //! **Invariant:** a record leaves its stream's database only through
 //! [`Outbox::commit`] with an `Ack` (the broker acknowledged it) or a
@@ -156,10 +162,15 @@ pub struct OutboxOptions {
     pub device_id: String,
     /// Bound of the record data; see [`Outbox::commit`] for what happens at it.
     pub max_bytes: u64,
-    /// Retention drops streams in this order, lowest priority first.
+    /// Retention drops streams in this order, lowest priority first, after
+    /// `snapshots` (always the first to go; listing it here changes nothing).
     pub drop_order: Vec<Stream>,
+    /// Bound of the `snapshots` stream's data alone (inside `max_bytes`):
+    /// over it, its oldest chunks are dropped (counted) whatever the rest
+    /// of the store holds.
+    pub snapshots_max_bytes: u64,
     /// Time-to-live per stream (indexed by `Stream as usize`); 0 = none.
-    pub ttl_ms: [u64; 3],
+    pub ttl_ms: [u64; Stream::COUNT],
 }
 
 /// The durable outbox. Cheap to clone; all clones share one LMDB environment.
@@ -173,15 +184,15 @@ type RecordsDb = Database<'static, U64<BE>, Bytes>;
 struct Inner {
     env: Env<WithoutTls>,
     /// One database per stream, indexed by `Stream as usize`.
-    records: [RecordsDb; 3],
+    records: [RecordsDb; Stream::COUNT],
     meta: Database<'static, Str, U64<BE>>,
     opts: OutboxOptions,
-    counters: Mutex<[StreamCounters; 3]>,
+    counters: Mutex<[StreamCounters; Stream::COUNT]>,
     space_errors: AtomicU64,
     disk_low_flag: std::sync::atomic::AtomicBool,
     /// Appends refused per stream since start (not persisted: like the
     /// callers' own loss counters, they describe this run).
-    refused: [AtomicU64; 3],
+    refused: [AtomicU64; Stream::COUNT],
     /// Whether refusals were logged in the current low-space episode.
     refusing_logged: std::sync::atomic::AtomicBool,
     /// Tests stand in for the filesystem's free space.
@@ -220,7 +231,7 @@ struct Room {
     /// Usable space measured at the commit's start, for the refusal's reason.
     usable: u64,
     /// Appends refused in this commit, per stream.
-    refused: [u64; 3],
+    refused: [u64; Stream::COUNT],
 }
 
 /// The `ts_ms` prefix of a stored value.
@@ -268,7 +279,12 @@ impl Outbox {
         let (records, meta, legacy) = env
             .create_databases_and_commit(wtxn, |opener, wtxn| {
                 let mut create = |s: Stream| opener.create_database::<U64<BE>, Bytes>(wtxn, Some(&records_db_name(s)));
-                let r = [create(Stream::Telemetry)?, create(Stream::Inference)?, create(Stream::Events)?];
+                let r = [
+                    create(Stream::Telemetry)?,
+                    create(Stream::Inference)?,
+                    create(Stream::Events)?,
+                    create(Stream::Snapshots)?,
+                ];
                 let m = opener.create_database::<Str, U64<BE>>(wtxn, Some("meta"))?;
                 let legacy = opener.open_database::<Bytes, Bytes>(wtxn, Some("records"))?;
                 Ok::<_, heed::Error>(heed::CommitOrAbort::<_, ()>::Commit((r, m, legacy)))
@@ -280,7 +296,7 @@ impl Outbox {
                 env,
                 records,
                 meta,
-                counters: Mutex::new([StreamCounters::default(); 3]),
+                counters: Mutex::new([StreamCounters::default(); Stream::COUNT]),
                 space_errors: AtomicU64::new(0),
                 disk_low_flag: std::sync::atomic::AtomicBool::new(false),
                 refused: Default::default(),
@@ -322,7 +338,7 @@ impl Outbox {
                 last_key = Some(k.to_vec());
             }
             let Some(last_key) = last_key else { break };
-            let mut shrink = [0u64; 3];
+            let mut shrink = [0u64; Stream::COUNT];
             for (s, seq, v) in &chunk {
                 // Legacy keys are ordered by stream, then seq: appends.
                 inner.records[*s as usize].put_with_flags(&mut wtxn, heed::PutFlags::APPEND, seq, v)?;
@@ -355,7 +371,7 @@ impl Outbox {
 
     fn reload_counters(&self) -> Result<(), heed::Error> {
         let rtxn = self.inner.env.read_txn()?;
-        let mut c = [StreamCounters::default(); 3];
+        let mut c = [StreamCounters::default(); Stream::COUNT];
         for s in Stream::ALL {
             let get =
                 |w: &str| -> Result<u64, heed::Error> { Ok(self.inner.meta.get(&rtxn, &meta_key(w, s))?.unwrap_or(0)) };
@@ -374,13 +390,13 @@ impl Outbox {
         Ok(())
     }
 
-    fn lock_counters(&self) -> std::sync::MutexGuard<'_, [StreamCounters; 3]> {
+    fn lock_counters(&self) -> std::sync::MutexGuard<'_, [StreamCounters; Stream::COUNT]> {
         // A panic while holding this lock aborts the process (panic = abort),
         // so poisoning cannot be observed in release; in tests take the data.
         self.inner.counters.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn counters(&self) -> [StreamCounters; 3] {
+    pub fn counters(&self) -> [StreamCounters; Stream::COUNT] {
         *self.lock_counters()
     }
 
@@ -433,13 +449,14 @@ impl Outbox {
             stat(&inner.records[0])?,
             stat(&inner.records[1])?,
             stat(&inner.records[2])?,
+            stat(&inner.records[3])?,
             inner.meta.stat(wtxn).map_err(OutboxError::Txn)?,
         ];
         Ok(Some(space::usable_bytes(fs, Some(space::file_pages(&inner.env, &named)))))
     }
 
     /// Appends refused per stream since start (disk full, nothing to replace).
-    pub fn refused(&self) -> [u64; 3] {
+    pub fn refused(&self) -> [u64; Stream::COUNT] {
         Stream::ALL.map(|s| self.inner.refused[s as usize].load(Ordering::Relaxed))
     }
 
@@ -468,7 +485,7 @@ impl Outbox {
         // poisons the environment), so new records may only take the place
         // of stored ones, byte for byte; once those are used up they are
         // refused (counted), until room returns.
-        let room = low.then(|| Room { bytes: total_before, usable: usable.unwrap_or(0), refused: [0; 3] });
+        let room = low.then(|| Room { bytes: total_before, usable: usable.unwrap_or(0), refused: [0; Stream::COUNT] });
         let mut appending = Appending { value: Vec::new(), room };
         let mut results = Vec::with_capacity(ops.len());
         for op in ops {
@@ -528,7 +545,7 @@ impl Outbox {
 
     /// After a commit: the low-space mode's transitions and refusals,
     /// counted and logged once per episode (the world drives this path).
-    fn note_space(&self, low: bool, usable: Option<u64>, refused: Option<[u64; 3]>) {
+    fn note_space(&self, low: bool, usable: Option<u64>, refused: Option<[u64; Stream::COUNT]>) {
         let inner = &*self.inner;
         if low {
             if !inner.disk_low_flag.swap(true, Ordering::Relaxed) {
@@ -560,7 +577,7 @@ impl Outbox {
     fn remove_range(
         &self,
         wtxn: &mut RwTxn<'_>,
-        counters: &mut [StreamCounters; 3],
+        counters: &mut [StreamCounters; Stream::COUNT],
         stream: Stream,
         first: u64,
         last: u64,
@@ -593,7 +610,7 @@ impl Outbox {
     fn append_in(
         &self,
         wtxn: &mut RwTxn<'_>,
-        counters: &mut [StreamCounters; 3],
+        counters: &mut [StreamCounters; Stream::COUNT],
         stream: Stream,
         ts_ms: u64,
         body: &str,
@@ -636,26 +653,49 @@ impl Outbox {
     fn enforce_bound(
         &self,
         wtxn: &mut RwTxn<'_>,
-        counters: &mut [StreamCounters; 3],
+        counters: &mut [StreamCounters; Stream::COUNT],
         limit: u64,
     ) -> Result<(), OutboxError> {
-        let total = |c: &[StreamCounters; 3]| c.iter().map(|x| x.bytes).sum::<u64>();
+        let total = |c: &[StreamCounters; Stream::COUNT]| c.iter().map(|x| x.bytes).sum::<u64>();
+        let snaps = Stream::Snapshots as usize;
+        // The pictures' own budget first, then the whole store's bound with
+        // pictures going before any record of `drop_order`.
+        while counters[snaps].bytes > self.inner.opts.snapshots_max_bytes {
+            if !self.drop_oldest(wtxn, counters, Stream::Snapshots)? {
+                break;
+            }
+        }
         if total(counters) <= limit {
             return Ok(());
         }
-        for &s in &self.inner.opts.drop_order {
+        let order = std::iter::once(Stream::Snapshots)
+            .chain(self.inner.opts.drop_order.iter().copied().filter(|s| *s != Stream::Snapshots));
+        for s in order {
             while total(counters) > limit {
-                let db = &self.inner.records[s as usize];
-                let first = db.first(wtxn).map_err(OutboxError::Txn)?.map(|(seq, v)| (seq, (KEY_LEN + v.len()) as u64));
-                let Some((seq, size)) = first else { break };
-                db.delete(wtxn, &seq).map_err(OutboxError::Txn)?;
-                let c = &mut counters[s as usize];
-                c.pending = c.pending.saturating_sub(1);
-                c.bytes = c.bytes.saturating_sub(size);
-                c.dropped += 1;
+                if !self.drop_oldest(wtxn, counters, s)? {
+                    break;
+                }
             }
         }
         Ok(())
+    }
+
+    /// Drops the oldest record of `s` (counted); `false` when it has none.
+    fn drop_oldest(
+        &self,
+        wtxn: &mut RwTxn<'_>,
+        counters: &mut [StreamCounters; Stream::COUNT],
+        s: Stream,
+    ) -> Result<bool, OutboxError> {
+        let db = &self.inner.records[s as usize];
+        let first = db.first(wtxn).map_err(OutboxError::Txn)?.map(|(seq, v)| (seq, (KEY_LEN + v.len()) as u64));
+        let Some((seq, size)) = first else { return Ok(false) };
+        db.delete(wtxn, &seq).map_err(OutboxError::Txn)?;
+        let c = &mut counters[s as usize];
+        c.pending = c.pending.saturating_sub(1);
+        c.bytes = c.bytes.saturating_sub(size);
+        c.dropped += 1;
+        Ok(true)
     }
 
     /// Up to `limit` records of `stream` with `seq > after`, in order.
@@ -722,7 +762,8 @@ mod tests {
             device_id: "dev".into(),
             max_bytes,
             drop_order: vec![Stream::Events, Stream::Inference, Stream::Telemetry],
-            ttl_ms: [0; 3],
+            snapshots_max_bytes: u64::MAX,
+            ttl_ms: [0; Stream::COUNT],
         }
     }
 
@@ -812,9 +853,36 @@ mod tests {
         assert_eq!(ev.last().unwrap().seq, 10);
     }
 
+    #[test]
+    fn snapshots_keep_their_own_budget_and_give_way_first_under_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut op = opts(8000);
+        op.snapshots_max_bytes = 3000;
+        let o = Outbox::open(dir.path(), op).unwrap();
+        let body = format!("{{\"pad\":\"{}\"}}", "x".repeat(100));
+        // Over their own budget with the store far from its bound.
+        o.commit(&vec![append(Stream::Snapshots, &body); 40]).unwrap();
+        let c = o.counters();
+        let snaps = c[Stream::Snapshots as usize];
+        assert!(snaps.bytes <= 3000 && snaps.pending > 0, "{snaps:?}");
+        assert_eq!(snaps.dropped + snaps.pending, 40);
+        assert_eq!(o.read_after(Stream::Snapshots, 0, 100).unwrap().last().unwrap().seq, 40, "the newest kept");
+        // The whole store over its bound: pictures go before events, even
+        // though events come first in `drop_order`.
+        let mut ops = Vec::new();
+        for _ in 0..30 {
+            ops.push(append(Stream::Events, &body));
+        }
+        o.commit(&ops).unwrap();
+        let c = o.counters();
+        assert!(c.iter().map(|c| c.bytes).sum::<u64>() <= 8000);
+        assert!(c[Stream::Snapshots as usize].dropped > snaps.dropped, "pictures gave way");
+        assert_eq!((c[Stream::Events as usize].pending, c[Stream::Events as usize].dropped), (30, 0), "no event lost");
+    }
+
     /// Writes a store in the single-database layout, as versions before the
     /// per-stream databases did: `n` records per stream, counters in `meta`.
-    fn write_single_database_store(dir: &Path, n: [u64; 3]) {
+    fn write_single_database_store(dir: &Path, n: [u64; Stream::COUNT]) {
         // SAFETY: test-only environment, opened once in this process.
         #[allow(unsafe_code)]
         let env = unsafe { EnvOpenOptions::new().map_size(1 << 28).max_dbs(4).open(dir) }.unwrap();
@@ -850,7 +918,7 @@ mod tests {
     fn a_single_database_store_is_moved_to_per_stream_databases_on_open() {
         let dir = tempfile::tempdir().unwrap();
         // Events span three migration chunks.
-        let n = [3, 0, 2 * MIGRATE_CHUNK as u64 + 5];
+        let n = [3, 0, 2 * MIGRATE_CHUNK as u64 + 5, 1];
         write_single_database_store(dir.path(), n);
         let o = Outbox::open(dir.path(), opts(1 << 28)).unwrap();
         for s in Stream::ALL {
@@ -923,7 +991,7 @@ mod tests {
         assert!(!o.is_disk_low());
         let c = o.counters()[Stream::Events as usize];
         assert_eq!((c.pending, c.dropped, c.next_seq), (2000, 0, 6001));
-        assert_eq!(o.refused(), [0; 3]);
+        assert_eq!(o.refused(), [0; Stream::COUNT]);
         assert_eq!(o.inner.env.real_disk_size().unwrap(), file, "records went into the file's free pages");
     }
 

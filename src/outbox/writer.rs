@@ -489,7 +489,8 @@ mod tests {
             device_id: "d".into(),
             max_bytes: 1 << 26,
             drop_order: Stream::ALL.to_vec(),
-            ttl_ms: [0; 3],
+            snapshots_max_bytes: u64::MAX,
+            ttl_ms: [0; Stream::COUNT],
         };
         Outbox::open(dir, opts).unwrap()
     }

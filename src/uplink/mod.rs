@@ -143,14 +143,16 @@ struct Carried {
 
 /// Records read from the outbox per stream in one read transaction.
 const READ_AHEAD: usize = 512;
+/// The same for `snapshots`, whose records are chunks of up to 192 KiB.
+const SNAPSHOT_READ_AHEAD: usize = 8;
 
 /// One connection epoch's bookkeeping.
 struct Epoch {
     /// Last seq read from the outbox, per stream.
-    read_cursor: [u64; 3],
+    read_cursor: [u64; Stream::COUNT],
     /// Read but not yet handed to the client, per stream (bounded by
     /// READ_AHEAD plus one batch).
-    ahead: [VecDeque<crate::outbox::Pending>; 3],
+    ahead: [VecDeque<crate::outbox::Pending>; Stream::COUNT],
     /// Publishes handed to the client, not yet given a packet id, in order.
     /// `None` marks a status message (not a stored record).
     queued: VecDeque<Option<Carried>>,
@@ -160,7 +162,7 @@ struct Epoch {
     /// stream are merged and handed over once per burst of events.
     acked_run: Option<Carried>,
     /// Streams that may have more to send.
-    dirty: [bool; 3],
+    dirty: [bool; Stream::COUNT],
     next_stream: usize,
     /// When the broker's CONNACK arrived in this epoch.
     connected_at: Option<std::time::Instant>,
@@ -172,12 +174,12 @@ struct Epoch {
 impl Epoch {
     fn new() -> Self {
         Self {
-            read_cursor: [0; 3],
+            read_cursor: [0; Stream::COUNT],
             ahead: Default::default(),
             queued: VecDeque::new(),
             inflight: HashMap::new(),
             acked_run: None,
-            dirty: [true; 3],
+            dirty: [true; Stream::COUNT],
             connected_at: None,
             subscribe_inbound: true,
             next_stream: 0,
@@ -410,7 +412,7 @@ async fn run_epoch(
                 }
             }
             _ = deps.wake.notified() => {
-                epoch.dirty = [true; 3];
+                epoch.dirty = [true; Stream::COUNT];
             }
             Some(out) = next_outbound(updates), if connected => {
                 if client.try_publish(out.topic, QoS::AtLeastOnce, false, out.payload).is_ok() {
@@ -618,8 +620,11 @@ fn fill_window(s: &UplinkSettings, client: &AsyncClient, epoch: &mut Epoch, deps
         let stream = Stream::ALL[epoch.next_stream % Stream::ALL.len()];
         epoch.next_stream += 1;
         let i = stream as usize;
+        // A snapshot chunk is a message of its own: it is sized to fit one.
+        let per_msg = if stream == Stream::Snapshots { 1 } else { per_msg };
         if epoch.ahead[i].len() < per_msg && epoch.dirty[i] {
-            let want = READ_AHEAD.max(per_msg * 2);
+            // Chunks are up to `chunk_bytes` each: read a few, not 512.
+            let want = if stream == Stream::Snapshots { SNAPSHOT_READ_AHEAD } else { READ_AHEAD.max(per_msg * 2) };
             match deps.outbox.read_after(stream, epoch.read_cursor[i], want) {
                 Ok(records) => {
                     if records.len() < want {
