@@ -239,6 +239,8 @@ pub struct HailoConfig {
     /// Frames kept in flight on the device (0: from the HEF's batch size and
     /// HailoRT's queue size, at least 8; docs/hailo.md).
     pub frames_in_flight: usize,
+    /// Threads letterboxing frames for the device (0: half the cores, 1 to 4).
+    pub prepare_workers: usize,
     /// Re-probe backoff after the accelerator failed: first and longest wait.
     pub reprobe_min_secs: f64,
     pub reprobe_max_secs: f64,
@@ -252,6 +254,7 @@ impl Default for HailoConfig {
             multi_process_service: false,
             timeout_ms: 2000,
             frames_in_flight: 0,
+            prepare_workers: 0,
             reprobe_min_secs: 1.0,
             reprobe_max_secs: 60.0,
         }
@@ -551,6 +554,7 @@ impl Config {
         range("link.check_interval_ms", self.link.check_interval_ms, 100, 3_600_000);
         range("hailo.timeout_ms", self.hailo.timeout_ms as u64, 1, 600_000);
         range("hailo.frames_in_flight", self.hailo.frames_in_flight as u64, 0, 16);
+        range("hailo.prepare_workers", self.hailo.prepare_workers as u64, 0, 8);
         range("audio.min_speech_ms", self.audio.min_speech_ms, 0, 60_000);
         range("audio.min_silence_ms", self.audio.min_silence_ms, 0, 60_000);
         range("update.binary_health_secs", self.update.binary_health_secs, 1, 3600);

@@ -71,8 +71,12 @@ fn assert_matches(tag: u64, outputs: &[Output]) {
 }
 
 fn open(timing: &str, frames_in_flight: usize) -> Result<HailoEngine, HailoError> {
+    open_with(timing, frames_in_flight, 0)
+}
+
+fn open_with(timing: &str, frames_in_flight: usize, prepare_workers: usize) -> Result<HailoEngine, HailoError> {
     let hef = double::hef_variant(H, W, timing);
-    let opts = HailoOptions { timeout_ms: 2_000, frames_in_flight, ..HailoOptions::default() };
+    let opts = HailoOptions { timeout_ms: 2_000, frames_in_flight, prepare_workers, ..HailoOptions::default() };
     HailoEngine::try_open(Some(&double::library()), HefSource::Bytes(&hef), &opts)
 }
 
@@ -118,6 +122,46 @@ fn results_are_matched_to_their_frames_under_load() {
             // The synchronous path still works between streams, on fresh frames.
             let (outputs, _) = engine.infer_frame(&frame(7), &spec()).expect("a synchronous frame");
             assert_matches(7, &outputs);
+        }
+    });
+}
+
+/// A frame for a 640x640 UINT8 HEF: every fifth one is 1280x720 and must be
+/// resized, which takes a prepare worker far longer than the 640x640 rows
+/// of the frames behind it, so with several workers those often finish
+/// first (how often depends on the cores free; the writer's reordering
+/// itself is pinned by `InOrder`'s unit test in the engine).
+fn uneven_frame(tag: u64) -> Arc<RgbImage> {
+    let (w, h) = if tag % 5 == 0 { (1280, 720) } else { (640, 640) };
+    Arc::new(RgbImage::from_fn(w, h, |x, y| image::Rgb([(tag % 256) as u8, (x % 256) as u8, (y % 256) as u8])))
+}
+
+#[test]
+fn frames_prepared_out_of_order_by_several_workers_are_written_in_order() {
+    scenario("frames_prepared_out_of_order_by_several_workers_are_written_in_order", &[], || {
+        let hef = double::hef_variant(640, 640, "input=u8 nms=3x10 box=0:0.1,0.2,0.3,0.4,0.9 timing=200:1000:8");
+        let mut spec = spec();
+        (spec.width, spec.height) = (640, 640);
+        for workers in [1, 4] {
+            let opts = HailoOptions { frames_in_flight: 8, prepare_workers: workers, ..HailoOptions::default() };
+            let mut engine = HailoEngine::try_open(Some(&double::library()), HefSource::Bytes(&hef), &opts)
+                .expect("opening the double");
+            assert_eq!(engine.prepare_workers(), workers);
+            let (n, mut next, mut done) = (100u64, 1u64, Vec::new());
+            while done.len() < n as usize {
+                while next <= n && (next as usize - 1) - done.len() < engine.depth() {
+                    assert!(engine.submit(next, uneven_frame(next), &spec).expect("within the depth").is_none());
+                    next += 1;
+                }
+                done.push(engine.collect(Duration::from_secs(10)).expect("a frame in flight completes within 10 s"));
+            }
+            let tags: Vec<u64> = done.iter().map(|c| c.tag).collect();
+            assert_eq!(tags, (1..=n).collect::<Vec<_>>(), "{workers} workers: written and read in order, each once");
+            for c in &done {
+                let (_, lb) = c.result.as_ref().unwrap_or_else(|e| panic!("frame {}: {e}", c.tag));
+                let f = uneven_frame(c.tag);
+                assert_eq!((lb.frame_width, lb.frame_height), (f.width(), f.height()), "frame {}", c.tag);
+            }
         }
     });
 }

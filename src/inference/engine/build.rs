@@ -58,6 +58,7 @@ fn hailo_opener(config: &Config, model: &Model) -> Option<Opener> {
         timeout_ms: config.hailo.timeout_ms,
         queue_size: None,
         frames_in_flight: config.hailo.frames_in_flight,
+        prepare_workers: config.hailo.prepare_workers,
     };
     Some(Box::new(move || {
         let bytes = match model.read_hef() {

@@ -26,9 +26,10 @@
 //! size HailoRT reports, and handed on as shape `[number_of_classes,
 //! max_bboxes_per_class]` for the `hailo-nms` decoder, which checks every
 //! count against the buffer.
-//! Frames in flight ([`Engine::submit`] / [`Engine::collect`]): the caller's
-//! thread prepares each frame into one of `depth` reused buffers; a writer
-//! thread (`hailo-write`) writes them to the input vstream and a reader thread
+//! Frames in flight ([`Engine::submit`] / [`Engine::collect`]): a pool of
+//! prepare workers (`hailo-prep-N`, [`auto_prepare_workers`]) letterboxes each
+//! frame into one of `depth` reused buffers; a writer thread (`hailo-write`)
+//! puts them back in submission order and writes them to the input vstream, and a reader thread
 //! (`hailo-read`) reads each frame's outputs, in the order written, and hands
 //! them back tagged, over bounded channels (HailoRT's vstreams_example.c keeps
 //! frames in flight the same way from C). After a failure no further frame is
@@ -380,12 +381,32 @@ pub struct HailoOptions {
     /// Frames in flight ([`Engine::depth`]); 0: [`auto_depth`] from the
     /// HEF's batch size and the queue size.
     pub frames_in_flight: usize,
+    /// Threads that prepare frames for the chip; 0: [`auto_prepare_workers`].
+    pub prepare_workers: usize,
 }
 
 impl Default for HailoOptions {
     fn default() -> Self {
-        Self { multi_process_service: false, timeout_ms: 2_000, queue_size: None, frames_in_flight: 0 }
+        Self {
+            multi_process_service: false,
+            timeout_ms: 2_000,
+            queue_size: None,
+            frames_in_flight: 0,
+            prepare_workers: 0,
+        }
     }
+}
+
+/// The most prepare workers: past this the writer, not the preparation,
+/// bounds the rate.
+pub const MAX_PREPARE_WORKERS: usize = 8;
+
+/// Prepare workers by default: half the cores, 1 to 4. A 720p camera frame
+/// takes a Cortex-A76 several milliseconds to letterbox, longer than a small
+/// detector's 2 ms on the chip, so one thread cannot keep up; the other half
+/// of the cores is left for capture, decode and ONNX Runtime's fallback.
+pub fn auto_prepare_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get() / 2).clamp(1, 4)
 }
 
 /// HailoRT's default vstream queue size (`HAILO_DEFAULT_VSTREAM_QUEUE_SIZE`).
@@ -1220,7 +1241,11 @@ impl HailoEngine {
         let output_ports = outputs.raw.iter().map(|v| describe_output(&lib, *v)).collect::<Result<Vec<_>, _>>()?;
 
         let staging_out = Vec::with_capacity(output_ports.iter().map(|p| p.elements).max().unwrap_or(0));
-        let io = Io::start(&lib, &input, &outputs, &output_ports, depth)?;
+        let workers = match opts.prepare_workers {
+            0 => auto_prepare_workers(),
+            n => n.min(MAX_PREPARE_WORKERS),
+        };
+        let io = Io::start(&lib, &input, &outputs, &output_ports, depth, (input_port.clone(), input_format, workers))?;
         Ok(Self {
             io,
             outputs,
@@ -1243,6 +1268,11 @@ impl HailoEngine {
     /// Frames this engine keeps in flight.
     pub fn depth(&self) -> usize {
         self.io.depth
+    }
+
+    /// Threads preparing frames for the chip.
+    pub fn prepare_workers(&self) -> usize {
+        self.io.workers
     }
 
     pub fn library_path(&self) -> &Path {
@@ -1484,6 +1514,17 @@ impl Prepared {
     }
 }
 
+/// A frame for a prepare worker: the frame and a free buffer to prepare it
+/// into, or why it cannot be written. `seq` is the order of submission,
+/// which the writer restores.
+struct PrepareJob {
+    seq: u64,
+    tag: u64,
+    frame: Arc<RgbImage>,
+    spec: InputSpec,
+    buffer: Result<Prepared, HailoError>,
+}
+
 /// A frame for the writer: its buffer, or why it cannot be written.
 struct Job {
     tag: u64,
@@ -1519,7 +1560,10 @@ unsafe impl<T> Send for Lane<T> {}
 /// most `depth` frames) and the engine-side bookkeeping.
 struct Io {
     depth: usize,
-    jobs: Option<Sender<Job>>,
+    workers: usize,
+    /// To the prepare workers, in submission order (`next_seq`).
+    jobs: Option<Sender<PrepareJob>>,
+    next_seq: u64,
     /// Prepared-input buffers, `depth` of them, returned by the writer.
     free: Receiver<Prepared>,
     results: Option<Receiver<Done>>,
@@ -1544,9 +1588,13 @@ impl Io {
         outputs: &OutputVstreams,
         ports: &[Port],
         depth: usize,
+        (input_port, input_format, workers): (Port, InputFormat, usize),
     ) -> Result<Self, HailoError> {
         let depth = depth.max(1);
-        let (jobs_tx, jobs_rx) = bounded::<Job>(depth);
+        let workers = workers.max(1);
+        // Each channel holds at most `depth` frames: no more are ever in flight.
+        let (jobs_tx, jobs_rx) = bounded::<PrepareJob>(depth);
+        let (prepared_tx, prepared_rx) = bounded::<(u64, Job)>(depth);
         let (free_tx, free_rx) = bounded::<Prepared>(depth);
         let (written_tx, written_rx) = bounded::<Written>(depth);
         let (results_tx, results_rx) = bounded::<Done>(depth);
@@ -1557,25 +1605,39 @@ impl Io {
         let writer_lane = Lane { lib: Arc::clone(lib), handles: input.raw.clone() };
         let reader_lane = Lane { lib: Arc::clone(lib), handles: outputs.raw.clone() };
         let ports = ports.to_vec();
+        let mut threads = Vec::with_capacity(workers + 2);
+        for i in 0..workers {
+            let (port, jobs, prepared) = (input_port.clone(), jobs_rx.clone(), prepared_tx.clone());
+            let worker = std::thread::Builder::new()
+                .name(format!("hailo-prep-{i}"))
+                .spawn(move || prepare_loop(&port, input_format, jobs, prepared))
+                .map_err(|_| HailoError::IoThreadGone)?;
+            threads.push(worker);
+        }
+        drop(prepared_tx);
         let wfailed = Arc::clone(&failed);
         let writer = std::thread::Builder::new()
             .name("hailo-write".into())
-            .spawn(move || writer_loop(writer_lane, jobs_rx, free_tx, written_tx, wfailed))
+            .spawn(move || writer_loop(writer_lane, prepared_rx, free_tx, written_tx, wfailed))
             .map_err(|_| HailoError::IoThreadGone)?;
         let rfailed = Arc::clone(&failed);
         let reader = std::thread::Builder::new()
             .name("hailo-read".into())
             .spawn(move || reader_loop(reader_lane, ports, written_rx, results_tx, rfailed))
             .map_err(|_| HailoError::IoThreadGone)?;
+        threads.push(writer);
+        threads.push(reader);
         Ok(Self {
             depth,
+            workers,
             jobs: Some(jobs_tx),
+            next_seq: 0,
             free: free_rx,
             results: Some(results_rx),
             failed,
             outstanding: VecDeque::new(),
             ready: VecDeque::new(),
-            threads: vec![writer, reader],
+            threads,
         })
     }
 
@@ -1616,7 +1678,8 @@ impl Io {
 
 impl Drop for Io {
     fn drop(&mut self) {
-        // Closing the job channel stops the writer, which closes the reader's;
+        // Closing the job channel stops the prepare workers, then the writer,
+        // which closes the reader's;
         // dropping the results lets a reader blocked on a send go too.
         self.jobs = None;
         self.results = None;
@@ -1626,27 +1689,134 @@ impl Drop for Io {
     }
 }
 
+/// Prepares frames into the buffers they came with, in whatever order the
+/// workers finish; the writer puts them back in submission order.
+fn prepare_loop(port: &Port, format: InputFormat, jobs: Receiver<PrepareJob>, prepared: Sender<(u64, Job)>) {
+    let mut staging = Tensor::zeros(&[1]);
+    for job in jobs {
+        let mut lb = vision::Letterbox {
+            scale_x: 1.0,
+            scale_y: 1.0,
+            frame_width: job.frame.width(),
+            frame_height: job.frame.height(),
+            input_width: job.spec.width,
+            input_height: job.spec.height,
+        };
+        let input = job.buffer.map(|buf| {
+            let (p, l) = prepare_frame(port, format, buf, &job.frame, &job.spec, &mut staging);
+            lb = l;
+            p
+        });
+        if prepared.send((job.seq, Job { tag: job.tag, lb, input })).is_err() {
+            return;
+        }
+    }
+}
+
+/// Prepares `frame` into `buf` in the HEF input's form (as `infer_frame`).
+fn prepare_frame(
+    port: &Port,
+    format: InputFormat,
+    buf: Prepared,
+    frame: &RgbImage,
+    spec: &InputSpec,
+    staging: &mut Tensor,
+) -> (Prepared, vision::Letterbox) {
+    match format {
+        InputFormat::Uint8 => {
+            let mut b = match buf {
+                Prepared::U8(b) => b,
+                Prepared::F32(_) => Vec::new(),
+            };
+            let lb = vision::prepare_u8_nhwc(frame, spec, &mut b);
+            (Prepared::U8(b), lb)
+        }
+        InputFormat::Float32 => {
+            let mut f = match buf {
+                Prepared::F32(f) => f,
+                Prepared::U8(_) => Vec::new(),
+            };
+            let lb = vision::prepare(frame, spec, staging);
+            match port.layout() {
+                Some(Layout::Nhwc) => nchw_to_nhwc(&staging.data, port.channels, port.height, port.width, &mut f),
+                _ => {
+                    f.clear();
+                    f.extend_from_slice(&staging.data);
+                }
+            }
+            (Prepared::F32(f), lb)
+        }
+    }
+}
+
+/// Writes prepared frames in submission order: a frame a worker finished
+/// early waits (at most `depth` frames exist) for those before it.
 fn writer_loop(
     lane: Lane<sys::hailo_input_vstream>,
-    jobs: Receiver<Job>,
+    prepared: Receiver<(u64, Job)>,
     free: Sender<Prepared>,
     written: Sender<Written>,
     failed: Arc<Mutex<Option<HailoFailure>>>,
 ) {
-    for job in jobs {
+    let mut order = InOrder::default();
+    for (seq, job) in prepared {
+        order.put(seq, job);
+        while let Some(job) = order.next() {
+            if !write_job(&lane, job, &free, &written, &failed) {
+                return;
+            }
+        }
+    }
+}
+
+/// Restores submission order: items arrive tagged with their sequence
+/// number (from 0, each once) in any order and leave in sequence.
+struct InOrder<T> {
+    next: u64,
+    early: std::collections::BTreeMap<u64, T>,
+}
+
+impl<T> Default for InOrder<T> {
+    fn default() -> Self {
+        Self { next: 0, early: std::collections::BTreeMap::new() }
+    }
+}
+
+impl<T> InOrder<T> {
+    fn put(&mut self, seq: u64, item: T) {
+        self.early.insert(seq, item);
+    }
+
+    /// The next item in sequence, if it has arrived.
+    fn next(&mut self) -> Option<T> {
+        let item = self.early.remove(&self.next)?;
+        self.next += 1;
+        Some(item)
+    }
+}
+
+/// Writes one frame and hands it to the reader; false when the reader is gone.
+fn write_job(
+    lane: &Lane<sys::hailo_input_vstream>,
+    job: Job,
+    free: &Sender<Prepared>,
+    written: &Sender<Written>,
+    failed: &Mutex<Option<HailoFailure>>,
+) -> bool {
+    {
         let status = match job.input {
             Err(e) => Err(e),
             Ok(buf) => {
                 // After a failure nothing more goes to the chip until the
                 // engine has cleared the vstreams.
-                let after = *lock_failed(&failed);
+                let after = *lock_failed(failed);
                 let status = match after {
                     Some(after) => Err(HailoError::Abandoned { after }),
                     None => {
                         let (ptr, len) = buf.bytes();
                         let status = write_raw(&lane.lib, lane.handles[0], ptr, len);
                         if let Err(e) = &status {
-                            lock_failed(&failed).get_or_insert(e.failure());
+                            lock_failed(failed).get_or_insert(e.failure());
                         }
                         status
                     }
@@ -1655,9 +1825,7 @@ fn writer_loop(
                 status
             }
         };
-        if written.send(Written { tag: job.tag, lb: job.lb, status }).is_err() {
-            return;
-        }
+        written.send(Written { tag: job.tag, lb: job.lb, status }).is_ok()
     }
 }
 
@@ -1722,7 +1890,7 @@ impl Engine for HailoEngine {
         self.io.depth
     }
 
-    /// Prepares on this thread; the I/O threads write and read.
+    /// Hands the frame to the prepare workers; the I/O threads write and read.
     fn submit(&mut self, tag: u64, frame: Arc<RgbImage>, spec: &InputSpec) -> Result<Option<Completed>, EngineError> {
         if self.io.in_flight() >= self.io.depth {
             return Err(EngineError::Overfull { depth: self.io.depth });
@@ -1732,30 +1900,18 @@ impl Engine for HailoEngine {
         if lock_failed(&self.io.failed).is_some() {
             self.settle_in_flight();
         }
-        // Replaced by the real one when the frame is prepared.
-        let mut lb = vision::Letterbox {
-            scale_x: 1.0,
-            scale_y: 1.0,
-            frame_width: frame.width(),
-            frame_height: frame.height(),
-            input_width: spec.width,
-            input_height: spec.height,
-        };
-        let input = match self.check_usable().and_then(|()| self.check_spec(spec)) {
+        // A frame that cannot be written still goes through the workers and
+        // the writer, so its failure comes back in its turn.
+        let buffer = match self.check_usable().and_then(|()| self.check_spec(spec)) {
             Err(e) => Err(e),
-            Ok(()) => {
-                let buf = self.io.free.recv().map_err(|_| HailoError::IoThreadGone);
-                buf.map(|buf| {
-                    let (prepared, l) = self.prepare_into(buf, &frame, spec);
-                    lb = l;
-                    prepared
-                })
-            }
+            Ok(()) => self.io.free.recv().map_err(|_| HailoError::IoThreadGone),
         };
         let Some(jobs) = self.io.jobs.as_ref() else { return Err(HailoError::IoThreadGone.into()) };
-        if jobs.send(Job { tag, lb, input }).is_err() {
+        let seq = self.io.next_seq;
+        if jobs.send(PrepareJob { seq, tag, frame, spec: spec.clone(), buffer }).is_err() {
             return Err(HailoError::IoThreadGone.into());
         }
+        self.io.next_seq += 1;
         self.io.outstanding.push_back(tag);
         Ok(None)
     }
@@ -1792,38 +1948,6 @@ impl HailoEngine {
             });
         }
         Ok(())
-    }
-
-    /// Prepares `frame` into `buf` in the HEF input's form (as `infer_frame`).
-    fn prepare_into(&mut self, buf: Prepared, frame: &RgbImage, spec: &InputSpec) -> (Prepared, vision::Letterbox) {
-        match self.input_format {
-            InputFormat::Uint8 => {
-                let mut b = match buf {
-                    Prepared::U8(b) => b,
-                    Prepared::F32(_) => Vec::new(),
-                };
-                let lb = vision::prepare_u8_nhwc(frame, spec, &mut b);
-                (Prepared::U8(b), lb)
-            }
-            InputFormat::Float32 => {
-                let mut f = match buf {
-                    Prepared::F32(f) => f,
-                    Prepared::U8(_) => Vec::new(),
-                };
-                let lb = vision::prepare(frame, spec, &mut self.staging_tensor);
-                let port = &self.input_port;
-                match port.layout() {
-                    Some(Layout::Nhwc) => {
-                        nchw_to_nhwc(&self.staging_tensor.data, port.channels, port.height, port.width, &mut f)
-                    }
-                    _ => {
-                        f.clear();
-                        f.extend_from_slice(&self.staging_tensor.data);
-                    }
-                }
-                (Prepared::F32(f), lb)
-            }
-        }
     }
 }
 
@@ -1909,6 +2033,22 @@ fn describe_output(lib: &sys::HailoRt, v: sys::hailo_output_vstream) -> Result<P
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn frames_finished_out_of_order_leave_in_submission_order() {
+        let mut order = InOrder::default();
+        let mut out = Vec::new();
+        for seq in [2u64, 0, 3, 1, 5, 4] {
+            order.put(seq, seq * 10);
+            while let Some(v) = order.next() {
+                out.push(v);
+            }
+            // Nothing leaves before every earlier item has.
+            assert!(out.iter().enumerate().all(|(i, v)| *v == i as u64 * 10), "{out:?}");
+        }
+        assert_eq!(out, vec![0, 10, 20, 30, 40, 50]);
+        assert!(order.early.is_empty());
+    }
 
     #[test]
     fn transposes_are_inverse_and_place_channels_last() {
