@@ -316,10 +316,25 @@ pub fn run_from(config: Config, config_path: Option<PathBuf>) -> Result<(), Star
     };
     let (update_requests, update_link) = updates.unzip();
     let update_ready = update_requests.clone();
-    let subscription = update_link.map(|l| {
-        runtime.spawn(l.forwarder);
-        l.subscription
-    });
+    let mut subscriptions: Vec<uplink::Subscription> = update_link
+        .map(|l| {
+            runtime.spawn(l.forwarder);
+            l.subscription
+        })
+        .into_iter()
+        .collect();
+    // Remote diagnostics: a second subscription, under the update trust root.
+    let diag_inbox = match crate::control::diag_agent::link(&config, &device_id, paths.state_dir.clone()) {
+        Ok(Some((sub, inbox))) => {
+            subscriptions.push(sub);
+            Some(inbox)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            tracing::error!(error = %crate::error_chain(&e), "remote diagnostics disabled");
+            None
+        }
+    };
     let uplink_task = runtime.spawn(uplink::run_with(
         settings,
         UplinkDeps {
@@ -330,7 +345,7 @@ pub fn run_from(config: Config, config_path: Option<PathBuf>) -> Result<(), Star
             gate,
             shutdown: shutdown_rx.clone(),
         },
-        subscription,
+        subscriptions,
     ));
     let ctx = Arc::new(ControlContext {
         shared: shared.clone(),
@@ -347,6 +362,9 @@ pub fn run_from(config: Config, config_path: Option<PathBuf>) -> Result<(), Star
         let every = Duration::from_secs(config.metrics.textfile_interval_secs);
         let dir = config.metrics.textfile_dir.clone();
         runtime.spawn(crate::control::metrics::write_textfile(ctx.clone(), dir, every, shutdown_rx.clone()));
+    }
+    if let Some(inbox) = diag_inbox {
+        runtime.spawn(crate::control::diag_agent::run(inbox, ctx.clone(), shutdown_rx.clone()));
     }
     let control_task = runtime.spawn(server::serve(listener, ctx, shutdown_rx.clone()));
 

@@ -207,8 +207,31 @@ pub struct Shared {
     pub snapshots: crate::inference::snapshot::SnapshotTap,
     /// The last event records stored (`sparkctl events`); bounded.
     pub recent_events: RecentEvents,
+    /// Remote diagnose requests (`control::diag_agent`): answered, refused by reason.
+    pub diag: DiagCounters,
     /// Evidence snapshots for events: stored, dropped and why.
     pub snapshot_counts: SnapshotCounters,
+}
+
+/// Diagnose requests over MQTT since start (`sparkctl status --json`:
+/// `diagnostics`). Refusal reasons are the refusal's stable codes.
+#[derive(Debug, Default)]
+pub struct DiagCounters {
+    pub answered: AtomicU64,
+    pub refused: Mutex<std::collections::BTreeMap<&'static str, u64>>,
+}
+
+impl DiagCounters {
+    pub fn refuse(&self, code: &'static str) -> u64 {
+        let mut m = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(code).or_insert(0);
+        *n += 1;
+        *n
+    }
+
+    pub fn refused(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        self.refused.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 impl Shared {
@@ -248,6 +271,7 @@ impl Shared {
             audio_levels: crate::sources::audio::level::Levels::default(),
             snapshots: crate::inference::snapshot::SnapshotTap::default(),
             recent_events: RecentEvents::default(),
+            diag: DiagCounters::default(),
             snapshot_counts: SnapshotCounters::default(),
         }
     }

@@ -414,6 +414,7 @@ mod tests {
             records_lost: 0,
             telemetry_samples: 3,
             sensors: SensorReport::default(),
+            diagnostics: Default::default(),
         }
     }
 

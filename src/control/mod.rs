@@ -7,10 +7,14 @@
 //! answers into `update status` / `update apply` responses; `sensors` answers
 //! `camera list`, `camera snapshot` and `mic level`; `views` is the one place
 //! internal state becomes protocol views; `metrics` renders them as
-//! Prometheus text (`sparkctl metrics`, the node_exporter textfile).
+//! Prometheus text (`sparkctl metrics`, the node_exporter textfile);
+//! `diagnose` is the signed MQTT diagnose request and its chunked answer,
+//! `diag_agent` the daemon's task answering them (docs/diagnostics.md).
 
 pub mod admission;
 pub mod client;
+pub mod diag_agent;
+pub mod diagnose;
 pub mod doctor;
 pub mod metrics;
 pub mod protocol;

@@ -374,6 +374,17 @@ pub struct StatusReport {
     pub telemetry_samples: u64,
     #[serde(default)]
     pub sensors: SensorReport,
+    /// Diagnose requests over MQTT (docs/diagnostics.md).
+    #[serde(default)]
+    pub diagnostics: DiagnosticsReport,
+}
+
+/// Diagnose requests since start: answered, and refused by reason code
+/// (`oversized`, `unsigned`, `bad_signature`, `expired`, `replayed`, ...).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DiagnosticsReport {
+    pub answered: u64,
+    pub refused: BTreeMap<String, u64>,
 }
 
 /// Camera and microphone counters since start.
@@ -1154,6 +1165,7 @@ mod tests {
             records_lost: 0,
             telemetry_samples: 3,
             sensors: SensorReport::default(),
+            diagnostics: DiagnosticsReport { answered: 2, refused: [("expired".to_string(), 1)].into() },
         };
         let engine_json = serde_json::json!({"active": "onnx-cpu", "hailo_present": false, "fallbacks": 2,
             "last_error": "e", "model": "nanodet 1.0.0", "hailo_seconds": 0.5, "cpu_seconds": 1.5, "hef": null});
@@ -1189,7 +1201,8 @@ mod tests {
                 "last_latency_ms": 40.5},
             "records_lost": 0, "telemetry_samples": 3,
             "sensors": {"camera_reconnects": 0, "camera_errors": 0, "audio_windows": 0,
-                "audio_windows_dropped": 0, "audio_segments": 0, "audio_errors": 0}});
+                "audio_windows_dropped": 0, "audio_segments": 0, "audio_errors": 0},
+            "diagnostics": {"answered": 2, "refused": {"expired": 1}}});
         assert_eq!(serde_json::to_value(&engine).unwrap(), engine_json);
         assert_eq!(serde_json::to_value(&link).unwrap(), link_json);
         assert_eq!(serde_json::to_value(&queue).unwrap(), queue_json);

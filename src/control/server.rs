@@ -1083,6 +1083,10 @@ pub fn status_report(ctx: &ControlContext) -> Result<StatusReport, crate::outbox
             audio_segments: Shared::count(&s.audio_segments),
             audio_errors: Shared::count(&s.audio_errors),
         },
+        diagnostics: protocol::DiagnosticsReport {
+            answered: Shared::count(&s.diag.answered),
+            refused: s.diag.refused().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        },
     })
 }
 

@@ -363,40 +363,65 @@ pub fn check_plain_name(field: &str, value: &str) -> Result<(), Rejection> {
     }
 }
 
-/// Checks the envelope's shape and signature (before the manifest is parsed
-/// at all), then the manifest's fields and names. Pure. This is all the
-/// fleet side can check; [`verify`] adds this device's policy.
-pub fn open_envelope(envelope_bytes: &[u8], keys: &TrustedKeys) -> Result<Verified, Rejection> {
-    let malformed = |detail: String| Rejection::MalformedEnvelope { detail };
-    let env: Envelope = serde_json::from_slice(envelope_bytes).map_err(|e| malformed(e.to_string()))?;
-    let manifest_bytes =
-        B64.decode(env.manifest.as_bytes()).map_err(|e| malformed(format!("manifest is not base64: {e}")))?;
-    if env.signatures.is_empty() {
-        return Err(malformed("no signatures".into()));
-    }
+/// Why signed bytes were not accepted: what [`open_signed`] decides.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignedError {
+    #[error("malformed envelope: {detail}")]
+    Malformed { detail: String },
+    #[error("the envelope carries no signature")]
+    NoSignatures,
+    #[error("no signature by a trusted key (envelope key ids: {key_ids:?})")]
+    UnknownKey { key_ids: Vec<String> },
+    #[error("the signature by trusted key {key_id} does not verify")]
+    BadSignature { key_id: String },
+}
 
-    let mut key_id = None;
+impl From<SignedError> for Rejection {
+    fn from(e: SignedError) -> Self {
+        match e {
+            SignedError::Malformed { detail } => Rejection::MalformedEnvelope { detail },
+            SignedError::NoSignatures => Rejection::MalformedEnvelope { detail: "no signatures".into() },
+            SignedError::UnknownKey { key_ids } => Rejection::UnknownKey { key_ids },
+            SignedError::BadSignature { key_id } => Rejection::BadSignature { key_id },
+        }
+    }
+}
+
+/// The envelope's signed bytes and the trusted key that signed them, once
+/// one signature by a trusted key verifies. Says nothing about what the
+/// bytes mean: update manifests ([`open_envelope`]) and diagnose requests
+/// (`control::diagnose`) share this one trust root and envelope.
+pub fn open_signed(envelope_bytes: &[u8], keys: &TrustedKeys) -> Result<(Vec<u8>, String), SignedError> {
+    let malformed = |detail: String| SignedError::Malformed { detail };
+    let env: Envelope = serde_json::from_slice(envelope_bytes).map_err(|e| malformed(e.to_string()))?;
+    let signed = B64.decode(env.manifest.as_bytes()).map_err(|e| malformed(format!("manifest is not base64: {e}")))?;
+    if env.signatures.is_empty() {
+        return Err(SignedError::NoSignatures);
+    }
     let mut bad = None;
     for s in &env.signatures {
         let Some(key) = keys.get(&s.key_id) else { continue };
         let ok = hex::decode(&s.sig)
             .ok()
             .and_then(|b| <[u8; 64]>::try_from(b).ok())
-            .map(|b| key.verify_strict(&manifest_bytes, &Signature::from_bytes(&b)).is_ok())
+            .map(|b| key.verify_strict(&signed, &Signature::from_bytes(&b)).is_ok())
             .unwrap_or(false);
         if ok {
-            key_id = Some(s.key_id.clone());
-            break;
+            return Ok((signed, s.key_id.clone()));
         }
         bad.get_or_insert_with(|| s.key_id.clone());
     }
-    let key_id = match (key_id, bad) {
-        (Some(k), _) => k,
-        (None, Some(key_id)) => return Err(Rejection::BadSignature { key_id }),
-        (None, None) => {
-            return Err(Rejection::UnknownKey { key_ids: env.signatures.iter().map(|s| s.key_id.clone()).collect() });
-        }
-    };
+    match bad {
+        Some(key_id) => Err(SignedError::BadSignature { key_id }),
+        None => Err(SignedError::UnknownKey { key_ids: env.signatures.iter().map(|s| s.key_id.clone()).collect() }),
+    }
+}
+
+/// Checks the envelope's shape and signature (before the manifest is parsed
+/// at all), then the manifest's fields and names. Pure. This is all the
+/// fleet side can check; [`verify`] adds this device's policy.
+pub fn open_envelope(envelope_bytes: &[u8], keys: &TrustedKeys) -> Result<Verified, Rejection> {
+    let (manifest_bytes, key_id) = open_signed(envelope_bytes, keys)?;
 
     let m: UpdateManifest = serde_json::from_slice(&manifest_bytes).map_err(|e| {
         // A field this sparkd does not know is told apart by comparing the

@@ -27,10 +27,13 @@ pub use clock::{TRUSTED_TIME_FLOOR_UNIX, TimeBasis, TrustedNow, trusted_now};
 pub use fsio::CRASH_ENV;
 pub use manifest::{
     ArtifactSpec, BadVersion, Canary, Envelope, Installed, InstalledEntry, KeysFileError, Kind, SignatureEntry,
-    Targets, TrustedKey, TrustedKeys, UnknownKind, UpdateManifest, Verified, VerifyContext, Version, check_plain_name,
-    decode_key, open_envelope, sign_envelope, update_id_of, verify,
+    SignedError, Targets, TrustedKey, TrustedKeys, UnknownKind, UpdateManifest, Verified, VerifyContext, Version,
+    check_plain_name, decode_key, open_envelope, open_signed, sign_envelope, update_id_of, verify,
 };
-pub use store::{BinarySlot, Phase, UpdateRecord, Updater, UpdaterOptions, selected_model, wall_clock_secs};
+pub use store::{
+    BinarySlot, Phase, UpdateRecord, Updater, UpdaterOptions, read_trusted_time_high_water, selected_model,
+    wall_clock_secs,
+};
 pub use wire::{Bundle, BundleError, CHUNK_MAX_BYTES, Chunk, StateReport, chunk_artifact, envelope_update_id, topics};
 
 use std::path::PathBuf;

@@ -192,7 +192,7 @@ impl Epoch {
 }
 
 pub async fn run(settings: UplinkSettings, deps: UplinkDeps) {
-    run_with(settings, deps, None).await
+    run_with(settings, deps, Vec::new()).await
 }
 
 /// A message that arrived on one of a [`Subscription`]'s topics.
@@ -230,8 +230,10 @@ pub struct Subscription {
 /// most this long per message; then the message is dropped and counted.
 pub const INBOUND_WAIT: Duration = Duration::from_millis(500);
 
-/// [`run`], also subscribed to `subscription`'s topics.
-pub async fn run_with(settings: UplinkSettings, mut deps: UplinkDeps, mut updates: Option<Subscription>) {
+/// [`run`], also subscribed to each subscription's topics (the update
+/// agent's, the diagnose agent's). An inbound message goes to the first
+/// subscription with a topic filter matching it.
+pub async fn run_with(settings: UplinkSettings, mut deps: UplinkDeps, mut updates: Vec<Subscription>) {
     let mut backoff = crate::sys::backoff::Backoff::new(settings.reconnect_min, settings.reconnect_max);
     // Inbound subscriptions resume after this, once an oversized message
     // (likely retained: re-sent on every subscribe) broke a connection.
@@ -379,7 +381,7 @@ const EVENT_BURST: usize = 64;
 async fn run_epoch(
     s: &UplinkSettings,
     deps: &mut UplinkDeps,
-    updates: &mut Option<Subscription>,
+    updates: &mut [Subscription],
     subscribe_inbound: bool,
 ) -> EpochEnd {
     let cap = s.window as usize * 2 + 16;
@@ -459,7 +461,7 @@ async fn on_event(
     ev: Result<Event, rumqttc::ConnectionError>,
     s: &UplinkSettings,
     deps: &mut UplinkDeps,
-    updates: &mut Option<Subscription>,
+    updates: &mut [Subscription],
     client: &AsyncClient,
     epoch: &mut Epoch,
     connected: &mut bool,
@@ -487,7 +489,8 @@ async fn on_event(
             publish_status(s, client, epoch, deps, true);
         }
         Ok(Event::Incoming(Packet::Publish(p))) => {
-            if let Some(u) = updates.as_ref() {
+            let owner = updates.iter().find(|u| u.topics.iter().any(|f| rumqttc::matches(&p.topic, f)));
+            if let Some(u) = owner {
                 forward_inbound(u, Inbound { topic: p.topic, payload: p.payload.to_vec(), retained: p.retain }).await;
             }
         }
@@ -579,12 +582,19 @@ async fn forward_inbound(u: &Subscription, msg: Inbound) {
     }
 }
 
-/// The next message a subscriber wants published; pending forever without one.
-async fn next_outbound(updates: &mut Option<Subscription>) -> Option<Outbound> {
-    match updates {
-        Some(u) => u.outbound.recv().await,
-        None => std::future::pending().await,
-    }
+/// The next message a subscriber wants published, from any subscription
+/// (in list order when several are ready); pending forever without one.
+async fn next_outbound(updates: &mut [Subscription]) -> Option<Outbound> {
+    std::future::poll_fn(|cx| {
+        for u in updates.iter_mut() {
+            // A closed subscriber (`Ready(None)`) has nothing more to say.
+            if let std::task::Poll::Ready(Some(out)) = u.outbound.poll_recv(cx) {
+                return std::task::Poll::Ready(Some(out));
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 /// Passes the merged run of PUBACKed records, if any, on to the outbox.

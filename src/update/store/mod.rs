@@ -256,6 +256,13 @@ fn is_update_id(s: &str) -> bool {
     s.len() == 32 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// The trusted-time high-water mark the store keeps, read without an
+/// [`Updater`] and without writing (diagnose requests judge expiry by it).
+pub fn read_trusted_time_high_water(state_dir: &Path) -> Result<u64, UpdateError> {
+    let path = state_dir.join("updates").join("clock.json");
+    Ok(read_json::<ClockFile>(&path)?.unwrap_or_default().high_water)
+}
+
 /// Seconds since the epoch from the wall clock (0 if before it).
 pub fn wall_clock_secs() -> u64 {
     now_ms() / 1000
