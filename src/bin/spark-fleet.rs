@@ -175,6 +175,10 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         timeout_secs: u64,
     },
+    /// Reassemble the evidence snapshots devices publish
+    /// (`<prefix>/<device>/snapshots`), verify each one's SHA-256 and write
+    /// the JPEGs to --out (docs/snapshots.md).
+    Snapshots(spark_edge::fleet::snapshots::SnapshotsArgs),
     /// Staged rollouts: waves, soak, a halt rule; state kept for resume.
     Rollout {
         #[command(subcommand)]
@@ -253,6 +257,7 @@ fn main() {
             interval: Duration::from_secs(interval_secs.max(1)),
             timeout: Duration::from_secs(timeout_secs),
         }),
+        Command::Snapshots(a) => std::process::exit(spark_edge::fleet::snapshots::main(a)),
         Command::Rollout { command } => match spark_edge::fleet::rollout_run::run(command) {
             Ok(ended) => std::process::exit(ended.exit_code()),
             Err(e) => Err(anyhow::Error::new(e)),

@@ -2,7 +2,8 @@
 //! pushing one update: `devices` reads the retained status messages;
 //! `diagnose` signs a diagnose request and waits for one device's answer;
 //! `rollout` (with its `halt_rule` language) decides staged rollouts and
-//! keeps their state file, `rollout_run` drives them over MQTT. Nothing
+//! keeps their state file, `rollout_run` drives them over MQTT; `snapshots`
+//! reassembles and verifies the evidence JPEGs devices publish. Nothing
 //! here runs in `sparkd`.
 
 pub mod devices;
@@ -10,3 +11,4 @@ pub mod diagnose;
 pub mod halt_rule;
 pub mod rollout;
 pub mod rollout_run;
+pub mod snapshots;
