@@ -41,6 +41,7 @@ APT_PACKAGES=(
   systemd                       # systemd-analyze/-sysusers/-tmpfiles (tests/systemd_unit.rs)
   tmux passwd util-linux        # sparkctl terminal test (tmux), permission test (useradd, runuser, setpriv)
   prometheus                    # promtool check metrics (tests/metrics.rs); its server is not run
+  rabbitmq-server               # a second broker, with its MQTT plugin (tests/broker_rabbitmq.rs); its service is not run
 )
 
 install_apt() {
@@ -54,6 +55,10 @@ install_apt() {
   # Only promtool is wanted from the prometheus package, not a server on :9090.
   if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled prometheus >/dev/null 2>&1; then
     systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
+  # The tests start their own RabbitMQ nodes on loopback ports they choose.
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled rabbitmq-server >/dev/null 2>&1; then
+    systemctl disable --now rabbitmq-server >/dev/null 2>&1 || true
   fi
 }
 

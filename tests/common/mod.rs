@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fleet;
+pub mod rabbitmq;
 pub mod tmux;
 pub mod witness;
 
