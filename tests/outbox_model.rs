@@ -1,7 +1,9 @@
 //! Model-based property test of the outbox: any interleaving of appends,
 //! acks, restarts (reopening the LMDB files) and retention keeps per-stream
 //! order, keeps `seq` strictly increasing across restarts, and never loses a
-//! record that was neither acknowledged nor counted as dropped.
+//! record that was neither acknowledged nor counted as dropped; evidence
+//! snapshots stay within their own budget and give way before any other
+//! stream loses a record.
 
 use std::collections::VecDeque;
 
@@ -21,11 +23,14 @@ enum Step {
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        5 => (0..3usize, 1..40usize, 10..400usize).prop_map(|(stream, n, size)| Step::Append { stream, n, size }),
-        3 => (0..3usize, 1..30usize).prop_map(|(stream, n)| Step::AckOldest { stream, n }),
+        5 => (0..Stream::COUNT, 1..40usize, 10..400usize).prop_map(|(stream, n, size)| Step::Append { stream, n, size }),
+        3 => (0..Stream::COUNT, 1..30usize).prop_map(|(stream, n)| Step::AckOldest { stream, n }),
         1 => Just(Step::Restart),
     ]
 }
+
+/// The `snapshots` stream's own bound.
+const SNAPSHOT_BUDGET: u64 = 6 * 1024;
 
 fn open(dir: &std::path::Path, max_bytes: u64) -> Outbox {
     Outbox::open(
@@ -34,7 +39,7 @@ fn open(dir: &std::path::Path, max_bytes: u64) -> Outbox {
             device_id: "model".into(),
             max_bytes,
             drop_order: vec![Stream::Events, Stream::Inference, Stream::Telemetry],
-            snapshots_max_bytes: u64::MAX,
+            snapshots_max_bytes: SNAPSHOT_BUDGET,
             ttl_ms: [0; Stream::COUNT],
         },
     )
@@ -57,9 +62,9 @@ proptest! {
         let max_bytes = bound_kib * 1024;
         let mut o = open(dir.path(), max_bytes);
         // Model: pending seqs per stream, the next seq, drops seen so far.
-        let mut pending: [VecDeque<u64>; 3] = Default::default();
-        let mut next = [1u64; 3];
-        let mut dropped = [0u64; 3];
+        let mut pending: [VecDeque<u64>; Stream::COUNT] = Default::default();
+        let mut next = [1u64; Stream::COUNT];
+        let mut dropped = [0u64; Stream::COUNT];
         for st in steps {
             match st {
                 Step::Append { stream, n, size } => {
@@ -89,7 +94,7 @@ proptest! {
             }
             // Invariants after every step.
             let c = o.counters();
-            let grew: Vec<bool> = (0..3).map(|i| c[i].dropped > dropped[i]).collect();
+            let grew: Vec<bool> = (0..Stream::COUNT).map(|i| c[i].dropped > dropped[i]).collect();
             let total: u64 = c.iter().map(|x| x.bytes).sum();
             prop_assert!(total <= max_bytes, "over the bound: {total} > {max_bytes}");
             for (i, s) in Stream::ALL.into_iter().enumerate() {
@@ -109,6 +114,11 @@ proptest! {
             }
             // Lower-priority streams are emptied before higher ones lose anything.
             let (t, i, e) = (Stream::Telemetry as usize, Stream::Inference as usize, Stream::Events as usize);
+            let snaps = Stream::Snapshots as usize;
+            prop_assert!(c[snaps].bytes <= SNAPSHOT_BUDGET, "snapshots over their budget: {}", c[snaps].bytes);
+            if grew[t] || grew[i] || grew[e] {
+                prop_assert!(pending[snaps].is_empty(), "a record dropped while snapshots remained");
+            }
             if grew[t] {
                 prop_assert!(pending[e].is_empty() && pending[i].is_empty(), "telemetry dropped while events/inference remained");
             }
