@@ -8,7 +8,8 @@
 //! The session is persistent (`clean_session = false`, client id
 //! `spark-fleet-rollout-<id>`) and subscribes at QoS 1, so reports sent
 //! while the operator's process is down are queued by the broker and read
-//! on `resume`.
+//! on `resume`. Acknowledgements are manual: a report is PUBACKed only after
+//! the state file holding its outcome is written, so a SIGKILL loses none.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -414,6 +415,7 @@ fn drive(
         log(&r.id, &format!("{} interrupted pushes had reached their device: {}", settled.len(), settled.join(", ")));
     }
     store.save(&r)?;
+    s.ack_handled()?;
     loop {
         if store.abort_requested(&r.id) && r.phase != RolloutPhase::Aborted {
             r.phase = RolloutPhase::Aborted;
@@ -433,6 +435,7 @@ fn drive(
                 }
                 s.take_reports(&mut r);
                 store.save(&r)?;
+                s.ack_handled()?;
                 let (pushed, total) = r.progress();
                 log(&r.id, &format!("wave {}: pushed to {dev} ({pushed}/{total})", r.wave + 1));
             }
@@ -450,6 +453,7 @@ fn drive(
                 }
                 s.take_reports(&mut r);
                 store.save(&r)?;
+                s.ack_handled()?;
                 log(&r.id, &format!("rollback: pushed {} (update {}) to {dev}", b.path.display(), b.update_id));
             }
             Step::StartSoak => {
@@ -462,6 +466,7 @@ fn drive(
                 if s.pump(wait, &mut r)? {
                     store.save(&r)?;
                 }
+                s.ack_handled()?;
             }
             Step::Judge => {
                 let d = r.judge(now, &s.statuses);
@@ -496,6 +501,8 @@ struct Session {
     statuses: BTreeMap<String, Device>,
     /// Reports read before the rollout loop takes them.
     reports: Vec<(String, Vec<u8>)>,
+    /// Messages handled but not yet acknowledged (see [`Session::ack_handled`]).
+    unacked: Vec<rumqttc::Publish>,
 }
 
 impl Session {
@@ -508,7 +515,8 @@ impl Session {
         opts.set_keep_alive(Duration::from_secs(30));
         opts.set_clean_session(clean);
         opts.set_max_packet_size(4 << 20, 4 << 20);
-        let (client, mut conn) = Client::new(opts, 64);
+        opts.set_manual_acks(true);
+        let (client, mut conn) = Client::new(opts, 1024);
         let (tx, events) = sync_channel(EVENT_QUEUE);
         std::thread::Builder::new()
             .name("rollout-mqtt".into())
@@ -537,6 +545,7 @@ impl Session {
             acked: 0,
             statuses: BTreeMap::new(),
             reports: Vec::new(),
+            unacked: Vec::new(),
         })
     }
 
@@ -545,6 +554,15 @@ impl Session {
         for (dev, payload) in std::mem::take(&mut self.reports) {
             r.observe_report(&dev, &payload);
         }
+    }
+
+    /// Acknowledges what was handled; call after the state file holding its
+    /// effect is written.
+    fn ack_handled(&mut self) -> Result<(), RunError> {
+        for p in std::mem::take(&mut self.unacked) {
+            self.client.ack(&p)?;
+        }
+        Ok(())
     }
 
     fn disconnect(&self) {
@@ -556,7 +574,9 @@ impl Session {
         match ev {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 self.subacks = 0;
-                self.client.try_subscribe(format!("{}/+/status", self.prefix), QoS::AtLeastOnce)?;
+                // Statuses are retained (sent again on every subscribe): QoS 0,
+                // nothing to acknowledge. Reports are QoS 1 and queued for us.
+                self.client.try_subscribe(format!("{}/+/status", self.prefix), QoS::AtMostOnce)?;
                 self.client.try_subscribe(topics::all_states(&self.prefix), QoS::AtLeastOnce)?;
                 self.client.try_subscribe(self.marker.clone(), QoS::AtMostOnce)?;
             }
@@ -568,6 +588,9 @@ impl Session {
             }
             Ok(Event::Incoming(Packet::PubAck(_))) => self.acked += 1,
             Ok(Event::Incoming(Packet::Publish(p))) => {
+                if p.qos != QoS::AtMostOnce {
+                    self.unacked.push(p.clone());
+                }
                 if p.topic == self.marker {
                     self.ready = true;
                 } else if let Some(dev) = device_of_topic(&self.prefix, &p.topic) {
@@ -603,6 +626,9 @@ impl Session {
             match self.events.recv_timeout(end.saturating_duration_since(Instant::now())) {
                 Ok(ev) => {
                     self.handle(ev, None)?;
+                    // The broker sends a few unacknowledged messages at a
+                    // time; the reports are taken and saved right after this.
+                    self.ack_handled()?;
                 }
                 Err(_) => return Err(RunError::StatusTimeout(timeout.as_secs())),
             }
