@@ -338,6 +338,9 @@ fn run(a: SnapshotsArgs) -> Result<(), SnapshotsError> {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 let _ = client.try_subscribe(&filter, QoS::AtLeastOnce);
             }
+            Ok(Event::Incoming(Packet::SubAck(_))) => {
+                eprintln!("spark-fleet: subscribed to {filter}; writing verified snapshots to {}", a.out.display());
+            }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 // `<prefix>/<device>/snapshots`
                 let device = p.topic.get(prefix_len..).and_then(|t| t.strip_suffix("/snapshots")).unwrap_or("");
