@@ -2,10 +2,10 @@
 //!
 //! - ours: `spark-fleet rollout start` over simulated devices
 //!   (`tests/common/devsim.rs`, answering at once) and a 1 s soak; the time
-//!   from the wave's "soaking" log line plus the soak to its "decision" line,
-//!   both stamped by this process as it reads them (the pipe's delay is in
-//!   both). That is the wake-up at the soak's end, the judgement, the state
-//!   file's atomic write (fsync) and the log line.
+//!   from the wave's soak end (its `soak_started_ms` in the state file plus
+//!   the soak) to this process reading the wave's "decision" line (wall
+//!   clock, ms). That is the wake-up at the soak's end, the judgement, the
+//!   state file's atomic write (fsync) and the log line through a pipe.
 //! - baseline in the same run: the pure judgement alone
 //!   (`Rollout::judge` over the same devices, in process), i.e. what the
 //!   decision itself costs.
@@ -48,20 +48,27 @@ fn one_rollout(url: &str, lab: &Lab, version: &str) -> Vec<f64> {
         .spawn()
         .expect("spawn spark-fleet rollout");
     let out = child.stdout.take().expect("stdout");
-    let mut soaking: Option<Instant> = None;
-    let mut lat = Vec::new();
+    let mut read_ms = Vec::new();
     for line in BufReader::new(out).lines().map_while(Result::ok) {
-        let now = Instant::now();
-        if line.contains("every device pushed; soaking") {
-            soaking = Some(now);
-        } else if line.contains(": decision: wave")
-            && let Some(t) = soaking.take()
-        {
-            lat.push(now.duration_since(t + SOAK).as_secs_f64());
+        if line.contains(": decision: wave") {
+            read_ms.push(spark_edge::record::now_ms());
         }
     }
     assert!(child.wait().expect("wait").success(), "the rollout did not complete");
-    lat
+    let file = std::fs::read_dir(&state)
+        .expect("state dir")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "json"))
+        .expect("state file");
+    let r: Rollout = serde_json::from_slice(&std::fs::read(file).expect("read state")).expect("state");
+    r.decisions
+        .iter()
+        .zip(read_ms)
+        .filter_map(|(d, read)| {
+            d.soak_started_ms.map(|s| read.saturating_sub(s + SOAK.as_millis() as u64) as f64 / 1e3)
+        })
+        .collect()
 }
 
 /// The pure judgement over `n` devices that all answered active; seconds.

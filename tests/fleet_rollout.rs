@@ -334,3 +334,64 @@ fn bad_input_is_refused_before_anything_is_pushed() {
     }
     assert!(manifests.settled(&broker).is_empty(), "nothing was pushed");
 }
+
+#[test]
+fn a_halt_with_rollback_on_halt_pushes_the_previous_bundle_to_the_halted_wave_only() {
+    let broker = Broker::start();
+    let lab = Lab::new();
+    let manifests = Manifests::start(&broker);
+    let ids: Vec<String> = (0..20).map(sim_id).collect();
+    let _sim = DeviceSim::start(broker.port, sims(ids.iter().cloned(), |_| Behaviour::Crashing), &lab.public);
+    let f = lab.dir.path().join("previous.pack");
+    std::fs::write(&f, b"the previous artifact, signed again at a higher version").unwrap();
+    let previous = lab.sign_model("centerface", "1.1.1", &f, &["--group", "default"], &[], None);
+    let state = lab.dir.path().join("rollouts");
+    let log = std::fs::File::create(state.with_extension("log")).unwrap();
+    let mut child = Command::new(fleet_bin())
+        .args(["rollout", "start", s(&small_bundle(&lab)), "--broker", &broker.url(), "--waves", "50%,100%"])
+        .args(["--soak", "1s", "--halt-when", "rolled_back > 2%", "--group", "default", "--state-dir", s(&state)])
+        .args(["--rollback-on-halt", s(&previous)])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    assert_eq!(wait_exit(&mut child, &state), 3);
+    let st = state_file(&state).unwrap();
+    assert_eq!(st["phase"]["wave"], 0);
+    let first: BTreeSet<String> = order_devices(ids.clone()).into_iter().take(10).collect();
+    for d in st["devices"].as_array().unwrap() {
+        let id = d["id"].as_str().unwrap();
+        let want = if first.contains(id) { serde_json::json!("pushed") } else { serde_json::Value::Null };
+        assert_eq!(d["rollback"], want, "{id}");
+    }
+    let counts = manifests.settled(&broker);
+    assert_eq!(counts.keys().cloned().collect::<BTreeSet<_>>(), first, "only the halted wave");
+    assert!(counts.values().all(|n| *n == 2), "the bundle and the rollback, once each: {counts:?}");
+}
+
+#[test]
+fn abort_stops_a_running_rollout_before_its_next_wave() {
+    let broker = Broker::start();
+    let lab = Lab::new();
+    let manifests = Manifests::start(&broker);
+    let ids: Vec<String> = (0..20).map(sim_id).collect();
+    let _sim = DeviceSim::start(broker.port, sims(ids.iter().cloned(), |_| Behaviour::Healthy), &lab.public);
+    let state = lab.dir.path().join("rollouts");
+    let log = std::fs::File::create(state.with_extension("log")).unwrap();
+    let mut child = Command::new(fleet_bin())
+        .args(["rollout", "start", s(&small_bundle(&lab)), "--broker", &broker.url(), "--waves", "50%,100%"])
+        .args(["--soak", "10m", "--group", "default", "--state-dir", s(&state)])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let soaking = wait_for(Duration::from_secs(60), || state_file(&state).filter(|v| v["soak_started_ms"].is_u64()))
+        .expect("the first wave did not start soaking");
+    let id = soaking["id"].as_str().unwrap();
+    fleet(&["rollout", "abort", id, "--state-dir", s(&state)]);
+    assert_eq!(wait_exit(&mut child, &state), 4, "exit 4 is an abort");
+    assert_eq!(state_file(&state).unwrap()["phase"]["state"], "aborted");
+    let out = Command::new(fleet_bin()).args(["rollout", "resume", id, "--state-dir", s(&state)]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "an aborted rollout does not resume");
+    assert_eq!(manifests.settled(&broker).len(), 10, "the second wave was never pushed");
+}

@@ -239,6 +239,10 @@ pub enum Verdict {
 pub struct Decision {
     pub wave: usize,
     pub percent: u8,
+    /// When the wave's soak began (its last push acknowledged); `None` for
+    /// a wave no device joins.
+    #[serde(default)]
+    pub soak_started_ms: Option<u64>,
     pub at_ms: u64,
     pub figures: Figures,
     pub verdict: Verdict,
@@ -533,6 +537,7 @@ impl Rollout {
         let decision = Decision {
             wave,
             percent,
+            soak_started_ms: self.soak_started_ms,
             at_ms: now_ms,
             figures,
             verdict,
@@ -620,6 +625,9 @@ fn classify_report(device: &str, update_id: &str, payload: &[u8]) -> Reading {
         UpdatePhase::RolledBack { reason } => Outcome::RolledBack { reason: reason.chars().take(200).collect() },
         UpdatePhase::Rejected { code, .. } if code == "not_newer" => Outcome::AlreadyCurrent,
         UpdatePhase::Rejected { code, .. } => Outcome::Failed { code: code.chars().take(64).collect() },
+        // A shadow push took when the device evaluates it (or did until replaced).
+        UpdatePhase::Shadow | UpdatePhase::ShadowEnded { .. } => Outcome::Active,
+        UpdatePhase::ShadowFailed { code, .. } => Outcome::Failed { code: code.chars().take(64).collect() },
     })
 }
 
