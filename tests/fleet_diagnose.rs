@@ -27,9 +27,15 @@ struct Rig {
 }
 
 fn start() -> Rig {
+    start_after(|_, _| {})
+}
+
+/// [`start`], with `before(broker, lab)` run before sparkd starts.
+fn start_after(before: impl FnOnce(&Broker, &Lab)) -> Rig {
     let broker = Broker::start();
     let consumer = Consumer::start(broker.port, "spark/#");
     let lab = Lab::new();
+    before(&broker, &lab);
     let mut cfg = DaemonConfig::new(&broker.url());
     cfg.camera_off = true;
     cfg.telemetry_secs = 2.0;
@@ -207,7 +213,15 @@ fn signed_status_doctor_queue_requests_are_answered_as_sparkctl_prints_them() {
 
 #[test]
 fn unsigned_forged_expired_replayed_oversized_and_foreign_requests_are_refused_counted_and_change_nothing() {
-    let r = start();
+    // A retained request (it would come back on every reconnect) waits on
+    // the broker before sparkd subscribes: ignored and counted.
+    let n_retained = "7".repeat(32);
+    let r = start_after(|broker, lab| {
+        let now = now_s();
+        let retained = sign(&request(&n_retained, DEVICE, Command::Status, now, now + 120), &lab.key);
+        let topic = diagnose::topics::request("spark", DEVICE);
+        common::fleet::publish_retained_all(broker, vec![(topic, retained)]);
+    });
     let socket = r.cfg.socket();
     let topic = diagnose::topics::request("spark", DEVICE);
     let now = now_s();
@@ -264,7 +278,7 @@ fn unsigned_forged_expired_replayed_oversized_and_foreign_requests_are_refused_c
     assert_eq!(json(&out)["error"]["code"], "unknown_key", "{out}");
 
     let want: BTreeMap<String, u64> =
-        ["unsigned", "bad_signature", "expired", "other_device", "replayed", "oversized", "unknown_key"]
+        ["unsigned", "bad_signature", "expired", "other_device", "replayed", "oversized", "unknown_key", "retained"]
             .iter()
             .map(|c| (c.to_string(), 1))
             .collect();
@@ -274,6 +288,7 @@ fn unsigned_forged_expired_replayed_oversized_and_foreign_requests_are_refused_c
         });
     assert_eq!(got, want);
     assert_eq!(status_json(&socket)["diagnostics"]["answered"], 1);
+    assert!(answers(&r.consumer, &n_retained).is_empty(), "a retained request was answered");
 
     // Nothing on the device changed: its files, update state and config.
     assert_eq!(state_files(&r.cfg.state_dir()), before_files);

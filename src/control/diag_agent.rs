@@ -96,6 +96,15 @@ pub async fn run(mut inbox: DiagInbox, ctx: Arc<ControlContext>, mut shutdown: w
 }
 
 async fn handle(inbox: &mut DiagInbox, guard: &mut ReplayGuard, ctx: &Arc<ControlContext>, msg: Inbound) {
+    // A retained request would come back on every reconnect: never a real
+    // operator's (spark-fleet publishes without retain), so not answered.
+    if msg.retained {
+        let n = ctx.shared.diag.refuse("retained");
+        if n.is_power_of_two() {
+            tracing::warn!(refused = n, "retained diagnose request ignored");
+        }
+        return;
+    }
     // Trusted time as the update store judges it; read only, never moved.
     let high_water = read_trusted_time_high_water(&inbox.state_dir).unwrap_or(0);
     let now = trusted_now(high_water, wall_clock_secs());

@@ -279,6 +279,16 @@ pub fn render(input: &MetricsInput) -> String {
     t.one("spark_audio_errors_total", Kind::Counter, "Microphone failures.", c.audio_errors as f64);
     t.one("spark_telemetry_samples_total", Kind::Counter, "Telemetry samples stored.", s.telemetry_samples as f64);
 
+    // Remote diagnose requests (docs/diagnostics.md).
+    let d = &s.diagnostics;
+    t.one("spark_diagnose_answered_total", Kind::Counter, "Remote diagnose requests answered.", d.answered as f64);
+    if !d.refused.is_empty() {
+        t.family("spark_diagnose_refused_total", Kind::Counter, "Remote diagnose requests refused, by reason.");
+        for (reason, n) in &d.refused {
+            t.sample("spark_diagnose_refused_total", &[("reason", reason)], *n as f64);
+        }
+    }
+
     // Updates.
     if let Some(u) = input.update {
         t.family("spark_update_state", Kind::Gauge, "1 for the update subsystem's current state.");
@@ -414,7 +424,10 @@ mod tests {
             records_lost: 0,
             telemetry_samples: 3,
             sensors: SensorReport::default(),
-            diagnostics: Default::default(),
+            diagnostics: crate::control::protocol::DiagnosticsReport {
+                answered: 2,
+                refused: [("expired".to_string(), 1)].into(),
+            },
         }
     }
 
@@ -441,6 +454,8 @@ mod tests {
             "spark_link_broker_connected 1",
             "spark_inference_last_latency_seconds 0.04",
             "# TYPE spark_inference_frames_total counter",
+            "spark_diagnose_answered_total 2",
+            r#"spark_diagnose_refused_total{reason="expired"} 1"#,
         ] {
             assert!(l.contains(&want), "missing {want:?} in\n{text}");
         }
