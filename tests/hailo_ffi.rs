@@ -582,8 +582,8 @@ fn nms_by_class_boxes_come_out_as_frame_pixel_boxes() {
 }
 
 #[test]
-fn nms_under_the_older_hailo_nms_name_reads_the_same_and_by_score_is_refused() {
-    scenario("nms_under_the_older_hailo_nms_name_reads_the_same_and_by_score_is_refused", &[], || {
+fn nms_under_the_older_hailo_nms_name_reads_the_same() {
+    scenario("nms_under_the_older_hailo_nms_name_reads_the_same", &[], || {
         let boxes = "nms=3x4 box=1:0.0,0.0,0.5,0.5,0.7";
         let mut engine = must_open_variant(32, 32, &format!("input=u8 nms-order=legacy {boxes}"));
         assert_eq!(engine.hef_layout().outputs[0].order, "HAILO_NMS");
@@ -591,11 +591,54 @@ fn nms_under_the_older_hailo_nms_name_reads_the_same_and_by_score_is_refused() {
         assert_eq!(d.len(), 1);
         assert!(close(d[0].bbox, [0.0, 0.0, 16.0, 16.0]) && d[0].label == "class1", "{d:?}");
         drop(engine);
-        let Err(e) = open_variant(32, 32, &format!("input=u8 nms-order=by-score {boxes}")) else {
-            panic!("a by-score NMS output was accepted")
-        };
-        assert!(matches!(e, HailoError::UnsupportedModel(_)) && e.to_string().contains("HAILO_NMS_BY_SCORE"), "{e}");
-        assert_eq!(e.failure(), HailoFailure::Permanent);
+        assert_eq!(live_handles(), 0);
+    });
+}
+
+#[test]
+fn nms_by_score_detections_come_out_as_the_same_frame_pixel_boxes_as_by_class() {
+    scenario("nms_by_score_detections_come_out_as_the_same_frame_pixel_boxes_as_by_class", &[], || {
+        let boxes = "nms=3x4 box=0:0.25,0.5,0.5,0.75,0.9 box=2:0.1,0.1,0.2,0.2,0.8 box=2:0.5,0.5,0.6,0.6,0.1";
+        let (frame, spec) = (gradient(128, 96), zoo_spec(64, 64));
+        let mut by_class = must_open_variant(64, 64, &format!("input=u8 {boxes}"));
+        let want = nms_frame(&mut by_class, &frame, &spec).unwrap_or_else(|e| panic!("{e}"));
+        drop(by_class);
+        let mut engine = must_open_variant(64, 64, &format!("input=u8 nms-order=by-score {boxes}"));
+        let layout = engine.hef_layout();
+        assert_eq!(layout.outputs[0].order, "HAILO_NMS_BY_SCORE");
+        // nms_shape: classes and max_bboxes_total (3 classes x 4 boxes each in the double).
+        assert_eq!(layout.outputs[0].nms_shape, Some([3, 12]));
+        let d = nms_frame(&mut engine, &frame, &spec).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(d, want);
+        assert_eq!(d.len(), 2, "{d:?}");
+        drop(engine);
+        assert_eq!(live_handles(), 0);
+    });
+}
+
+#[test]
+fn malformed_nms_by_score_frames_are_decode_errors_and_the_next_frame_is_fine() {
+    scenario("malformed_nms_by_score_frames_are_decode_errors_and_the_next_frame_is_fine", &[], || {
+        let boxes = "nms=3x4 nms-order=by-score box=0:0.25,0.5,0.5,0.75,0.9 box=2:0.1,0.1,0.2,0.2,0.8";
+        type Expect = fn(&NmsFault) -> bool;
+        let cases: [(&str, Expect); 3] = [
+            ("fault=too-many@2", |f| matches!(f, NmsFault::TooMany { count: 13, max: 12 })),
+            ("fault=nan@2", |f| matches!(f, NmsFault::NonFinite { index: 0 })),
+            // The library reports a frame 200 bytes short (290 - 200 = 90 bytes: three
+            // whole detections), then counts all 12.
+            ("short=200 fault=truncated@2", |f| matches!(f, NmsFault::PastEnd { needed: 12, len: 3 })),
+        ];
+        let (frame, spec) = (gradient(64, 64), zoo_spec(64, 64));
+        for (fault, expected) in cases {
+            let mut engine = must_open_variant(64, 64, &format!("input=u8 {boxes} {fault}"));
+            let good = nms_frame(&mut engine, &frame, &spec).unwrap_or_else(|e| panic!("{fault}, frame 1: {e}"));
+            assert_eq!(good.len(), 2, "{fault}");
+            match nms_frame(&mut engine, &frame, &spec) {
+                Err(DecodeError::Nms { fault: f, .. }) if expected(&f) => {}
+                other => panic!("{fault}, frame 2: expected that decode error, got {other:?}"),
+            }
+            assert_eq!(nms_frame(&mut engine, &frame, &spec), Ok(good), "{fault}: the next frame is fine");
+        }
         assert_eq!(live_handles(), 0);
     });
 }

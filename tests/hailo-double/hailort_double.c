@@ -44,11 +44,21 @@
  *                      floats: per class a count, then that many boxes
  *                      {y_min, x_min, y_max, x_max, score}, zeros after.
  *   nms-order=legacy|by-score  report HAILO_NMS (9) or HAILO_NMS_BY_SCORE
- *                      (23) instead of BY_CLASS (22).
+ *                      (23) instead of BY_CLASS (22). A BY_SCORE frame is
+ *                      laid out as hailort.h's hailo_detections_t: a uint16
+ *                      count, then from byte 4 up to C*M hailo_detection_t
+ *                      of 24 bytes {y_min, x_min, y_max, x_max, score
+ *                      (float32), class_id (uint16), 2 padding bytes}; its
+ *                      size is 2 + 24 * C*M bytes, as HailoRT computes it
+ *                      (the last detection's padding lies past the end).
+ *                      Faults: `too-many` counts C*M + 1, `nan` gives the
+ *                      first detection a NaN score, `truncated` counts C*M
+ *                      in a frame shortened by `short` (bytes here).
  *   box=C:Y1,X1,Y2,X2,S  a box of class C returned in every NMS frame (up
  *                      to 32 boxes, in the order given).
- *   short=K            the NMS output's frame size is K floats less than
- *                      the full size (a library reporting a smaller frame).
+ *   short=K            the NMS output's frame size is K floats (BY_SCORE:
+ *                      bytes) less than the full size (a library reporting
+ *                      a smaller frame).
  *   fault=KIND@N       the N-th read (1-based) of the NMS output is
  *                      malformed: `too-many` class 0 counts M + 1 boxes;
  *                      `nan` class 0 holds one box with a NaN score;
@@ -392,7 +402,14 @@ static size_t nms_full_floats(const struct variant *v) {
     return (size_t)v->nms_classes * (1 + 5 * (size_t)v->nms_max);
 }
 
+static size_t by_score_frame_bytes(const struct variant *v) {
+    return 2 + 24 * (size_t)v->nms_classes * v->nms_max;
+}
+
 static size_t output_frame_bytes(const struct _hailo_configured_network_group *ng, int index) {
+    if (is_nms(&ng->v) && ng->v.nms_order == HAILO_FORMAT_ORDER_HAILO_NMS_BY_SCORE) {
+        return by_score_frame_bytes(&ng->v) - ng->v.short_floats;
+    }
     if (is_nms(&ng->v)) {
         return (nms_full_floats(&ng->v) - ng->v.short_floats) * sizeof(float);
     }
@@ -696,7 +713,8 @@ static hailo_status parse_hef(const char *text, size_t size, uint32_t *h, uint32
             return HAILO_INVALID_HEF;
         }
     }
-    if (is_nms(v) && v->short_floats >= nms_full_floats(v)) {
+    size_t full = v->nms_order == HAILO_FORMAT_ORDER_HAILO_NMS_BY_SCORE ? by_score_frame_bytes(v) : nms_full_floats(v);
+    if (is_nms(v) && v->short_floats >= full) {
         return HAILO_INVALID_HEF;
     }
     const char *timing = getenv("HAILO_DOUBLE_TIMING");
@@ -1269,6 +1287,39 @@ static void fill_nms(const struct variant *v, unsigned long n, float *y, size_t 
     }
 }
 
+/* One BY_SCORE frame of `len` bytes (see HEF VARIANTS): the variant's boxes
+ * in the order given, or the fault due at read `n`. */
+static void fill_nms_by_score(const struct variant *v, unsigned long n, unsigned char *y, size_t len) {
+    memset(y, 0, len);
+    enum nms_fault fault = n == v->fault_at ? v->fault : FAULT_NONE;
+    size_t total = (size_t)v->nms_classes * v->nms_max;
+    uint16_t count = 0;
+    for (int i = 0; i < v->nbox && count < total; i++) {
+        size_t at = 4 + 24 * (size_t)count;
+        if (at + 22 > len) {
+            break;
+        }
+        float box[5];
+        memcpy(box, v->boxes[i].v, sizeof box);
+        if (count == 0 && fault == FAULT_NAN) {
+            box[4] = __builtin_nanf("");
+        }
+        uint16_t cls = (uint16_t)v->boxes[i].cls;
+        memcpy(&y[at], box, sizeof box);
+        memcpy(&y[at + 20], &cls, sizeof cls);
+        count++;
+    }
+    if (fault == FAULT_TOO_MANY) {
+        count = (uint16_t)(total + 1);
+    }
+    if (fault == FAULT_TRUNCATED) {
+        count = (uint16_t)total;
+    }
+    if (len >= 2) {
+        memcpy(y, &count, sizeof count);
+    }
+}
+
 /* Takes the oldest queued frame of `v` into `*s` (g_io held). */
 static hailo_status read_locked(hailo_output_vstream v, double *s) {
     if (v->ng->late) {
@@ -1322,6 +1373,10 @@ EXPORT hailo_status hailo_vstream_read_raw_buffer(hailo_output_vstream v, void *
     pthread_mutex_unlock(&g_io);
     if (st != HAILO_SUCCESS) {
         return st;
+    }
+    if (is_nms(&v->ng->v) && v->ng->v.nms_order == HAILO_FORMAT_ORDER_HAILO_NMS_BY_SCORE) {
+        fill_nms_by_score(&v->ng->v, reads, buffer, size);
+        return HAILO_SUCCESS;
     }
     if (is_nms(&v->ng->v)) {
         fill_nms(&v->ng->v, reads, buffer, size / sizeof(float));

@@ -641,6 +641,52 @@ enum PortKind {
     /// HailoRT's on-chip NMS result, by class, float32: handed to the
     /// `hailo-nms` decoder as is, with its `nms_shape`.
     Nms { classes: usize, max_per_class: usize },
+    /// HailoRT's on-chip NMS result sorted by score (`hailo_detections_t`
+    /// bytes, `frame_bytes` long): turned into rows of floats by
+    /// [`by_score_rows`] for the `hailo-nms` decoder.
+    NmsByScore { classes: usize, max_total: usize, frame_bytes: usize },
+}
+
+/// Floats per row of a BY_SCORE frame as handed to the decoder.
+pub const BY_SCORE_ROW: usize = 6;
+/// `sizeof(hailo_detection_t)`: five float32 and a uint16 class id, padded to 24.
+const DETECTION_BYTES: usize = 24;
+/// Where `hailo_detections_t.detections` starts: after the uint16 count,
+/// aligned to the float members.
+const DETECTIONS_AT: usize = 4;
+
+/// A BY_SCORE frame (`hailo_detections_t`: a uint16 count, then from byte
+/// 4 `hailo_detection_t` of 24 bytes each) as rows of [`BY_SCORE_ROW`]
+/// floats, shape `[1, 1 + max_total, 6]`: a header row `[count, rows present,
+/// classes, 0, 0, 0]`, then per detection `[y_min, x_min, y_max, x_max,
+/// score, class_id]`, zeros after. Nothing is judged here: a count above
+/// `max_total` or past the frame's end is left for the decoder to refuse,
+/// and only detections whose 22 meaningful bytes lie in `bytes` are read
+/// (HailoRT's frame size, `2 + 24 × max_total`, leaves the last one's
+/// padding out).
+pub fn by_score_rows(bytes: &[u8], classes: usize, max_total: usize) -> Vec<f32> {
+    let mut rows = vec![0.0f32; (1 + max_total) * BY_SCORE_ROW];
+    let count = match bytes {
+        [a, b, ..] => u16::from_ne_bytes([*a, *b]) as usize,
+        _ => 0,
+    };
+    let f32_at = |at: usize| bytes.get(at..at + 4).map(|b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+    let mut present = 0;
+    for i in 0..count.min(max_total) {
+        let at = DETECTIONS_AT + i * DETECTION_BYTES;
+        let (Some(values), Some(class)) = (
+            (0..5).map(|k| f32_at(at + 4 * k)).collect::<Option<Vec<f32>>>(),
+            bytes.get(at + 20..at + 22).map(|b| u16::from_ne_bytes([b[0], b[1]])),
+        ) else {
+            break;
+        };
+        let row = &mut rows[(1 + i) * BY_SCORE_ROW..(2 + i) * BY_SCORE_ROW];
+        row[..5].copy_from_slice(&values);
+        row[5] = f32::from(class);
+        present += 1;
+    }
+    rows[..3].copy_from_slice(&[count as f32, present as f32, classes as f32]);
+    rows
 }
 
 /// The host-side element type of the HEF's input: it decides how a frame is
@@ -770,13 +816,14 @@ impl Port {
             PortKind::Frame(Layout::Nc) => vec![1, self.channels],
             PortKind::Frame(Layout::Nhw) => vec![1, 1, self.height, self.width],
             PortKind::Nms { classes, max_per_class } => vec![classes, max_per_class],
+            PortKind::NmsByScore { max_total, .. } => vec![1, 1 + max_total, BY_SCORE_ROW],
         }
     }
 
     fn layout(&self) -> Option<Layout> {
         match self.kind {
             PortKind::Frame(l) => Some(l),
-            PortKind::Nms { .. } => None,
+            PortKind::Nms { .. } | PortKind::NmsByScore { .. } => None,
         }
     }
 
@@ -831,10 +878,11 @@ impl Port {
     /// refused.
     fn describe_nms(info: &sys::hailo_vstream_info_t, order: u32, frame_bytes: usize) -> Result<Self, HailoError> {
         let name = c_chars(&info.name);
-        if !is_nms_by_class(order) {
+        let by_score = order == sys::HAILO_FORMAT_ORDER_HAILO_NMS_BY_SCORE;
+        if !is_nms_by_class(order) && !by_score {
             return Err(HailoError::UnsupportedModel(format!(
                 "vstream {name} has NMS output order {} ({order}); only HAILO_NMS_BY_CLASS (or HAILO_NMS) \
-                 with float32 user format is read",
+                 and HAILO_NMS_BY_SCORE with float32 user format are read",
                 format_order_name(order)
             )));
         }
@@ -842,6 +890,25 @@ impl Port {
         // `nms_shape` member of this union; both members are plain integers,
         // so reading either is defined.
         let nms = unsafe { info.__bindgen_anon_1.nms_shape };
+        if by_score {
+            let (classes, max_total) = (nms.number_of_classes as usize, nms.max_bboxes_total as usize);
+            if classes == 0 || max_total == 0 || frame_bytes < 2 || frame_bytes > MAX_NMS_FRAME_BYTES {
+                return Err(HailoError::UnsupportedModel(format!(
+                    "NMS-by-score vstream {name}: nms_shape {classes} classes, {max_total} boxes in all, with a \
+                     frame size of {frame_bytes} bytes cannot be read (want non-zero counts and 2 to \
+                     {MAX_NMS_FRAME_BYTES} bytes)"
+                )));
+            }
+            return Ok(Self {
+                name,
+                kind: PortKind::NmsByScore { classes, max_total, frame_bytes },
+                height: 0,
+                width: 0,
+                channels: 0,
+                elements: frame_bytes.div_ceil(size_of::<f32>()),
+                order,
+            });
+        }
         let (classes, max_per_class) = (nms.number_of_classes as usize, nms.max_bboxes_per_class as usize);
         if classes == 0
             || max_per_class == 0
@@ -1316,6 +1383,7 @@ impl HailoEngine {
                     order: format_order_name(p.order).into(),
                     nms_shape: match p.kind {
                         PortKind::Nms { classes, max_per_class } => Some([classes as u32, max_per_class as u32]),
+                        PortKind::NmsByScore { classes, max_total, .. } => Some([classes as u32, max_total as u32]),
                         PortKind::Frame(_) => None,
                     },
                 })
@@ -1482,13 +1550,22 @@ fn read_outputs(
     for (port, vstream) in ports.iter().zip(vstreams) {
         staging.clear();
         staging.resize(port.elements, 0.0);
-        // SAFETY: `staging` holds exactly the vstream's frame size in bytes
-        // (checked at open) and is writable; the handle is live (as above).
+        // A BY_SCORE frame need not be a whole number of floats.
+        let bytes = match port.kind {
+            PortKind::NmsByScore { frame_bytes, .. } => frame_bytes,
+            _ => size_of_val(staging.as_slice()),
+        };
+        // SAFETY: `staging` holds at least `bytes`, the vstream's frame size
+        // (checked at open), and is writable; the handle is live (as above).
         check(lib, "hailo_vstream_read_raw_buffer", unsafe {
-            lib.hailo_vstream_read_raw_buffer(*vstream, staging.as_mut_ptr().cast(), size_of_val(staging.as_slice()))
+            lib.hailo_vstream_read_raw_buffer(*vstream, staging.as_mut_ptr().cast(), bytes)
         })?;
         let data = match port.kind {
             PortKind::Frame(Layout::Nhwc) => nhwc_to_nchw(staging, port.height, port.width, port.channels),
+            PortKind::NmsByScore { classes, max_total, frame_bytes } => {
+                let raw: Vec<u8> = staging.iter().flat_map(|f| f.to_ne_bytes()).take(frame_bytes).collect();
+                by_score_rows(&raw, classes, max_total)
+            }
             // NMS frames go to the decoder as read; it checks every count.
             _ => staging.clone(),
         };
@@ -2149,10 +2226,10 @@ mod tests {
         // The frame size HailoRT reports is what is read, even when short (the decoder checks counts).
         let p = Port::describe(&nms_info(22, 3, 4), &f32_auto, 12).unwrap();
         assert_eq!(p.elements, 3);
-        // By score, byte masks, no classes, a ragged or absurd frame: refused at open.
-        let by_score = user(sys::HAILO_FORMAT_TYPE_FLOAT32, sys::HAILO_FORMAT_ORDER_HAILO_NMS_BY_SCORE);
-        let e = Port::describe(&nms_info(22, 3, 4), &by_score, full).unwrap_err();
-        assert!(e.to_string().contains("HAILO_NMS_BY_SCORE"), "{e}");
+        // Byte masks, no classes, a ragged or absurd frame: refused at open.
+        let masks = user(sys::HAILO_FORMAT_TYPE_FLOAT32, sys::HAILO_FORMAT_ORDER_HAILO_NMS_WITH_BYTE_MASK);
+        let e = Port::describe(&nms_info(22, 3, 4), &masks, full).unwrap_err();
+        assert!(e.to_string().contains("HAILO_NMS_WITH_BYTE_MASK"), "{e}");
         for (classes, max, bytes) in
             [(0, 4, full), (3, 0, full), (3, 4, 10), (3, 4, 0), (3, 4, MAX_NMS_FRAME_BYTES + 4)]
         {
@@ -2162,6 +2239,43 @@ mod tests {
         // NMS read as UINT8 is not what the decoder reads.
         let u8_user = user(sys::HAILO_FORMAT_TYPE_UINT8, sys::HAILO_FORMAT_ORDER_HAILO_NMS_BY_CLASS);
         assert!(Port::describe(&nms_info(22, 3, 4), &u8_user, full).is_err());
+    }
+
+    #[test]
+    fn nms_by_score_frames_become_rows_with_a_header_and_nothing_past_the_end_is_read() {
+        let mut info = nms_info(23, 3, 4);
+        info.__bindgen_anon_1.nms_shape.max_bboxes_total = 5;
+        let by_score = user(sys::HAILO_FORMAT_TYPE_FLOAT32, sys::HAILO_FORMAT_ORDER_HAILO_NMS_BY_SCORE);
+        let bytes = 2 + 24 * 5;
+        let p = Port::describe(&info, &by_score, bytes).unwrap();
+        assert_eq!(p.kind, PortKind::NmsByScore { classes: 3, max_total: 5, frame_bytes: bytes });
+        assert_eq!((p.shape(), p.elements), (vec![1, 6, BY_SCORE_ROW], 31));
+        info.__bindgen_anon_1.nms_shape.max_bboxes_total = 0;
+        assert!(Port::describe(&info, &by_score, bytes).is_err());
+
+        // Two detections as hailo_detections_t lays them out.
+        let mut frame = vec![0u8; bytes];
+        frame[..2].copy_from_slice(&2u16.to_ne_bytes());
+        for (i, (v, class)) in [([0.1f32, 0.2, 0.3, 0.4, 0.9], 2u16), ([0.5, 0.5, 0.6, 0.6, 0.7], 0)].iter().enumerate()
+        {
+            let at = 4 + 24 * i;
+            for (k, x) in v.iter().enumerate() {
+                frame[at + 4 * k..at + 4 * k + 4].copy_from_slice(&x.to_ne_bytes());
+            }
+            frame[at + 20..at + 22].copy_from_slice(&class.to_ne_bytes());
+        }
+        let rows = by_score_rows(&frame, 3, 5);
+        assert_eq!(rows.len(), 6 * BY_SCORE_ROW);
+        assert_eq!(&rows[..3], &[2.0, 2.0, 3.0]);
+        assert_eq!(&rows[6..12], &[0.1, 0.2, 0.3, 0.4, 0.9, 2.0]);
+        assert_eq!(&rows[12..18], &[0.5, 0.5, 0.6, 0.6, 0.7, 0.0]);
+        assert!(rows[18..].iter().all(|v| *v == 0.0));
+        // A count past the frame: only the detections inside it are rows; the
+        // header keeps the count so the decoder can refuse the frame.
+        frame[..2].copy_from_slice(&900u16.to_ne_bytes());
+        let rows = by_score_rows(&frame[..4 + 24 + 10], 3, 5);
+        assert_eq!(&rows[..2], &[900.0, 1.0]);
+        assert!(by_score_rows(&[], 3, 5)[..2] == [0.0, 0.0]);
     }
 
     #[test]
