@@ -559,6 +559,8 @@ impl Config {
         range("audio.min_silence_ms", self.audio.min_silence_ms, 0, 60_000);
         range("update.binary_health_secs", self.update.binary_health_secs, 1, 3600);
         range("update.max_artifact_megabytes", self.update.max_artifact_megabytes, 1, 16_384);
+        range("update.shadow_every_n_frames", self.update.shadow_every_n_frames, 1, 10_000);
+        range("update.shadow_report_secs", self.update.shadow_report_secs, 1, 86_400);
         range("metrics.textfile_interval_secs", self.metrics.textfile_interval_secs, 1, 3600);
         range("update.reserve_megabytes", self.update.reserve_megabytes, 0, MAX_STORE_MEGABYTES);
         range("load.event_bytes", self.load.event_bytes as u64, 0, 64 * 1024);
@@ -959,6 +961,11 @@ pub struct UpdateConfig {
     /// A new `sparkd` binary must stay up this long after READY before it
     /// is confirmed; one that exits or is killed sooner is rolled back.
     pub binary_health_secs: u64,
+    /// A shadow model (pushed with `spark-fleet sign --shadow`) runs on one
+    /// live frame in this many.
+    pub shadow_every_n_frames: u64,
+    /// How often a running shadow's figures are reported on `update/state`.
+    pub shadow_report_secs: u64,
 }
 
 impl Default for UpdateConfig {
@@ -968,6 +975,8 @@ impl Default for UpdateConfig {
             max_artifact_megabytes: 256,
             reserve_megabytes: 64,
             binary_health_secs: 30,
+            shadow_every_n_frames: 10,
+            shadow_report_secs: 60,
         }
     }
 }

@@ -139,7 +139,10 @@ pub fn run_from(config: Config, config_path: Option<PathBuf>) -> Result<(), Star
     // Fleet model updates hand a checked engine to the inference thread.
     let (swap_tx, swap_rx) = crossbeam_channel::bounded(1);
     let swap = config.has_camera().then_some(swap_tx);
-    let updates = spawn_update_agent(&config, config_path, &device_id, &paths, &shared, swap);
+    // A shadow model (fleet update pushed with --shadow) runs beside the live one.
+    let shadow_tap = crate::inference::shadow_tap::ShadowTap::new(config.update.shadow_every_n_frames);
+    let shadow = config.has_camera().then(|| shadow_tap.clone());
+    let updates = spawn_update_agent(&config, config_path, &device_id, &paths, &shared, swap, shadow);
 
     // Engine and model first: a broken model is a start failure, not a
     // half-running daemon.
@@ -268,6 +271,7 @@ pub fn run_from(config: Config, config_path: Option<PathBuf>) -> Result<(), Star
         let after = crate::inference::pipeline::AfterDecode {
             observer: Some(Box::new(crate::events::stage::EventStage::new(&config, appender.clone(), sh.clone()))),
             publish: config.inference.publish,
+            shadow: Some(shadow_tap.clone()),
         };
         threads.inference = Some(
             std::thread::Builder::new()
@@ -441,6 +445,7 @@ fn spawn_update_agent(
     paths: &Paths,
     shared: &Arc<Shared>,
     swap: Option<crossbeam_channel::Sender<crate::inference::pipeline::EngineSwap>>,
+    shadow: Option<Arc<crate::inference::shadow_tap::ShadowTap>>,
 ) -> Option<(tokio::sync::mpsc::Sender<crate::update::agent::Request>, crate::update::agent::UplinkLink)> {
     let deps = crate::update::agent::AgentDeps {
         config: config.clone(),
@@ -449,6 +454,7 @@ fn spawn_update_agent(
         shared: shared.clone(),
         swap,
         config_path,
+        shadow,
     };
     match crate::update::agent::spawn(deps) {
         Ok(v) => Some(v),

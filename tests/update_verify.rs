@@ -52,6 +52,7 @@ fn manifest(kind: Kind, name: &str, version: &str, artifact: &[u8]) -> UpdateMan
         min_running_version: None,
         hailort_version: None,
         canary: None,
+        shadow: false,
     }
 }
 

@@ -71,6 +71,10 @@ enum Command {
         canary_label: Option<String>,
         #[arg(long)]
         canary_min_score: Option<f32>,
+        /// Model kind: the device evaluates the model beside its live one
+        /// and reports agreement, but never activates it.
+        #[arg(long)]
+        shadow: bool,
         #[arg(long)]
         out: PathBuf,
     },
@@ -205,6 +209,7 @@ fn main() {
             canary_input,
             canary_label,
             canary_min_score,
+            shadow,
             out,
         } => sign(SignArgs {
             keys,
@@ -221,6 +226,7 @@ fn main() {
                 (Some(input), Some(label), Some(min_score)) => Some(Canary { input, label, min_score }),
                 _ => None,
             },
+            shadow,
             out,
         }),
         Command::Pack { model, files, out } => pack(&model, &files, &out),
@@ -323,6 +329,7 @@ struct SignArgs {
     min_running_version: Option<Version>,
     hailort_version: Option<String>,
     canary: Option<Canary>,
+    shadow: bool,
     out: PathBuf,
 }
 
@@ -357,6 +364,9 @@ fn sign(a: SignArgs) -> Result<()> {
     };
     check_plain_name("file name", &file_name)?;
     check_plain_name("name", &a.name)?;
+    if a.shadow && a.kind != Kind::Model {
+        bail!("--shadow is for model updates only");
+    }
     let issued_at = wall_clock_secs();
     let manifest = UpdateManifest {
         kind: a.kind,
@@ -369,6 +379,7 @@ fn sign(a: SignArgs) -> Result<()> {
         min_running_version: a.min_running_version,
         hailort_version: a.hailort_version,
         canary: a.canary,
+        shadow: a.shadow,
     };
     let manifest_json = serde_json::to_vec_pretty(&manifest)?;
     let signers = a.keys.iter().map(|p| read_private_key(p)).collect::<Result<Vec<_>>>()?;

@@ -82,6 +82,14 @@ pub async fn status(agent: Option<&mpsc::Sender<Request>>, running: String) -> R
     } else {
         (UpdateState::Idle, format!("ready; trusted keys: {}", v.trusted_keys.join(", ")))
     };
+    // The shadow's record is in `updates` (state `shadow`); its running figures go in the message.
+    let message = match &v.shadow {
+        Some(sh) => format!(
+            "{message}; shadow {} {}: {} frames compared, agreement {:.3}, {} errors",
+            sh.name, sh.version, sh.frames, sh.agreement, sh.errors
+        ),
+        None => message,
+    };
     Response::Update(UpdateReport {
         state,
         installed_version: running,

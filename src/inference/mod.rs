@@ -2,12 +2,16 @@
 //! `pipeline` runs the loop, `vision` prepares pixels, `engine` runs the
 //! network (Hailo-8 or ONNX Runtime), `detect` decodes its outputs, `model`
 //! describes what is loaded, `snapshot` taps the model input for technicians,
-//! `observe` is the hook the tracking step plugs into.
+//! `observe` is the hook the tracking step plugs into, `shadow` compares a
+//! candidate model's detections with the live ones and `shadow_tap` runs
+//! that candidate beside the live model.
 
 pub mod detect;
 pub mod engine;
 pub mod model;
 pub mod observe;
 pub mod pipeline;
+pub mod shadow;
+pub mod shadow_tap;
 pub mod snapshot;
 pub mod vision;

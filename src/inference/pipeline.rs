@@ -216,11 +216,13 @@ pub struct AfterDecode {
     /// when the tracked labels change (every frame without an observer), or
     /// never. A frame whose outputs did not decode always gets its record.
     pub publish: crate::config::Publish,
+    /// The shadow evaluation of a candidate model (fed one frame in n, never waited on).
+    pub shadow: Option<Arc<crate::inference::shadow_tap::ShadowTap>>,
 }
 
 impl Default for AfterDecode {
     fn default() -> Self {
-        Self { observer: None, publish: crate::config::Publish::EveryFrame }
+        Self { observer: None, publish: crate::config::Publish::EveryFrame, shadow: None }
     }
 }
 
@@ -403,6 +405,9 @@ impl Recorder {
         // A frame whose outputs did not decode still gets its record, carrying the error.
         let stored = match &inferred {
             Ok(r) => {
+                if let Some(tap) = &self.after.shadow {
+                    tap.offer(&frame.image, &r.detections);
+                }
                 let observed = match self.after.observer.as_mut() {
                     Some(o) => o.observe(camera, frame, &r.detections),
                     None => Observed { tags: Vec::new(), labels_changed: true },

@@ -180,6 +180,11 @@ pub struct UpdateManifest {
     pub hailort_version: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<Canary>,
+    /// Model kind: evaluate beside the live model, never activate (see
+    /// docs/updates.md). Signed like every field, so it cannot be added or
+    /// removed in transit; a device that predates it refuses the manifest.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shadow: bool,
 }
 
 /// What travels: the manifest's bytes (base64) and signatures over them.

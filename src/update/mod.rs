@@ -34,7 +34,10 @@ pub use store::{
     BinarySlot, Phase, UpdateRecord, Updater, UpdaterOptions, read_trusted_time_high_water, selected_model,
     wall_clock_secs,
 };
-pub use wire::{Bundle, BundleError, CHUNK_MAX_BYTES, Chunk, StateReport, chunk_artifact, envelope_update_id, topics};
+pub use wire::{
+    Bundle, BundleError, CHUNK_MAX_BYTES, Chunk, ShadowFigures, ShadowReport, StateReport, chunk_artifact,
+    envelope_update_id, topics,
+};
 
 use std::path::PathBuf;
 

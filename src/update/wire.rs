@@ -100,6 +100,47 @@ pub struct StateReport {
     pub ts: u64,
 }
 
+/// Body of `<prefix>/<device>/update/state` while a shadow model runs,
+/// every `update.shadow_report_secs`: a [`StateReport`] in state `shadow`
+/// (it parses as one) with the comparison's figures under `shadow`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShadowReport {
+    pub device_id: String,
+    pub group: String,
+    pub update_id: String,
+    pub kind: Kind,
+    pub name: String,
+    pub version: String,
+    /// Always [`Phase::Shadow`].
+    #[serde(flatten)]
+    pub phase: Phase,
+    pub shadow: ShadowFigures,
+    /// Unix milliseconds.
+    pub ts: u64,
+}
+
+/// The comparison of a shadow model with the live one since it started.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShadowFigures {
+    /// `<name> <version>` of the live model it is compared with.
+    pub live_model: String,
+    /// Frames compared, pooled F1 `agreement`, overall and per-label
+    /// precision/recall with their tp/fp/fn counts.
+    #[serde(flatten)]
+    pub figures: crate::inference::shadow::Figures,
+    /// The candidate's inference time (prepare, run, decode) on the CPU.
+    pub latency_ms_mean: Option<f64>,
+    pub latency_ms_max: Option<f64>,
+    /// Frames the candidate failed on, and the last reason.
+    pub errors: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Sampled frames skipped because the shadow was still busy.
+    pub dropped_busy: u64,
+    pub every_n_frames: u64,
+    pub running_secs: u64,
+}
+
 /// The one-file bundle `spark-fleet sign` writes:
 ///
 /// ```text

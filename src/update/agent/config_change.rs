@@ -101,6 +101,9 @@ impl Agent {
             self.updater = updater;
         }
         self.restart_required.extend(restart_required.iter().cloned());
+        if let Some(tap) = &self.deps.shadow {
+            tap.set_every_n(new.update.shadow_every_n_frames);
+        }
         self.running = new;
         Ok(ConfigChange { applied, restart_required })
     }

@@ -27,6 +27,7 @@
 mod binary_trial;
 mod config_change;
 mod model_check;
+mod shadow;
 
 use model_check::device_hailort_version;
 pub use model_check::startup_model;
@@ -95,6 +96,8 @@ pub enum Request {
     ConfirmBinary {
         update_id: String,
     },
+    /// The shadow report timer (see [`shadow`]).
+    ShadowTick,
 }
 
 /// `sparkctl update status`.
@@ -109,6 +112,22 @@ pub struct StatusView {
     pub hailort_version: Option<String>,
     /// Config keys changed since start that take effect at the next start.
     pub restart_required: Vec<String>,
+    /// The shadow model under evaluation, if any.
+    #[serde(default)]
+    pub shadow: Option<ShadowView>,
+}
+
+/// A running shadow evaluation, for `sparkctl update status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShadowView {
+    pub update_id: String,
+    pub name: String,
+    pub version: String,
+    /// Frames compared so far, and their pooled F1 against the live model.
+    pub frames: u64,
+    pub agreement: f64,
+    pub errors: u64,
+    pub dropped_busy: u64,
 }
 
 /// The uplink's side of the agent: its [`Subscription`], and the task
@@ -129,6 +148,8 @@ pub struct AgentDeps {
     pub swap: Option<crossbeam_channel::Sender<EngineSwap>>,
     /// The file the running config was read from (`None`: the demo config).
     pub config_path: Option<PathBuf>,
+    /// The inference thread's shadow tap; `None` without a camera.
+    pub shadow: Option<Arc<crate::inference::shadow_tap::ShadowTap>>,
 }
 
 pub use super::config_trial::CONFIG_NAME;
@@ -192,6 +213,7 @@ pub fn spawn(deps: AgentDeps) -> Result<(mpsc::Sender<Request>, UplinkLink), Age
     let prefix = deps.config.mqtt.topic_prefix.clone();
     let topics = super::topics::subscriptions(&prefix, &deps.device_id, &deps.config.group).to_vec();
     let state_topic = super::topics::state(&prefix, &deps.device_id);
+    let has_shadow_tap = deps.shadow.is_some();
     let mut agent = Agent {
         state_topic,
         running: deps.config.clone(),
@@ -205,11 +227,29 @@ pub fn spawn(deps: AgentDeps) -> Result<(mpsc::Sender<Request>, UplinkLink), Age
         restart_required: Default::default(),
         own_requests: req_tx.downgrade(),
         trial: None,
+        shadow: None,
     };
     std::thread::Builder::new()
         .name("update-agent".into())
         .spawn(move || agent.run(req_rx))
         .map_err(AgentError::Thread)?;
+    if has_shadow_tap {
+        // The shadow report timer: a tick into the queue (skipped when the
+        // queue is full; the next one comes soon), until the agent stops.
+        let weak = req_tx.downgrade();
+        std::thread::Builder::new()
+            .name("shadow-timer".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(shadow::TICK);
+                    let Some(tx) = weak.upgrade() else { return };
+                    if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(Request::ShadowTick) {
+                        return;
+                    }
+                }
+            })
+            .map_err(AgentError::Thread)?;
+    }
     let (in_tx, mut in_rx) = mpsc::channel::<Inbound>(INBOUND_QUEUE);
     let requests = req_tx.clone();
     let forwarder = Box::pin(async move {
@@ -241,6 +281,8 @@ struct Agent {
     own_requests: mpsc::WeakSender<Request>,
     /// The binary update this process is on trial for, until confirmed.
     trial: Option<String>,
+    /// The shadow model under evaluation.
+    shadow: Option<shadow::ShadowRun>,
 }
 
 /// Why an activation check failed: refused outright, or tried and rolled back.
@@ -262,6 +304,7 @@ impl Agent {
         self.resume_binary();
         // Staged before a crash or restart: finish it now.
         self.resume_staged();
+        self.resume_shadow();
         while let Some(req) = requests.blocking_recv() {
             match req {
                 Request::Mqtt(Inbound { topic, payload, retained }) => {
@@ -293,6 +336,7 @@ impl Agent {
                 }
                 Request::Ready => self.start_health_period(),
                 Request::ConfirmBinary { update_id } => self.confirm_binary(&update_id),
+                Request::ShadowTick => self.shadow_tick(),
             }
         }
     }
@@ -305,11 +349,17 @@ impl Agent {
             dropped_messages: self.dropped.load(Ordering::Relaxed),
             hailort_version: self.hailort.clone(),
             restart_required: self.restart_required.iter().cloned().collect(),
+            shadow: self.shadow_view(),
         }
     }
 
     fn send(&self, report: StateReport) {
-        let Ok(payload) = serde_json::to_vec(&report) else { return };
+        self.send_json(&report)
+    }
+
+    /// Publishes `report` on `update/state` through the uplink's bounded queue.
+    fn send_json<T: Serialize>(&self, report: &T) {
+        let Ok(payload) = serde_json::to_vec(report) else { return };
         if self.reports.try_send(Outbound { topic: self.state_topic.clone(), payload }).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             tracing::debug!("update state report dropped: the uplink is not taking them");
@@ -340,6 +390,10 @@ impl Agent {
             Ok(rec) => {
                 self.last_progress = None;
                 self.report(&rec);
+                if rec.kind == Kind::Model && !self.is_shadow(&rec) {
+                    let why = format!("a model update was pushed: {} {} ({})", rec.name, rec.version, rec.update_id);
+                    self.end_shadow(&why);
+                }
                 if let Some(r) = self.refusal_before_transfer(&rec) {
                     self.give_up(&rec.update_id, Failed::Reject(r.clone()));
                     return Err(AgentFailure::Refused(r));
@@ -359,6 +413,9 @@ impl Agent {
 
     /// Policy of this daemon the pure `verify()` does not know.
     fn refusal_before_transfer(&self, rec: &UpdateRecord) -> Option<Rejection> {
+        if rec.kind != Kind::Model && self.is_shadow(rec) {
+            return Some(Rejection::Unsupported { detail: "only model updates can be shadow-evaluated".into() });
+        }
         match rec.kind {
             Kind::Config if rec.name != CONFIG_NAME => Some(Rejection::Unsupported {
                 detail: format!("the only config this device takes is {CONFIG_NAME:?}, not {:?}", rec.name),
@@ -466,6 +523,10 @@ impl Agent {
     fn activate_staged(&mut self, rec: UpdateRecord) {
         if let Some(r) = self.refusal_before_transfer(&rec) {
             return self.give_up(&rec.update_id, Failed::Reject(r));
+        }
+        // A shadow is never activated: no `activating` report for it.
+        if rec.kind == Kind::Model && self.is_shadow(&rec) {
+            return self.start_shadow(rec);
         }
         self.report_as(&rec, Phase::Activating);
         match rec.kind {

@@ -76,6 +76,20 @@ pub enum Phase {
     RolledBack {
         reason: String,
     },
+    /// A shadow model: staged and evaluated beside the live one, never
+    /// activated (`current` does not move).
+    Shadow,
+    /// A shadow model that could not run (its pack, ONNX Runtime, or its
+    /// fit to its manifest); the live model is untouched.
+    ShadowFailed {
+        code: String,
+        reason: String,
+    },
+    /// A shadow evaluation that ended: replaced by another shadow, ended by
+    /// a real model update, or the daemon runs no camera. Its files are gone.
+    ShadowEnded {
+        reason: String,
+    },
 }
 
 impl Phase {
@@ -89,6 +103,9 @@ impl Phase {
             Phase::Superseded => "superseded",
             Phase::Rejected { .. } => "rejected",
             Phase::RolledBack { .. } => "rolled_back",
+            Phase::Shadow => "shadow",
+            Phase::ShadowFailed { .. } => "shadow_failed",
+            Phase::ShadowEnded { .. } => "shadow_ended",
         }
     }
 
@@ -361,7 +378,7 @@ impl Updater {
         let Some(mut rec) = self.record(update_id)? else {
             return Err(UpdateError::UnknownUpdate { update_id: update_id.into() });
         };
-        if !matches!(rec.phase, Phase::Received | Phase::Verified | Phase::Staged) {
+        if !matches!(rec.phase, Phase::Received | Phase::Verified | Phase::Staged | Phase::Shadow) {
             return Err(UpdateError::WrongPhase {
                 update_id: update_id.into(),
                 action: "be abandoned",
@@ -372,7 +389,7 @@ impl Updater {
         for p in [dir.join("chunks"), dir.join("artifact"), dir.join("artifact.partial")] {
             remove_any(&p).map_err(UpdateError::io("removing", &p))?;
         }
-        if rec.phase == Phase::Staged
+        if matches!(rec.phase, Phase::Staged | Phase::Shadow)
             && let Some(staged) = self.staged_dir(&rec)
         {
             remove_any(&staged).map_err(UpdateError::io("removing", &staged))?;
@@ -424,7 +441,10 @@ impl Updater {
 
     fn audit(rec: &UpdateRecord) {
         match &rec.phase {
-            Phase::Rejected { reason, .. } | Phase::RolledBack { reason } => tracing::info!(
+            Phase::Rejected { reason, .. }
+            | Phase::RolledBack { reason }
+            | Phase::ShadowFailed { reason, .. }
+            | Phase::ShadowEnded { reason } => tracing::info!(
                 target: "audit", update_id = %rec.update_id, kind = %rec.kind, name = %rec.name,
                 version = %rec.version, state = rec.phase.as_str(), reason = %reason, "update {}", rec.phase.as_str()
             ),

@@ -1,0 +1,198 @@
+//! The shadow tap: a candidate model run beside the live one, on its own
+//! `shadow-eval` thread, on one frame in `every_n`, compared with what the
+//! live model found on that frame ([`super::shadow`]).
+//!
+//! Owns the shadow's thread, its bounded queue and its running tally. Does
+//! not decide what runs in the shadow or when it ends (the update agent
+//! does, through [`ShadowTap::start`] / [`ShadowTap::stop`]), and never
+//! touches the live engine.
+//!
+//! **Policy:** the queue holds [`QUEUE`] frame; a frame offered while it is
+//! full (the shadow is still busy) is not copied and is counted in
+//! `dropped_busy` (drop-newest). The inference thread never waits on the
+//! shadow: [`ShadowTap::offer`] is a counter on most frames and at most one
+//! picture copy and a `try_send` on the sampled ones.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Sender, TrySendError};
+
+use super::detect::Detection;
+use super::engine::Engine;
+use super::model::Model;
+use super::shadow::{Figures, Tally};
+use super::vision::Tensor;
+
+/// Frames waiting for the shadow: one (the shadow samples; it does not catch up).
+pub const QUEUE: usize = 1;
+
+struct Job {
+    image: image::RgbImage,
+    live: Vec<Detection>,
+}
+
+/// What the shadow thread has done since it started.
+#[derive(Debug, Default)]
+struct Progress {
+    tally: Tally,
+    errors: u64,
+    last_error: Option<String>,
+    latency_total: Duration,
+    latency_max: Duration,
+}
+
+struct Running {
+    feed: Sender<Job>,
+    progress: Arc<Mutex<Progress>>,
+    label: String,
+    started: Instant,
+}
+
+/// A snapshot of the running shadow, for reports and `sparkctl`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShadowStats {
+    /// `<name> <version>` of the candidate.
+    pub model: String,
+    pub figures: Figures,
+    /// Mean and largest candidate inference time (prepare + run + decode).
+    pub latency_ms_mean: Option<f64>,
+    pub latency_ms_max: Option<f64>,
+    /// Frames the candidate failed on (engine or decode error).
+    pub errors: u64,
+    pub last_error: Option<String>,
+    /// Sampled frames not compared because the shadow was still busy.
+    pub dropped_busy: u64,
+    pub running_secs: u64,
+}
+
+/// Shared by the inference thread (which offers frames) and the update
+/// agent (which starts, stops and reads the shadow).
+pub struct ShadowTap {
+    every_n: AtomicU64,
+    seen: AtomicU64,
+    /// Set while a shadow runs: the inference thread's only check on most frames.
+    active: AtomicBool,
+    /// Sampled frames not handed over since the shadow started (queue full,
+    /// or the agent was reading the shadow at that instant).
+    dropped_busy: AtomicU64,
+    running: Mutex<Option<Running>>,
+}
+
+impl ShadowTap {
+    pub fn new(every_n: u64) -> Arc<Self> {
+        Arc::new(Self {
+            every_n: AtomicU64::new(every_n.max(1)),
+            seen: AtomicU64::new(0),
+            active: AtomicBool::new(false),
+            dropped_busy: AtomicU64::new(0),
+            running: Mutex::new(None),
+        })
+    }
+
+    /// `update.shadow_every_n_frames`, applied live.
+    pub fn set_every_n(&self, n: u64) {
+        self.every_n.store(n.max(1), Ordering::Relaxed);
+    }
+
+    /// Called by the inference thread for each decoded live frame.
+    pub fn offer(&self, image: &image::RgbImage, live: &[Detection]) {
+        if !self.active.load(Ordering::Relaxed) {
+            return;
+        }
+        let n = self.seen.fetch_add(1, Ordering::Relaxed);
+        if n % self.every_n.load(Ordering::Relaxed) != 0 {
+            return;
+        }
+        // Never wait for the lock: the agent may be reading the figures.
+        let Ok(guard) = self.running.try_lock() else {
+            self.dropped_busy.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let Some(r) = guard.as_ref() else { return };
+        // Checked first so a busy shadow costs no picture copy.
+        if r.feed.is_full() {
+            self.dropped_busy.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        match r.feed.try_send(Job { image: image.clone(), live: live.to_vec() }) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                self.dropped_busy.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+
+    /// Runs `engine` with `model` as the shadow, replacing any shadow that
+    /// runs (its thread ends after its current frame and drops its engine).
+    pub fn start(&self, engine: Box<dyn Engine>, model: Arc<Model>) -> std::io::Result<()> {
+        let (tx, rx) = crossbeam_channel::bounded::<Job>(QUEUE);
+        let progress = Arc::new(Mutex::new(Progress::default()));
+        let p = Arc::clone(&progress);
+        let label = format!("{} {}", model.manifest.name, model.manifest.version);
+        std::thread::Builder::new().name("shadow-eval".into()).spawn(move || {
+            let mut engine = engine;
+            let mut input = Tensor::zeros(&[1]);
+            for job in rx {
+                let t0 = Instant::now();
+                let r = super::pipeline::infer_frame(engine.as_mut(), &model, &job.image, &mut input);
+                let took = t0.elapsed();
+                let Ok(mut g) = p.lock() else { return };
+                match r {
+                    Ok(r) => {
+                        g.tally.add_frame(&job.live, &r.detections);
+                        g.latency_total += took;
+                        g.latency_max = g.latency_max.max(took);
+                    }
+                    Err(e) => {
+                        g.errors += 1;
+                        g.last_error = Some(e.to_string());
+                    }
+                }
+            }
+        })?;
+        let run = Running { feed: tx, progress, label, started: Instant::now() };
+        if let Ok(mut g) = self.running.lock() {
+            *g = Some(run);
+        }
+        self.seen.store(0, Ordering::Relaxed);
+        self.dropped_busy.store(0, Ordering::Relaxed);
+        self.active.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Ends the shadow (its thread finishes the frame in hand). Returns its
+    /// last figures, if one ran.
+    pub fn stop(&self) -> Option<ShadowStats> {
+        self.active.store(false, Ordering::Relaxed);
+        let run = self.running.lock().ok()?.take()?;
+        Some(self.stats_of(&run))
+    }
+
+    /// The running shadow's figures since it started.
+    pub fn stats(&self) -> Option<ShadowStats> {
+        let g = self.running.lock().ok()?;
+        g.as_ref().map(|r| self.stats_of(r))
+    }
+
+    fn stats_of(&self, r: &Running) -> ShadowStats {
+        let (figures, errors, last_error, total, max) = match r.progress.lock() {
+            Ok(p) => (p.tally.figures(), p.errors, p.last_error.clone(), p.latency_total, p.latency_max),
+            Err(_) => (Tally::default().figures(), 0, None, Duration::ZERO, Duration::ZERO),
+        };
+        let ok_frames = figures.frames;
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        ShadowStats {
+            model: r.label.clone(),
+            latency_ms_mean: (ok_frames > 0).then(|| ms(total) / ok_frames as f64),
+            latency_ms_max: (ok_frames > 0).then(|| ms(max)),
+            figures,
+            errors,
+            last_error,
+            dropped_busy: self.dropped_busy.load(Ordering::Relaxed),
+            running_secs: r.started.elapsed().as_secs(),
+        }
+    }
+}
