@@ -429,7 +429,8 @@ mod tests {
 
     #[test]
     fn bad_rules_are_refused_with_their_reason() {
-        let cases: &[(&str, fn(&RuleError) -> bool)] = &[
+        type Check = fn(&RuleError) -> bool;
+        let cases: &[(&str, Check)] = &[
             ("", |e| *e == RuleError::Empty),
             ("   ", |e| *e == RuleError::Empty),
             ("rolled_back > 2", |e| matches!(e, RuleError::PercentRequired { metric: "rolled_back", .. })),

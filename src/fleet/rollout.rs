@@ -960,7 +960,7 @@ mod tests {
         r.device_mut(&b).unwrap().push = Push::Pushing;
         let running = format!(r#"{{"online":true,"device_id":"{a}","group":"north","model":"m 1.1.0"}}"#);
         statuses.insert(a.clone(), parse_status(&a, running.as_bytes()));
-        assert_eq!(r.settle_interrupted_pushes(&statuses), [a.clone()]);
+        assert_eq!(r.settle_interrupted_pushes(&statuses), std::slice::from_ref(&a));
         assert_eq!((r.devices[0].push, r.devices[1].push), (Push::Pushed, Push::Pushing));
         r.wave = r.devices[1].wave;
         assert_eq!(r.next_step(0, &statuses), Step::Push(b), "not shown: pushed again");
@@ -975,7 +975,7 @@ mod tests {
         let r = Rollout::plan(plan("failed > 0%"), &refs, 1).unwrap();
         store.save(&r).unwrap();
         assert_eq!(store.load(&r.id).unwrap(), r);
-        assert_eq!(store.list().unwrap(), [r.id.clone()]);
+        assert_eq!(store.list().unwrap(), std::slice::from_ref(&r.id));
         assert!(matches!(store.load("r-000000000000"), Err(StoreError::NotFound { .. })));
         assert!(matches!(store.load("../etc/passwd"), Err(StoreError::BadId(_))));
         assert_eq!(store.abort(&r.id).unwrap().phase, RolloutPhase::Aborted);

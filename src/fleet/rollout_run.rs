@@ -66,8 +66,9 @@ pub enum RunError {
     #[error("MQTT connection to {broker}")]
     Connection {
         broker: String,
+        // Boxed: rumqttc's error is large and every Result here carries it.
         #[source]
-        source: ConnectionError,
+        source: Box<ConnectionError>,
     },
     #[error("the broker did not acknowledge the push to {device} within {} s", ACK_TIMEOUT.as_secs())]
     AckTimeout { device: String },
@@ -532,7 +533,10 @@ impl Session {
                     }
                 }
             })
-            .map_err(|source| RunError::Connection { broker: broker.into(), source: ConnectionError::Io(source) })?;
+            .map_err(|source| RunError::Connection {
+                broker: broker.into(),
+                source: Box::new(ConnectionError::Io(source)),
+            })?;
         Ok(Session {
             client,
             events,
@@ -611,7 +615,7 @@ impl Session {
             Ok(_) => {}
             Err(e) => {
                 if !self.ready {
-                    return Err(RunError::Connection { broker: self.broker.clone(), source: e });
+                    return Err(RunError::Connection { broker: self.broker.clone(), source: Box::new(e) });
                 }
                 eprintln!("spark-fleet: {}: {e}; reconnecting", self.broker);
             }
@@ -647,7 +651,7 @@ impl Session {
                 Err(RecvTimeoutError::Disconnected) => {
                     return Err(RunError::Connection {
                         broker: self.broker.clone(),
-                        source: ConnectionError::RequestsDone,
+                        source: Box::new(ConnectionError::RequestsDone),
                     });
                 }
             }
