@@ -111,6 +111,7 @@ fn shadow_candidates_report_agreement_against_the_live_model_and_never_activate(
     let coco = std::fs::read_to_string(repo().join("models/coco80.txt")).unwrap();
 
     let live = live_detections(&c);
+    eprintln!("live detections on the mosaic: {live:?}");
     let mut scores: Vec<f64> = live.iter().map(|(_, s)| *s).collect();
     scores.sort_by(f64::total_cmp);
     assert!(scores.len() >= 2 && scores[0] < scores[scores.len() - 1], "the photo needs two scores: {live:?}");
@@ -190,4 +191,19 @@ fn shadow_candidates_report_agreement_against_the_live_model_and_never_activate(
         .expect("the live model keeps producing records after the shadow failed");
     assert!(c.records("inference").iter().skip(before).all(|r| r["model_version"] == "1.0.0"));
     assert!(!std::fs::exists(cfg.state_dir().join("models").join(LIVE).join("current")).unwrap());
+
+    // 5. A real push ends the shadow, and the version evaluated in the
+    // shadow can itself be promoted (shadowing did not use up its version).
+    let artifact = pack(&lab, "1.0.5", |t| t, &coco, &onnx);
+    let shadow = shadow_bundle(&lab, &artifact, "1.0.5");
+    let shadow_id = update_id(&shadow);
+    push(&broker, &DEV, &shadow);
+    wait_figures(&c, &shadow_id, log);
+    let real = lab.sign_model(LIVE, "1.0.5", &artifact, &DEV, &[], None);
+    let real_id = update_id(&real);
+    push(&broker, &DEV, &real);
+    let ended = wait_state_for(&c, &shadow_id, "shadow_ended", Duration::from_secs(60), log);
+    assert!(ended["reason"].as_str().unwrap().contains("model update was pushed"), "{ended}");
+    wait_state_for(&c, &real_id, "active", Duration::from_secs(180), log);
+    assert_eq!(engine_model(&cfg.socket()), "nanodet-g-416 1.0.5");
 }
