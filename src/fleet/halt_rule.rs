@@ -455,4 +455,31 @@ mod tests {
         // Non-ASCII never panics on a char boundary.
         assert!(Rule::parse("rolled_back > 2% || é").is_err());
     }
+
+    proptest::proptest! {
+        /// Whatever an operator types, the parser answers (never panics),
+        /// and a rule it accepts prints back to the same rule.
+        #[test]
+        fn any_text_parses_or_is_refused_and_accepted_rules_round_trip(text in "[a-z_ ()|&<>=0-9.%é]{0,60}") {
+            if let Ok(r) = Rule::parse(&text) {
+                proptest::prop_assert_eq!(Rule::parse(&r.to_string()), Ok(r));
+            }
+        }
+
+        #[test]
+        fn generated_rules_round_trip(parts in proptest::collection::vec((0usize..5, 0usize..4, 0u32..=100, proptest::bool::ANY), 1..6)) {
+            let metrics = ["rolled_back", "failed", "fallback", "offline", "agreement"];
+            let ops = [">", ">=", "<", "<="];
+            let text = parts
+                .iter()
+                .enumerate()
+                .map(|(i, (m, o, v, and))| {
+                    let join = if i == 0 { "" } else if *and { " && " } else { " || " };
+                    format!("{join}{} {} {v}%", metrics[*m], ops[*o])
+                })
+                .collect::<String>();
+            let r = Rule::parse(&text).expect("a generated rule parses");
+            proptest::prop_assert_eq!(Rule::parse(&r.to_string()), Ok(r));
+        }
+    }
 }
