@@ -126,6 +126,11 @@ pub struct RecentEvent {
     pub time_ms: u64,
     /// A line crossing's named direction.
     pub direction: Option<String>,
+    /// The event's evidence snapshot, when it names one.
+    pub snapshot_id: Option<String>,
+    /// Seq of the snapshot's last chunk in the `snapshots` stream, once
+    /// every chunk is stored.
+    pub snapshot_last_seq: Option<u64>,
 }
 
 /// The last [`RECENT_EVENTS`] event records, oldest first; in memory only
@@ -143,6 +148,15 @@ impl RecentEvents {
             r.pop_front();
         }
         r.push_back(e);
+    }
+
+    /// Every chunk of the snapshot of event `event_seq` is stored, the last
+    /// as `last_chunk_seq` (a no-op once the entry has given way).
+    pub fn snapshot_stored(&self, event_seq: u64, last_chunk_seq: u64) {
+        let mut r = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = r.iter_mut().rev().find(|e| e.seq == event_seq) {
+            e.snapshot_last_seq = Some(last_chunk_seq);
+        }
     }
 
     /// The entries with a seq above `after_seq` (all with 0), oldest first.
@@ -347,6 +361,8 @@ mod tests {
             track_id: Some(1),
             time_ms: seq * 10,
             direction: Some("in".into()),
+            snapshot_id: None,
+            snapshot_last_seq: None,
         };
         for seq in 1..=RECENT_EVENTS as u64 + 10 {
             r.push(event(seq));

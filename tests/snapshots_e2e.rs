@@ -195,6 +195,20 @@ fn events_with_snapshots_reach_a_consumer_and_reassemble_into_verified_jpegs() {
     assert!(checked >= 2, "{checked} snapshots checked");
     let q = queue_json(&cfg.socket());
     assert_eq!(q["streams"]["snapshots"]["dropped"], 0, "{q}");
+    let st = status_json(&cfg.socket());
+    assert!(st["snapshots"]["stored"].as_u64() >= Some(2), "{}", st["snapshots"]);
+    // `sparkctl events` says a written snapshot reached the broker.
+    let (seq, id) = snapshot_ids(&events)
+        .into_iter()
+        .find(|(seq, id)| jpegs.contains_key(&format!("test-dev_{seq:010}_{id}.jpg")))
+        .expect("a written snapshot");
+    let listed = wait_for(Duration::from_secs(30), || {
+        let v = sparkctl_json(&cfg.socket(), &["events", "-n", "256"], 0);
+        let e = v["events"].as_array()?.iter().find(|e| e["seq"].as_u64() == Some(seq))?.clone();
+        (e["snapshot_delivered"] == true).then_some(e)
+    })
+    .unwrap_or_else(|| panic!("event {seq} never listed with its snapshot delivered"));
+    assert_eq!(listed["snapshot_id"].as_str(), Some(id.as_str()), "{listed}");
     daemon.terminate(Duration::from_secs(20));
 }
 
@@ -251,6 +265,11 @@ fn snapshots_stored_before_a_sigkill_all_arrive_after_restart_byte_identical() {
     })
     .unwrap_or_else(|| panic!("snapshots not stored; queue {}\nlog:\n{}", queue_json(&socket), daemon.log_text()));
     assert_eq!(q["streams"]["snapshots"]["dropped"], 0, "{q}");
+    // Stored, not sent: `sparkctl events` shows them pending.
+    let v = sparkctl_json(&socket, &["events", "-n", "256"], 0);
+    let with_snapshot: Vec<&serde_json::Value> =
+        v["events"].as_array().expect("events").iter().filter(|e| e.get("snapshot_id").is_some()).collect();
+    assert!(!with_snapshot.is_empty() && with_snapshot.iter().all(|e| e["snapshot_delivered"] == false), "{v}");
     daemon.kill9();
 
     let stored = stored_snapshots(&cfg.state_dir());

@@ -428,6 +428,7 @@ mod tests {
                 answered: 2,
                 refused: [("expired".to_string(), 1)].into(),
             },
+            snapshots: crate::control::protocol::SnapshotsReport::default(),
         }
     }
 

@@ -377,6 +377,9 @@ pub struct StatusReport {
     /// Diagnose requests over MQTT (docs/diagnostics.md).
     #[serde(default)]
     pub diagnostics: DiagnosticsReport,
+    /// Evidence snapshots for events (docs/snapshots.md).
+    #[serde(default)]
+    pub snapshots: SnapshotsReport,
 }
 
 /// Diagnose requests since start: answered, and refused by reason code
@@ -385,6 +388,22 @@ pub struct StatusReport {
 pub struct DiagnosticsReport {
     pub answered: u64,
     pub refused: BTreeMap<String, u64>,
+}
+
+/// Evidence snapshots since start: stored whole in the outbox, and the
+/// events that got none, by reason (retention drops of stored chunks are
+/// the queue's `streams.snapshots.dropped`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotsReport {
+    pub stored: u64,
+    /// Encoded again at a lower quality to fit `max_bytes`.
+    pub reencoded: u64,
+    /// The encoder's queue was full: the event was stored without one.
+    pub dropped_queue_full: u64,
+    /// Over `max_bytes` even at the lowest quality.
+    pub dropped_oversize: u64,
+    /// Encode failures, chunks the outbox refused.
+    pub failed: u64,
 }
 
 /// Camera and microphone counters since start.
@@ -698,6 +717,14 @@ pub struct EventView {
     /// No longer pending in the outbox: the broker acknowledged it (or,
     /// rarely, retention dropped it: `queue`'s events `dropped` counts those).
     pub delivered: bool,
+    /// The event's evidence snapshot (absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_id: Option<String>,
+    /// With a snapshot: every chunk has left the outbox (acknowledged, or
+    /// dropped by the snapshot budget); `false` while any is pending or it
+    /// is not stored (yet, or ever: `status` counts the drops).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_delivered: Option<bool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -972,6 +999,8 @@ mod tests {
                     time_ms: 1_700_000_000_000,
                     direction: Some("east".into()),
                     delivered: true,
+                    snapshot_id: Some("0123456789abcdef".into()),
+                    snapshot_delivered: Some(false),
                 },
                 EventView {
                     seq: 43,
@@ -983,12 +1012,15 @@ mod tests {
                     time_ms: 1_700_000_060_000,
                     direction: None,
                     delivered: false,
+                    snapshot_id: None,
+                    snapshot_delivered: None,
                 },
             ],
         };
         let json = serde_json::json!({"kind": "events", "pending_from_seq": 43, "events": [
             {"seq": 42, "kind": "line_cross", "camera": "cam0", "rule": "door", "label": "person",
-             "track_id": 3, "time_ms": 1_700_000_000_000u64, "direction": "east", "delivered": true},
+             "track_id": 3, "time_ms": 1_700_000_000_000u64, "direction": "east", "delivered": true,
+             "snapshot_id": "0123456789abcdef", "snapshot_delivered": false},
             {"seq": 43, "kind": "count", "camera": "cam0", "rule": "door", "label": null,
              "track_id": null, "time_ms": 1_700_000_060_000u64, "direction": null, "delivered": false}]});
         let response = Response::Events(report);
@@ -1166,6 +1198,13 @@ mod tests {
             telemetry_samples: 3,
             sensors: SensorReport::default(),
             diagnostics: DiagnosticsReport { answered: 2, refused: [("expired".to_string(), 1)].into() },
+            snapshots: SnapshotsReport {
+                stored: 4,
+                reencoded: 1,
+                dropped_queue_full: 2,
+                dropped_oversize: 0,
+                failed: 0,
+            },
         };
         let engine_json = serde_json::json!({"active": "onnx-cpu", "hailo_present": false, "fallbacks": 2,
             "last_error": "e", "model": "nanodet 1.0.0", "hailo_seconds": 0.5, "cpu_seconds": 1.5, "hef": null});
@@ -1202,7 +1241,8 @@ mod tests {
             "records_lost": 0, "telemetry_samples": 3,
             "sensors": {"camera_reconnects": 0, "camera_errors": 0, "audio_windows": 0,
                 "audio_windows_dropped": 0, "audio_segments": 0, "audio_errors": 0},
-            "diagnostics": {"answered": 2, "refused": {"expired": 1}}});
+            "diagnostics": {"answered": 2, "refused": {"expired": 1}},
+            "snapshots": {"stored": 4, "reencoded": 1, "dropped_queue_full": 2, "dropped_oversize": 0, "failed": 0}});
         assert_eq!(serde_json::to_value(&engine).unwrap(), engine_json);
         assert_eq!(serde_json::to_value(&link).unwrap(), link_json);
         assert_eq!(serde_json::to_value(&queue).unwrap(), queue_json);

@@ -730,7 +730,9 @@ fn events_report(ctx: &ControlContext, after_seq: u64) -> Result<protocol::Event
     // An entry below the oldest stored record has left the outbox; one
     // acknowledged out of order behind it reads as pending until that one is.
     let pending_from = ctx.outbox.read_after(Stream::Events, 0, 1)?.first().map_or(next_seq, |p| p.seq);
-    Ok(super::views::events_report(entries, pending_from))
+    let snaps_next = ctx.outbox.counters()[Stream::Snapshots as usize].next_seq;
+    let snaps_from = ctx.outbox.read_after(Stream::Snapshots, 0, 1)?.first().map_or(snaps_next, |p| p.seq);
+    Ok(super::views::events_report(entries, pending_from, snaps_from))
 }
 
 /// Runs `f` on the blocking pool, at most [`MAX_HEAVY`] at a time.
@@ -1086,6 +1088,13 @@ pub fn status_report(ctx: &ControlContext) -> Result<StatusReport, crate::outbox
         diagnostics: protocol::DiagnosticsReport {
             answered: Shared::count(&s.diag.answered),
             refused: s.diag.refused().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        },
+        snapshots: protocol::SnapshotsReport {
+            stored: Shared::count(&s.snapshot_counts.stored),
+            reencoded: Shared::count(&s.snapshot_counts.reencoded),
+            dropped_queue_full: Shared::count(&s.snapshot_counts.dropped_queue_full),
+            dropped_oversize: Shared::count(&s.snapshot_counts.dropped_oversize),
+            failed: Shared::count(&s.snapshot_counts.failed),
         },
     })
 }

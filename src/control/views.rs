@@ -83,20 +83,31 @@ pub fn link_view(l: LinkState) -> LinkView {
 
 /// `events`: `pending_from_seq` is the oldest seq of the `events` stream
 /// still in the outbox; an entry below it is delivered.
-pub fn events_report(entries: Vec<RecentEvent>, pending_from_seq: u64) -> EventsReport {
+/// `snapshots_pending_from`: the oldest seq still in the `snapshots` stream
+/// (its next seq when empty): a snapshot whose last chunk is below it has
+/// left the outbox.
+pub fn events_report(entries: Vec<RecentEvent>, pending_from_seq: u64, snapshots_pending_from: u64) -> EventsReport {
     let events = entries
         .into_iter()
-        .map(|RecentEvent { seq, kind, camera, rule, label, track_id, time_ms, direction }| EventView {
-            seq,
-            kind: kind.to_string(),
-            camera,
-            rule,
-            label,
-            track_id,
-            time_ms,
-            direction,
-            delivered: seq < pending_from_seq,
-        })
+        .map(|e| (e.snapshot_id.is_some().then(|| e.snapshot_last_seq.is_some_and(|l| l < snapshots_pending_from)), e))
+        .map(
+            |(
+                snapshot_delivered,
+                RecentEvent { seq, kind, camera, rule, label, track_id, time_ms, direction, snapshot_id, .. },
+            )| EventView {
+                seq,
+                kind: kind.to_string(),
+                camera,
+                rule,
+                label,
+                track_id,
+                time_ms,
+                direction,
+                delivered: seq < pending_from_seq,
+                snapshot_id,
+                snapshot_delivered,
+            },
+        )
         .collect();
     EventsReport { pending_from_seq, events }
 }

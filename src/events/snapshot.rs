@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 use crate::config::{SnapshotMode, SnapshotsConfig};
 use crate::outbox::Appender;
 use crate::record::Stream;
-use crate::state::{Shared, SnapshotCounters};
+use crate::state::Shared;
 
 /// Lowest JPEG quality tried before an oversized picture is dropped.
 pub const MIN_QUALITY: u8 = 20;
@@ -215,7 +215,7 @@ impl SnapshotEncoder {
         let sh = shared.clone();
         let thread = std::thread::Builder::new().name("snapshot-encode".into()).spawn(move || {
             for job in rx {
-                encode_and_store(&params, &appender, &sh.snapshot_counts, job);
+                encode_and_store(&params, &appender, &sh, job);
             }
         })?;
         Ok(Self { tx: Some(tx), capacity, thread: Some(thread), shared })
@@ -246,7 +246,8 @@ impl Drop for SnapshotEncoder {
     }
 }
 
-fn encode_and_store(p: &SnapshotParams, appender: &Appender, c: &SnapshotCounters, job: Job) {
+fn encode_and_store(p: &SnapshotParams, appender: &Appender, shared: &Shared, job: Job) {
+    let c = &shared.snapshot_counts;
     let picture = render(&job.image, job.bbox, p.mode, p.crop_margin);
     drop(job.image);
     let bodies = encode_within(&picture, p.jpeg_quality, p.max_bytes).and_then(|(jpeg, q)| {
@@ -272,17 +273,22 @@ fn encode_and_store(p: &SnapshotParams, appender: &Appender, c: &SnapshotCounter
     // All chunks submitted before waiting: usually one group commit.
     let pending: Vec<_> = bodies.into_iter().map(|b| appender.submit(Stream::Snapshots, job.meta.time_ms, b)).collect();
     let mut ok = true;
+    let mut last_seq = 0;
     for p in pending {
-        if let Err(e) = p.and_then(|p| p.wait()) {
-            ok = false;
-            let n = c.failed.fetch_add(1, Ordering::Relaxed) + 1;
-            if n.is_power_of_two() {
-                tracing::warn!(error = %crate::error_chain(&e), failed = n, "snapshot chunk not stored");
+        match p.and_then(|p| p.wait()) {
+            Ok(seq) => last_seq = seq,
+            Err(e) => {
+                ok = false;
+                let n = c.failed.fetch_add(1, Ordering::Relaxed) + 1;
+                if n.is_power_of_two() {
+                    tracing::warn!(error = %crate::error_chain(&e), failed = n, "snapshot chunk not stored");
+                }
             }
         }
     }
     if ok {
         c.stored.fetch_add(1, Ordering::Relaxed);
+        shared.recent_events.snapshot_stored(job.meta.event_seq, last_seq);
     }
 }
 

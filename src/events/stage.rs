@@ -250,6 +250,8 @@ impl CameraEvents {
                 track_id: None,
                 time_ms: c.to_ms,
                 direction: None,
+                snapshot_id: None,
+                snapshot_last_seq: None,
             };
             out.push(EventRecord { ts_ms: c.to_ms, body: json(&body), summary, bbox: None });
         }
@@ -280,6 +282,8 @@ impl CameraEvents {
                 track_id: Some(e.track_id),
                 time_ms: e.time_ms,
                 direction: direction.map(String::from),
+                snapshot_id: None,
+                snapshot_last_seq: None,
             };
             out.push(EventRecord { ts_ms: e.time_ms, body: json(&body), summary, bbox: Some(e.bbox) });
         }
@@ -343,6 +347,7 @@ impl EventStage {
                         room -= 1;
                         self.snapshot_ids += 1;
                         let id = new_snapshot_id(&r.body, self.snapshot_ids);
+                        r.summary.snapshot_id = Some(id.clone());
                         // The body is our own JSON object: name the snapshot last.
                         if r.body.ends_with('}') {
                             r.body.pop();
@@ -479,6 +484,8 @@ mod tests {
             track_id: Some(1),
             time_ms: 1500,
             direction: Some("in".into()),
+            snapshot_id: None,
+            snapshot_last_seq: None,
         };
         assert_eq!(out[2].summary, want);
         assert_eq!(

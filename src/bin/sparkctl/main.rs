@@ -750,7 +750,7 @@ impl EventWidths {
     fn header(&self) -> String {
         let Self { camera, event, rule, label } = *self;
         format!(
-            "{:<20}  {:<camera$}  {:<event$}  {:<rule$}  {:<label$}  {:>6}  DELIVERED",
+            "{:<20}  {:<camera$}  {:<event$}  {:<rule$}  {:<label$}  {:>6}  DELIVERED  SNAPSHOT",
             "TIME (UTC)", "CAMERA", "EVENT", "RULE", "LABEL", "TRACK"
         )
     }
@@ -758,9 +758,15 @@ impl EventWidths {
     fn row(&self, e: &EventView, o: &Out) -> String {
         let Self { camera, event, rule, label } = *self;
         let track = e.track_id.map_or_else(|| "-".to_string(), |t| t.to_string());
-        let delivered = if e.delivered { o.good("yes") } else { o.warn("pending") };
+        // Padded before colouring: escape codes would count as width.
+        let delivered = if e.delivered { o.good("yes      ") } else { o.warn("pending  ") };
+        let snapshot = match e.snapshot_delivered {
+            None => "-".to_string(),
+            Some(true) => o.good("yes"),
+            Some(false) => o.warn("pending"),
+        };
         format!(
-            "{:<20}  {:<camera$}  {:<event$}  {:<rule$}  {:<label$}  {track:>6}  {delivered}",
+            "{:<20}  {:<camera$}  {:<event$}  {:<rule$}  {:<label$}  {track:>6}  {delivered}  {snapshot}",
             utc(e.time_ms),
             e.camera,
             event_text(e),
@@ -1150,8 +1156,18 @@ mod tests {
             time_ms: 0,
             direction: Some("east".into()),
             delivered: true,
+            snapshot_id: Some("0123456789abcdef".into()),
+            snapshot_delivered: Some(false),
         };
-        let count = EventView { kind: "count".into(), label: None, track_id: None, direction: None, ..cross.clone() };
+        let count = EventView {
+            kind: "count".into(),
+            label: None,
+            track_id: None,
+            direction: None,
+            snapshot_id: None,
+            snapshot_delivered: None,
+            ..cross.clone()
+        };
         let w = EventWidths::of(&[cross.clone(), count.clone()]);
         let o = Out { json: false, color: false };
         let (h, a, b) = (w.header(), w.row(&cross, &o), w.row(&count, &o));
@@ -1159,6 +1175,8 @@ mod tests {
         assert_eq!(a.find("yes"), b.find("yes"), "{a}\n{b}");
         assert!(a.contains("line_cross east") && a.contains("person") && a.contains("    12  "), "{a}");
         assert!(b.contains("count "), "{b}");
+        assert_eq!(h.find("SNAPSHOT"), a.find("pending"), "{h}\n{a}");
+        assert!(b.trim_end().ends_with('-'), "no snapshot: {b}");
     }
 
     #[test]
