@@ -204,7 +204,7 @@ mod tests {
 
     #[test]
     fn overlap_below_half_does_not_match() {
-        // IoU of these two is 1/3.
+        // Half the box: IoU exactly 0.5; four tenths: 0.4.
         let live = vec![d("cat", 0.9, [0., 0., 10., 10.])];
         let cand = vec![d("cat", 0.9, [0., 0., 10., 5.])];
         assert!((iou(&live[0].bbox, &cand[0].bbox) - 0.5).abs() < 1e-6);

@@ -102,7 +102,7 @@ impl ShadowTap {
             return;
         }
         let n = self.seen.fetch_add(1, Ordering::Relaxed);
-        if n % self.every_n.load(Ordering::Relaxed) != 0 {
+        if !n.is_multiple_of(self.every_n.load(Ordering::Relaxed)) {
             return;
         }
         // Never wait for the lock: the agent may be reading the figures.
