@@ -50,6 +50,22 @@ impl fmt::Display for Stream {
     }
 }
 
+/// Where a `snapshots` record (one chunk of an evidence JPEG,
+/// docs/snapshots.md) sits in its snapshot; the other fields are skipped.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct ChunkPlace {
+    pub snapshot_id: String,
+    pub index: u32,
+    pub count: u32,
+}
+
+impl ChunkPlace {
+    /// The place of a stored chunk record's wire JSON; `None` if it is not one.
+    pub fn of(payload: &[u8]) -> Option<Self> {
+        serde_json::from_slice(payload).ok()
+    }
+}
+
 /// Unix time in milliseconds.
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)

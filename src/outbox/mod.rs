@@ -681,6 +681,8 @@ impl Outbox {
     }
 
     /// Drops the oldest record of `s` (counted); `false` when it has none.
+    /// In `snapshots`, the chunks after it of the same snapshot go with it:
+    /// half a picture is of no use, and keeping it would cost a whole one.
     fn drop_oldest(
         &self,
         wtxn: &mut RwTxn<'_>,
@@ -688,14 +690,31 @@ impl Outbox {
         s: Stream,
     ) -> Result<bool, OutboxError> {
         let db = &self.inner.records[s as usize];
-        let first = db.first(wtxn).map_err(OutboxError::Txn)?.map(|(seq, v)| (seq, (KEY_LEN + v.len()) as u64));
-        let Some((seq, size)) = first else { return Ok(false) };
-        db.delete(wtxn, &seq).map_err(OutboxError::Txn)?;
-        let c = &mut counters[s as usize];
-        c.pending = c.pending.saturating_sub(1);
-        c.bytes = c.bytes.saturating_sub(size);
-        c.dropped += 1;
-        Ok(true)
+        let mut snapshot: Option<String> = None;
+        let mut dropped_any = false;
+        loop {
+            let first = db.first(wtxn).map_err(OutboxError::Txn)?.map(|(seq, v)| {
+                let place =
+                    (s == Stream::Snapshots).then(|| record::ChunkPlace::of(&v[TS_LEN.min(v.len())..])).flatten();
+                (seq, (KEY_LEN + v.len()) as u64, place)
+            });
+            let Some((seq, size, place)) = first else { break };
+            // After the first: only further chunks of the same snapshot.
+            if dropped_any && place.as_ref().is_none_or(|p| p.index == 0 || Some(&p.snapshot_id) != snapshot.as_ref()) {
+                break;
+            }
+            db.delete(wtxn, &seq).map_err(OutboxError::Txn)?;
+            let c = &mut counters[s as usize];
+            c.pending = c.pending.saturating_sub(1);
+            c.bytes = c.bytes.saturating_sub(size);
+            c.dropped += 1;
+            dropped_any = true;
+            match place {
+                Some(p) if p.index + 1 < p.count => snapshot = Some(p.snapshot_id),
+                _ => break,
+            }
+        }
+        Ok(dropped_any)
     }
 
     /// Up to `limit` records of `stream` with `seq > after`, in order.
@@ -878,6 +897,43 @@ mod tests {
         assert!(c.iter().map(|c| c.bytes).sum::<u64>() <= 8000);
         assert!(c[Stream::Snapshots as usize].dropped > snaps.dropped, "pictures gave way");
         assert_eq!((c[Stream::Events as usize].pending, c[Stream::Events as usize].dropped), (30, 0), "no event lost");
+    }
+
+    #[test]
+    fn a_snapshot_is_dropped_whole_never_leaving_its_later_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut op = opts(1 << 24);
+        // Nine chunk records of about 270 bytes fit, a tenth does not.
+        op.snapshots_max_bytes = 2500;
+        let o = Outbox::open(dir.path(), op).unwrap();
+        let chunk = |id: &str, index: u32, count: u32| {
+            let pad = "x".repeat(150);
+            append(
+                Stream::Snapshots,
+                &format!(r#"{{"snapshot_id":"{id}","index":{index},"count":{count},"data":"{pad}"}}"#),
+            )
+        };
+        // Three snapshots of three chunks, then one more chunk goes over
+        // the budget: the first snapshot goes, all of it.
+        let mut ops = Vec::new();
+        for id in ["a", "b", "c"] {
+            ops.extend((0..3).map(|i| chunk(id, i, 3)));
+        }
+        o.commit(&ops).unwrap();
+        o.commit(&[chunk("d", 0, 1)]).unwrap();
+        assert_eq!(o.counters()[Stream::Snapshots as usize].dropped, 3);
+        let left: Vec<String> = o
+            .read_after(Stream::Snapshots, 0, 100)
+            .unwrap()
+            .iter()
+            .map(|p| {
+                let c = record::ChunkPlace::of(&p.payload).unwrap();
+                format!("{}{}", c.snapshot_id, c.index)
+            })
+            .collect();
+        assert_eq!(left.first().map(String::as_str), Some("b0"), "{left:?}");
+        assert!(!left.iter().any(|c| c.starts_with('a')), "{left:?}");
+        assert_eq!(o.counters()[Stream::Snapshots as usize].dropped % 3, 0, "whole snapshots only: {left:?}");
     }
 
     /// Writes a store in the single-database layout, as versions before the
