@@ -24,7 +24,7 @@ CARGO_FUZZ_VERSION=0.13.2
 # The parsers are safe Rust, so no sanitizer (twice the speed); debug
 # assertions make integer overflow a crash instead of a silent wrap.
 BUILD_FLAGS=(--sanitizer none --debug-assertions --release)
-TARGETS=(control_frame config config_runtime update_envelope update_manifest update_chunk model_pack model_manifest mqtt_dispatch diag_request)
+TARGETS=(control_frame config config_runtime update_envelope update_manifest update_chunk model_pack model_manifest mqtt_dispatch diag_request decode)
 BIN_DIR="$ROOT/fuzz/target/x86_64-unknown-linux-gnu/release"
 LIBFUZZER_FLAGS=(-timeout=10 -rss_limit_mb=2048 -print_final_stats=1)
 
