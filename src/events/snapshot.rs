@@ -348,7 +348,7 @@ mod tests {
         // A limit between the two: a lower quality fits.
         let limit = (best.len() + lowest.len()) / 2;
         let (jpeg, q) = encode_within(&img, 95, limit).unwrap();
-        assert!(jpeg.len() <= limit && q < 95 && q >= MIN_QUALITY, "{} bytes at {q}", jpeg.len());
+        assert!(jpeg.len() <= limit && (MIN_QUALITY..95).contains(&q), "{} bytes at {q}", jpeg.len());
         assert!(image::load_from_memory(&jpeg).is_ok());
         // Under what the lowest quality gives: dropped, with why.
         match encode_within(&img, 95, lowest.len() - 1) {
