@@ -579,7 +579,7 @@ impl Config {
         real("events.snapshots.crop_margin", self.events.snapshots.crop_margin as f64, 0.0, 4.0);
         for (i, k) in self.events.snapshots.kinds.iter().enumerate() {
             if !SNAPSHOT_KINDS.contains(&k.as_str()) {
-                bad(&format!("events.snapshots.kinds[{i}]"), format!("{k:?} is not one of {SNAPSHOT_KINDS:?}"));
+                bad("events.snapshots.kinds", format!("entry {i}, {k:?}, is not one of {SNAPSHOT_KINDS:?}"));
             }
         }
         if !self.device_id.is_empty() && !is_topic_segment(&self.device_id) {
@@ -1337,6 +1337,24 @@ mod tests {
             let Err(ConfigError::Invalid(issues)) = parse(text) else { panic!("{text:?} was accepted") };
             assert!(issues.iter().any(|i| i.key == key), "{text:?}: {issues:?}");
         }
+    }
+
+    #[test]
+    fn snapshot_keys_are_checked_with_their_line() {
+        let text = "[events.snapshots]\nkinds = [\"line_cross\", \"count\"]\nchunk_bytes = 100\njpeg_quality = 0\n\
+                    [store]\nsnapshots_max_megabytes = 0\n";
+        let ConfigError::Invalid(issues) = parse(text).unwrap_err() else { panic!() };
+        let find =
+            |k: &str| issues.iter().find(|i| i.key == k).unwrap_or_else(|| panic!("{k} not refused: {issues:?}"));
+        assert_eq!(find("events.snapshots.kinds").line, 2);
+        assert!(find("events.snapshots.kinds").to_string().contains("entry 1, \"count\", is not one of"), "{issues:?}");
+        assert_eq!(find("events.snapshots.chunk_bytes").line, 3);
+        assert_eq!(find("events.snapshots.jpeg_quality").line, 4);
+        assert_eq!(find("store.snapshots_max_megabytes").line, 6);
+        let c = parse("").unwrap();
+        assert!(c.events.snapshots.enabled && c.events.snapshots.mode == SnapshotMode::Frame);
+        assert_eq!(c.store_snapshots_max_bytes(), 256 << 20);
+        assert_eq!(c.store_ttl_ms()[crate::record::Stream::Snapshots as usize], 0);
     }
 
     #[test]
