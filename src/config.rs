@@ -1117,6 +1117,9 @@ impl Default for SnapshotsConfig {
 #[serde(deny_unknown_fields)]
 pub struct ZoneConfig {
     pub name: String,
+    /// The camera whose frames it watches; `None`: `events.camera`.
+    #[serde(default)]
+    pub camera: Option<String>,
     /// At least 3 `[x, y]` points, not self-intersecting.
     pub polygon: Vec<[f32; 2]>,
     /// Model labels it applies to; empty: all.
@@ -1129,6 +1132,9 @@ pub struct ZoneConfig {
 #[serde(deny_unknown_fields)]
 pub struct LineConfig {
     pub name: String,
+    /// The camera whose frames it watches; `None`: `events.camera`.
+    #[serde(default)]
+    pub camera: Option<String>,
     pub from: [f32; 2],
     pub to: [f32; 2],
     /// Names of the two crossing directions: the first is from the right of
@@ -1145,18 +1151,39 @@ fn default_directions() -> [String; 2] {
 }
 
 impl Config {
+    /// The camera a zone or line watches: its own `camera`, else `events.camera`.
+    pub fn rule_camera<'a>(&'a self, camera: &'a Option<String>) -> &'a str {
+        camera.as_deref().unwrap_or(&self.events.camera)
+    }
+
     /// `[inference]`, `[tracking]`, `[events]`, `[[zone]]` and `[[line]]`.
     /// Zone and line keys are `zone[i].key` (0-based), found on the i-th
     /// `[[zone]]` table. Labels are checked against the model at start.
     fn events_issues(&self, bad: &mut impl FnMut(&str, String)) {
         // Zones and lines on a camera that is not there would never fire.
-        let has_rules = !self.zones.is_empty() || !self.lines.is_empty();
-        if has_rules && self.has_camera() && !self.cameras().iter().any(|c| c.id == self.events.camera) {
-            let ids: Vec<&str> = self.cameras().iter().map(|c| c.id.as_str()).collect();
+        let ids: Vec<&str> = self.cameras().iter().map(|c| c.id.as_str()).collect();
+        let unknown = |id: &str| self.has_camera() && !ids.contains(&id);
+        let on_default = self.zones.iter().any(|z| z.camera.is_none()) || self.lines.iter().any(|l| l.camera.is_none());
+        if on_default && unknown(&self.events.camera) {
             bad(
                 "events.camera",
                 format!("{:?} is not a configured camera (cameras: {})", self.events.camera, ids.join(", ")),
             );
+        }
+        let rule_cameras =
+            self.zones.iter().map(|z| ("zone", &z.camera)).chain(self.lines.iter().map(|l| ("line", &l.camera)));
+        let mut index = std::collections::BTreeMap::new();
+        for (kind, camera) in rule_cameras {
+            let i = index.entry(kind).or_insert(0usize);
+            if let Some(id) = camera
+                && unknown(id)
+            {
+                bad(
+                    &format!("{kind}[{i}].camera"),
+                    format!("{id:?} is not a configured camera (cameras: {})", ids.join(", ")),
+                );
+            }
+            *i += 1;
         }
         let t = &self.tracking;
         if t.max_missed_frames > 1000 {
@@ -1314,6 +1341,16 @@ mod tests {
         assert!(i.message.contains("\"cam0\"") && i.message.contains("door, yard"), "{}", i.message);
         assert!(parse(&format!("{two}[events]\ncamera = \"yard\"\n{zone}")).is_ok());
         assert!(parse(two).is_ok(), "no rules, no camera needed");
+        // A rule naming its own camera needs no events.camera; one naming a
+        // camera that is not there is refused on its own key.
+        let own = zone.replace("name = \"bay\"", "name = \"bay\"\ncamera = \"yard\"");
+        assert!(parse(&format!("{two}{own}")).is_ok());
+        let line = "[[line]]\nname = \"gate\"\ncamera = \"gaet\"\nfrom = [0.5, 0.0]\nto = [0.5, 1.0]\n";
+        let ConfigError::Invalid(issues) = parse(&format!("{two}{own}{line}")).unwrap_err() else { panic!() };
+        assert_eq!(issues.len(), 1, "{issues:?}");
+        assert_eq!(issues[0].key, "line[0].camera");
+        assert!(issues[0].message.contains("\"gaet\"") && issues[0].message.contains("door, yard"), "{issues:?}");
+        assert!(issues[0].line > 0, "{issues:?}");
     }
 
     /// Regression (issue 15): each of these passed `check-config` and then

@@ -113,7 +113,16 @@ pub struct CameraEvents {
 }
 
 impl CameraEvents {
+    /// The tracker of `events.camera`.
     pub fn new(config: &Config) -> Self {
+        Self::for_camera(config, &config.events.camera)
+    }
+
+    /// The tracker of camera `id` with the zones and lines that watch it
+    /// (their `camera`, else `events.camera`); a camera no rule watches is
+    /// still tracked (its records carry track ids, `on-change` publishing
+    /// works).
+    pub fn for_camera(config: &Config, id: &str) -> Self {
         let t = &config.tracking;
         let params = TrackerParams {
             max_missed_frames: t.max_missed_frames,
@@ -124,11 +133,13 @@ impl CameraEvents {
         let zones = config
             .zones
             .iter()
+            .filter(|z| config.rule_camera(&z.camera) == id)
             .map(|z| Zone { name: z.name.clone(), polygon: z.polygon.clone(), labels: z.labels.clone() })
             .collect();
         let lines = config
             .lines
             .iter()
+            .filter(|l| config.rule_camera(&l.camera) == id)
             .map(|l| Line {
                 name: l.name.clone(),
                 from: l.from,
@@ -138,7 +149,7 @@ impl CameraEvents {
             })
             .collect();
         Self {
-            camera: config.events.camera.clone(),
+            camera: id.to_string(),
             track_events: config.events.track_events,
             tracker: Tracker::new(params),
             rules: Rules::new(zones, lines, config.events.count_interval_secs.saturating_mul(1000)),
@@ -147,18 +158,6 @@ impl CameraEvents {
             events: Vec::new(),
             counts: Vec::new(),
         }
-    }
-
-    /// The tracker of camera `id`: the zones and lines of the config apply to
-    /// the camera `events.camera` names; another camera is tracked (its
-    /// records carry track ids, `on-change` publishing works) with no rules.
-    pub fn for_camera(config: &Config, id: &str) -> Self {
-        let mut c = Self::new(config);
-        if id != config.events.camera {
-            c.camera = id.to_string();
-            c.rules = Rules::new(Vec::new(), Vec::new(), config.events.count_interval_secs.saturating_mul(1000));
-        }
-        c
     }
 
     /// One decoded frame: `number`, capture time, size in pixels.
@@ -500,6 +499,35 @@ mod tests {
         assert_eq!(v[6]["by_direction"]["in"], 1);
         assert_eq!((v[6]["from_ms"].as_u64(), v[6]["to_ms"].as_u64()), (Some(1000), Some(11_000)));
         assert_eq!(out[6].ts_ms, 11_000);
+    }
+
+    /// Each camera gets the zones and lines that name it (or, naming none,
+    /// `events.camera`), and its events carry its id.
+    #[test]
+    fn rules_apply_to_the_camera_they_name() {
+        let c = config(
+            "[[camera]]\nid = \"door\"\n[[camera]]\nid = \"yard\"\n\
+             [events]\ncamera = \"door\"\ncount_interval_secs = 0\ntrack_events = false\n\
+             [[line]]\nname = \"door-line\"\nfrom = [0.5, 0.0]\nto = [0.5, 1.0]\n\
+             [[line]]\nname = \"yard-line\"\ncamera = \"yard\"\nfrom = [0.5, 0.0]\nto = [0.5, 1.0]\n",
+        );
+        for (id, rule) in [("door", "door-line"), ("yard", "yard-line")] {
+            let mut cam = CameraEvents::for_camera(&c, id);
+            let mut out = Vec::new();
+            for i in 0..10u64 {
+                cam.frame(i + 1, 1000 + i * 100, (1000, 500), &[person(300.0 + i as f32 * 50.0)], &mut out);
+            }
+            let v = bodies(&out);
+            assert_eq!(v.len(), 1, "{id}: one crossing of its own line only: {v:?}");
+            assert_eq!((v[0]["camera"].as_str(), v[0]["rule"].as_str()), (Some(id), Some(rule)));
+        }
+        // A camera no rule names is tracked with no rules.
+        let mut other = CameraEvents::for_camera(&config("[events]\ntrack_events = false\n"), "side");
+        let mut out = Vec::new();
+        for i in 0..10u64 {
+            other.frame(i + 1, 1000 + i * 100, (1000, 500), &[person(300.0 + i as f32 * 50.0)], &mut out);
+        }
+        assert!(out.is_empty());
     }
 
     #[test]
