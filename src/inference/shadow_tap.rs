@@ -27,6 +27,30 @@ use super::vision::Tensor;
 
 /// Frames waiting for the shadow: one (the shadow samples; it does not catch up).
 pub const QUEUE: usize = 1;
+/// The shadow's nice value: under CPU contention the live pipeline (nice 0)
+/// gets about ten times its share, so the shadow skips frames (counted)
+/// rather than slowing the live model.
+pub const NICE: i32 = 10;
+
+/// Why a shadow did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError<E: std::error::Error + 'static> {
+    #[error("starting the shadow thread")]
+    Thread(#[source] std::io::Error),
+    #[error("the shadow thread ended while building its engine")]
+    Died,
+    #[error("building the shadow's engine")]
+    Build(#[source] E),
+}
+
+/// Lowers this thread's CPU priority (Linux nice is per thread). A failure
+/// leaves it at the daemon's priority: logged, not fatal.
+fn lower_priority() {
+    let tid = rustix::thread::gettid();
+    if let Err(e) = rustix::process::setpriority_process(Some(tid), NICE) {
+        tracing::warn!(error = %e, "could not lower the shadow thread's priority");
+    }
+}
 
 struct Job {
     image: image::RgbImage,
@@ -125,34 +149,59 @@ impl ShadowTap {
         }
     }
 
-    /// Runs `engine` with `model` as the shadow, replacing any shadow that
-    /// runs (its thread ends after its current frame and drops its engine).
-    pub fn start(&self, engine: Box<dyn Engine>, model: Arc<Model>) -> std::io::Result<()> {
+    /// Builds the shadow's engine with `build` on a new `shadow-eval`
+    /// thread at a lower CPU priority ([`NICE`]; threads the engine starts,
+    /// such as ONNX Runtime's `onnx-run`, inherit it) and runs it with
+    /// `model` as the shadow, replacing any shadow that runs (whose thread
+    /// ends after its current frame and drops its engine). Returns once the
+    /// engine is built, or why it was not.
+    pub fn start<E: std::error::Error + Send + 'static>(
+        &self,
+        model: Arc<Model>,
+        build: impl FnOnce() -> Result<Box<dyn Engine>, E> + Send + 'static,
+    ) -> Result<(), StartError<E>> {
         let (tx, rx) = crossbeam_channel::bounded::<Job>(QUEUE);
+        let (built_tx, built_rx) = crossbeam_channel::bounded::<Result<(), E>>(1);
         let progress = Arc::new(Mutex::new(Progress::default()));
         let p = Arc::clone(&progress);
         let label = format!("{} {}", model.manifest.name, model.manifest.version);
-        std::thread::Builder::new().name("shadow-eval".into()).spawn(move || {
-            let mut engine = engine;
-            let mut input = Tensor::zeros(&[1]);
-            for job in rx {
-                let t0 = Instant::now();
-                let r = super::pipeline::infer_frame(engine.as_mut(), &model, &job.image, &mut input);
-                let took = t0.elapsed();
-                let Ok(mut g) = p.lock() else { return };
-                match r {
-                    Ok(r) => {
-                        g.tally.add_frame(&job.live, &r.detections);
-                        g.latency_total += took;
-                        g.latency_max = g.latency_max.max(took);
-                    }
+        std::thread::Builder::new()
+            .name("shadow-eval".into())
+            .spawn(move || {
+                lower_priority();
+                let mut engine = match build() {
+                    Ok(e) => e,
                     Err(e) => {
-                        g.errors += 1;
-                        g.last_error = Some(e.to_string());
+                        let _ = built_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = built_tx.send(Ok(()));
+                let mut input = Tensor::zeros(&[1]);
+                for job in rx {
+                    let t0 = Instant::now();
+                    let r = super::pipeline::infer_frame(engine.as_mut(), &model, &job.image, &mut input);
+                    let took = t0.elapsed();
+                    let Ok(mut g) = p.lock() else { return };
+                    match r {
+                        Ok(r) => {
+                            g.tally.add_frame(&job.live, &r.detections);
+                            g.latency_total += took;
+                            g.latency_max = g.latency_max.max(took);
+                        }
+                        Err(e) => {
+                            g.errors += 1;
+                            g.last_error = Some(e.to_string());
+                        }
                     }
                 }
-            }
-        })?;
+            })
+            .map_err(StartError::Thread)?;
+        match built_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(StartError::Build(e)),
+            Err(_) => return Err(StartError::Died),
+        }
         let run = Running { feed: tx, progress, label, started: Instant::now() };
         if let Ok(mut g) = self.running.lock() {
             *g = Some(run);

@@ -16,8 +16,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{Agent, UNPACKED};
+use crate::inference::engine::Engine;
 use crate::inference::engine::onnx::OnnxEngine;
 use crate::inference::model::Model;
+use crate::inference::shadow_tap::StartError;
 use crate::record::now_ms;
 use crate::update::pack::{self, MODEL_MANIFEST};
 use crate::update::{Phase, ShadowFigures, ShadowReport, UpdateRecord};
@@ -44,6 +46,8 @@ pub(super) enum ShadowError {
     ModelMismatch(String),
     #[error("starting the shadow thread")]
     Thread(#[source] std::io::Error),
+    #[error("the shadow thread ended while loading the model")]
+    Died,
 }
 
 impl ShadowError {
@@ -53,7 +57,7 @@ impl ShadowError {
             ShadowError::BadPack(_) => "bad_pack",
             ShadowError::EngineLoad(_) => "engine_load",
             ShadowError::ModelMismatch(_) => "model_mismatch",
-            ShadowError::Thread(_) => "thread",
+            ShadowError::Thread(_) | ShadowError::Died => "thread",
         }
     }
 }
@@ -112,15 +116,26 @@ impl Agent {
             )));
         }
         let onnx = model.read_onnx().map_err(|e| bad(crate::error_chain(&e)))?;
-        // One intra-op thread: the shadow samples, it must not take the live model's cores.
-        let lib = &self.running.model.onnxruntime_library;
-        let mut engine = OnnxEngine::new(lib, &onnx, &model.manifest.input.name, 1)
-            .map_err(|e| ShadowError::EngineLoad(crate::error_chain(&e)))?;
-        drop(onnx);
-        crate::inference::pipeline::check_fit(&mut engine, &model)
-            .map_err(|e| ShadowError::ModelMismatch(e.to_string()))?;
         tap.set_every_n(self.running.update.shadow_every_n_frames);
-        tap.start(Box::new(engine), Arc::new(model)).map_err(ShadowError::Thread)
+        let model = Arc::new(model);
+        let lib = self.running.model.onnxruntime_library.clone();
+        let m = Arc::clone(&model);
+        // Built on the shadow's own thread, at its lower priority. One
+        // intra-op thread: the shadow samples, it must not take the live
+        // model's cores.
+        let build = move || -> Result<Box<dyn Engine>, ShadowError> {
+            let mut engine = OnnxEngine::new(&lib, &onnx, &m.manifest.input.name, 1)
+                .map_err(|e| ShadowError::EngineLoad(crate::error_chain(&e)))?;
+            drop(onnx);
+            crate::inference::pipeline::check_fit(&mut engine, &m)
+                .map_err(|e| ShadowError::ModelMismatch(e.to_string()))?;
+            Ok(Box::new(engine))
+        };
+        tap.start(model, build).map_err(|e| match e {
+            StartError::Build(e) => e,
+            StartError::Thread(e) => ShadowError::Thread(e),
+            StartError::Died => ShadowError::Died,
+        })
     }
 
     /// Ends the running shadow, if any: a last figures report, then its
