@@ -145,6 +145,9 @@ struct Carried {
 const READ_AHEAD: usize = 512;
 /// The same for `snapshots`, whose records are chunks of up to 192 KiB.
 const SNAPSHOT_READ_AHEAD: usize = 8;
+/// Snapshot chunks handed to the client and not yet PUBACKed, at most: the
+/// window counts messages, and 100 chunks would hold about 17 MB.
+const SNAPSHOT_WINDOW: usize = 4;
 
 /// One connection epoch's bookkeeping.
 struct Epoch {
@@ -188,6 +191,12 @@ impl Epoch {
 
     fn in_window(&self) -> usize {
         self.queued.len() + self.inflight.len()
+    }
+
+    /// Messages of `stream` handed to the client and not yet PUBACKed.
+    fn in_flight_of(&self, stream: Stream) -> usize {
+        let queued = self.queued.iter().flatten().filter(|c| c.stream == stream).count();
+        queued + self.inflight.values().filter(|c| c.stream == stream).count()
     }
 }
 
@@ -651,7 +660,8 @@ fn fill_window(s: &UplinkSettings, client: &AsyncClient, epoch: &mut Epoch, deps
                 }
             }
         }
-        if epoch.ahead[i].is_empty() {
+        let snapshots_full = stream == Stream::Snapshots && epoch.in_flight_of(Stream::Snapshots) >= SNAPSHOT_WINDOW;
+        if epoch.ahead[i].is_empty() || snapshots_full {
             idle_streams += 1;
             continue;
         }
