@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use image::RgbImage;
 use spark_edge::inference::engine::hailo::{HailoEngine, HailoOptions, HefSource};
-use spark_edge::inference::model::{ColorOrder, Decoder, InputSpec, Layout, Model, OutputSpec, Resize};
+use spark_edge::inference::model::{Decoder, Model, OutputSpec};
 use spark_edge::outbox::{Outbox, OutboxOptions, spawn_writer};
 use spark_edge::record::Stream;
 use spark_edge::sources::camera::{CameraQueues, Frame};
@@ -81,17 +81,7 @@ struct Figures {
 fn yolo_model() -> Model {
     let mut model = Model::load(&common::repo().join("models/nanodet.toml"))
         .unwrap_or_else(|e| panic!("loading models/nanodet.toml (run scripts/setup.sh): {e}"));
-    model.manifest.input = InputSpec {
-        name: "yolov8s/input_layer1".into(),
-        width: 640,
-        height: 640,
-        color: ColorOrder::Rgb,
-        layout: Layout::Nchw,
-        resize: Resize::Letterbox,
-        pad_value: 114.0,
-        mean: [0.0; 3],
-        std: [1.0; 3],
-    };
+    model.manifest.input = double::zoo_input("yolov8s/input_layer1", 640, 640);
     model.manifest.output = OutputSpec::new(Decoder::HailoNms, 0.3, 0.5);
     model
 }

@@ -36,7 +36,7 @@ use spark_edge::inference::detect;
 use spark_edge::inference::engine::hailo::{HailoEngine, HailoOptions, HefSource};
 use spark_edge::inference::engine::onnx::{OnnxEngine, load_runtime};
 use spark_edge::inference::engine::{Completed, Engine};
-use spark_edge::inference::model::{ColorOrder, Decoder, InputSpec, Layout, Model, OutputSpec, Resize};
+use spark_edge::inference::model::{Decoder, InputSpec, Model, OutputSpec};
 use spark_edge::inference::pipeline::infer_frame;
 use spark_edge::inference::vision::{Tensor, prepare};
 
@@ -94,17 +94,7 @@ fn hailo(quick: bool) {
     let capacity = 1e6 / T_US;
     let (rounds, n) = if quick { (1, 20) } else { (5, 1000) };
     let hef = double::hef_variant(640, 640, "input=u8 nms=80x100 box=0:0.1,0.2,0.3,0.4,0.9 timing=2000:8000:8");
-    let spec = InputSpec {
-        name: "yolov8s/input_layer1".into(),
-        width: 640,
-        height: 640,
-        color: ColorOrder::Rgb,
-        layout: Layout::Nchw,
-        resize: Resize::Letterbox,
-        pad_value: 114.0,
-        mean: [0.0; 3],
-        std: [1.0; 3],
-    };
+    let spec = double::zoo_input("yolov8s/input_layer1", 640, 640);
     let out_spec = OutputSpec::new(Decoder::HailoNms, 0.3, 0.5);
     let labels: Vec<String> = (0..80).map(|i| format!("class{i}")).collect();
     let frames: Vec<Arc<RgbImage>> = (0..8u8)

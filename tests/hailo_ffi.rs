@@ -19,7 +19,7 @@ use spark_edge::inference::engine::hailo::{
     self, HailoEngine, HailoError, HailoFailure, HailoOptions, HailoStatus, HefSource,
 };
 use spark_edge::inference::engine::{Engine, EngineError, EngineKind};
-use spark_edge::inference::model::{ColorOrder, Decoder, InputSpec, Layout, OutputSpec, Resize};
+use spark_edge::inference::model::{ColorOrder, Decoder, InputSpec, OutputSpec};
 use spark_edge::inference::vision::{self, Tensor};
 
 const SCENARIO_ENV: &str = "HAILO_FFI_SCENARIO";
@@ -510,17 +510,7 @@ fn must_open_variant(h: u32, w: u32, words: &str) -> HailoEngine {
 
 /// A Zoo-style input: raw RGB pixels, letterboxed, no normalisation.
 fn zoo_spec(w: u32, h: u32) -> InputSpec {
-    InputSpec {
-        name: "images".into(),
-        width: w,
-        height: h,
-        color: ColorOrder::Rgb,
-        layout: Layout::Nchw,
-        resize: Resize::Letterbox,
-        pad_value: 114.0,
-        mean: [0.0; 3],
-        std: [1.0; 3],
-    }
+    double::zoo_input("images", w, h)
 }
 
 /// A frame whose bytes differ per pixel and channel.
@@ -619,55 +609,53 @@ fn nms_by_score_detections_come_out_as_the_same_frame_pixel_boxes_as_by_class() 
 #[test]
 fn malformed_nms_by_score_frames_are_decode_errors_and_the_next_frame_is_fine() {
     scenario("malformed_nms_by_score_frames_are_decode_errors_and_the_next_frame_is_fine", &[], || {
-        let boxes = "nms=3x4 nms-order=by-score box=0:0.25,0.5,0.5,0.75,0.9 box=2:0.1,0.1,0.2,0.2,0.8";
-        type Expect = fn(&NmsFault) -> bool;
-        let cases: [(&str, Expect); 3] = [
-            ("fault=too-many@2", |f| matches!(f, NmsFault::TooMany { count: 13, max: 12 })),
-            ("fault=nan@2", |f| matches!(f, NmsFault::NonFinite { index: 0 })),
-            // The library reports a frame 200 bytes short (290 - 200 = 90 bytes: three
-            // whole detections), then counts all 12.
-            ("short=200 fault=truncated@2", |f| matches!(f, NmsFault::PastEnd { needed: 12, len: 3 })),
-        ];
-        let (frame, spec) = (gradient(64, 64), zoo_spec(64, 64));
-        for (fault, expected) in cases {
-            let mut engine = must_open_variant(64, 64, &format!("input=u8 {boxes} {fault}"));
-            let good = nms_frame(&mut engine, &frame, &spec).unwrap_or_else(|e| panic!("{fault}, frame 1: {e}"));
-            assert_eq!(good.len(), 2, "{fault}");
-            match nms_frame(&mut engine, &frame, &spec) {
-                Err(DecodeError::Nms { fault: f, .. }) if expected(&f) => {}
-                other => panic!("{fault}, frame 2: expected that decode error, got {other:?}"),
-            }
-            assert_eq!(nms_frame(&mut engine, &frame, &spec), Ok(good), "{fault}: the next frame is fine");
-        }
-        assert_eq!(live_handles(), 0);
+        assert_malformed_frames_fail_alone(
+            "nms=3x4 nms-order=by-score box=0:0.25,0.5,0.5,0.75,0.9 box=2:0.1,0.1,0.2,0.2,0.8",
+            [
+                ("fault=too-many@2", |f| matches!(f, NmsFault::TooMany { count: 13, max: 12 })),
+                ("fault=nan@2", |f| matches!(f, NmsFault::NonFinite { index: 0 })),
+                // The library reports a frame 200 bytes short (290 - 200 = 90 bytes: three
+                // whole detections), then counts all 12.
+                ("short=200 fault=truncated@2", |f| matches!(f, NmsFault::PastEnd { needed: 12, len: 3 })),
+            ],
+        );
     });
 }
 
 #[test]
 fn malformed_nms_frames_are_decode_errors_and_the_next_frame_is_fine() {
     scenario("malformed_nms_frames_are_decode_errors_and_the_next_frame_is_fine", &[], || {
-        let boxes = "nms=3x4 box=0:0.25,0.5,0.5,0.75,0.9 box=2:0.1,0.1,0.2,0.2,0.8";
-        type Expect = fn(&NmsFault) -> bool;
-        let cases: [(&str, Expect); 3] = [
-            ("fault=too-many@2", |f| matches!(f, NmsFault::TooMany { count: 5, max: 4 })),
-            ("fault=nan@2", |f| matches!(f, NmsFault::NonFinite { index: 0 })),
-            // The library reports an 18-float frame (the good frames need 13); the last class
-            // then claims 4 boxes: its count at float 7, the boxes up to float 28.
-            ("short=45 fault=truncated@2", |f| matches!(f, NmsFault::PastEnd { needed: 28, len: 18 })),
-        ];
-        let (frame, spec) = (gradient(64, 64), zoo_spec(64, 64));
-        for (fault, expected) in cases {
-            let mut engine = must_open_variant(64, 64, &format!("input=u8 {boxes} {fault}"));
-            let good = nms_frame(&mut engine, &frame, &spec).unwrap_or_else(|e| panic!("{fault}, frame 1: {e}"));
-            assert_eq!(good.len(), 2, "{fault}");
-            match nms_frame(&mut engine, &frame, &spec) {
-                Err(DecodeError::Nms { fault: f, .. }) if expected(&f) => {}
-                other => panic!("{fault}, frame 2: expected that decode error, got {other:?}"),
-            }
-            assert_eq!(nms_frame(&mut engine, &frame, &spec), Ok(good), "{fault}: the next frame is fine");
-        }
-        assert_eq!(live_handles(), 0);
+        assert_malformed_frames_fail_alone(
+            "nms=3x4 box=0:0.25,0.5,0.5,0.75,0.9 box=2:0.1,0.1,0.2,0.2,0.8",
+            [
+                ("fault=too-many@2", |f| matches!(f, NmsFault::TooMany { count: 5, max: 4 })),
+                ("fault=nan@2", |f| matches!(f, NmsFault::NonFinite { index: 0 })),
+                // The library reports an 18-float frame (the good frames need 13); the last class
+                // then claims 4 boxes: its count at float 7, the boxes up to float 28.
+                ("short=45 fault=truncated@2", |f| matches!(f, NmsFault::PastEnd { needed: 28, len: 18 })),
+            ],
+        );
     });
+}
+
+type ExpectFault = fn(&NmsFault) -> bool;
+
+/// For each `(words, expected)`: the double's `boxes` HEF with the fault
+/// `words` due at the second read. The first frame decodes to both boxes,
+/// the second is the expected decode error, the third equals the first.
+fn assert_malformed_frames_fail_alone(boxes: &str, cases: [(&str, ExpectFault); 3]) {
+    let (frame, spec) = (gradient(64, 64), zoo_spec(64, 64));
+    for (fault, expected) in cases {
+        let mut engine = must_open_variant(64, 64, &format!("input=u8 {boxes} {fault}"));
+        let good = nms_frame(&mut engine, &frame, &spec).unwrap_or_else(|e| panic!("{fault}, frame 1: {e}"));
+        assert_eq!(good.len(), 2, "{fault}");
+        match nms_frame(&mut engine, &frame, &spec) {
+            Err(DecodeError::Nms { fault: f, .. }) if expected(&f) => {}
+            other => panic!("{fault}, frame 2: expected that decode error, got {other:?}"),
+        }
+        assert_eq!(nms_frame(&mut engine, &frame, &spec), Ok(good), "{fault}: the next frame is fine");
+    }
+    assert_eq!(live_handles(), 0);
 }
 
 #[test]
