@@ -287,6 +287,9 @@ fn a_sigkilled_rollout_resumes_from_its_state_file_without_pushing_twice() {
     assert_eq!(before["phase"]["state"], "running");
     eprintln!("killed with {} of {DEVICES} devices pushed", pushed(&at_kill).max(pushed(&before)));
     let id = before["id"].as_str().unwrap().to_string();
+    for d in before["devices"].as_array().unwrap().iter().filter(|d| d["push"] == "pushing") {
+        eprintln!("left pushing by the kill: {d}");
+    }
 
     // status reads the state file with no process running it.
     let shown = fleet(&["rollout", "status", &id, "--state-dir", s(&state)]);

@@ -32,6 +32,9 @@ use crate::update::{Bundle, BundleError, CHUNK_MAX_BYTES, Envelope, UpdateManife
 const EVENT_QUEUE: usize = 4096;
 /// How long the broker has to acknowledge one device's push.
 const ACK_TIMEOUT: Duration = Duration::from_secs(120);
+/// On resume, how long a push left `pushing` may take to show (a report
+/// or the device's status) before it is pushed again.
+const RESUME_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -411,9 +414,21 @@ fn drive(
     s.wait_ready(Duration::from_secs(timeout_secs))?;
     // Reports queued for this session while no process ran it.
     s.take_reports(&mut r);
-    let settled = r.settle_interrupted_pushes(&s.statuses);
+    let mut settled = r.settle_interrupted_pushes(&s.statuses);
+    // Reports queued for the session can come after the end marker, and a
+    // device's new status a moment later: give a push left `pushing` a
+    // short grace before pushing it again.
+    let grace = Instant::now() + RESUME_GRACE;
+    while r.devices.iter().any(|d| d.push == Push::Pushing) && Instant::now() < grace {
+        s.pump(Duration::from_millis(100), &mut r)?;
+        settled.extend(r.settle_interrupted_pushes(&s.statuses));
+    }
     if !settled.is_empty() {
         log(&r.id, &format!("{} interrupted pushes had reached their device: {}", settled.len(), settled.join(", ")));
+    }
+    for d in r.devices.iter().filter(|d| d.push == Push::Pushing) {
+        let model = s.statuses.get(&d.id).and_then(|st| st.model.clone()).unwrap_or_default();
+        log(&r.id, &format!("{}: interrupted push not seen (no report, status runs {model:?}): pushing again", d.id));
     }
     store.save(&r)?;
     s.ack_handled()?;
