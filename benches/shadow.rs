@@ -16,7 +16,9 @@
 //!
 //! Run: `cargo test --bench shadow --no-run`, then the printed binary with
 //! `--bench` (what BENCHMARKS.md records), or `cargo bench --bench shadow`.
-//! `SHADOW_EVERY_N` (default 10) sets the sampling.
+//! `SHADOW_EVERY_N` (default 10) sets the sampling, `SHADOW_ROUNDS` (7) and
+//! `SHADOW_FRAMES` (60 per round and mode) the length: on a loaded machine
+//! shorter, more numerous rounds follow the load better.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -36,7 +38,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() {
     let quick = !std::env::args().any(|a| a == "--bench");
-    let (rounds, n) = if quick { (1, 3) } else { (7, 60) };
+    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok());
+    let (rounds, n) =
+        if quick { (1, 3) } else { (env("SHADOW_ROUNDS").unwrap_or(7), env("SHADOW_FRAMES").unwrap_or(60)) };
     let every_n: u64 = std::env::var("SHADOW_EVERY_N").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let lib = repo.join("deps/onnxruntime/libonnxruntime.so");
