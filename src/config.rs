@@ -387,7 +387,10 @@ impl Default for StoreConfig {
         Self {
             max_megabytes: 1024,
             commit_batch_max: 1024,
-            drop_order: vec!["events".into(), "inference".into(), "telemetry".into()],
+            // Per-frame records go first, events last: an event is what an
+            // operator asked for, and with `inference.publish` other than
+            // every-frame it is all there is (issue 18).
+            drop_order: vec!["inference".into(), "telemetry".into(), "events".into()],
             ttl_secs: StreamTtl::default(),
             snapshots_max_megabytes: 256,
         }

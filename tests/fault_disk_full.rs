@@ -96,7 +96,7 @@ fn records_flow_again_after_a_full_disk_drains_without_enlarging_it() {
     cfg.camera_off = true;
     cfg.telemetry_secs = 0.5;
     // The store's own bound is far above the filesystem: the disk fills first.
-    cfg.extra = "[store]\nmax_megabytes = 64\n[load]\nevents_per_sec = 1000.0\nevent_bytes = 300\n".into();
+    cfg.extra = "[store]\nmax_megabytes = 64\ndrop_order = [\"events\", \"inference\", \"telemetry\"]\n[load]\nevents_per_sec = 1000.0\nevent_bytes = 300\n".into();
     let fs = Tmpfs::mount(&cfg.state_dir(), "8m");
     // Other files on the same filesystem, kept there throughout: the disk is
     // never enlarged.
@@ -165,7 +165,7 @@ fn an_empty_store_on_a_full_disk_refuses_appends_counted_and_resumes_by_itself()
     let mut cfg = DaemonConfig::new(&broker.url());
     cfg.camera_off = true;
     cfg.telemetry_secs = 0.5;
-    cfg.extra = "[store]\nmax_megabytes = 64\n[load]\nevents_per_sec = 500.0\nevent_bytes = 300\n".into();
+    cfg.extra = "[store]\nmax_megabytes = 64\ndrop_order = [\"events\", \"inference\", \"telemetry\"]\n[load]\nevents_per_sec = 500.0\nevent_bytes = 300\n".into();
     let fs = Tmpfs::mount(&cfg.state_dir(), "8m");
     let d = Daemon::start(&cfg);
     wait_new_records(&consumer, "events", 1, 200, &cfg.socket(), "records do not flow at the start");

@@ -178,7 +178,7 @@ fn write_config(cfg: &mut DaemonConfig, lab: &Lab, st: Settings) -> String {
     // An 8 MiB store and 500 B events: an outage over several cycles makes
     // retention drop (and count) records.
     cfg.extra = format!(
-        "[store]\nmax_megabytes = 8\n[load]\nevents_per_sec = {:.1}\nevent_bytes = 500\n\
+        "[store]\nmax_megabytes = 8\ndrop_order = [\"events\", \"inference\", \"telemetry\"]\n[load]\nevents_per_sec = {:.1}\nevent_bytes = 500\n\
          [update]\ntrusted_keys_file = \"{}\"\nbinary_health_secs = 1\nmax_artifact_megabytes = {}\n",
         st.events_per_sec,
         lab.public.display(),

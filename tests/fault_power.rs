@@ -114,7 +114,7 @@ fn power_cuts(crashfs_args: &[&str], scenario: Scenario) {
     cfg.extra = match scenario {
         Scenario::IngestAndDrain => "[load]\nevents_per_sec = 400.0\n".into(),
         Scenario::Retention => {
-            "[store]\nmax_megabytes = 4\n[load]\nevents_per_sec = 3000.0\nevent_bytes = 300\n".into()
+            "[store]\nmax_megabytes = 4\ndrop_order = [\"events\", \"inference\", \"telemetry\"]\n[load]\nevents_per_sec = 3000.0\nevent_bytes = 300\n".into()
         }
     };
     cfg.telemetry_secs = 0.1;
@@ -158,7 +158,7 @@ fn power_cuts(crashfs_args: &[&str], scenario: Scenario) {
     // Keep the bound: records dropped at it are counted; nothing new is made.
     cfg.extra = match scenario {
         Scenario::IngestAndDrain => String::new(),
-        Scenario::Retention => "[store]\nmax_megabytes = 4\n".into(),
+        Scenario::Retention => "[store]\nmax_megabytes = 4\ndrop_order = [\"events\", \"inference\", \"telemetry\"]\n".into(),
     };
     cfg.telemetry_secs = 3600.0;
     let d = Daemon::start(&cfg);

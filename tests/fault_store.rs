@@ -98,7 +98,7 @@ fn storage_bound_drops_lowest_priority_oldest_first_and_counts() {
     let port = free_port();
     let mut cfg = DaemonConfig::new(&format!("mqtt://127.0.0.1:{port}"));
     // 4 MiB bound; ~2000 x 300 B records/s overflow it in a few seconds.
-    cfg.extra = "[store]\nmax_megabytes = 4\n[load]\nevents_per_sec = 3000.0\nevent_bytes = 300\n".into();
+    cfg.extra = "[store]\nmax_megabytes = 4\ndrop_order = [\"events\", \"inference\", \"telemetry\"]\n[load]\nevents_per_sec = 3000.0\nevent_bytes = 300\n".into();
     cfg.telemetry_secs = 0.2;
     let d = Daemon::start(&cfg);
     let q = wait_for(Duration::from_secs(60), || {
@@ -115,10 +115,10 @@ fn storage_bound_drops_lowest_priority_oldest_first_and_counts() {
     let broker = Broker::start_on(port);
     let consumer = Consumer::start(broker.port, "spark/#");
     drain_only(&mut cfg);
-    cfg.extra = "[store]\nmax_megabytes = 4\n".into();
+    cfg.extra = "[store]\nmax_megabytes = 4\ndrop_order = [\"events\", \"inference\", \"telemetry\"]\n".into();
     let d = Daemon::start(&cfg);
     let q = wait_drained(&cfg.socket(), Duration::from_secs(60));
-    // Events (lowest priority) went; telemetry and inference were kept.
+    // Events (lowest priority in this drop_order) went; telemetry and inference were kept.
     assert!(q["streams"]["events"]["dropped"].as_u64().unwrap() > 0);
     assert_eq!(q["streams"]["telemetry"]["dropped"], 0, "{q}");
     assert_eq!(q["streams"]["inference"]["dropped"], 0, "{q}");
@@ -154,7 +154,7 @@ fn full_filesystem_keeps_daemon_running_and_recovers() {
     // Fill most of it so the outbox hits ENOSPC long before its own bound.
     let filler = mnt.join("filler");
     std::fs::write(&filler, vec![0u8; 6 << 20]).unwrap();
-    cfg.extra = "[store]\nmax_megabytes = 64\n[load]\nevents_per_sec = 2000.0\nevent_bytes = 300\n".into();
+    cfg.extra = "[store]\nmax_megabytes = 64\ndrop_order = [\"events\", \"inference\", \"telemetry\"]\n[load]\nevents_per_sec = 2000.0\nevent_bytes = 300\n".into();
     let state = mnt.join("state");
     let path = cfg.write();
     let text = std::fs::read_to_string(&path)
@@ -211,7 +211,7 @@ fn start_with_config(cfg: &DaemonConfig, path: &std::path::Path) -> Daemon {
 fn million_record_backlog_drains_completely_with_bounded_memory() {
     let port = free_port();
     let mut cfg = DaemonConfig::new(&format!("mqtt://127.0.0.1:{port}"));
-    cfg.extra = "[store]\nmax_megabytes = 2048\n[load]\nevents_per_sec = 60000.0\nevent_bytes = 200\n".into();
+    cfg.extra = "[store]\nmax_megabytes = 2048\ndrop_order = [\"events\", \"inference\", \"telemetry\"]\n[load]\nevents_per_sec = 60000.0\nevent_bytes = 200\n".into();
     cfg.fps = 1.0;
     let d = Daemon::start(&cfg);
     let t0 = Instant::now();
