@@ -245,3 +245,88 @@ impl ShadowTap {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crossbeam_channel::{Receiver, Sender, bounded};
+
+    use super::*;
+    use crate::inference::engine::{EngineError, EngineKind, Output};
+
+    /// An engine that says when a frame reaches it, then holds it until released.
+    struct Gate {
+        reached: Sender<()>,
+        release: Receiver<()>,
+    }
+
+    impl Engine for Gate {
+        fn kind(&self) -> EngineKind {
+            EngineKind::OnnxCpu
+        }
+        fn run(&mut self, _: &Tensor) -> Result<Vec<Output>, EngineError> {
+            let _ = self.reached.send(());
+            let _ = self.release.recv();
+            Err(EngineError::ModelMismatch("held frame".into()))
+        }
+    }
+
+    fn model() -> Arc<Model> {
+        let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        Arc::new(Model::load(&repo.join("models/nanodet.toml")).unwrap())
+    }
+
+    #[test]
+    fn a_busy_shadow_drops_and_counts_sampled_frames_without_blocking_the_caller() {
+        let tap = ShadowTap::new(1);
+        let img = image::RgbImage::new(8, 8);
+        tap.offer(&img, &[]); // no shadow yet: nothing happens
+        let (reached_tx, reached) = bounded(4);
+        let (release, release_rx) = bounded(4);
+        let build = move || Ok::<_, std::io::Error>(Box::new(Gate { reached: reached_tx, release: release_rx }) as _);
+        tap.start(model(), build).unwrap();
+        tap.offer(&img, &[]); // taken by the shadow thread
+        reached.recv_timeout(Duration::from_secs(10)).expect("the shadow takes the first frame");
+        tap.offer(&img, &[]); // waits in the queue of one
+        tap.offer(&img, &[]); // queue full: dropped
+        tap.offer(&img, &[]); // dropped
+        assert_eq!(tap.stats().unwrap().dropped_busy, 2);
+        release.send(()).unwrap();
+        reached.recv_timeout(Duration::from_secs(10)).expect("the queued frame runs next");
+        release.send(()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tap.stats().unwrap().errors < 2 {
+            assert!(Instant::now() < deadline, "both frames counted as failed");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let s = tap.stop().unwrap();
+        assert_eq!((s.errors, s.figures.frames, s.dropped_busy), (2, 0, 2));
+        assert_eq!(s.last_error.as_deref(), Some("model does not fit the manifest: held frame"));
+        assert!(tap.stats().is_none(), "stopped");
+    }
+
+    #[test]
+    fn only_one_frame_in_every_n_is_sampled() {
+        let tap = ShadowTap::new(3);
+        let (reached_tx, reached) = bounded(8);
+        let (release, release_rx) = bounded(8);
+        let build = move || Ok::<_, std::io::Error>(Box::new(Gate { reached: reached_tx, release: release_rx }) as _);
+        tap.start(model(), build).unwrap();
+        let img = image::RgbImage::new(8, 8);
+        for _ in 0..3 {
+            tap.offer(&img, &[]);
+        }
+        reached.recv_timeout(Duration::from_secs(10)).expect("frame 0 sampled");
+        for _ in 0..3 {
+            tap.offer(&img, &[]); // frame 3 queued, 4 and 5 not sampled
+        }
+        assert_eq!(tap.stats().unwrap().dropped_busy, 0);
+        tap.offer(&img, &[]); // frame 6: sampled, queue full
+        assert_eq!(tap.stats().unwrap().dropped_busy, 1);
+        for _ in 0..2 {
+            release.send(()).unwrap();
+        }
+        tap.stop();
+    }
+}
