@@ -9,50 +9,19 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
+use common::walk::*;
 use common::*;
-use image::{Rgb, RgbImage, imageops};
 use spark_edge::inference::engine::onnx::OnnxEngine;
 use spark_edge::inference::model::Model;
 use spark_edge::inference::pipeline::infer_frame;
 use spark_edge::inference::vision::Tensor;
-
-/// Frames per pass (one pass: one side to the other).
-const PASS: u64 = 16;
-const W: u32 = 640;
-const H: u32 = 480;
-/// The pasted person's size and top.
-const PW: u32 = 170;
-const PH: u32 = 250;
-const TOP: u32 = 200;
-
-/// The person's left edge on frame `number` (1-based, as the replay
-/// camera counts): odd passes go left to right, even ones come back.
-fn person_x(number: u64) -> u32 {
-    let i = (number - 1) % (2 * PASS);
-    let step = if i < PASS { i } else { 2 * PASS - 1 - i };
-    20 + (step as u32) * (W - 40 - PW) / (PASS as u32 - 1)
-}
-
-/// Writes one back-and-forth walk (2 × [`PASS`] frames) into `dir`.
-fn write_walk(dir: &Path) {
-    let photo = image::open(repo().join("models/demo/astronaut.png")).expect("astronaut photo").to_rgb8();
-    // Eileen Collins from the waist up, as the model tests find her.
-    let cut = imageops::crop_imm(&photo, 20, 10, 345, 502).to_image();
-    let person = imageops::resize(&cut, PW, PH, imageops::FilterType::Triangle);
-    std::fs::create_dir_all(dir).unwrap();
-    for n in 1..=2 * PASS {
-        let mut frame = RgbImage::from_pixel(W, H, Rgb([128, 128, 128]));
-        imageops::replace(&mut frame, &person, person_x(n) as i64, TOP as i64);
-        frame.save(dir.join(format!("walk-{n:03}.png"))).unwrap();
-    }
-}
 
 /// The generated frames show one person where she was pasted: checked
 /// directly, so a model miss is not mistaken for a tracking bug below.
 #[test]
 fn the_generated_walk_shows_the_person_where_she_was_pasted() {
     let dir = tempfile::tempdir().unwrap();
-    write_walk(dir.path());
+    write_walk(dir.path(), false);
     let model = Model::load(&repo().join("models/nanodet.toml")).expect("manifest");
     let bytes = model.read_onnx().expect("model (run scripts/setup.sh)");
     let lib = repo().join("deps/onnxruntime/libonnxruntime.so");
@@ -89,7 +58,7 @@ fn a_person_walking_through_a_line_and_a_zone_gives_one_crossing_per_pass_and_co
     let broker = Broker::start();
     let consumer = Consumer::start(broker.port, "spark/#");
     let mut cfg = DaemonConfig::new(&broker.url());
-    write_walk(&cfg.dir.path().join("walk"));
+    write_walk(&cfg.dir.path().join("walk"), false);
     cfg.images = cfg.dir.path().join("walk");
     cfg.manifest = repo().join("models/nanodet.toml");
     cfg.fps = 4.0;
@@ -173,7 +142,7 @@ fn on_change_writes_an_inference_record_only_when_the_tracked_labels_change() {
     let broker = Broker::start();
     let consumer = Consumer::start(broker.port, "spark/#");
     let mut cfg = DaemonConfig::new(&broker.url());
-    write_walk(&cfg.dir.path().join("walk"));
+    write_walk(&cfg.dir.path().join("walk"), false);
     cfg.images = cfg.dir.path().join("walk");
     cfg.manifest = repo().join("models/nanodet.toml");
     cfg.fps = 4.0;
@@ -251,7 +220,7 @@ fn sparkctl_events_lists_crossings_and_tells_when_they_reached_the_broker() {
     let mut broker = Broker::start();
     let consumer = Consumer::start(broker.port, "spark/#");
     let mut cfg = DaemonConfig::new(&broker.url());
-    write_walk(&cfg.dir.path().join("walk"));
+    write_walk(&cfg.dir.path().join("walk"), false);
     cfg.images = cfg.dir.path().join("walk");
     cfg.manifest = repo().join("models/nanodet.toml");
     cfg.fps = 4.0;

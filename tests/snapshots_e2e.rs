@@ -12,53 +12,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::walk::*;
 use common::*;
-use image::{Rgb, RgbImage, imageops};
 use sha2::{Digest, Sha256};
 use spark_edge::fleet::snapshots::{Accepted, Limits, Reassembler};
 use spark_edge::outbox::{Outbox, OutboxOptions};
 use spark_edge::record::Stream;
-
-const PASS: u64 = 16;
-const W: u32 = 640;
-const H: u32 = 480;
-const PW: u32 = 170;
-const PH: u32 = 250;
-const TOP: u32 = 200;
-
-/// The person's left edge on frame `number` (1-based): odd passes go left
-/// to right, even ones come back (the walk of tests/events_e2e.rs).
-fn person_x(number: u64) -> u32 {
-    let i = (number - 1) % (2 * PASS);
-    let step = if i < PASS { i } else { 2 * PASS - 1 - i };
-    20 + (step as u32) * (W - 40 - PW) / (PASS as u32 - 1)
-}
-
-/// One back-and-forth walk into `dir`. `noisy_band`: the top 150 rows are
-/// noise, far above the person, so each JPEG is large (the budget test).
-fn write_walk(dir: &Path, noisy_band: bool) {
-    let photo = image::open(repo().join("models/demo/astronaut.png")).expect("astronaut photo").to_rgb8();
-    let cut = imageops::crop_imm(&photo, 20, 10, 345, 502).to_image();
-    let person = imageops::resize(&cut, PW, PH, imageops::FilterType::Triangle);
-    std::fs::create_dir_all(dir).unwrap();
-    let mut state = 0x2545_f491_u32;
-    for n in 1..=2 * PASS {
-        let mut frame = RgbImage::from_pixel(W, H, Rgb([128, 128, 128]));
-        if noisy_band {
-            for y in 0..150 {
-                for x in 0..W {
-                    state ^= state << 13;
-                    state ^= state >> 17;
-                    state ^= state << 5;
-                    let [a, b, c, _] = state.to_le_bytes();
-                    frame.put_pixel(x, y, Rgb([a, b, c]));
-                }
-            }
-        }
-        imageops::replace(&mut frame, &person, person_x(n) as i64, TOP as i64);
-        frame.save(dir.join(format!("walk-{n:03}.png"))).unwrap();
-    }
-}
 
 /// A line and a zone in the middle of the frame.
 const RULES: &str = "[[zone]]\nname = \"middle\"\npolygon = [[0.35, 0.0], [0.65, 0.0], [0.65, 1.0], [0.35, 1.0]]\n\

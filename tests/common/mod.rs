@@ -5,6 +5,7 @@
 pub mod fleet;
 pub mod rabbitmq;
 pub mod tmux;
+pub mod walk;
 pub mod witness;
 
 use std::collections::BTreeMap;
