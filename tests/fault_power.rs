@@ -158,7 +158,9 @@ fn power_cuts(crashfs_args: &[&str], scenario: Scenario) {
     // Keep the bound: records dropped at it are counted; nothing new is made.
     cfg.extra = match scenario {
         Scenario::IngestAndDrain => String::new(),
-        Scenario::Retention => "[store]\nmax_megabytes = 4\ndrop_order = [\"events\", \"inference\", \"telemetry\"]\n".into(),
+        Scenario::Retention => {
+            "[store]\nmax_megabytes = 4\ndrop_order = [\"events\", \"inference\", \"telemetry\"]\n".into()
+        }
     };
     cfg.telemetry_secs = 3600.0;
     let d = Daemon::start(&cfg);
