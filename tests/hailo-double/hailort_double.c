@@ -45,12 +45,12 @@
  *                      {y_min, x_min, y_max, x_max, score}, zeros after.
  *   nms-order=legacy|by-score  report HAILO_NMS (9) or HAILO_NMS_BY_SCORE
  *                      (23) instead of BY_CLASS (22). A BY_SCORE frame is
- *                      laid out as hailort.h's hailo_detections_t: a uint16
- *                      count, then from byte 4 up to C*M hailo_detection_t
- *                      of 24 bytes {y_min, x_min, y_max, x_max, score
- *                      (float32), class_id (uint16), 2 padding bytes}; its
- *                      size is 2 + 24 * C*M bytes, as HailoRT computes it
- *                      (the last detection's padding lies past the end).
+ *                      laid out as hailort.h's hailo_detections_t, which it
+ *                      declares packed (#pragma pack(1)): a uint16 count,
+ *                      then from byte 2 up to C*M hailo_detection_t of 22
+ *                      bytes {y_min, x_min, y_max, x_max, score (float32),
+ *                      class_id (uint16)}; its size is 2 + 22 * C*M bytes,
+ *                      as HailoRT computes it.
  *                      Faults: `too-many` counts C*M + 1, `nan` gives the
  *                      first detection a NaN score, `truncated` counts C*M
  *                      in a frame shortened by `short` (bytes here).
@@ -403,7 +403,7 @@ static size_t nms_full_floats(const struct variant *v) {
 }
 
 static size_t by_score_frame_bytes(const struct variant *v) {
-    return 2 + 24 * (size_t)v->nms_classes * v->nms_max;
+    return 2 + 22 * (size_t)v->nms_classes * v->nms_max;
 }
 
 static size_t output_frame_bytes(const struct _hailo_configured_network_group *ng, int index) {
@@ -1295,7 +1295,7 @@ static void fill_nms_by_score(const struct variant *v, unsigned long n, unsigned
     size_t total = (size_t)v->nms_classes * v->nms_max;
     uint16_t count = 0;
     for (int i = 0; i < v->nbox && count < total; i++) {
-        size_t at = 4 + 24 * (size_t)count;
+        size_t at = 2 + 22 * (size_t)count;
         if (at + 22 > len) {
             break;
         }

@@ -649,21 +649,21 @@ enum PortKind {
 
 /// Floats per row of a BY_SCORE frame as handed to the decoder.
 pub const BY_SCORE_ROW: usize = 6;
-/// `sizeof(hailo_detection_t)`: five float32 and a uint16 class id, padded to 24.
-const DETECTION_BYTES: usize = 24;
-/// Where `hailo_detections_t.detections` starts: after the uint16 count,
-/// aligned to the float members.
-const DETECTIONS_AT: usize = 4;
+/// `sizeof(hailo_detection_t)`: five float32 and a uint16 class id. hailort.h
+/// declares it inside `#pragma pack(push, 1)`: no padding.
+const DETECTION_BYTES: usize = 22;
+/// Where `hailo_detections_t.detections` starts: right after the uint16
+/// count (packed as well).
+const DETECTIONS_AT: usize = 2;
 
-/// A BY_SCORE frame (`hailo_detections_t`: a uint16 count, then from byte
-/// 4 `hailo_detection_t` of 24 bytes each) as rows of [`BY_SCORE_ROW`]
+/// A BY_SCORE frame (`hailo_detections_t`, packed: a uint16 count, then from
+/// byte 2 `hailo_detection_t` of 22 bytes each) as rows of [`BY_SCORE_ROW`]
 /// floats, shape `[1, 1 + max_total, 6]`: a header row `[count, rows present,
 /// classes, 0, 0, 0]`, then per detection `[y_min, x_min, y_max, x_max,
 /// score, class_id]`, zeros after. Nothing is judged here: a count above
 /// `max_total` or past the frame's end is left for the decoder to refuse,
-/// and only detections whose 22 meaningful bytes lie in `bytes` are read
-/// (HailoRT's frame size, `2 + 24 × max_total`, leaves the last one's
-/// padding out).
+/// and only detections wholly inside `bytes` are read (HailoRT's frame
+/// size is `2 + 22 × max_total`).
 pub fn by_score_rows(bytes: &[u8], classes: usize, max_total: usize) -> Vec<f32> {
     let mut rows = vec![0.0f32; (1 + max_total) * BY_SCORE_ROW];
     let count = match bytes {
@@ -2246,10 +2246,10 @@ mod tests {
         let mut info = nms_info(23, 3, 4);
         info.__bindgen_anon_1.nms_shape.max_bboxes_total = 5;
         let by_score = user(sys::HAILO_FORMAT_TYPE_FLOAT32, sys::HAILO_FORMAT_ORDER_HAILO_NMS_BY_SCORE);
-        let bytes = 2 + 24 * 5;
+        let bytes = 2 + 22 * 5;
         let p = Port::describe(&info, &by_score, bytes).unwrap();
         assert_eq!(p.kind, PortKind::NmsByScore { classes: 3, max_total: 5, frame_bytes: bytes });
-        assert_eq!((p.shape(), p.elements), (vec![1, 6, BY_SCORE_ROW], 31));
+        assert_eq!((p.shape(), p.elements), (vec![1, 6, BY_SCORE_ROW], 28));
         info.__bindgen_anon_1.nms_shape.max_bboxes_total = 0;
         assert!(Port::describe(&info, &by_score, bytes).is_err());
 
@@ -2258,7 +2258,7 @@ mod tests {
         frame[..2].copy_from_slice(&2u16.to_ne_bytes());
         for (i, (v, class)) in [([0.1f32, 0.2, 0.3, 0.4, 0.9], 2u16), ([0.5, 0.5, 0.6, 0.6, 0.7], 0)].iter().enumerate()
         {
-            let at = 4 + 24 * i;
+            let at = 2 + 22 * i;
             for (k, x) in v.iter().enumerate() {
                 frame[at + 4 * k..at + 4 * k + 4].copy_from_slice(&x.to_ne_bytes());
             }
@@ -2273,7 +2273,7 @@ mod tests {
         // A count past the frame: only the detections inside it are rows; the
         // header keeps the count so the decoder can refuse the frame.
         frame[..2].copy_from_slice(&900u16.to_ne_bytes());
-        let rows = by_score_rows(&frame[..4 + 24 + 10], 3, 5);
+        let rows = by_score_rows(&frame[..2 + 22 + 10], 3, 5);
         assert_eq!(&rows[..2], &[900.0, 1.0]);
         assert!(by_score_rows(&[], 3, 5)[..2] == [0.0, 0.0]);
     }
