@@ -16,7 +16,7 @@
 //! ```
 //!
 //! Evaluation is three-valued: a comparison whose metric no device reported
-//! (`agreement` until shadow evaluation reports it) is *unknown*. `||` is
+//! (`agreement` until a device of the wave sent a shadow report) is *unknown*. `||` is
 //! true when any side is true, `&&` false when any side is false; otherwise
 //! unknown propagates. Only a rule that is *true* halts.
 
@@ -33,7 +33,7 @@ pub enum Metric {
     Failed,
     Fallback,
     Offline,
-    /// Shadow agreement (reserved: unknown until devices report it).
+    /// Shadow agreement: the wave's shadow reports, weighted by frames compared.
     Agreement,
 }
 

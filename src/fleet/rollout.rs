@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 
 use super::devices::{Device, Online};
 use super::halt_rule::{Rule, RuleError, Shares, Truth};
-use crate::update::{Phase as UpdatePhase, StateReport};
+use crate::update::{Phase as UpdatePhase, ShadowReport, StateReport};
 
 /// Largest `update/state` payload read; a device's real one is a few hundred
 /// bytes. Larger ones mark the device `unknown`.
@@ -155,6 +155,17 @@ pub struct DeviceEntry {
     /// The `--rollback-on-halt` push, when the rollout halted in this device's wave.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback: Option<Push>,
+    /// The latest shadow comparison this device reported for the update
+    /// (a `--shadow` push): agreement and the frames behind it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowSeen>,
+}
+
+/// A device's shadow agreement (pooled F1 against its live model, docs/updates.md).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ShadowSeen {
+    pub agreement: f64,
+    pub frames: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -191,6 +202,13 @@ pub struct Figures {
     pub offline: usize,
     /// Online, no final report by the end of the report timeout (in `failed`).
     pub no_report: usize,
+    /// Shadow agreement of the judged devices that compared frames, weighted
+    /// by their frames; `None` when none did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agreement: Option<f64>,
+    /// Devices behind `agreement`.
+    #[serde(default)]
+    pub agreement_devices: usize,
 }
 
 impl Figures {
@@ -201,8 +219,7 @@ impl Figures {
             failed: share(self.failed),
             fallback: share(self.fallback),
             offline: share(self.offline),
-            // Reserved for shadow evaluation: no device reports it yet.
-            agreement: None,
+            agreement: self.agreement,
         }
     }
 
@@ -223,7 +240,10 @@ impl Figures {
             pct(self.fallback),
             self.offline,
             pct(self.offline),
-        )
+        ) + &match self.agreement {
+            Some(a) => format!(", shadow agreement {a:.3} over {} devices", self.agreement_devices),
+            None => String::new(),
+        }
     }
 }
 
@@ -353,6 +373,7 @@ impl Rollout {
                 push: Push::Pending,
                 outcome: Outcome::None,
                 rollback: None,
+                shadow: None,
             })
             .collect();
         let digest = Sha256::digest(format!("{}|{:?}|{now_ms}", plan.update_id, plan.group).as_bytes());
@@ -442,6 +463,12 @@ impl Rollout {
         }
         let next = match classify_report(device, &update_id, payload) {
             Reading::Other => return false,
+            Reading::Shadow(seen) => {
+                let changed = d.shadow != Some(seen) || !d.outcome.is_final();
+                d.shadow = Some(seen);
+                d.outcome = Outcome::Active;
+                return changed;
+            }
             Reading::Garbage(problem) => {
                 if d.outcome.is_final() {
                     return false;
@@ -469,6 +496,7 @@ impl Rollout {
     /// The figures of wave `wave` now.
     pub fn figures(&self, wave: usize, statuses: &dyn Statuses) -> Figures {
         let mut f = Figures::default();
+        let (mut agreeing, mut frames) = (0.0, 0u64);
         for d in self.wave_devices(wave) {
             f.devices += 1;
             let status = statuses.status(&d.id);
@@ -483,6 +511,11 @@ impl Rollout {
             let offline = state == Some(Online::Offline);
             f.offline += usize::from(offline);
             f.fallback += usize::from(status.is_some_and(|s| s.on_cpu_fallback()));
+            if let Some(seen) = d.shadow.filter(|s| s.frames > 0 && s.agreement.is_finite()) {
+                agreeing += seen.agreement.clamp(0.0, 1.0) * seen.frames as f64;
+                frames = frames.saturating_add(seen.frames);
+                f.agreement_devices += 1;
+            }
             match &d.outcome {
                 Outcome::Active | Outcome::AlreadyCurrent => f.active += 1,
                 Outcome::RolledBack { .. } => f.rolled_back += 1,
@@ -495,6 +528,7 @@ impl Rollout {
                 }
             }
         }
+        f.agreement = (frames > 0).then(|| agreeing / frames as f64);
         f
     }
 
@@ -597,6 +631,8 @@ fn settled(d: &DeviceEntry, status: Option<&Device>) -> bool {
 
 enum Reading {
     Outcome(Outcome),
+    /// A shadow report of this update with its comparison's figures.
+    Shadow(ShadowSeen),
     Garbage(String),
     /// A readable report about another update.
     Other,
@@ -616,6 +652,12 @@ fn classify_report(device: &str, update_id: &str, payload: &[u8]) -> Reading {
     }
     if r.update_id != update_id {
         return Reading::Other;
+    }
+    if matches!(r.phase, UpdatePhase::Shadow)
+        && let Ok(shadow) = serde_json::from_slice::<ShadowReport>(payload)
+    {
+        let f = &shadow.shadow.figures;
+        return Reading::Shadow(ShadowSeen { agreement: f.agreement, frames: f.frames });
     }
     Reading::Outcome(match r.phase {
         UpdatePhase::Received | UpdatePhase::Verified | UpdatePhase::Staged | UpdatePhase::Activating => {
@@ -908,6 +950,67 @@ mod tests {
             18,
             "the halted wave gets the rollback"
         );
+    }
+
+    /// A device's `shadow` report as the update agent writes it.
+    fn shadow_report(id: &str, agreement: f64, frames: u64) -> Vec<u8> {
+        let figures = crate::inference::shadow::Figures {
+            frames,
+            agreement,
+            precision: Some(agreement),
+            recall: Some(agreement),
+            labels: BTreeMap::new(),
+        };
+        let r = ShadowReport {
+            device_id: id.into(),
+            group: "north".into(),
+            update_id: "u1".into(),
+            kind: crate::update::Kind::Model,
+            name: "m".into(),
+            version: "1.1.0".into(),
+            phase: UpdatePhase::Shadow,
+            shadow: crate::update::ShadowFigures {
+                live_model: "m 1.0.0".into(),
+                figures,
+                latency_ms_mean: Some(30.0),
+                latency_ms_max: Some(40.0),
+                errors: 0,
+                last_error: None,
+                dropped_busy: 0,
+                every_n_frames: 10,
+                running_secs: 60,
+            },
+            ts: 1,
+        };
+        serde_json::to_vec(&r).unwrap()
+    }
+
+    #[test]
+    fn shadow_agreement_gates_a_wave() {
+        let statuses = fleet(100);
+        let refs: Vec<&Device> = statuses.values().collect();
+        // Agreement weighted by frames: every device agrees 0.9 on 10 frames,
+        // except every 4th in rollout order, which agrees 0.5 on 30.
+        let answer = |r: &Rollout, id: &str| {
+            let i = r.devices.iter().position(|d| d.id == id).unwrap();
+            if i % 4 == 3 { shadow_report(id, 0.5, 30) } else { shadow_report(id, 0.9, 10) }
+        };
+        let mut r = Rollout::plan(plan("agreement < 0.8"), &refs, 1).unwrap();
+        let order = r.clone();
+        run(&mut r, &statuses, &|id| answer(&order, id));
+        // Wave 1 (1 device, agreeing 0.9) passes; wave 2 (10 devices, two of
+        // them at 0.5 on 30 frames) pools to (8 x 9 + 2 x 15) / 140 = 0.729 and halts.
+        assert!(matches!(r.phase, RolloutPhase::Halted { wave: 1, .. }), "{:?}", r.phase);
+        let d = r.decisions.last().unwrap();
+        assert_eq!((d.figures.devices, d.figures.agreement_devices, d.figures.failed), (9, 9, 0));
+        let want = (7.0 * 9.0 + 2.0 * 15.0) / 130.0;
+        assert!((d.figures.agreement.unwrap() - want).abs() < 1e-9, "{:?}", d.figures);
+        assert!(d.text.contains("shadow agreement"), "{}", d.text);
+        // The same fleet agreeing 0.9 everywhere completes.
+        let mut r = Rollout::plan(plan("agreement < 0.8"), &refs, 1).unwrap();
+        run(&mut r, &statuses, &|id| shadow_report(id, 0.9, 10));
+        assert_eq!(r.phase, RolloutPhase::Completed);
+        assert_eq!(r.decisions.last().unwrap().figures.agreement, Some(0.9));
     }
 
     #[test]
