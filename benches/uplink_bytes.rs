@@ -10,10 +10,11 @@
 //! - `walk`: a person walking back and forth through a line and a zone
 //!   (tests/common/walk.rs), the scene the events were made for.
 //!
-//! Per scene, two runs of the same frames: `every-frame` (no events, no
-//! snapshots: what a device sent before events existed) and `on-change +
-//! events + snapshots` (a line and a zone in the middle, snapshots of
-//! `zone_enter` and `line_cross` at the defaults). Bytes per frame are the
+//! Per scene, runs of the same frames: `every-frame` (no events, no
+//! snapshots: what a device sent before events existed), then `on-change`
+//! with events (a line and a zone in the middle) and snapshots of
+//! `zone_enter` and `line_cross` at the defaults (whole frame, quality 80),
+//! as crops at quality 60, and without snapshots. Bytes per frame are the
 //! bytes received once the outbox drained, over the frames inferred; per
 //! hour at 5 frames/s. Telemetry and status are the same in both and left
 //! out.
@@ -41,27 +42,42 @@ fn main() {
     let walk = tempfile::tempdir().expect("a temp dir");
     walk::write_walk(walk.path(), false);
     let scenes: [(&str, PathBuf); 2] = [("demo", repo().join("models/demo")), ("walk", walk.path().to_path_buf())];
+    let variants = [
+        ("on-change + events + snapshots", format!("[inference]\npublish = \"on-change\"\n{RULES}")),
+        (
+            "on-change + events + crop snapshots (quality 60)",
+            format!(
+                "[inference]\npublish = \"on-change\"\n[events.snapshots]\nmode = \"crop\"\njpeg_quality = 60\n{RULES}"
+            ),
+        ),
+        (
+            "on-change + events, no snapshots",
+            format!("[inference]\npublish = \"on-change\"\n[events.snapshots]\nenabled = false\n{RULES}"),
+        ),
+    ];
+    let per_hour = |b: &Bytes| b.per_frame() * FPS * 3600.0;
     for (scene, images) in &scenes {
         let every = run(
             images,
             frames,
             "[inference]\npublish = \"every-frame\"\n[events]\ntrack_events = false\n[events.snapshots]\nenabled = false\n",
         );
-        let events = run(images, frames, &format!("[inference]\npublish = \"on-change\"\n{RULES}"));
-        let per_hour = |b: &Bytes| b.per_frame() * FPS * 3600.0;
         println!(
-            "| {scene} | every-frame | {:.0} B | {:.1} MB | {} |",
+            "| {scene} | every-frame | {:.0} B | {:.1} MB | {} | 1 |",
             every.per_frame(),
             per_hour(&every) / 1e6,
             every.breakdown()
         );
-        println!(
-            "| {scene} | on-change + events + snapshots | {:.0} B | {:.1} MB | {} | ratio {:.3} |",
-            events.per_frame(),
-            per_hour(&events) / 1e6,
-            events.breakdown(),
-            events.per_frame() / every.per_frame()
-        );
+        for (name, extra) in &variants {
+            let b = run(images, frames, extra);
+            println!(
+                "| {scene} | {name} | {:.0} B | {:.1} MB | {} | {:.3} |",
+                b.per_frame(),
+                per_hour(&b) / 1e6,
+                b.breakdown(),
+                b.per_frame() / every.per_frame()
+            );
+        }
     }
 }
 
