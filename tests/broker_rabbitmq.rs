@@ -1,7 +1,8 @@
 //! The device unchanged on a broker that clusters (issue 19, item 6): the
 //! real `sparkd` against a real RabbitMQ with its MQTT plugin instead of
 //! Mosquitto. Records at QoS 1 with no seq gap, the retained status and the
-//! last will, and a signed model update pushed by `spark-fleet`.
+//! last will, a signed model update pushed by `spark-fleet`, and a signed
+//! diagnose request answered.
 //! docs/deployment.md says what differs between the brokers; the retained
 //! store's wildcard behaviour checked here is one of those differences.
 
@@ -63,7 +64,7 @@ fn engine_model(socket: &Path) -> String {
 }
 
 #[test]
-fn records_status_last_will_and_a_model_update_work_on_rabbitmq() {
+fn records_status_last_will_an_update_and_a_diagnose_request_work_on_rabbitmq() {
     let rabbit = RabbitMq::start();
     let lab = Lab::new();
     let consumer = Consumer::start(rabbit.port, "spark/#");
@@ -96,6 +97,16 @@ fn records_status_last_will_and_a_model_update_work_on_rabbitmq() {
     wait_for(Duration::from_secs(120), || states(&consumer, &id).into_iter().find(|j| j["state"] == "active"))
         .unwrap_or_else(|| panic!("no active report through RabbitMQ: {:#?}\n{}", states(&consumer, ""), d.log_text()));
     assert_eq!(engine_model(&cfg.socket()), "centerface 1.1.0");
+
+    // A signed diagnose request, answered on the reply topic.
+    let out = std::process::Command::new(common::fleet::fleet_bin())
+        .args(["diagnose", "test-dev", "status", "--json", "--broker", &rabbit.url(), "--key", s(&lab.key)])
+        .output()
+        .expect("run spark-fleet diagnose");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let remote: serde_json::Value = serde_json::from_str(&text).expect("diagnose --json prints JSON");
+    assert_eq!(remote["device_id"], "test-dev", "{remote}");
 
     // The last will: killed without a goodbye, the broker says offline.
     d.kill9();
