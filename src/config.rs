@@ -591,6 +591,16 @@ impl Config {
         if !is_topic_segment(&self.group) {
             bad("group", "must be 1-64 characters of [A-Za-z0-9_.-]".into());
         }
+        if !self.metrics.listen.is_empty() && self.metrics.listen_addr().is_none() {
+            bad(
+                "metrics.listen",
+                format!(
+                    "{:?} is not a loopback address and port (e.g. \"127.0.0.1:9464\" or \"[::1]:9464\"); \
+                     metrics are never served on a network interface",
+                    self.metrics.listen
+                ),
+            );
+        }
         if !self.metrics.textfile_dir.as_os_str().is_empty() && !self.metrics.textfile_dir.is_absolute() {
             bad("metrics.textfile_dir", "must be an absolute path (node_exporter's textfile directory)".into());
         }
@@ -992,11 +1002,23 @@ pub struct MetricsConfig {
     /// replaced there atomically every `textfile_interval_secs`. Empty: off.
     pub textfile_dir: PathBuf,
     pub textfile_interval_secs: u64,
+    /// `GET /metrics` served on this loopback address (`127.0.0.1:9464`,
+    /// `[::1]:9464`). Empty: no port opened.
+    pub listen: String,
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        Self { textfile_dir: PathBuf::new(), textfile_interval_secs: 15 }
+        Self { textfile_dir: PathBuf::new(), textfile_interval_secs: 15, listen: String::new() }
+    }
+}
+
+impl MetricsConfig {
+    /// The `listen` address, when set and valid (a loopback IP and a port
+    /// other than 0; `check-config` refuses anything else).
+    pub fn listen_addr(&self) -> Option<std::net::SocketAddr> {
+        let addr: std::net::SocketAddr = self.listen.parse().ok()?;
+        (addr.ip().is_loopback() && addr.port() != 0).then_some(addr)
     }
 }
 
@@ -1272,6 +1294,21 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metrics_listen_takes_only_a_loopback_address() {
+        assert_eq!(parse("").unwrap().metrics.listen_addr(), None);
+        let c = parse("[metrics]\nlisten = \"127.0.0.1:9464\"\n").unwrap();
+        assert_eq!(c.metrics.listen_addr(), Some("127.0.0.1:9464".parse().unwrap()));
+        assert!(parse("[metrics]\nlisten = \"[::1]:9464\"\n").is_ok());
+        for bad in ["0.0.0.0:9464", "192.0.2.1:9464", "127.0.0.1:0", "localhost:9464", "9464", "[::]:9464"] {
+            let ConfigError::Invalid(issues) = parse(&format!("[metrics]\nlisten = \"{bad}\"\n")).unwrap_err() else {
+                panic!("{bad} accepted")
+            };
+            assert_eq!((issues[0].key.as_str(), issues[0].line), ("metrics.listen", 2), "{bad}: {issues:?}");
+            assert!(issues[0].message.contains(bad), "{bad}: {issues:?}");
+        }
+    }
 
     #[test]
     fn metrics_textfile_dir_must_be_absolute_and_the_interval_bounded() {

@@ -367,6 +367,17 @@ pub fn run_from(config: Config, config_path: Option<PathBuf>) -> Result<(), Star
         let dir = config.metrics.textfile_dir.clone();
         runtime.spawn(crate::control::metrics::write_textfile(ctx.clone(), dir, every, shutdown_rx.clone()));
     }
+    if let Some(addr) = config.metrics.listen_addr() {
+        // A port already taken is reported, and the daemon runs on without
+        // it: metrics are not worth an outage.
+        match runtime.block_on(crate::control::metrics_http::bind(addr)) {
+            Ok(listener) => {
+                tracing::info!(%addr, "serving metrics on GET /metrics");
+                runtime.spawn(crate::control::metrics_http::serve(listener, ctx.clone(), shutdown_rx.clone()));
+            }
+            Err(e) => tracing::error!(error = %crate::error_chain(&e), "metrics listener not started"),
+        }
+    }
     if let Some(inbox) = diag_inbox {
         runtime.spawn(crate::control::diag_agent::run(inbox, ctx.clone(), shutdown_rx.clone()));
     }

@@ -167,3 +167,46 @@ fn inferred_frames_fill_the_latency_histogram() {
     assert_eq!(inf, value(&m, count).unwrap(), "+Inf holds every observation");
     assert!(value(&m, "spark_inference_latency_seconds_sum").unwrap() > 0.0);
 }
+
+/// One HTTP/1.1 request to `port`; the whole answer.
+fn http(port: u16, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the metrics port");
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read the answer");
+    out
+}
+
+/// `[metrics] listen`: GET /metrics on the loopback port answers the same
+/// text as `sparkctl metrics` (promtool accepts it), other paths and
+/// methods are refused, and the port is bound to loopback only.
+#[test]
+fn metrics_are_served_on_the_configured_loopback_port_only() {
+    let broker = Broker::start();
+    let port = free_port();
+    let cfg = config(&broker, &format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
+    let daemon = Daemon::start(&cfg);
+    let answer = wait_for(Duration::from_secs(30), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        let a = http(port, "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        (value(&a, APPENDED_EVENTS).is_some_and(|v| v > 0.0)).then_some(a)
+    })
+    .unwrap_or_else(|| panic!("no metrics on port {port}; log:\n{}", daemon.log_text()));
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a head and a body");
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    assert!(head.contains("Content-Type: text/plain; version=0.0.4"), "{head}");
+    assert!(head.contains(&format!("Content-Length: {}", body.len())), "{head}");
+    assert_promtool_passes(body);
+    assert!(http(port, "GET / HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404"));
+    assert!(http(port, "POST /metrics HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 405"));
+    assert!(http(port, "nonsense\r\n\r\n").starts_with("HTTP/1.1 400"));
+    // Bound to 127.0.0.1, not to every interface.
+    let listening = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let local = format!("0100007F:{port:04X}");
+    assert!(listening.lines().any(|l| l.split_whitespace().nth(1) == Some(local.as_str())), "not on 127.0.0.1:{port}");
+    let any = format!("00000000:{port:04X}");
+    assert!(!listening.lines().any(|l| l.split_whitespace().nth(1) == Some(any.as_str())), "listening on 0.0.0.0");
+    drop(daemon);
+}

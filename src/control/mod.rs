@@ -17,6 +17,7 @@ pub mod diag_agent;
 pub mod diagnose;
 pub mod doctor;
 pub mod metrics;
+pub mod metrics_http;
 pub mod protocol;
 pub mod sensors;
 pub mod server;
