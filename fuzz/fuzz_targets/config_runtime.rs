@@ -24,8 +24,14 @@ fuzz_target!(|data: &[u8]| {
     }
     // Exact, not saturated: a saturated bound would be a wrong bound.
     assert_eq!(Some(c.store_max_bytes()), c.store.max_megabytes.checked_mul(1 << 20), "store bytes");
+    assert_eq!(
+        Some(c.store_snapshots_max_bytes()),
+        c.store.snapshots_max_megabytes.checked_mul(1 << 20),
+        "snapshot budget bytes"
+    );
     let t = &c.store.ttl_secs;
-    let exact = [t.telemetry, t.inference, t.events].map(|s| s.checked_mul(1000));
+    // Snapshots have no TTL of their own (their budget bounds them).
+    let exact = [t.telemetry, t.inference, t.events, 0].map(|s| s.checked_mul(1000));
     assert_eq!(c.store_ttl_ms().map(Some), exact, "ttl ms");
     // Keep-alive goes on the wire as u16 seconds.
     assert!(u16::try_from(c.mqtt.keep_alive_secs).is_ok(), "mqtt.keep_alive_secs does not fit MQTT's u16");
