@@ -107,15 +107,7 @@ pub struct Tracker {
     pairs: Vec<(f32, usize, usize)>,
 }
 
-/// Intersection over union of two `[x1, y1, x2, y2]` boxes; 0 for empty ones.
-pub fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
-    let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
-    let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
-    let inter = w * h;
-    let area = |r: &[f32; 4]| (r[2] - r[0]).max(0.0) * (r[3] - r[1]).max(0.0);
-    let union = area(a) + area(b) - inter;
-    if union > 0.0 && inter.is_finite() { inter / union } else { 0.0 }
-}
+pub use crate::sys::geometry::iou;
 
 impl Tracker {
     pub fn new(params: TrackerParams) -> Self {

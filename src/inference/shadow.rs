@@ -20,6 +20,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::detect::Detection;
+use crate::sys::geometry::iou;
 
 /// Least IoU for a candidate box to match a live box of the same label.
 pub const MATCH_IOU: f32 = 0.5;
@@ -57,16 +58,6 @@ impl Counts {
 
 fn ratio(a: u64, b: u64) -> Option<f64> {
     (b > 0).then(|| a as f64 / b as f64)
-}
-
-/// Intersection over union of two `[x1, y1, x2, y2]` boxes (0 for empty ones).
-pub fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
-    let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
-    let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
-    let inter = w * h;
-    let area = |r: &[f32; 4]| (r[2] - r[0]).max(0.0) * (r[3] - r[1]).max(0.0);
-    let union = area(a) + area(b) - inter;
-    if union > 0.0 { inter / union } else { 0.0 }
 }
 
 /// Per-label counts of one frame: `candidate` judged against `live`.

@@ -1,5 +1,18 @@
 //! Plane geometry in normalised image coordinates (`[x, y]`, y down), shared
-//! by config validation (polygons and lines) and the events rules. Pure.
+//! by config validation (polygons and lines) and the events rules, and the
+//! overlap of two boxes that NMS, the tracker and shadow evaluation all
+//! measure. Pure.
+
+/// Intersection over union of two `[x1, y1, x2, y2]` boxes; 0 for empty or
+/// non-finite ones.
+pub fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
+    let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+    let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    let inter = w * h;
+    let area = |r: &[f32; 4]| (r[2] - r[0]).max(0.0) * (r[3] - r[1]).max(0.0);
+    let union = area(a) + area(b) - inter;
+    if union > 0.0 && inter.is_finite() { inter / union } else { 0.0 }
+}
 
 /// Twice the signed area of `(a, b, p)`: > 0 when `p` is on the right of
 /// `a → b` as drawn on screen (y down), < 0 on its left, 0 on the line.

@@ -18,6 +18,7 @@ use serde::Serialize;
 use crate::inference::engine::Output;
 use crate::inference::model::{Decoder, OutputSpec};
 use crate::inference::vision::Letterbox;
+use crate::sys::geometry::iou;
 
 pub use hailo_nms::NmsFault;
 
@@ -113,15 +114,6 @@ fn finish(mut cands: Vec<Cand>, nms_iou: f32, labels: &[String], lb: &Letterbox)
         })
         .take(MAX_DETECTIONS)
         .collect()
-}
-
-fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
-    let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
-    let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
-    let inter = iw * ih;
-    let area = |r: &[f32; 4]| (r[2] - r[0]).max(0.0) * (r[3] - r[1]).max(0.0);
-    let union = area(a) + area(b) - inter;
-    if union <= 0.0 { 0.0 } else { inter / union }
 }
 
 /// Greedy non-maximum suppression within each class, highest score first;
