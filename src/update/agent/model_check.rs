@@ -40,24 +40,12 @@ impl Agent {
     /// daemon runs one (no camera: the files are checked, nothing is built).
     pub(super) fn check_model(&self, rec: &UpdateRecord) -> Result<(Option<CheckedEngine>, Arc<Model>), Failed> {
         let bad = |detail: String| Failed::Reject(Rejection::BadPack { detail });
-        let dir = self.updater.staged_dir(rec).ok_or_else(|| bad("no store folder".into()))?;
-        let unpacked = dir.join(UNPACKED);
-        if !unpacked.exists() {
-            let bytes = std::fs::read(dir.join(&rec.file_name)).map_err(|e| bad(format!("reading the pack: {e}")))?;
-            pack::unpack(&bytes, &unpacked).map_err(|e| bad(crate::error_chain(&e)))?;
-        }
-        let model = Model::load(&unpacked.join(MODEL_MANIFEST)).map_err(|e| bad(crate::error_chain(&e)))?;
-        if model.manifest.name != rec.name || model.manifest.version != rec.version.to_string() {
-            return Err(bad(format!(
-                "model.toml says {} {}, the signed manifest {} {}",
-                model.manifest.name, model.manifest.version, rec.name, rec.version
-            )));
-        }
-        let onnx = model.read_onnx().map_err(|e| bad(crate::error_chain(&e)))?;
+        let (model, onnx) = self.staged_model(rec).map_err(|detail| bad(detail.0))?;
         let manifest = self.updater.manifest_of(&rec.update_id).map_err(|e| bad(e.to_string()))?;
         let canary = match &manifest.canary {
             Some(c) => {
-                let p = unpacked.join(&c.input);
+                // The pack was unpacked where its model.toml is.
+                let p = model.dir.join(&c.input);
                 let img = image::open(&p)
                     .map_err(|e| bad(format!("canary input {} is not in the pack or not an image: {e}", c.input)))?;
                 Some((c.clone(), img.to_rgb8()))
@@ -168,3 +156,32 @@ pub(super) fn device_hailort_version(config: &Config) -> Option<String> {
 
 /// A new engine that passed warm-up and canary, not yet switched in.
 pub(super) type CheckedEngine = Box<dyn crate::inference::engine::Engine>;
+
+/// Why a staged model pack cannot be used: what is wrong with it, for the
+/// `bad_pack` refusal (model check) or shadow failure that reports it.
+#[derive(Debug)]
+pub(super) struct PackProblem(pub String);
+
+impl Agent {
+    /// The staged pack of `rec` (unpacked once beside it), its model loaded
+    /// and checked against the signed manifest's name and version, and its
+    /// verified ONNX bytes. Shared by the model check and shadow evaluation.
+    pub(super) fn staged_model(&self, rec: &UpdateRecord) -> Result<(Model, Vec<u8>), PackProblem> {
+        let bad = PackProblem;
+        let dir = self.updater.staged_dir(rec).ok_or_else(|| bad("no store folder".into()))?;
+        let unpacked = dir.join(UNPACKED);
+        if !unpacked.exists() {
+            let bytes = std::fs::read(dir.join(&rec.file_name)).map_err(|e| bad(format!("reading the pack: {e}")))?;
+            pack::unpack(&bytes, &unpacked).map_err(|e| bad(crate::error_chain(&e)))?;
+        }
+        let model = Model::load(&unpacked.join(MODEL_MANIFEST)).map_err(|e| bad(crate::error_chain(&e)))?;
+        if model.manifest.name != rec.name || model.manifest.version != rec.version.to_string() {
+            return Err(bad(format!(
+                "model.toml says {} {}, the signed manifest {} {}",
+                model.manifest.name, model.manifest.version, rec.name, rec.version
+            )));
+        }
+        let onnx = model.read_onnx().map_err(|e| bad(crate::error_chain(&e)))?;
+        Ok((model, onnx))
+    }
+}

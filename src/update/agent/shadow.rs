@@ -15,13 +15,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Agent, UNPACKED};
+use super::Agent;
 use crate::inference::engine::Engine;
 use crate::inference::engine::onnx::OnnxEngine;
-use crate::inference::model::Model;
 use crate::inference::shadow_tap::StartError;
 use crate::record::now_ms;
-use crate::update::pack::{self, MODEL_MANIFEST};
 use crate::update::{Phase, ShadowFigures, ShadowReport, UpdateRecord};
 
 /// How often the agent checks whether a shadow report is due.
@@ -101,21 +99,7 @@ impl Agent {
 
     fn load_shadow(&self, rec: &UpdateRecord) -> Result<(), ShadowError> {
         let tap = self.deps.shadow.as_ref().ok_or(ShadowError::NoCamera)?;
-        let bad = ShadowError::BadPack;
-        let dir = self.updater.staged_dir(rec).ok_or_else(|| bad("no store folder".into()))?;
-        let unpacked = dir.join(UNPACKED);
-        if !unpacked.exists() {
-            let bytes = std::fs::read(dir.join(&rec.file_name)).map_err(|e| bad(format!("reading the pack: {e}")))?;
-            pack::unpack(&bytes, &unpacked).map_err(|e| bad(crate::error_chain(&e)))?;
-        }
-        let model = Model::load(&unpacked.join(MODEL_MANIFEST)).map_err(|e| bad(crate::error_chain(&e)))?;
-        if model.manifest.name != rec.name || model.manifest.version != rec.version.to_string() {
-            return Err(bad(format!(
-                "model.toml says {} {}, the signed manifest {} {}",
-                model.manifest.name, model.manifest.version, rec.name, rec.version
-            )));
-        }
-        let onnx = model.read_onnx().map_err(|e| bad(crate::error_chain(&e)))?;
+        let (model, onnx) = self.staged_model(rec).map_err(|p| ShadowError::BadPack(p.0))?;
         tap.set_every_n(self.running.update.shadow_every_n_frames);
         let model = Arc::new(model);
         let lib = self.running.model.onnxruntime_library.clone();
