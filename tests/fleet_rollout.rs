@@ -10,7 +10,7 @@ mod devsim;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -95,20 +95,7 @@ fn start_sparkd(broker: &Broker, lab: &Lab, id: &str) -> (DaemonConfig, Child) {
     cfg.telemetry_secs = 5.0;
     cfg.mqtt_extra = "status_interval_secs = 1\n".into();
     cfg.extra = format!("[update]\ntrusted_keys_file = \"{}\"\n", lab.public.display());
-    let text = std::fs::read_to_string(cfg.write())
-        .unwrap()
-        .replace("device_id = \"test-dev\"", &format!("device_id = \"{id}\""));
-    let path = cfg.dir.path().join("device.toml");
-    std::fs::write(&path, text).unwrap();
-    let log = std::fs::File::create(cfg.dir.path().join("sparkd.log")).unwrap();
-    let child = Command::new(sparkd_bin())
-        .args(["run", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn sparkd");
+    let child = spawn_sparkd_as(&cfg, id);
     (cfg, child)
 }
 

@@ -7,7 +7,7 @@ mod common;
 mod double;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use common::fleet::{
@@ -286,20 +286,7 @@ fn sparkctl_update_apply_installs_a_bundle_file_with_the_same_checks() {
 /// One more `sparkd` with its own device id and no camera (cheap).
 fn start_device(broker: &Broker, lab: &Lab, name: &str) -> (DaemonConfig, Child) {
     let cfg = daemon_config(broker, lab, false);
-    let text = std::fs::read_to_string(cfg.write())
-        .unwrap()
-        .replace("device_id = \"test-dev\"", &format!("device_id = \"{name}\""));
-    let path = cfg.dir.path().join("device.toml");
-    std::fs::write(&path, text).unwrap();
-    let log = std::fs::File::create(cfg.dir.path().join("sparkd.log")).unwrap();
-    let child = Command::new(sparkd_bin())
-        .args(["run", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn sparkd");
+    let child = spawn_sparkd_as(&cfg, name);
     (cfg, child)
 }
 

@@ -692,3 +692,22 @@ pub fn file_pcm_home(dir: &Path, infile: &Path) -> PathBuf {
     .unwrap();
     home
 }
+
+/// A `sparkd` of `cfg` under another device id (`device`), its log in
+/// `sparkd.log` beside the config: one of several devices of a fleet test.
+pub fn spawn_sparkd_as(cfg: &DaemonConfig, device: &str) -> Child {
+    let text = std::fs::read_to_string(cfg.write())
+        .expect("read the written config")
+        .replace("device_id = \"test-dev\"", &format!("device_id = \"{device}\""));
+    let path = cfg.dir.path().join("device.toml");
+    std::fs::write(&path, text).expect("write the device config");
+    let log = std::fs::File::create(cfg.dir.path().join("sparkd.log")).expect("create sparkd.log");
+    Command::new(sparkd_bin())
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn sparkd")
+}
