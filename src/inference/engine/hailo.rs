@@ -892,7 +892,16 @@ impl Port {
         let nms = unsafe { info.__bindgen_anon_1.nms_shape };
         if by_score {
             let (classes, max_total) = (nms.number_of_classes as usize, nms.max_bboxes_total as usize);
-            if classes == 0 || max_total == 0 || frame_bytes < 2 || frame_bytes > MAX_NMS_FRAME_BYTES {
+            // HailoRT's own frame size for this shape: a HEF or library
+            // claiming more boxes than fit the cap would make every frame's
+            // rows a huge allocation, whatever frame size it reports.
+            let shape_bytes = max_total.saturating_mul(DETECTION_BYTES).saturating_add(DETECTIONS_AT);
+            if classes == 0
+                || max_total == 0
+                || frame_bytes < 2
+                || frame_bytes > MAX_NMS_FRAME_BYTES
+                || shape_bytes > MAX_NMS_FRAME_BYTES
+            {
                 return Err(HailoError::UnsupportedModel(format!(
                     "NMS-by-score vstream {name}: nms_shape {classes} classes, {max_total} boxes in all, with a \
                      frame size of {frame_bytes} bytes cannot be read (want non-zero counts and 2 to \
@@ -2252,6 +2261,9 @@ mod tests {
         assert_eq!((p.shape(), p.elements), (vec![1, 6, BY_SCORE_ROW], 28));
         info.__bindgen_anon_1.nms_shape.max_bboxes_total = 0;
         assert!(Port::describe(&info, &by_score, bytes).is_err());
+        // A shape whose frame would be over the cap, with a small frame size reported.
+        info.__bindgen_anon_1.nms_shape.max_bboxes_total = u32::MAX;
+        assert!(matches!(Port::describe(&info, &by_score, bytes), Err(HailoError::UnsupportedModel(_))));
 
         // Two detections as hailo_detections_t lays them out.
         let mut frame = vec![0u8; bytes];
