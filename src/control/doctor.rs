@@ -43,7 +43,7 @@ pub fn system_checks(config: &Config, state_dir: &Path) -> Vec<Check> {
         microphone(config),
         clock(now_ms / 1000, build_floor_s()),
         ntp(Path::new(TIMESYNC_FLAG).exists()),
-        disk(state_dir),
+        disk(config, state_dir),
     ]
 }
 
@@ -359,8 +359,9 @@ pub fn ntp(synchronized: bool) -> Check {
     }
 }
 
-/// Free space of the filesystem holding `dir` (or its nearest existing parent).
-pub fn disk(dir: &Path) -> Check {
+/// Free space of the filesystem holding the state directory (or its nearest
+/// existing parent), judged against what the daemon itself needs there.
+pub fn disk(config: &Config, dir: &Path) -> Check {
     let mut at = dir;
     while !at.exists() {
         match at.parent() {
@@ -371,20 +372,58 @@ pub fn disk(dir: &Path) -> Check {
             }
         }
     }
+    // The outbox's data file already holds its share; only its growth needs
+    // free space.
+    let stored = std::fs::metadata(dir.join("outbox").join("data.mdb")).map(|m| m.len()).unwrap_or(0);
+    let need = DiskNeed {
+        outbox_bound: config.store_max_bytes(),
+        outbox_stored: stored,
+        update_reserve: config.update.reserve_megabytes.saturating_mul(1 << 20),
+    };
     match rustix::fs::statvfs(at) {
-        Ok(s) => judge_disk(dir, s.f_bavail.saturating_mul(s.f_frsize), s.f_blocks.saturating_mul(s.f_frsize)),
+        Ok(s) => {
+            judge_disk(dir, s.f_bavail.saturating_mul(s.f_frsize), s.f_blocks.saturating_mul(s.f_frsize), need)
+        }
         Err(e) => Check::fail("disk", format!("statvfs {}: {e}", at.display()), "check the state directory exists"),
     }
 }
 
-pub fn judge_disk(dir: &Path, free: u64, total: u64) -> Check {
+/// What the daemon may still write to the state filesystem.
+#[derive(Debug, Clone, Copy)]
+pub struct DiskNeed {
+    /// `store.max_megabytes` in bytes.
+    pub outbox_bound: u64,
+    /// Size of the outbox's data file now.
+    pub outbox_stored: u64,
+    /// `update.reserve_megabytes` in bytes: staging leaves this untouched.
+    pub update_reserve: u64,
+}
+
+/// Below this the outbox is about to enter its low-space mode and no update
+/// can stage: something else is filling the disk.
+const DISK_FAIL_BYTES: u64 = 64 << 20;
+
+/// A share of the disk says nothing on its own (2 GiB free of 250 GiB is
+/// plenty for a 1 GiB outbox); what matters is whether the outbox can reach
+/// its configured bound with the update reserve still free. Short of that it
+/// warns: records will be dropped before the bound the config promises.
+pub fn judge_disk(dir: &Path, free: u64, total: u64, need: DiskNeed) -> Check {
     const NAME: &str = "disk";
-    let pct = if total == 0 { 0.0 } else { free as f64 * 100.0 / total as f64 };
-    let detail = format!("{} free of {} ({pct:.0}%) for {}", human_bytes(free), human_bytes(total), dir.display());
-    let fix = "free space: journalctl --vacuum-size=100M; apt clean; remove old files (the outbox keeps itself under store.max_megabytes)";
-    if free < 64 << 20 || pct < 2.0 {
+    let growth = need.outbox_bound.saturating_sub(need.outbox_stored);
+    let wanted = growth.saturating_add(need.update_reserve);
+    let detail = format!(
+        "{} free of {} for {}; the outbox may grow by {} more (store.max_megabytes) plus {} update reserve",
+        human_bytes(free),
+        human_bytes(total),
+        dir.display(),
+        human_bytes(growth),
+        human_bytes(need.update_reserve)
+    );
+    let fix = "free space: journalctl --vacuum-size=100M; apt clean; remove old files \
+               (or lower store.max_megabytes to what the disk can hold)";
+    if free < DISK_FAIL_BYTES {
         Check::fail(NAME, detail, fix)
-    } else if free < 512 << 20 || pct < 10.0 {
+    } else if free < wanted {
         Check::warn(NAME, detail, fix)
     } else {
         Check::pass(NAME, detail)
@@ -636,12 +675,22 @@ mod tests {
     }
 
     #[test]
-    fn disk_thresholds() {
-        let gib = 1u64 << 30;
-        assert_eq!(judge_disk(Path::new("/x"), 10 * gib, 30 * gib).status, CheckStatus::Pass);
-        assert_eq!(judge_disk(Path::new("/x"), 2 * gib, 30 * gib).status, CheckStatus::Warn);
-        assert_eq!(judge_disk(Path::new("/x"), 32 << 20, 30 * gib).status, CheckStatus::Fail);
-        assert_eq!(judge_disk(Path::new("/x"), 0, 0).status, CheckStatus::Fail);
+    fn disk_is_judged_against_the_outbox_bound_not_a_share_of_the_disk() {
+        let (mib, gib) = (1u64 << 20, 1u64 << 30);
+        let need = DiskNeed { outbox_bound: gib, outbox_stored: 100 * mib, update_reserve: 64 * mib };
+        // 3 GiB free of 250 GiB (1%) holds a 1 GiB outbox: pass.
+        assert_eq!(judge_disk(Path::new("/x"), 3 * gib, 250 * gib, need).status, CheckStatus::Pass);
+        // Enough for the remaining growth plus the reserve, exactly: pass.
+        assert_eq!(judge_disk(Path::new("/x"), 988 * mib, 250 * gib, need).status, CheckStatus::Pass);
+        // Short of it: the outbox would drop records early.
+        let short = judge_disk(Path::new("/x"), 987 * mib, 250 * gib, need);
+        assert_eq!(short.status, CheckStatus::Warn);
+        assert!(short.detail.contains("924.0 MiB") && short.detail.contains("store.max_megabytes"), "{}", short.detail);
+        // A full outbox needs only the reserve.
+        let full = DiskNeed { outbox_stored: gib, ..need };
+        assert_eq!(judge_disk(Path::new("/x"), 100 * mib, 250 * gib, full).status, CheckStatus::Pass);
+        assert_eq!(judge_disk(Path::new("/x"), 63 * mib, 250 * gib, full).status, CheckStatus::Fail);
+        assert_eq!(judge_disk(Path::new("/x"), 0, 0, need).status, CheckStatus::Fail);
     }
 
     fn loaded(v: &str) -> HailoLoad {
