@@ -1,5 +1,6 @@
 //! The inference stage: a frame's path from the camera queue to detections.
-//! `pipeline` runs the loop, `vision` prepares pixels, `engine` runs the
+//! `pipeline` runs the loop, `vision` prepares pixels (`vision_yuv` straight
+//! from raw YUV camera buffers, without an RGB copy), `engine` runs the
 //! network (Hailo-8 or ONNX Runtime), `detect` decodes its outputs, `model`
 //! describes what is loaded, `snapshot` taps the model input for technicians,
 //! `observe` is the hook the tracking step plugs into, `shadow` compares a
@@ -15,3 +16,4 @@ pub mod shadow;
 pub mod shadow_tap;
 pub mod snapshot;
 pub mod vision;
+pub mod vision_yuv;

@@ -98,28 +98,30 @@ pub fn tensor_to_rgb(t: &Tensor, spec: &InputSpec) -> Option<RgbImage> {
     Some(img)
 }
 
-/// Where the resized frame lands in the model input, shared by [`prepare`]
-/// and [`prepare_u8_nhwc`] so both paths resize identically.
-struct Fit {
+/// Where the resized frame lands in the model input, shared by [`prepare`],
+/// [`prepare_u8_nhwc`] and the YUV kernels (`vision_yuv`) so all paths
+/// resize identically.
+pub(super) struct Fit {
     /// Model input size.
-    w: usize,
-    h: usize,
+    pub(super) w: usize,
+    pub(super) h: usize,
     /// Size of the resized frame inside it (the rest is padding).
-    nw: usize,
-    nh: usize,
+    pub(super) nw: usize,
+    pub(super) nh: usize,
     /// Frame already at the fitted size: rows are copied, not interpolated.
-    identity: bool,
-    xs: Vec<(usize, usize, f32)>,
-    ys: Vec<(usize, usize, f32)>,
+    pub(super) identity: bool,
+    pub(super) xs: Vec<(usize, usize, f32)>,
+    pub(super) ys: Vec<(usize, usize, f32)>,
     /// Output channel c takes source channel `order[c]`.
-    order: [usize; 3],
-    letterbox: Letterbox,
+    pub(super) order: [usize; 3],
+    pub(super) letterbox: Letterbox,
 }
 
 impl Fit {
-    fn new(frame: &RgbImage, spec: &InputSpec) -> Self {
+    /// The fit of a `frame`-sized (width, height) image into `spec`'s input.
+    pub(super) fn new(frame: (u32, u32), spec: &InputSpec) -> Self {
         let (tw, th) = (spec.width, spec.height);
-        let (fw, fh) = frame.dimensions();
+        let (fw, fh) = frame;
         let (nw, nh) = fitted_size((fw, fh), spec);
         let (sx, sy) = (nw as f32 / fw as f32, nh as f32 / fh as f32);
         Self {
@@ -146,10 +148,32 @@ impl Fit {
     }
 }
 
+/// The float paths' normalisation per output channel (already in `order`):
+/// `(v - mean) * inv_std`, and the pad value normalised the same way.
+pub(super) struct Norm {
+    pub(super) mean: [f32; 3],
+    pub(super) inv_std: [f32; 3],
+    pub(super) pad: [f32; 3],
+}
+
+impl Norm {
+    pub(super) fn new(spec: &InputSpec, order: [usize; 3]) -> Self {
+        let inv_std: [f32; 3] = std::array::from_fn(|c| 1.0 / spec.std[order[c]]);
+        let mean: [f32; 3] = std::array::from_fn(|c| spec.mean[order[c]]);
+        let pad = std::array::from_fn(|c| (spec.pad_value - mean[c]) * inv_std[c]);
+        Self { mean, inv_std, pad }
+    }
+}
+
+/// The uint8 paths' padding: the spec's pad value rounded to a byte.
+pub(super) fn pad_byte(spec: &InputSpec) -> u8 {
+    spec.pad_value.round().clamp(0.0, 255.0) as u8
+}
+
 /// Bilinear sample of channel `c` between source pixels at byte offsets `a`
 /// and `b` of rows `r0` (weight `1 - wy`) and `r1` (weight `wy`).
 #[inline(always)]
-fn bilinear(r0: &[u8], r1: &[u8], a: usize, b: usize, c: usize, wx: f32, wy: f32) -> f32 {
+pub(super) fn bilinear(r0: &[u8], r1: &[u8], a: usize, b: usize, c: usize, wx: f32, wy: f32) -> f32 {
     let top = r0[a + c] as f32 + (r0[b + c] as f32 - r0[a + c] as f32) * wx;
     let bot = r1[a + c] as f32 + (r1[b + c] as f32 - r1[a + c] as f32) * wx;
     top + (bot - top) * wy
@@ -161,15 +185,13 @@ fn bilinear(r0: &[u8], r1: &[u8], a: usize, b: usize, c: usize, wx: f32, wy: f32
 /// Resize, channel order, normalisation and the HWC→CHW transpose happen in
 /// one pass over the output: no intermediate image.
 pub fn prepare(frame: &RgbImage, spec: &InputSpec, out: &mut Tensor) -> Letterbox {
-    let fit = Fit::new(frame, spec);
+    let fit = Fit::new(frame.dimensions(), spec);
     let (w, h, nw, nh, order) = (fit.w, fit.h, fit.nw, fit.nh, fit.order);
     let plane = w * h;
     out.shape.clear();
     out.shape.extend_from_slice(&[1, 3, h, w]);
     out.data.resize(3 * plane, 0.0);
-    let inv_std: [f32; 3] = std::array::from_fn(|c| 1.0 / spec.std[order[c]]);
-    let mean: [f32; 3] = std::array::from_fn(|c| spec.mean[order[c]]);
-    let pad: [f32; 3] = std::array::from_fn(|c| (spec.pad_value - mean[c]) * inv_std[c]);
+    let Norm { mean, inv_std, pad } = Norm::new(spec, order);
     let raw = frame.as_raw();
     let stride = frame.width() as usize * 3;
     let (p0, rest) = out.data.split_at_mut(plane);
@@ -216,9 +238,9 @@ pub fn prepare(frame: &RgbImage, spec: &InputSpec, out: &mut Tensor) -> Letterbo
 /// are not applied. No float tensor and no transpose: a frame already at the
 /// model's size is copied row by row.
 pub fn prepare_u8_nhwc(frame: &RgbImage, spec: &InputSpec, out: &mut Vec<u8>) -> Letterbox {
-    let fit = Fit::new(frame, spec);
+    let fit = Fit::new(frame.dimensions(), spec);
     let (w, h, nw, nh, order) = (fit.w, fit.h, fit.nw, fit.nh, fit.order);
-    let pad = spec.pad_value.round().clamp(0.0, 255.0) as u8;
+    let pad = pad_byte(spec);
     out.clear();
     out.resize(w * h * 3, pad);
     let raw = frame.as_raw();

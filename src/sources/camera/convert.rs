@@ -97,10 +97,153 @@ pub enum ConvertError {
         "{format} frame size {width}x{height} invalid (sizes must be even and non-zero, the stride at least one row)"
     )]
     BadGeometry { format: &'static str, width: u32, height: u32 },
+    #[error("{format} frames are compressed: no YUV planes to sample")]
+    NotRawYuv { format: &'static str },
     #[error("MJPEG buffer is not a JPEG: {0}")]
     NotJpeg(&'static str),
     #[error("decoding an MJPEG frame")]
     Decode(#[source] image::ImageError),
+}
+
+/// Where the samples of a raw YUV frame lie in its buffer, once its
+/// geometry and size are checked ([`yuv_layout`]): luma `(x, y)` is at
+/// `y * stride + x * y_step`; chroma `(cx, cy)` (`cx = x / 2`; `cy = y / 2`
+/// for 4:2:0, `y` for YUYV) at `u_off` / `v_off` `+ cy * c_stride + cx * c_step`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct YuvLayout {
+    pub width: usize,
+    pub height: usize,
+    pub stride: usize,
+    pub y_step: usize,
+    pub u_off: usize,
+    pub v_off: usize,
+    pub c_stride: usize,
+    pub c_step: usize,
+    /// Chroma has half as many rows as luma (4:2:0), not as many (4:2:2).
+    pub c_half_rows: bool,
+}
+
+impl YuvLayout {
+    /// Chroma row of luma row `y`.
+    #[inline(always)]
+    pub fn chroma_row(&self, y: usize) -> usize {
+        if self.c_half_rows { y / 2 } else { y }
+    }
+
+    /// Luma row `y`: exactly the bytes of its `width` samples.
+    #[inline(always)]
+    pub fn luma<'a>(&self, src: &'a [u8], y: usize) -> &'a [u8] {
+        let start = y * self.stride;
+        &src[start..start + (self.width - 1) * self.y_step + 1]
+    }
+
+    /// The U and V samples of chroma row `cy`, each slice starting at the
+    /// row's first sample and ending at its last.
+    #[inline(always)]
+    pub fn chroma<'a>(&self, src: &'a [u8], cy: usize) -> (&'a [u8], &'a [u8]) {
+        let len = (self.width / 2 - 1) * self.c_step + 1;
+        let (u, v) = (self.u_off + cy * self.c_stride, self.v_off + cy * self.c_stride);
+        (&src[u..u + len], &src[v..v + len])
+    }
+}
+
+/// Checks a raw YUV frame's geometry against its buffer: sizes even (4:2:0:
+/// both, YUYV: the width) and non-zero, the stride at least one row, the
+/// buffer long enough for the last sample. Never panics, whatever the
+/// numbers (sizes that overflow are bad geometry). MJPEG has no layout.
+pub(crate) fn yuv_layout(
+    format: PixelFormat,
+    len: usize,
+    width: u32,
+    height: u32,
+    stride: usize,
+) -> Result<YuvLayout, ConvertError> {
+    let name = match format {
+        PixelFormat::Yuyv => "YUYV",
+        PixelFormat::Nv12 => "NV12",
+        PixelFormat::Yu12 => "YU12",
+        PixelFormat::Mjpeg => return Err(ConvertError::NotRawYuv { format: "MJPEG" }),
+    };
+    let bad = ConvertError::BadGeometry { format: name, width, height };
+    let (w, h) = (width as usize, height as usize);
+    let planar = matches!(format, PixelFormat::Yu12);
+    if w == 0
+        || h == 0
+        || !w.is_multiple_of(2)
+        || (format != PixelFormat::Yuyv && !h.is_multiple_of(2))
+        || stride < format.min_stride(width)
+        || (planar && !stride.is_multiple_of(2))
+    {
+        return Err(bad);
+    }
+    // (layout, bytes needed: the last row needs only its samples, not a full stride)
+    let sized = || -> Option<(YuvLayout, usize)> {
+        if format == PixelFormat::Yuyv {
+            let needed = stride.checked_mul(h - 1)?.checked_add(2 * w)?;
+            let l = YuvLayout {
+                width: w,
+                height: h,
+                stride,
+                y_step: 2,
+                u_off: 1,
+                v_off: 3,
+                c_stride: stride,
+                c_step: 4,
+                c_half_rows: false,
+            };
+            return Some((l, needed));
+        }
+        let y_size = stride.checked_mul(h)?;
+        let c_stride = if planar { stride / 2 } else { stride };
+        let (u_off, v_off, c_step) = if planar {
+            (y_size, y_size.checked_add(c_stride.checked_mul(h / 2)?)?, 1)
+        } else {
+            (y_size, y_size + 1, 2)
+        };
+        let last_row = c_stride.checked_mul(h / 2 - 1)?;
+        let needed = if planar {
+            v_off.checked_add(last_row)?.checked_add(w / 2)?
+        } else {
+            y_size.checked_add(last_row)?.checked_add(w)?
+        };
+        let l = YuvLayout { width: w, height: h, stride, y_step: 1, u_off, v_off, c_stride, c_step, c_half_rows: true };
+        Some((l, needed))
+    };
+    let (layout, needed) = sized().ok_or(bad)?;
+    if len < needed {
+        return Err(ConvertError::ShortBuffer { format: name, width, height, stride, needed, got: len });
+    }
+    Ok(layout)
+}
+
+/// Converts one raw YUV frame (layout checked) into `out`, resized to the
+/// frame's size if it is not already.
+pub(crate) fn yuv_to_rgb_into(src: &[u8], l: &YuvLayout, out: &mut RgbImage) {
+    let (width, height) = (l.width as u32, l.height as u32);
+    if out.dimensions() != (width, height) {
+        *out = RgbImage::new(width, height);
+    }
+    let dst: &mut [u8] = out;
+    // Whole-row slices and pairs of pixels sharing one chroma sample: no
+    // per-pixel index arithmetic in the inner loop.
+    for (y, row_out) in dst.chunks_exact_mut(3 * l.width).enumerate() {
+        let luma = l.luma(src, y);
+        let (u, v) = l.chroma(src, l.chroma_row(y));
+        let pairs = row_out.chunks_exact_mut(6).zip(u.iter().step_by(l.c_step)).zip(v.iter().step_by(l.c_step));
+        match l.y_step {
+            // YUYV: the two lumas of a pair are 2 bytes apart, pairs 4.
+            2 => {
+                for (i, ((o, &cu), &cv)) in pairs.enumerate() {
+                    yuv_pair(luma[4 * i], luma[4 * i + 2], cu, cv, o);
+                }
+            }
+            _ => {
+                for (((o, &cu), &cv), l2) in pairs.zip(luma.chunks_exact(2)) {
+                    yuv_pair(l2[0], l2[1], cu, cv, o);
+                }
+            }
+        }
+    }
 }
 
 /// Converts one YUYV frame into `out` (resized to `width`x`height` if it is
@@ -113,42 +256,8 @@ pub fn yuyv_to_rgb_into(
     stride: usize,
     out: &mut RgbImage,
 ) -> Result<(), ConvertError> {
-    let (w, h) = (width as usize, height as usize);
-    if w == 0 || h == 0 || w % 2 != 0 || stride < 2 * w {
-        return Err(ConvertError::BadGeometry { format: "YUYV", width, height });
-    }
-    // The last row needs only its pixels, not a full stride.
-    let needed = stride * (h - 1) + 2 * w;
-    if src.len() < needed {
-        return Err(ConvertError::ShortBuffer { format: "YUYV", width, height, stride, needed, got: src.len() });
-    }
-    if out.dimensions() != (width, height) {
-        *out = RgbImage::new(width, height);
-    }
-    let dst: &mut [u8] = out;
-    for (y, row_out) in dst.chunks_exact_mut(3 * w).enumerate() {
-        let row_in = &src[y * stride..y * stride + 2 * w];
-        for (px, o) in row_in.chunks_exact(4).zip(row_out.chunks_exact_mut(6)) {
-            let (y0, u, y1, v) = (px[0] as i32, px[1] as i32, px[2] as i32, px[3] as i32);
-            let d = u - 128;
-            let e = v - 128;
-            // BT.601 limited range, 8-bit fixed point (x256):
-            // R = 1.164(Y-16) + 1.596(V-128)
-            // G = 1.164(Y-16) - 0.392(U-128) - 0.813(V-128)
-            // B = 1.164(Y-16) + 2.017(U-128)
-            let r_add = 409 * e + 128;
-            let g_add = -100 * d - 208 * e + 128;
-            let b_add = 516 * d + 128;
-            let c0 = 298 * (y0 - 16);
-            let c1 = 298 * (y1 - 16);
-            o[0] = clamp8((c0 + r_add) >> 8);
-            o[1] = clamp8((c0 + g_add) >> 8);
-            o[2] = clamp8((c0 + b_add) >> 8);
-            o[3] = clamp8((c1 + r_add) >> 8);
-            o[4] = clamp8((c1 + g_add) >> 8);
-            o[5] = clamp8((c1 + b_add) >> 8);
-        }
-    }
+    let layout = yuv_layout(PixelFormat::Yuyv, src.len(), width, height, stride)?;
+    yuv_to_rgb_into(src, &layout, out);
     Ok(())
 }
 
@@ -164,109 +273,55 @@ fn clamp8(v: i32) -> u8 {
     v.clamp(0, 255) as u8
 }
 
-/// One BT.601 limited-range pixel in 8-bit fixed point (the same arithmetic
-/// as the YUYV loop).
+/// BT.601 limited range ("studio swing") to RGB8 in fixed point, the one
+/// place its coefficients live. `y`, `u`, `v` carry `frac` fractional bits
+/// (0 for bytes; the fused resize passes interpolated samples with more so
+/// it rounds once). `frac` at most 12 keeps every product inside `i32`.
+///
+/// R = 1.164(Y-16) + 1.596(V-128), G = 1.164(Y-16) - 0.392(U-128) -
+/// 0.813(V-128), B = 1.164(Y-16) + 2.017(U-128), each coefficient x256.
 #[inline(always)]
-fn yuv_px(y: u8, u: u8, v: u8, o: &mut [u8]) {
-    let (d, e) = (u as i32 - 128, v as i32 - 128);
-    let c = 298 * (y as i32 - 16);
-    o[0] = clamp8((c + 409 * e + 128) >> 8);
-    o[1] = clamp8((c - 100 * d - 208 * e + 128) >> 8);
-    o[2] = clamp8((c + 516 * d + 128) >> 8);
-}
-
-/// Where the chroma of a 4:2:0 frame lies in its single-planar buffer.
-#[derive(Debug, Clone, Copy)]
-enum Chroma420 {
-    /// NV12: one plane of `U V` pairs, rows of `stride` bytes, after Y.
-    Interleaved,
-    /// YU12: a U plane then a V plane, rows of `stride / 2` bytes.
-    Planar,
-}
-
-/// Converts one 4:2:0 frame (NV12 or YU12, V4L2 single-planar layout: the
-/// chroma plane(s) follow the Y plane of `stride * height` bytes).
-fn yuv420_to_rgb(
-    src: &[u8],
-    width: u32,
-    height: u32,
-    stride: usize,
-    chroma: Chroma420,
-) -> Result<RgbImage, ConvertError> {
-    let format = match chroma {
-        Chroma420::Interleaved => "NV12",
-        Chroma420::Planar => "YU12",
-    };
-    let (w, h) = (width as usize, height as usize);
-    if w == 0
-        || h == 0
-        || !w.is_multiple_of(2)
-        || !h.is_multiple_of(2)
-        || stride < w
-        || (matches!(chroma, Chroma420::Planar) && !stride.is_multiple_of(2))
-    {
-        return Err(ConvertError::BadGeometry { format, width, height });
-    }
-    let y_size = stride * h;
-    // (offset of U, offset of V, chroma row stride); NV12's chroma rows are
-    // read from the U offset as `U V` pairs.
-    let (u_off, v_off, c_stride) = match chroma {
-        Chroma420::Interleaved => (y_size, y_size + 1, stride),
-        Chroma420::Planar => (y_size, y_size + (stride / 2) * (h / 2), stride / 2),
-    };
-    // The last chroma row needs only its samples, not a full stride.
-    let needed = match chroma {
-        Chroma420::Interleaved => y_size + c_stride * (h / 2 - 1) + w,
-        Chroma420::Planar => v_off + c_stride * (h / 2 - 1) + w / 2,
-    };
-    if src.len() < needed {
-        return Err(ConvertError::ShortBuffer { format, width, height, stride, needed, got: src.len() });
-    }
-    let mut out = RgbImage::new(width, height);
-    let dst: &mut [u8] = &mut out;
-    // Whole-row slices and pairs of pixels sharing one chroma sample: no
-    // per-pixel index arithmetic or bounds checks in the inner loop.
-    for (y, row_out) in dst.chunks_exact_mut(3 * w).enumerate() {
-        let luma = &src[y * stride..y * stride + w];
-        let crow = (y / 2) * c_stride;
-        let pixels = luma.chunks_exact(2).zip(row_out.chunks_exact_mut(6));
-        match chroma {
-            Chroma420::Interleaved => {
-                let uv = &src[u_off + crow..u_off + crow + w];
-                for ((l, o), c) in pixels.zip(uv.chunks_exact(2)) {
-                    yuv_pair(l[0], l[1], c[0], c[1], o);
-                }
-            }
-            Chroma420::Planar => {
-                let u = &src[u_off + crow..u_off + crow + w / 2];
-                let v = &src[v_off + crow..v_off + crow + w / 2];
-                for (((l, o), &cu), &cv) in pixels.zip(u).zip(v) {
-                    yuv_pair(l[0], l[1], cu, cv, o);
-                }
-            }
-        }
-    }
-    Ok(out)
+pub(crate) fn bt601_to_rgb(y: i32, u: i32, v: i32, frac: u32) -> [u8; 3] {
+    let (d, e) = (u - (128 << frac), v - (128 << frac));
+    let c = 298 * (y - (16 << frac));
+    let (shift, half) = (8 + frac, 1 << (7 + frac));
+    [
+        clamp8((c + 409 * e + half) >> shift),
+        clamp8((c - 100 * d - 208 * e + half) >> shift),
+        clamp8((c + 516 * d + half) >> shift),
+    ]
 }
 
 /// Two horizontally adjacent pixels sharing one chroma sample, into `o[..6]`.
 #[inline(always)]
 fn yuv_pair(y0: u8, y1: u8, u: u8, v: u8, o: &mut [u8]) {
-    let (first, second) = o.split_at_mut(3);
-    yuv_px(y0, u, v, first);
-    yuv_px(y1, u, v, second);
+    o[..3].copy_from_slice(&bt601_to_rgb(y0 as i32, u as i32, v as i32, 0));
+    o[3..6].copy_from_slice(&bt601_to_rgb(y1 as i32, u as i32, v as i32, 0));
+}
+
+fn yuv420_to_rgb(
+    src: &[u8],
+    width: u32,
+    height: u32,
+    stride: usize,
+    format: PixelFormat,
+) -> Result<RgbImage, ConvertError> {
+    let layout = yuv_layout(format, src.len(), width, height, stride)?;
+    let mut out = RgbImage::new(width, height);
+    yuv_to_rgb_into(src, &layout, &mut out);
+    Ok(out)
 }
 
 /// Converts one NV12 frame (Y plane of `stride * height` bytes, then the
 /// interleaved `U V` plane with the same row stride).
 pub fn nv12_to_rgb(src: &[u8], width: u32, height: u32, stride: usize) -> Result<RgbImage, ConvertError> {
-    yuv420_to_rgb(src, width, height, stride, Chroma420::Interleaved)
+    yuv420_to_rgb(src, width, height, stride, PixelFormat::Nv12)
 }
 
 /// Converts one YU12/I420 frame (Y plane of `stride * height` bytes, then
 /// U and V planes with rows of `stride / 2` bytes).
 pub fn yu12_to_rgb(src: &[u8], width: u32, height: u32, stride: usize) -> Result<RgbImage, ConvertError> {
-    yuv420_to_rgb(src, width, height, stride, Chroma420::Planar)
+    yuv420_to_rgb(src, width, height, stride, PixelFormat::Yu12)
 }
 
 /// Decodes one MJPEG buffer into RGB8, inserting the standard Huffman tables
