@@ -1,9 +1,10 @@
 //! MQTT over TLS with client certificates (issue #8 part 4), against a real
 //! Mosquitto TLS listener and the real `sparkd` binary.
 //!
-//! Every certificate is made here with the `openssl` CLI: a test CA, a
-//! server certificate for `localhost`/127.0.0.1, a client certificate from
-//! the CA, and a second unrelated CA with a client certificate of its own.
+//! Every certificate is made with the `openssl` CLI (tests/common/pki.rs):
+//! a test CA, a server certificate for `localhost`/127.0.0.1, a client
+//! certificate from the CA, and a second unrelated CA with a client
+//! certificate of its own.
 //! The consumer reads over a plain listener of the same broker.
 //!
 //! Behaviours: mutual TLS delivers records (key found through
@@ -16,131 +17,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::pki::{Pki, mtls_keys, toml_path};
 use common::*;
-
-/// Test certificates in a temp dir.
-struct Pki {
-    dir: tempfile::TempDir,
-}
-
-impl Pki {
-    fn new() -> Self {
-        let pki = Pki { dir: tempfile::tempdir().expect("tempdir") };
-        pki.ca("ca", "spark-test-ca");
-        pki.ca("rogue-ca", "rogue-test-ca");
-        pki.leaf("server", "ca", "localhost", "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth");
-        pki.leaf(
-            "other-server",
-            "ca",
-            "broker.example",
-            "subjectAltName=DNS:broker.example\nextendedKeyUsage=serverAuth",
-        );
-        pki.leaf("client", "ca", "test-dev", "extendedKeyUsage=clientAuth");
-        pki.leaf("rogue-client", "rogue-ca", "test-dev", "extendedKeyUsage=clientAuth");
-        pki
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn cert(&self, name: &str) -> PathBuf {
-        self.path(&format!("{name}.pem"))
-    }
-
-    fn key(&self, name: &str) -> PathBuf {
-        self.path(&format!("{name}.key"))
-    }
-
-    fn openssl(&self, args: &[&str]) {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(self.dir.path())
-            .stdin(Stdio::null())
-            .output()
-            .expect("openssl is not installed: run scripts/setup.sh");
-        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-
-    fn ca(&self, name: &str, cn: &str) {
-        self.openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.pem"),
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN={cn}"),
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ]);
-    }
-
-    fn leaf(&self, name: &str, ca: &str, cn: &str, ext: &str) {
-        self.openssl(&[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.csr"),
-            "-subj",
-            &format!("/CN={cn}"),
-        ]);
-        let ext_file = format!("{name}.ext");
-        std::fs::write(
-            self.path(&ext_file),
-            format!("basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n{ext}\n"),
-        )
-        .expect("write ext");
-        self.openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &format!("{name}.csr"),
-            "-CA",
-            &format!("{ca}.pem"),
-            "-CAkey",
-            &format!("{ca}.key"),
-            "-CAcreateserial",
-            "-out",
-            &format!("{name}.pem"),
-            "-days",
-            "2",
-            "-extfile",
-            &ext_file,
-        ]);
-    }
-
-    /// The broker's listener: server certificate `server`, clients must
-    /// present a certificate from `ca`.
-    fn listener<'a>(&'a self, server_cert: &'a Path, server_key: &'a Path, ca: &'a Path) -> TlsListener<'a> {
-        TlsListener { cafile: ca, certfile: server_cert, keyfile: server_key, require_certificate: true }
-    }
-}
-
-fn toml_path(p: &Path) -> String {
-    format!("{:?}", p.display().to_string())
-}
 
 /// A telemetry-only daemon config for `url` with `[mqtt]` TLS keys.
 fn config(url: &str, keys: &[(&str, String)]) -> DaemonConfig {
@@ -149,14 +31,6 @@ fn config(url: &str, keys: &[(&str, String)]) -> DaemonConfig {
     cfg.telemetry_secs = 0.2;
     cfg.mqtt_extra = keys.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
     cfg
-}
-
-fn mtls_keys(pki: &Pki, ca: &str, client: &str) -> Vec<(&'static str, String)> {
-    vec![
-        ("ca_file", toml_path(&pki.cert(ca))),
-        ("client_cert_file", toml_path(&pki.cert(client))),
-        ("client_key_file", toml_path(&pki.key(client))),
-    ]
 }
 
 fn link_json(socket: &Path) -> serde_json::Value {

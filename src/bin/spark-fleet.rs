@@ -12,7 +12,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, Subcommand};
 use ed25519_dalek::SigningKey;
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
-use spark_edge::config::{BrokerUrl, is_topic_segment};
+use spark_edge::config::is_topic_segment;
+use spark_edge::fleet::broker::{BrokerArgs, Session, permanent_failure};
 use spark_edge::fleet::devices::{self as fleet_view, Filter, Fleet, SortKey, StateFilter};
 use spark_edge::inference::model::sha256_hex;
 use spark_edge::update::{
@@ -98,8 +99,8 @@ enum Command {
     },
     /// Publish a bundle's manifest and chunks at QoS 1 to a device or a group.
     Push {
-        #[arg(long)]
-        broker: String,
+        #[command(flatten)]
+        broker: BrokerArgs,
         #[arg(long)]
         device: Option<String>,
         #[arg(long)]
@@ -112,8 +113,8 @@ enum Command {
     },
     /// Print update progress reported by devices (`<prefix>/+/update/state`).
     Watch {
-        #[arg(long)]
-        broker: String,
+        #[command(flatten)]
+        broker: BrokerArgs,
         #[arg(long)]
         group: Option<String>,
         #[arg(long, default_value = "spark")]
@@ -133,8 +134,8 @@ enum Command {
         device: String,
         #[arg(num_args = 0..=2)]
         what: Vec<String>,
-        #[arg(long)]
-        broker: String,
+        #[command(flatten)]
+        broker: BrokerArgs,
         /// The fleet's private key (spark-fleet keygen).
         #[arg(long)]
         key: PathBuf,
@@ -150,8 +151,8 @@ enum Command {
     /// The fleet from the devices' retained status messages (and last wills):
     /// one row per device and a summary line.
     Devices {
-        #[arg(long)]
-        broker: String,
+        #[command(flatten)]
+        broker: BrokerArgs,
         #[arg(long, default_value = "spark")]
         topic_prefix: String,
         /// Only devices of this group.
@@ -431,19 +432,18 @@ fn verify(keys: &Path, bundle: &Path) -> Result<()> {
     Ok(())
 }
 
-fn mqtt_options(broker: &str, client_id: String) -> Result<MqttOptions> {
-    let url = BrokerUrl::parse(broker).map_err(|e| anyhow!(e))?;
-    if url.tls {
-        bail!("mqtts:// is not supported by spark-fleet yet; use mqtt:// (e.g. over the VPN or an SSH tunnel)");
-    }
-    let mut opts = MqttOptions::new(client_id, url.host, url.port);
-    opts.set_keep_alive(Duration::from_secs(30));
-    opts.set_max_packet_size(4 << 20, 4 << 20);
-    Ok(opts)
+/// The options `push`, `watch` and `devices` start from.
+fn mqtt_options(broker: &BrokerArgs, client_id: &str) -> Result<MqttOptions> {
+    Ok(broker.mqtt_options(&Session {
+        client_id,
+        keep_alive: Duration::from_secs(30),
+        max_incoming: 4 << 20,
+        max_outgoing: 4 << 20,
+    })?)
 }
 
 fn push(
-    broker: &str,
+    broker: &BrokerArgs,
     device: Option<String>,
     group: Option<String>,
     prefix: &str,
@@ -458,10 +458,10 @@ fn push(
     let b = read_bundle(bundle)?;
     let id = b.update_id().ok_or_else(|| anyhow!("{}: the envelope does not decode", bundle.display()))?;
     let chunks = chunk_artifact(&id, &b.artifact, chunk_bytes);
-    let opts = mqtt_options(broker, format!("spark-fleet-push-{}", std::process::id()))?;
+    let opts = mqtt_options(broker, &format!("spark-fleet-push-{}", std::process::id()))?;
     let (client, mut conn) = Client::new(opts, 16);
     let expected = 1 + chunks.len();
-    let (tx, rx) = mpsc::channel::<Result<(), String>>();
+    let (tx, rx) = mpsc::channel::<Result<(), rumqttc::ConnectionError>>();
     let driver = std::thread::spawn(move || {
         let mut acked = 0usize;
         for ev in conn.iter() {
@@ -475,7 +475,7 @@ fn push(
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    let _ = tx.send(Err(e.to_string()));
+                    let _ = tx.send(Err(e));
                     break;
                 }
             }
@@ -490,7 +490,10 @@ fn push(
     let _ = driver.join();
     match r {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => bail!("MQTT connection to {broker}: {e}"),
+        Ok(Err(e)) => match permanent_failure(&broker.broker, &e) {
+            Some(fatal) => return Err(fatal.into()),
+            None => return Err(anyhow::Error::new(e).context(format!("MQTT connection to {}", broker.broker))),
+        },
         Err(_) => bail!("the broker did not acknowledge every publish within 120 s"),
     }
     println!(
@@ -500,8 +503,14 @@ fn push(
     Ok(())
 }
 
-fn watch(broker: &str, group: Option<String>, prefix: &str, json: bool, timeout_secs: Option<u64>) -> Result<()> {
-    let opts = mqtt_options(broker, format!("spark-fleet-watch-{}", std::process::id()))?;
+fn watch(
+    broker: &BrokerArgs,
+    group: Option<String>,
+    prefix: &str,
+    json: bool,
+    timeout_secs: Option<u64>,
+) -> Result<()> {
+    let opts = mqtt_options(broker, &format!("spark-fleet-watch-{}", std::process::id()))?;
     let (client, mut conn) = Client::new(opts, 16);
     let filter = topics::all_states(prefix);
     let end = timeout_secs.map(|s| Instant::now() + Duration::from_secs(s));
@@ -554,7 +563,10 @@ fn watch(broker: &str, group: Option<String>, prefix: &str, json: bool, timeout_
             }
             Ok(_) => {}
             Err(e) => {
-                eprintln!("spark-fleet: {broker}: {e}; retrying");
+                if let Some(fatal) = permanent_failure(&broker.broker, &e) {
+                    return Err(fatal.into());
+                }
+                eprintln!("spark-fleet: {}: {e}; retrying", broker.broker);
                 std::thread::sleep(Duration::from_secs(1));
             }
         }
@@ -565,7 +577,7 @@ fn watch(broker: &str, group: Option<String>, prefix: &str, json: bool, timeout_
 const MAX_STATUS_PACKET: usize = 64 << 20;
 
 struct DevicesArgs {
-    broker: String,
+    broker: BrokerArgs,
     prefix: String,
     filter: Filter,
     sort: SortKey,
@@ -585,7 +597,7 @@ fn devices(a: DevicesArgs) -> Result<()> {
     }
     let nonce = hex::encode(random_seed()?.get(..8).unwrap_or_default());
     let client_id = format!("spark-fleet-devices-{nonce}");
-    let mut opts = mqtt_options(&a.broker, client_id.clone())?;
+    let mut opts = mqtt_options(&a.broker, &client_id)?;
     opts.set_clean_session(true);
     // A hostile status up to this size becomes an `unknown` row; a larger
     // packet ends the connection (rumqttc reads packets whole).
@@ -605,11 +617,11 @@ fn devices(a: DevicesArgs) -> Result<()> {
         // (10,000 retained statuses arrive in a few large reads).
         let ev = match conn.try_recv() {
             Ok(ev) => Some(ev),
-            Err(rumqttc::TryRecvError::Disconnected) => bail!("MQTT connection to {} closed", a.broker),
+            Err(rumqttc::TryRecvError::Disconnected) => bail!("MQTT connection to {} closed", a.broker.broker),
             Err(rumqttc::TryRecvError::Empty) => match conn.recv_timeout(wait.max(Duration::from_millis(10))) {
                 Ok(ev) => Some(ev),
                 Err(rumqttc::RecvTimeoutError::Timeout) => None,
-                Err(rumqttc::RecvTimeoutError::Disconnected) => bail!("MQTT connection to {} closed", a.broker),
+                Err(rumqttc::RecvTimeoutError::Disconnected) => bail!("MQTT connection to {} closed", a.broker.broker),
             },
         };
         match ev {
@@ -645,10 +657,13 @@ fn devices(a: DevicesArgs) -> Result<()> {
                 );
             }
             Some(Err(e)) => {
-                if !complete && started.elapsed() >= a.timeout {
-                    bail!("MQTT connection to {}: {e}", a.broker);
+                if let Some(fatal) = permanent_failure(&a.broker.broker, &e) {
+                    return Err(fatal.into());
                 }
-                eprintln!("spark-fleet: {}: {e}; retrying", a.broker);
+                if !complete && started.elapsed() >= a.timeout {
+                    bail!("MQTT connection to {}: {e}", a.broker.broker);
+                }
+                eprintln!("spark-fleet: {}: {e}; retrying", a.broker.broker);
                 std::thread::sleep(Duration::from_secs(1));
             }
             None => {}

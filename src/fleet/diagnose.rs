@@ -12,9 +12,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
-use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+use rumqttc::{Client, Event, Packet, QoS};
 
-use crate::config::{BrokerUrl, is_topic_segment};
+use super::broker::{BrokerArgs, BrokerError, Session};
+use crate::config::is_topic_segment;
 use crate::control::diagnose::{self, Answer, Command, DiagRequest, ReassembleError, Reassembly};
 use crate::control::doctor::{duration, human_bytes};
 use crate::control::protocol::{Check, CheckStatus, QueueReport, StatusReport};
@@ -28,7 +29,7 @@ pub const EXIT_NO_ANSWER: u8 = 3;
 /// What `spark-fleet diagnose` was asked.
 #[derive(Debug, Clone)]
 pub struct DiagnoseArgs {
-    pub broker: String,
+    pub broker: BrokerArgs,
     pub prefix: String,
     pub device: String,
     pub command: Command,
@@ -44,10 +45,8 @@ pub struct DiagnoseArgs {
 pub enum DiagnoseError {
     #[error("device id {0:?} must be 1-64 characters of [A-Za-z0-9_.-]")]
     BadDevice(String),
-    #[error("broker URL")]
-    BrokerUrl(#[source] crate::config::BrokerUrlError),
-    #[error("mqtts:// is not supported by spark-fleet yet; use mqtt:// (e.g. over the VPN or an SSH tunnel)")]
-    Tls,
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
     #[error("reading the signing key {path}")]
     ReadKey {
         path: PathBuf,
@@ -143,17 +142,16 @@ pub fn signed_request(args: &DiagnoseArgs, now: u64) -> Result<(Vec<u8>, String)
 
 /// Signs, publishes, and waits for the whole answer (see the module docs).
 pub fn run(args: &DiagnoseArgs) -> Result<Answer, DiagnoseError> {
-    let url = BrokerUrl::parse(&args.broker).map_err(DiagnoseError::BrokerUrl)?;
-    if url.tls {
-        return Err(DiagnoseError::Tls);
-    }
     let now = crate::record::now_ms() / 1000;
     let (request, nonce) = signed_request(args, now)?;
     let reply_topic = diagnose::topics::reply(&args.prefix, &args.device, &nonce);
-    let mut opts =
-        MqttOptions::new(format!("spark-fleet-diag-{}-{}", std::process::id(), &nonce[..8]), url.host, url.port);
-    opts.set_keep_alive(Duration::from_secs(30));
-    opts.set_max_packet_size(4 << 20, 64 << 10);
+    let client_id = format!("spark-fleet-diag-{}-{}", std::process::id(), &nonce[..8]);
+    let opts = args.broker.mqtt_options(&Session {
+        client_id: &client_id,
+        keep_alive: Duration::from_secs(30),
+        max_incoming: 4 << 20,
+        max_outgoing: 64 << 10,
+    })?;
     let (client, mut conn) = Client::new(opts, 16);
     client.subscribe(&reply_topic, QoS::AtLeastOnce).map_err(DiagnoseError::Client)?;
     let deadline = Instant::now() + args.timeout;
@@ -188,7 +186,12 @@ pub fn run(args: &DiagnoseArgs) -> Result<Answer, DiagnoseError> {
                 Err(source) => break Err(DiagnoseError::BadReply { device: args.device.clone(), source }),
             },
             Ok(_) => {}
-            Err(e) => break Err(DiagnoseError::Connect { broker: args.broker.clone(), source: Box::new(e) }),
+            Err(e) => {
+                break Err(match super::broker::permanent_failure(&args.broker.broker, &e) {
+                    Some(fatal) => DiagnoseError::Broker(fatal),
+                    None => DiagnoseError::Connect { broker: args.broker.broker.clone(), source: Box::new(e) },
+                });
+            }
         }
     };
     let _ = client.disconnect();
@@ -199,7 +202,7 @@ pub fn run(args: &DiagnoseArgs) -> Result<Answer, DiagnoseError> {
 /// prints the answer (or why there is none) and returns the exit code (2
 /// for words that are not a command).
 pub fn main(
-    broker: String,
+    broker: BrokerArgs,
     prefix: String,
     device: String,
     words: &[String],
@@ -437,7 +440,7 @@ mod tests {
         let path = dir.path().join("k.key");
         std::fs::write(&path, format!("k1 {}\n", hex::encode(key.to_bytes()))).unwrap();
         let mut args = DiagnoseArgs {
-            broker: "mqtt://127.0.0.1:1".into(),
+            broker: BrokerArgs { broker: "mqtt://127.0.0.1:1".into(), auth: Default::default() },
             prefix: "spark".into(),
             device: "dev-1".into(),
             command: Command::Logs { lines: 10 },

@@ -3,9 +3,11 @@
 //! `diagnose` signs a diagnose request and waits for one device's answer;
 //! `rollout` (with its `halt_rule` language) decides staged rollouts and
 //! keeps their state file, `rollout_run` drives them over MQTT; `snapshots`
-//! reassembles and verifies the evidence JPEGs devices publish. Nothing
-//! here runs in `sparkd`.
+//! reassembles and verifies the evidence JPEGs devices publish; `broker`
+//! is how every one of them connects (mqtt:// or mqtts://). Nothing here
+//! runs in `sparkd`.
 
+pub mod broker;
 pub mod devices;
 pub mod diagnose;
 pub mod halt_rule;

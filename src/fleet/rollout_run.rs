@@ -18,13 +18,14 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, sync_channel};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use rumqttc::{Client, ConnectionError, Event, MqttOptions, Packet, QoS};
+use rumqttc::{Client, ConnectionError, Event, Packet, QoS};
 
+use super::broker::{BrokerArgs, BrokerAuth, BrokerError};
 use super::devices::{Device, device_of_topic, parse_status};
 use super::rollout::{
     Outcome, Plan, PlanError, Push, Rollout, RolloutPhase, Step, Store, StoreError, parse_duration, parse_waves,
 };
-use crate::config::{BrokerUrl, BrokerUrlError, is_topic_segment};
+use crate::config::is_topic_segment;
 use crate::update::{Bundle, BundleError, CHUNK_MAX_BYTES, Envelope, UpdateManifest, chunk_artifact, topics};
 
 /// Events read ahead of the rollout loop. Policy when full: block (the
@@ -58,10 +59,8 @@ pub enum RunError {
     Plan(#[from] PlanError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("--broker")]
-    Broker(#[from] BrokerUrlError),
-    #[error("mqtts:// is not supported by spark-fleet yet; use mqtt:// (e.g. over the VPN or an SSH tunnel)")]
-    Tls,
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
     #[error("--topic-prefix {0:?} must be segments of [A-Za-z0-9_.-] joined by '/'")]
     Prefix(String),
     #[error("MQTT request")]
@@ -87,8 +86,8 @@ pub enum RolloutCommand {
     /// Start a staged rollout of BUNDLE over the online devices of a group.
     Start {
         bundle: PathBuf,
-        #[arg(long)]
-        broker: String,
+        #[command(flatten)]
+        broker: BrokerArgs,
         /// Cumulative share of the target devices after each wave; strictly
         /// increasing, ending at 100%.
         #[arg(long, default_value = "1%,10%,50%,100%")]
@@ -120,8 +119,12 @@ pub enum RolloutCommand {
         timeout_secs: u64,
     },
     /// Continue a rollout from its state file (after a crash or restart).
+    /// The broker URL comes from the state file; give the TLS and login
+    /// flags `start` was given (they are not stored).
     Resume {
         id: String,
+        #[command(flatten)]
+        auth: BrokerAuth,
         #[arg(long)]
         state_dir: Option<PathBuf>,
         #[arg(long, default_value_t = CHUNK_MAX_BYTES)]
@@ -226,7 +229,7 @@ pub fn run(cmd: RolloutCommand) -> Result<Ended, RunError> {
                 rollback_bundle: rollback_on_halt.as_deref().map(absolute),
                 rollback_update_id: rollback.as_ref().map(|r| r.update_id.clone()),
                 group,
-                broker: broker.clone(),
+                broker: broker.broker.clone(),
                 prefix: topic_prefix.clone(),
                 waves,
                 soak,
@@ -237,7 +240,8 @@ pub fn run(cmd: RolloutCommand) -> Result<Ended, RunError> {
             // persistent session is named after its id, known after planning.
             let statuses = {
                 let mut s = Session::connect(
-                    &broker,
+                    &broker.broker,
+                    &broker.auth,
                     &topic_prefix,
                     &format!("spark-fleet-plan-{}", std::process::id()),
                     true,
@@ -267,9 +271,9 @@ pub fn run(cmd: RolloutCommand) -> Result<Ended, RunError> {
                     store.dir().join(format!("{}.json", rollout.id)).display()
                 ),
             );
-            drive(rollout, &store, b, rollback, chunk_bytes, timeout_secs)
+            drive(rollout, &broker.auth, &store, b, rollback, chunk_bytes, timeout_secs)
         }
-        RolloutCommand::Resume { id, state_dir, chunk_bytes, timeout_secs } => {
+        RolloutCommand::Resume { id, auth, state_dir, chunk_bytes, timeout_secs } => {
             let store = store(state_dir);
             let rollout = store.load(&id)?;
             if rollout.phase != RolloutPhase::Running {
@@ -284,7 +288,7 @@ pub fn run(cmd: RolloutCommand) -> Result<Ended, RunError> {
             let rollback = rollout.rollback_bundle.as_deref().map(LoadedBundle::read).transpose()?;
             let (pushed, total) = rollout.progress();
             log(&rollout.id, &format!("resuming at wave {} ({pushed} of {total} devices pushed)", rollout.wave + 1));
-            drive(rollout, &store, b, rollback, chunk_bytes, timeout_secs)
+            drive(rollout, &auth, &store, b, rollback, chunk_bytes, timeout_secs)
         }
         RolloutCommand::Status { id, state_dir, json } => {
             let store = store(state_dir);
@@ -402,6 +406,7 @@ impl LoadedBundle {
 /// The rollout loop: asks the core for the next step, does it, persists.
 fn drive(
     mut r: Rollout,
+    auth: &BrokerAuth,
     store: &Store,
     bundle: LoadedBundle,
     rollback: Option<LoadedBundle>,
@@ -410,7 +415,7 @@ fn drive(
 ) -> Result<Ended, RunError> {
     let chunks = bundle.chunks(chunk_bytes);
     let rollback_chunks = rollback.as_ref().map(|b| b.chunks(chunk_bytes));
-    let mut s = Session::connect(&r.broker, &r.prefix, &format!("spark-fleet-rollout-{}", r.id), false)?;
+    let mut s = Session::connect(&r.broker, auth, &r.prefix, &format!("spark-fleet-rollout-{}", r.id), false)?;
     s.wait_ready(Duration::from_secs(timeout_secs))?;
     // Reports queued for this session while no process ran it.
     s.take_reports(&mut r);
@@ -522,15 +527,18 @@ struct Session {
 }
 
 impl Session {
-    fn connect(broker: &str, prefix: &str, client_id: &str, clean: bool) -> Result<Self, RunError> {
-        let url = BrokerUrl::parse(broker)?;
-        if url.tls {
-            return Err(RunError::Tls);
-        }
-        let mut opts = MqttOptions::new(client_id, url.host, url.port);
-        opts.set_keep_alive(Duration::from_secs(30));
+    fn connect(broker: &str, auth: &BrokerAuth, prefix: &str, client_id: &str, clean: bool) -> Result<Self, RunError> {
+        let mut opts = super::broker::mqtt_options(
+            broker,
+            auth,
+            &super::broker::Session {
+                client_id,
+                keep_alive: Duration::from_secs(30),
+                max_incoming: 4 << 20,
+                max_outgoing: 4 << 20,
+            },
+        )?;
         opts.set_clean_session(clean);
-        opts.set_max_packet_size(4 << 20, 4 << 20);
         opts.set_manual_acks(true);
         let (client, mut conn) = Client::new(opts, 1024);
         let (tx, events) = sync_channel(EVENT_QUEUE);
@@ -630,7 +638,10 @@ impl Session {
             Ok(_) => {}
             Err(e) => {
                 if !self.ready {
-                    return Err(RunError::Connection { broker: self.broker.clone(), source: Box::new(e) });
+                    return Err(match super::broker::permanent_failure(&self.broker, &e) {
+                        Some(fatal) => fatal.into(),
+                        None => RunError::Connection { broker: self.broker.clone(), source: Box::new(e) },
+                    });
                 }
                 eprintln!("spark-fleet: {}: {e}; reconnecting", self.broker);
             }

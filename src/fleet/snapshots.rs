@@ -247,8 +247,11 @@ pub struct SnapshotsArgs {
     /// Folder the verified JPEGs are written to (created if missing).
     #[arg(long)]
     pub out: PathBuf,
+    /// mqtt://HOST[:PORT] or mqtts://HOST[:PORT] (with --ca-file).
     #[arg(long, default_value = "mqtt://127.0.0.1:1883")]
     pub broker: String,
+    #[command(flatten)]
+    pub auth: super::broker::BrokerAuth,
     /// One device's snapshots, or `+` for every device.
     #[arg(long, default_value = "+")]
     pub device: String,
@@ -271,10 +274,8 @@ pub struct SnapshotsArgs {
 pub enum SnapshotsError {
     #[error("--device must be + or 1-64 characters of [A-Za-z0-9_.-]")]
     BadDevice,
-    #[error("bad broker URL: {0}")]
-    Broker(String),
-    #[error("mqtts:// is not supported by spark-fleet yet; use mqtt://")]
-    Tls,
+    #[error(transparent)]
+    Broker(#[from] super::broker::BrokerError),
     #[error("creating {path}")]
     Out {
         path: PathBuf,
@@ -304,22 +305,26 @@ pub fn main(a: SnapshotsArgs) -> i32 {
 }
 
 fn run(a: SnapshotsArgs) -> Result<(), SnapshotsError> {
-    use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+    use rumqttc::{Client, Event, Packet, QoS};
     if a.device != "+" && !crate::config::is_topic_segment(&a.device) {
         return Err(SnapshotsError::BadDevice);
     }
-    let url = crate::config::BrokerUrl::parse(&a.broker).map_err(|e| SnapshotsError::Broker(e.to_string()))?;
-    if url.tls {
-        return Err(SnapshotsError::Tls);
-    }
-    crate::sys::durable::create_dir_all_synced(&a.out)
-        .map_err(|source| SnapshotsError::Out { path: a.out.clone(), source })?;
     let persistent = a.client_id.is_some();
     let client_id = a.client_id.clone().unwrap_or_else(|| format!("spark-fleet-snapshots-{}", std::process::id()));
-    let mut opts = MqttOptions::new(client_id, url.host, url.port);
-    opts.set_keep_alive(Duration::from_secs(30));
+    // Before the output folder: a bad --broker or TLS flag creates nothing.
+    let mut opts = super::broker::mqtt_options(
+        &a.broker,
+        &a.auth,
+        &super::broker::Session {
+            client_id: &client_id,
+            keep_alive: Duration::from_secs(30),
+            max_incoming: 4 << 20,
+            max_outgoing: 4 << 20,
+        },
+    )?;
     opts.set_clean_session(!persistent);
-    opts.set_max_packet_size(4 << 20, 4 << 20);
+    crate::sys::durable::create_dir_all_synced(&a.out)
+        .map_err(|source| SnapshotsError::Out { path: a.out.clone(), source })?;
     let (client, mut conn) = Client::new(opts, 64);
     let filter = format!("{}/{}/snapshots", a.topic_prefix, a.device);
     let deadline = a.timeout_secs.map(|s| std::time::Instant::now() + Duration::from_secs(s));
@@ -363,6 +368,9 @@ fn run(a: SnapshotsArgs) -> Result<(), SnapshotsError> {
             }
             Ok(_) => {}
             Err(e) => {
+                if let Some(fatal) = super::broker::permanent_failure(&a.broker, &e) {
+                    return Err(fatal.into());
+                }
                 eprintln!("spark-fleet: {}: {e}; retrying", a.broker);
                 std::thread::sleep(Duration::from_secs(1));
             }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fleet;
+pub mod pki;
 pub mod rabbitmq;
 pub mod tmux;
 pub mod walk;
