@@ -131,6 +131,10 @@ build() {
   if [[ "${SPARK_SKIP_BUILD:-0}" == 1 ]]; then return; fi
   log "cargo build --release --target $TARGET (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
   local t0=$SECONDS
+  # The build date `sparkctl doctor` holds the clock against (reproducible-
+  # builds convention): the last commit's, so the test stage's build and the
+  # package's are the same build and the second one is a no-op.
+  export SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-$(git -C "$ROOT" log -1 --format=%ct 2>/dev/null || date +%s)}"
   # pkg-config finds the arm64 .pc files through the target-specific
   # variables in .cargo/config.toml (alsa-sys).
   (cd "$ROOT" && cargo build --release --locked --target "$TARGET" --bin sparkd --bin sparkctl)

@@ -53,7 +53,9 @@ gen_cli_docs() {
 
 install_cargo_deb
 check_inputs
-# The build date `sparkctl doctor` holds the clock against (reproducible-builds convention).
+# The build date `sparkctl doctor` holds the clock against and cargo-deb
+# stamps the archive with (reproducible-builds convention); build-aarch64.sh
+# picks the same default, so the test stage's build is reused here.
 export SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-$(git -C "$ROOT" log -1 --format=%ct 2>/dev/null || date +%s)}"
 "$ROOT/scripts/build-aarch64.sh" >&2
 gen_cli_docs

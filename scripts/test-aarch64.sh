@@ -36,12 +36,12 @@ done
 
 # --- 2. unit tests under qemu ---------------------------------------------
 if [[ "${SPARK_SKIP_UNIT:-0}" != 1 ]]; then
-  log "cargo test --profile qemu-test --target $TARGET --lib (under qemu)"
+  log "cargo test --release --target $TARGET --lib (under qemu)"
   t0=$SECONDS
   (cd "$ROOT" && \
     CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="$ROOT/scripts/qemu-aarch64" \
     ORT_DYLIB_PATH="$ORT_LIB" \
-    cargo test --profile qemu-test --locked --target "$TARGET" --lib)
+    cargo test --release --locked --target "$TARGET" --lib)
   log "unit tests under qemu took $((SECONDS - t0)) s (build included)"
 fi
 
