@@ -82,42 +82,66 @@ struct Taps {
     wx: f32,
 }
 
+/// The output columns' taps, and whether every column's two taps share one
+/// chroma column (a 2x horizontal downscale: luma pairs `2i, 2i + 1`).
+struct Columns {
+    taps: Vec<Taps>,
+    one_chroma: bool,
+}
+
+impl Columns {
+    fn new(frame: &YuvFrame, fit: &Fit) -> Self {
+        let l = &frame.layout;
+        let taps: Vec<Taps> = fit
+            .xs
+            .iter()
+            .map(|&(x0, x1, wx)| Taps {
+                ya: x0 * l.y_step,
+                yb: x1 * l.y_step,
+                ca: (x0 / 2) * l.c_step,
+                cb: (x1 / 2) * l.c_step,
+                wx,
+            })
+            .collect();
+        let one_chroma = taps.iter().all(|t| t.ca == t.cb);
+        Self { taps, one_chroma }
+    }
+}
+
 /// Writes row `y` of the fitted picture (`fit.nw` pixels, RGB in source
 /// order) into `out`.
-fn sample_row(frame: &YuvFrame, fit: &Fit, taps: &[Taps], y: usize, out: &mut [u8]) {
+fn sample_row(frame: &YuvFrame, fit: &Fit, cols: &Columns, y: usize, out: &mut [u8]) {
     let (src, l) = (frame.data, &frame.layout);
     let (y0, y1, wy) = fit.ys[y];
     let (l0, l1) = (l.luma(src, y0), l.luma(src, y1));
     let (u0, v0) = l.chroma(src, l.chroma_row(y0));
+    let pixels = out.chunks_exact_mut(3).zip(&cols.taps);
     if fit.identity {
         // Frame at the fitted size: one conversion per source pixel.
-        for (d, t) in out.chunks_exact_mut(3).zip(taps) {
+        for (d, t) in pixels {
             d.copy_from_slice(&bt601_to_rgb(l0[t.ya] as i32, u0[t.ca] as i32, v0[t.ca] as i32, 0));
         }
         return;
     }
     let (u1, v1) = l.chroma(src, l.chroma_row(y1));
     let q = |f: f32| (f * (1 << FRAC) as f32 + 0.5) as i32;
-    for (d, t) in out.chunks_exact_mut(3).zip(taps) {
+    if cols.one_chroma {
+        // The horizontal chroma blend is of one sample with itself: only the
+        // vertical one is left (the same value `bilinear` gives, cheaper).
+        let lerp = |a: u8, b: u8| a as f32 + (b as f32 - a as f32) * wy;
+        for (d, t) in pixels {
+            let luma = bilinear(l0, l1, t.ya, t.yb, 0, t.wx, wy);
+            let (u, v) = (lerp(u0[t.ca], u1[t.ca]), lerp(v0[t.ca], v1[t.ca]));
+            d.copy_from_slice(&bt601_to_rgb(q(luma), q(u), q(v), FRAC));
+        }
+        return;
+    }
+    for (d, t) in pixels {
         let luma = bilinear(l0, l1, t.ya, t.yb, 0, t.wx, wy);
         let u = bilinear(u0, u1, t.ca, t.cb, 0, t.wx, wy);
         let v = bilinear(v0, v1, t.ca, t.cb, 0, t.wx, wy);
         d.copy_from_slice(&bt601_to_rgb(q(luma), q(u), q(v), FRAC));
     }
-}
-
-fn taps(frame: &YuvFrame, fit: &Fit) -> Vec<Taps> {
-    let l = &frame.layout;
-    fit.xs
-        .iter()
-        .map(|&(x0, x1, wx)| Taps {
-            ya: x0 * l.y_step,
-            yb: x1 * l.y_step,
-            ca: (x0 / 2) * l.c_step,
-            cb: (x1 / 2) * l.c_step,
-            wx,
-        })
-        .collect()
 }
 
 /// [`vision::prepare_u8_nhwc`](crate::inference::vision::prepare_u8_nhwc)
@@ -128,10 +152,10 @@ pub fn prepare_yuv_u8_nhwc(frame: &YuvFrame, spec: &InputSpec, out: &mut Vec<u8>
     let (w, h, nw, nh, order) = (fit.w, fit.h, fit.nw, fit.nh, fit.order);
     out.clear();
     out.resize(w * h * 3, pad_byte(spec));
-    let taps = taps(frame, &fit);
+    let cols = Columns::new(frame, &fit);
     for (y, o) in out.chunks_exact_mut(w * 3).enumerate().take(nh) {
         let o = &mut o[..nw * 3];
-        sample_row(frame, &fit, &taps, y, o);
+        sample_row(frame, &fit, &cols, y, o);
         if order != [0, 1, 2] {
             for d in o.chunks_exact_mut(3) {
                 let s = [d[0], d[1], d[2]];
@@ -154,7 +178,7 @@ pub fn prepare_yuv(frame: &YuvFrame, spec: &InputSpec, out: &mut Tensor) -> Lett
     out.shape.clear();
     out.shape.extend_from_slice(&[1, 3, h, w]);
     out.data.resize(3 * plane, 0.0);
-    let taps = taps(frame, &fit);
+    let cols = Columns::new(frame, &fit);
     let mut rgb = vec![0u8; nw * 3];
     let (p0, rest) = out.data.split_at_mut(plane);
     let (p1, p2) = rest.split_at_mut(plane);
@@ -162,7 +186,7 @@ pub fn prepare_yuv(frame: &YuvFrame, spec: &InputSpec, out: &mut Tensor) -> Lett
         let row = y * w..(y + 1) * w;
         let (o0, o1, o2) = (&mut p0[row.clone()], &mut p1[row.clone()], &mut p2[row]);
         if y < nh {
-            sample_row(frame, &fit, &taps, y, &mut rgb);
+            sample_row(frame, &fit, &cols, y, &mut rgb);
             for (x, p) in rgb.chunks_exact(3).enumerate() {
                 o0[x] = (p[order[0]] as f32 - mean[0]) * inv_std[0];
                 o1[x] = (p[order[1]] as f32 - mean[1]) * inv_std[1];

@@ -224,22 +224,36 @@ pub(crate) fn yuv_to_rgb_into(src: &[u8], l: &YuvLayout, out: &mut RgbImage) {
         *out = RgbImage::new(width, height);
     }
     let dst: &mut [u8] = out;
-    // Whole-row slices and pairs of pixels sharing one chroma sample: no
-    // per-pixel index arithmetic in the inner loop.
-    for (y, row_out) in dst.chunks_exact_mut(3 * l.width).enumerate() {
-        let luma = l.luma(src, y);
-        let (u, v) = l.chroma(src, l.chroma_row(y));
-        let pairs = row_out.chunks_exact_mut(6).zip(u.iter().step_by(l.c_step)).zip(v.iter().step_by(l.c_step));
-        match l.y_step {
-            // YUYV: the two lumas of a pair are 2 bytes apart, pairs 4.
-            2 => {
-                for (i, ((o, &cu), &cv)) in pairs.enumerate() {
-                    yuv_pair(luma[4 * i], luma[4 * i + 2], cu, cv, o);
+    // Whole-row slices and pairs of pixels sharing one chroma sample, one
+    // loop per layout: no per-pixel index arithmetic or bounds checks in the
+    // inner loops.
+    let w = l.width;
+    for (y, row_out) in dst.chunks_exact_mut(3 * w).enumerate() {
+        let pairs = row_out.chunks_exact_mut(6);
+        let crow = l.chroma_row(y) * l.c_stride;
+        match (l.y_step, l.c_step) {
+            // YUYV: `Y0 U Y1 V` per pair.
+            (2, _) => {
+                let row = &src[y * l.stride..y * l.stride + 2 * w];
+                for (px, o) in row.chunks_exact(4).zip(pairs) {
+                    yuv_pair(px[0], px[2], px[1], px[3], o);
                 }
             }
+            // NV12: `U V` pairs.
+            (_, 2) => {
+                let luma = &src[y * l.stride..y * l.stride + w];
+                let uv = &src[l.u_off + crow..l.u_off + crow + w];
+                for ((lp, o), c) in luma.chunks_exact(2).zip(pairs).zip(uv.chunks_exact(2)) {
+                    yuv_pair(lp[0], lp[1], c[0], c[1], o);
+                }
+            }
+            // YU12: U and V planes.
             _ => {
-                for (((o, &cu), &cv), l2) in pairs.zip(luma.chunks_exact(2)) {
-                    yuv_pair(l2[0], l2[1], cu, cv, o);
+                let luma = &src[y * l.stride..y * l.stride + w];
+                let u = &src[l.u_off + crow..l.u_off + crow + w / 2];
+                let v = &src[l.v_off + crow..l.v_off + crow + w / 2];
+                for (((lp, o), &cu), &cv) in luma.chunks_exact(2).zip(pairs).zip(u).zip(v) {
+                    yuv_pair(lp[0], lp[1], cu, cv, o);
                 }
             }
         }
