@@ -485,8 +485,8 @@ impl Config {
 
     /// Reads and validates `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = crate::sys::capped_read::read_capped_to_string(path, MAX_CONFIG_BYTES)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         Self::parse(&text, path)
     }
 
@@ -651,6 +651,9 @@ pub const MAX_SNAPSHOT_CHUNK_BYTES: usize = 192 * 1024;
 
 /// Longest span any `*_secs` key may name: one year.
 pub const MAX_SECS: u64 = 365 * 86_400;
+/// Largest config file read: real ones are a few KiB.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
 /// Largest outbox (and free-space reserve): 1 TiB, so bytes fit a `u64` with room.
 pub const MAX_STORE_MEGABYTES: u64 = 1 << 20;
 /// Longest reconnect backoff: one hour.
@@ -1294,6 +1297,15 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_config_path_naming_an_endless_file_is_a_read_error_not_unbounded_memory() {
+        let ConfigError::Read { path, source } = Config::load(Path::new("/dev/zero")).unwrap_err() else {
+            panic!("not a read error")
+        };
+        assert_eq!(path, Path::new("/dev/zero"));
+        assert_eq!(source.kind(), std::io::ErrorKind::FileTooLarge);
+    }
 
     #[test]
     fn metrics_listen_takes_only_a_loopback_address() {

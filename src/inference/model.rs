@@ -245,7 +245,7 @@ pub struct Model {
 
 impl Model {
     pub fn load(manifest_path: &Path) -> Result<Self, ModelError> {
-        let text = std::fs::read_to_string(manifest_path)
+        let text = crate::sys::capped_read::read_capped_to_string(manifest_path, MAX_MANIFEST_BYTES)
             .map_err(|source| ModelError::ReadManifest { path: manifest_path.to_path_buf(), source })?;
         let bad = |message: String| ModelError::BadManifest { path: manifest_path.to_path_buf(), message };
         let manifest: Manifest = toml::from_str(&text).map_err(|e| {
@@ -267,7 +267,7 @@ impl Model {
                     )));
                 }
                 let path = dir.join(f);
-                let text = std::fs::read_to_string(&path)
+                let text = crate::sys::capped_read::read_capped_to_string(&path, MAX_MANIFEST_BYTES)
                     .map_err(|source| ModelError::ReadLabels { path: path.clone(), source })?;
                 manifest.labels = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
                 if manifest.labels.is_empty() {
@@ -328,6 +328,9 @@ impl Model {
 /// More classes than any real label set (ImageNet-21k has 21,841); bounds a
 /// hostile labels file.
 pub const MAX_LABELS: usize = 32_768;
+
+/// Largest manifest or labels file read (room for [`MAX_LABELS`] long labels).
+pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
 
 /// A family-specific `[output]` key that is missing, out of range, or
 /// belongs to another decoder.
@@ -417,6 +420,13 @@ fn read_verified(path: &Path, expected: &str, hint: &str) -> Result<Vec<u8>, Mod
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_manifest_path_naming_an_endless_file_is_a_read_error() {
+        let err = Model::load(Path::new("/dev/zero")).unwrap_err();
+        let ModelError::ReadManifest { source, .. } = &err else { panic!("{err:?}") };
+        assert_eq!(source.kind(), std::io::ErrorKind::FileTooLarge);
+    }
 
     const MANIFEST: &str = r#"
 name = "m"

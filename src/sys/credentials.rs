@@ -24,10 +24,13 @@ pub fn credential_path(path: &Path) -> PathBuf {
     }
 }
 
+/// Largest credential file read (a password, a list of trusted keys).
+pub const MAX_SECRET_BYTES: u64 = 64 * 1024;
+
 /// Reads a one-line secret (trailing newline removed).
 pub fn read_secret(path: &Path) -> Result<String, CredentialError> {
     let candidate = credential_path(path);
-    std::fs::read_to_string(&candidate)
+    super::capped_read::read_capped_to_string(&candidate, MAX_SECRET_BYTES)
         .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
         .map_err(|source| CredentialError { path: candidate, source })
 }
@@ -41,5 +44,12 @@ mod tests {
         let e = read_secret(Path::new("/nonexistent/keys.txt")).unwrap_err();
         assert_eq!(e.path, Path::new("/nonexistent/keys.txt"));
         assert!(e.to_string().contains("/nonexistent/keys.txt"), "{e}");
+    }
+
+    #[test]
+    fn a_secret_path_naming_an_endless_file_is_an_error_not_unbounded_memory() {
+        let e = read_secret(Path::new("/dev/zero")).unwrap_err();
+        assert_eq!(e.path, Path::new("/dev/zero"));
+        assert_eq!(e.source.kind(), std::io::ErrorKind::FileTooLarge);
     }
 }

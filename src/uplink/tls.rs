@@ -195,8 +195,15 @@ pub fn transport(config: Arc<ClientConfig>) -> rumqttc::Transport {
     rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(config))
 }
 
+/// Largest PEM file read: a full system CA bundle is about 200 KiB.
+const MAX_PEM_BYTES: u64 = 4 << 20;
+
 fn read_file(path: &Path, what: FileKind) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read { what, path: path.to_path_buf(), source })
+    crate::sys::capped_read::read_capped(path, MAX_PEM_BYTES).map_err(|source| TlsError::Read {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn certificates(path: &Path, what: FileKind) -> Result<Vec<CertificateDer<'static>>, TlsError> {
@@ -353,6 +360,14 @@ mod tests {
     fn unreadable_ca_file_names_the_file() {
         let err = client_config(&settings(Path::new("/nonexistent/ca.pem"))).unwrap_err();
         assert_eq!(err.to_string(), "reading the CA file (mqtt.ca_file) /nonexistent/ca.pem");
+    }
+
+    #[test]
+    fn a_ca_file_naming_an_endless_file_is_refused_with_the_cap() {
+        let err = client_config(&settings(Path::new("/dev/zero"))).unwrap_err();
+        let TlsError::Read { source, .. } = &err else { panic!("{err:?}") };
+        assert_eq!(source.kind(), std::io::ErrorKind::FileTooLarge);
+        assert!(source.to_string().contains(&MAX_PEM_BYTES.to_string()), "{source}");
     }
 
     #[test]

@@ -138,7 +138,8 @@ impl FrameSource for MjpegFileSource {
                 message: format!("{size} bytes; recordings of at most {MAX_FILE_BYTES} bytes are replayed"),
             });
         }
-        self.data = std::fs::read(&self.path).map_err(open_err)?;
+        // Capped again: a device node or a growing file reports no true size.
+        self.data = crate::sys::capped_read::read_capped(&self.path, MAX_FILE_BYTES).map_err(open_err)?;
         self.frames = split_frames(&self.data);
         if self.frames.is_empty() {
             return Err(CaptureError::Unsupported {
