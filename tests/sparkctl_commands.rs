@@ -380,6 +380,19 @@ fn usage_errors_exit_2() {
 }
 
 #[test]
+fn file_arguments_that_are_not_regular_files_are_refused_before_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = dir.path().join("x.sock");
+    // /dev/zero never ends: reading it to find its size would fill memory.
+    let (code, _, err) = sparkctl(&s, &["update", "apply", "/dev/zero"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("/dev/zero: not a regular file"), "{err}");
+    let (code, _, err) = sparkctl(&s, &["infer", "/dev/zero"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("/dev/zero: not a regular file"), "{err}");
+}
+
+#[test]
 fn completions_and_man_page_come_from_the_cli_definition() {
     let dir = tempfile::tempdir().unwrap();
     let s = dir.path().join("x.sock");

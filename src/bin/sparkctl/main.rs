@@ -619,8 +619,10 @@ const MAX_BUNDLE_BYTES: u64 = 1 << 30;
 /// the same checks as for a fleet push. Exit 0 only when the update ended active.
 fn update_apply(socket: &Path, file: &Path, out: &Out) -> ExitCode {
     let bundle = match std::fs::metadata(file) {
+        Ok(m) if !m.is_file() => return fail_msg(&format!("{}: not a regular file", file.display())),
         Ok(m) if m.len() > MAX_BUNDLE_BYTES => return fail_msg(&format!("{}: larger than 1 GiB", file.display())),
-        Ok(_) => match std::fs::read(file) {
+        // Capped again: a device node or a growing file reports no true size.
+        Ok(_) => match spark_edge::sys::capped_read::read_capped(file, MAX_BUNDLE_BYTES) {
             Ok(b) => b,
             Err(e) => return fail_msg(&format!("reading {}: {e}", file.display())),
         },
@@ -881,7 +883,7 @@ fn infer(socket: &Path, file: &Path, out: &Out) -> ExitCode {
             human_bytes(MAX_IMAGE_BYTES as u64)
         ));
     }
-    let bytes = match std::fs::read(file) {
+    let bytes = match spark_edge::sys::capped_read::read_capped(file, MAX_IMAGE_BYTES as u64) {
         Ok(b) => b,
         Err(e) => return usage(format!("reading {}: {e}", file.display())),
     };
