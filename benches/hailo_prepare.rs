@@ -13,12 +13,17 @@
 //!
 //! Run: `cargo bench --bench hailo_prepare`. Prints markdown rows for BENCHMARKS.md.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use image::imageops::FilterType;
 use spark_edge::inference::engine::hailo::nchw_to_nhwc;
-use spark_edge::inference::model::{ColorOrder, InputSpec, Layout, Resize};
+use spark_edge::inference::model::InputSpec;
+
+#[path = "common/yuv.rs"]
+mod frames;
+
+#[path = "../tests/hailo-double/double.rs"]
+mod double;
 use spark_edge::inference::vision::{Tensor, prepare, prepare_u8_nhwc};
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -29,23 +34,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn main() {
     let quick = !std::env::args().any(|a| a == "--bench");
     let rounds = if quick { 1 } else { 15 };
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let photos: Vec<image::RgbImage> =
-        ["astronaut.png", "camera.png", "chelsea.png", "coffee.png", "motorcycle_left.png", "rocket.jpg"]
-            .iter()
-            .map(|f| image::open(repo.join("models/demo").join(f)).expect("demo photo").to_rgb8())
-            .collect();
-    let spec = InputSpec {
-        name: "images".into(),
-        width: 640,
-        height: 640,
-        color: ColorOrder::Rgb,
-        layout: Layout::Nchw,
-        resize: Resize::Letterbox,
-        pad_value: 114.0,
-        mean: [0.0; 3],
-        std: [255.0; 3],
-    };
+    let photos = frames::demo_photos();
+    // A Model Zoo YOLOv8 input; the float path scales to 0..1 as ONNX exports do.
+    let spec = InputSpec { std: [255.0; 3], ..double::zoo_input("images", 640, 640) };
     println!(
         "| frames (6 demo photos) | uint8 NHWC per frame | float32 NCHW + transpose per frame | ratio (float / uint8) |"
     );

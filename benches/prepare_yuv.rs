@@ -12,17 +12,19 @@
 //!
 //! Run: `cargo bench --bench prepare_yuv`. Prints markdown rows for BENCHMARKS.md.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use image::imageops::FilterType;
-use spark_edge::inference::model::{ColorOrder, InputSpec, Layout, Resize};
+use spark_edge::inference::model::InputSpec;
 use spark_edge::inference::vision::{Tensor, prepare, prepare_u8_nhwc};
 use spark_edge::inference::vision_yuv::{YuvFrame, prepare_yuv, prepare_yuv_u8_nhwc};
 use spark_edge::sources::camera::convert::{self, PixelFormat};
 
 #[path = "common/yuv.rs"]
 mod yuv;
+
+#[path = "../tests/hailo-double/double.rs"]
+mod double;
 
 const W: u32 = 1280;
 const H: u32 = 720;
@@ -54,26 +56,12 @@ fn main() {
     // `cargo test --benches` runs this with `--bench` absent: keep it short then.
     let quick = !std::env::args().any(|a| a == "--bench");
     let rounds = if quick { 1 } else { 21 };
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let photos: Vec<image::RgbImage> =
-        ["astronaut.png", "camera.png", "chelsea.png", "coffee.png", "motorcycle_left.png", "rocket.jpg"]
-            .iter()
-            .map(|f| image::open(repo.join("models/demo").join(f)).expect("demo photo").to_rgb8())
-            .map(|p| image::imageops::resize(&p, W, H, FilterType::Triangle))
-            .collect();
+        yuv::demo_photos().iter().map(|p| image::imageops::resize(p, W, H, FilterType::Triangle)).collect();
     let yuyv: Vec<Vec<u8>> = photos.iter().map(yuv::rgb_to_yuyv).collect();
     let nv12: Vec<Vec<u8>> = yuyv.iter().map(|f| yuv::yuyv_to_nv12(f, W as usize, H as usize)).collect();
-    let spec = InputSpec {
-        name: "images".into(),
-        width: 640,
-        height: 640,
-        color: ColorOrder::Rgb,
-        layout: Layout::Nchw,
-        resize: Resize::Letterbox,
-        pad_value: 114.0,
-        mean: [0.0; 3],
-        std: [255.0; 3],
-    };
+    // A Model Zoo YOLOv8 input; the float path scales to 0..1 as ONNX exports do.
+    let spec = InputSpec { std: [255.0; 3], ..double::zoo_input("images", 640, 640) };
     println!(
         "| 1280×720 → 640×640 letterbox, per frame (6 demo photos) | two-pass: `to_rgb` + prepare | fused `vision_yuv` | ratio (fused / two-pass) |"
     );

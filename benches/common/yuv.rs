@@ -1,10 +1,20 @@
-//! Camera-like YUV frames made from RGB pictures, for the benches that feed
-//! the capture formats (`convert`, `prepare_yuv`). Included with `#[path]`;
-//! not a bench of its own.
+//! Bench frames: the six demo photos, and camera-like YUV frames made from
+//! RGB pictures, for the benches that feed the capture formats (`convert`,
+//! `prepare_yuv`, `hailo_prepare`). Included with `#[path]`; not a bench of
+//! its own.
 
 #![allow(dead_code)] // each bench uses its own subset
 
 use image::RgbImage;
+
+/// The six demo photos (scripts/setup.sh fetches them), as RGB8.
+pub fn demo_photos() -> Vec<RgbImage> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/demo");
+    ["astronaut.png", "camera.png", "chelsea.png", "coffee.png", "motorcycle_left.png", "rocket.jpg"]
+        .iter()
+        .map(|f| image::open(dir.join(f)).expect("demo photo (run scripts/setup.sh)").to_rgb8())
+        .collect()
+}
 
 /// RGB8 → YUYV with BT.601 limited-range coefficients (chroma averaged
 /// over each pixel pair), to make a camera-like YUYV frame.
