@@ -2,6 +2,8 @@
 //! signs bundles, checks them, pushes them over MQTT and watches devices
 //! report progress. Formats: docs/updates.md.
 
+use spark_edge::sys::capped_read::read_capped_to_string;
+use spark_edge::sys::credentials::MAX_SECRET_BYTES;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -309,7 +311,7 @@ fn keygen(out: &Path, key_id: Option<String>) -> Result<()> {
 }
 
 fn read_private_key(path: &Path) -> Result<(String, SigningKey)> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = read_capped_to_string(path, MAX_SECRET_BYTES).with_context(|| format!("reading {}", path.display()))?;
     let mut it = text.split_whitespace();
     let (Some(id), Some(k)) = (it.next(), it.next()) else {
         bail!("{}: expected `<key_id> <hex seed>`", path.display());
@@ -407,7 +409,7 @@ fn read_bundle(path: &Path) -> Result<Bundle> {
 }
 
 fn verify(keys: &Path, bundle: &Path) -> Result<()> {
-    let text = std::fs::read_to_string(keys).with_context(|| format!("reading {}", keys.display()))?;
+    let text = read_capped_to_string(keys, MAX_SECRET_BYTES).with_context(|| format!("reading {}", keys.display()))?;
     let keys = TrustedKeys::parse(&text).map_err(|e| anyhow!("{}: {e}", keys.display()))?;
     let b = read_bundle(bundle)?;
     let v = open_envelope(&b.envelope, &keys)?;

@@ -106,8 +106,8 @@ pub fn parse_command(words: &[String]) -> Result<Command, BadCommand> {
 
 /// Reads a private key file: `<key_id> <64 hex digits of the seed>`.
 pub fn read_signing_key(path: &Path) -> Result<(String, SigningKey), DiagnoseError> {
-    let text =
-        std::fs::read_to_string(path).map_err(|source| DiagnoseError::ReadKey { path: path.to_path_buf(), source })?;
+    let text = crate::sys::capped_read::read_capped_to_string(path, crate::sys::credentials::MAX_SECRET_BYTES)
+        .map_err(|source| DiagnoseError::ReadKey { path: path.to_path_buf(), source })?;
     let mut it = text.split_whitespace();
     let bad = || DiagnoseError::BadKey { path: path.to_path_buf() };
     let (Some(id), Some(k)) = (it.next(), it.next()) else { return Err(bad()) };
