@@ -90,7 +90,7 @@ fn request(nonce: &str, device: &str, command: Command, issued_at: u64, expires_
 }
 
 fn sign(r: &DiagRequest, key: &Path) -> Vec<u8> {
-    let (id, k) = spark_edge::fleet::diagnose::read_signing_key(key).unwrap();
+    let (id, k) = spark_edge::fleet::signing_key::read_signing_key(key).unwrap();
     diagnose::sign_request(r, &[(&id, &k)])
 }
 
@@ -239,7 +239,7 @@ fn unsigned_forged_expired_replayed_oversized_and_foreign_requests_are_refused_c
     let n_forged = "2".repeat(32);
     let other = Lab::new();
     let forged_key = other.dir.path().join("forged.key");
-    let (_, k) = spark_edge::fleet::diagnose::read_signing_key(&other.key).unwrap();
+    let (_, k) = spark_edge::fleet::signing_key::read_signing_key(&other.key).unwrap();
     std::fs::write(&forged_key, format!("fleet-test {}\n", hex::encode(k.to_bytes()))).unwrap();
     let forged = sign(&request(&n_forged, DEVICE, Command::Status, now, now + 60), &forged_key);
     publish(&r.broker, &topic, forged);

@@ -2,6 +2,7 @@
 //! signs bundles, checks them, pushes them over MQTT and watches devices
 //! report progress. Formats: docs/updates.md.
 
+use spark_edge::fleet::signing_key::read_signing_key;
 use spark_edge::sys::capped_read::read_capped_to_string;
 use spark_edge::sys::credentials::MAX_SECRET_BYTES;
 use std::collections::BTreeMap;
@@ -20,7 +21,7 @@ use spark_edge::fleet::devices::{self as fleet_view, Filter, Fleet, SortKey, Sta
 use spark_edge::inference::model::sha256_hex;
 use spark_edge::update::{
     ArtifactSpec, Bundle, CHUNK_MAX_BYTES, Canary, Kind, StateReport, Targets, TrustedKeys, UpdateManifest, Version,
-    check_plain_name, chunk_artifact, decode_key, open_envelope, sign_envelope, topics, wall_clock_secs,
+    check_plain_name, chunk_artifact, open_envelope, sign_envelope, topics, wall_clock_secs,
 };
 
 #[derive(Parser)]
@@ -310,16 +311,6 @@ fn keygen(out: &Path, key_id: Option<String>) -> Result<()> {
     Ok(())
 }
 
-fn read_private_key(path: &Path) -> Result<(String, SigningKey)> {
-    let text = read_capped_to_string(path, MAX_SECRET_BYTES).with_context(|| format!("reading {}", path.display()))?;
-    let mut it = text.split_whitespace();
-    let (Some(id), Some(k)) = (it.next(), it.next()) else {
-        bail!("{}: expected `<key_id> <hex seed>`", path.display());
-    };
-    let seed = decode_key(k).ok_or_else(|| anyhow!("{}: key is not 32 bytes of hex", path.display()))?;
-    Ok((id.to_string(), SigningKey::from_bytes(&seed)))
-}
-
 struct SignArgs {
     keys: Vec<PathBuf>,
     kind: Kind,
@@ -385,7 +376,7 @@ fn sign(a: SignArgs) -> Result<()> {
         shadow: a.shadow,
     };
     let manifest_json = serde_json::to_vec_pretty(&manifest)?;
-    let signers = a.keys.iter().map(|p| read_private_key(p)).collect::<Result<Vec<_>>>()?;
+    let signers = a.keys.iter().map(|p| read_signing_key(p)).collect::<Result<Vec<_>, _>>()?;
     let refs: Vec<(&str, &SigningKey)> = signers.iter().map(|(id, k)| (id.as_str(), k)).collect();
     let envelope = sign_envelope(&manifest_json, &refs);
     let bundle = Bundle { envelope, artifact };

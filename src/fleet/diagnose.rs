@@ -8,18 +8,17 @@
 //! checks are `control::diagnose`'s.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use ed25519_dalek::SigningKey;
 use rumqttc::{Client, Event, Packet, QoS};
 
 use super::broker::{BrokerArgs, BrokerError, Session};
+use super::signing_key::{KeyFileError, read_signing_key};
 use crate::config::is_topic_segment;
 use crate::control::diagnose::{self, Answer, Command, DiagRequest, ReassembleError, Reassembly};
 use crate::control::doctor::{duration, human_bytes};
 use crate::control::protocol::{Check, CheckStatus, QueueReport, StatusReport};
-use crate::update::decode_key;
 
 /// Exit codes: the answer came and is good / refused or failed / no answer.
 pub const EXIT_OK: u8 = 0;
@@ -47,14 +46,8 @@ pub enum DiagnoseError {
     BadDevice(String),
     #[error(transparent)]
     Broker(#[from] BrokerError),
-    #[error("reading the signing key {path}")]
-    ReadKey {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}: expected `<key_id> <hex seed>` (spark-fleet keygen)")]
-    BadKey { path: PathBuf },
+    #[error(transparent)]
+    Key(#[from] KeyFileError),
     #[error("reading /dev/urandom for the nonce")]
     Random(#[source] std::io::Error),
     #[error("MQTT connection to {broker}")]
@@ -102,17 +95,6 @@ pub fn parse_command(words: &[String]) -> Result<Command, BadCommand> {
         ["logs", n] => lines(n).map(|lines| Command::Logs { lines }).ok_or_else(|| BadCommand(w.join(" "))),
         _ => Err(BadCommand(w.join(" "))),
     }
-}
-
-/// Reads a private key file: `<key_id> <64 hex digits of the seed>`.
-pub fn read_signing_key(path: &Path) -> Result<(String, SigningKey), DiagnoseError> {
-    let text = crate::sys::capped_read::read_capped_to_string(path, crate::sys::credentials::MAX_SECRET_BYTES)
-        .map_err(|source| DiagnoseError::ReadKey { path: path.to_path_buf(), source })?;
-    let mut it = text.split_whitespace();
-    let bad = || DiagnoseError::BadKey { path: path.to_path_buf() };
-    let (Some(id), Some(k)) = (it.next(), it.next()) else { return Err(bad()) };
-    let seed = decode_key(k).ok_or_else(bad)?;
-    Ok((id.to_string(), SigningKey::from_bytes(&seed)))
 }
 
 fn random_nonce() -> Result<String, DiagnoseError> {
@@ -397,6 +379,7 @@ pub fn doctor_table(checks: &[Check]) -> String {
 mod tests {
     use super::*;
     use crate::control::diagnose::AnswerError;
+    use ed25519_dalek::SigningKey;
 
     #[test]
     fn commands_parse_from_words() {
