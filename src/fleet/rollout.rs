@@ -288,6 +288,28 @@ pub enum Step {
     Finished,
 }
 
+/// How `rollout start` reached the broker, besides the URL
+/// ([`Rollout::broker`]): kept in the state file so `resume` reconnects the
+/// same way. Paths and names only: the password stays in its file and the
+/// client key in its own; neither is ever read into the state file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Connection {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_server_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// The file the password is read from on every connection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+}
+
 /// Everything `spark-fleet rollout start` was given, checked.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -300,6 +322,7 @@ pub struct Plan {
     pub rollback_update_id: Option<String>,
     pub group: Option<String>,
     pub broker: String,
+    pub connection: Connection,
     pub prefix: String,
     pub waves: Vec<u8>,
     pub soak: Duration,
@@ -321,6 +344,10 @@ pub struct Rollout {
     pub rollback_update_id: Option<String>,
     pub group: Option<String>,
     pub broker: String,
+    /// Absent from state files written before it existed: `resume` then
+    /// needs the flags again.
+    #[serde(default)]
+    pub connection: Connection,
     pub prefix: String,
     pub waves: Vec<u8>,
     pub soak_ms: u64,
@@ -389,6 +416,7 @@ impl Rollout {
             rollback_update_id: plan.rollback_update_id,
             group: plan.group,
             broker: plan.broker,
+            connection: plan.connection,
             prefix: plan.prefix,
             waves: plan.waves,
             soak_ms: plan.soak.as_millis() as u64,
@@ -821,6 +849,7 @@ mod tests {
             rollback_update_id: None,
             group: Some("north".into()),
             broker: "mqtt://127.0.0.1:1883".into(),
+            connection: Connection::default(),
             prefix: "spark".into(),
             waves: vec![1, 10, 50, 100],
             soak: Duration::from_secs(2),
@@ -1085,5 +1114,43 @@ mod tests {
         // A runner that saves its own (running) copy afterwards does not undo it.
         store.save(&r).unwrap();
         assert_eq!(store.load(&r.id).unwrap().phase, RolloutPhase::Aborted);
+    }
+
+    #[test]
+    fn the_connection_settings_round_trip_and_an_old_state_file_without_them_loads() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::new(tmp.path().join("rollouts"));
+        let statuses = fleet(3);
+        let refs: Vec<&Device> = statuses.values().collect();
+        let mut p = plan("failed > 0%");
+        p.broker = "mqtts://broker.example:8883".into();
+        p.connection = Connection {
+            ca_file: Some("/etc/fleet/ca.pem".into()),
+            client_cert: Some("/etc/fleet/ops.pem".into()),
+            client_key: Some("/etc/fleet/ops.key".into()),
+            tls_server_name: Some("broker.example".into()),
+            username: Some("ops".into()),
+            password_file: Some("/etc/fleet/ops.pw".into()),
+        };
+        let r = Rollout::plan(p.clone(), &refs, 1).unwrap();
+        store.save(&r).unwrap();
+        let loaded = store.load(&r.id).unwrap();
+        assert_eq!(loaded.connection, p.connection);
+        assert_eq!(loaded.broker, "mqtts://broker.example:8883");
+
+        // A state file written before the connection was stored.
+        let file = store.dir().join(format!("{}.json", r.id));
+        let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+        assert!(v["connection"].is_object(), "{v}");
+        v.as_object_mut().unwrap().remove("connection");
+        std::fs::write(&file, serde_json::to_vec(&v).unwrap()).unwrap();
+        let old = store.load(&r.id).unwrap();
+        assert_eq!(old.connection, Connection::default());
+        assert_eq!(Rollout { connection: p.connection.clone(), ..old }, r);
+
+        // Only what was given is written; an empty object reads as nothing given.
+        let partial = Connection { ca_file: Some("/ca.pem".into()), ..Connection::default() };
+        assert_eq!(serde_json::to_string(&partial).unwrap(), r#"{"ca_file":"/ca.pem"}"#);
+        assert_eq!(serde_json::from_str::<Connection>("{}").unwrap(), Connection::default());
     }
 }

@@ -23,7 +23,8 @@ use rumqttc::{Client, ConnectionError, Event, Packet, QoS};
 use super::broker::{BrokerArgs, BrokerAuth, BrokerError};
 use super::devices::{Device, device_of_topic, parse_status};
 use super::rollout::{
-    Outcome, Plan, PlanError, Push, Rollout, RolloutPhase, Step, Store, StoreError, parse_duration, parse_waves,
+    Connection, Outcome, Plan, PlanError, Push, Rollout, RolloutPhase, Step, Store, StoreError, parse_duration,
+    parse_waves,
 };
 use crate::config::is_topic_segment;
 use crate::update::{Bundle, BundleError, CHUNK_MAX_BYTES, Envelope, UpdateManifest, chunk_artifact, topics};
@@ -119,8 +120,9 @@ pub enum RolloutCommand {
         timeout_secs: u64,
     },
     /// Continue a rollout from its state file (after a crash or restart).
-    /// The broker URL comes from the state file; give the TLS and login
-    /// flags `start` was given (they are not stored).
+    /// It reconnects as `start` did (the broker URL, TLS and login flags are
+    /// in the state file). TLS or login flags given here replace the stored
+    /// ones as a whole (and are stored once they connected).
     Resume {
         id: String,
         #[command(flatten)]
@@ -230,6 +232,7 @@ pub fn run(cmd: RolloutCommand) -> Result<Ended, RunError> {
                 rollback_update_id: rollback.as_ref().map(|r| r.update_id.clone()),
                 group,
                 broker: broker.broker.clone(),
+                connection: connection_of(&broker.auth),
                 prefix: topic_prefix.clone(),
                 waves,
                 soak,
@@ -271,11 +274,11 @@ pub fn run(cmd: RolloutCommand) -> Result<Ended, RunError> {
                     store.dir().join(format!("{}.json", rollout.id)).display()
                 ),
             );
-            drive(rollout, &broker.auth, &store, b, rollback, chunk_bytes, timeout_secs)
+            drive(rollout, &store, b, rollback, chunk_bytes, timeout_secs)
         }
         RolloutCommand::Resume { id, auth, state_dir, chunk_bytes, timeout_secs } => {
             let store = store(state_dir);
-            let rollout = store.load(&id)?;
+            let mut rollout = store.load(&id)?;
             if rollout.phase != RolloutPhase::Running {
                 let pending_rollback = matches!(rollout.phase, RolloutPhase::Halted { .. })
                     && rollout.rollback_bundle.is_some()
@@ -286,9 +289,25 @@ pub fn run(cmd: RolloutCommand) -> Result<Ended, RunError> {
             }
             let b = LoadedBundle::read(&rollout.bundle)?;
             let rollback = rollout.rollback_bundle.as_deref().map(LoadedBundle::read).transpose()?;
+            // Flags given replace the stored settings whole, not one by one:
+            // a merge could not drop a stored setting (a client certificate
+            // the broker no longer wants) and could pair one login's user
+            // name with another's password file.
+            let given = auth != BrokerAuth::default();
+            if given {
+                rollout.connection = connection_of(&auth);
+            }
             let (pushed, total) = rollout.progress();
-            log(&rollout.id, &format!("resuming at wave {} ({pushed} of {total} devices pushed)", rollout.wave + 1));
-            drive(rollout, &auth, &store, b, rollback, chunk_bytes, timeout_secs)
+            log(
+                &rollout.id,
+                &format!(
+                    "resuming at wave {} ({pushed} of {total} devices pushed); connecting to {} with the {}",
+                    rollout.wave + 1,
+                    rollout.broker,
+                    if given { "TLS and login flags given" } else { "connection settings stored by start" }
+                ),
+            );
+            drive(rollout, &store, b, rollback, chunk_bytes, timeout_secs)
         }
         RolloutCommand::Status { id, state_dir, json } => {
             let store = store(state_dir);
@@ -314,6 +333,34 @@ pub fn run(cmd: RolloutCommand) -> Result<Ended, RunError> {
 
 fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// The connection settings the state file keeps: the flags with their paths
+/// made absolute, so `resume` finds the same files from any directory (the
+/// password file as `--password-file` resolves it, `$CREDENTIALS_DIRECTORY`
+/// included). Paths only: nothing is read here.
+fn connection_of(auth: &BrokerAuth) -> Connection {
+    let abs = |p: &Option<PathBuf>| p.as_deref().map(absolute);
+    Connection {
+        ca_file: abs(&auth.ca_file),
+        client_cert: abs(&auth.client_cert),
+        client_key: abs(&auth.client_key),
+        tls_server_name: auth.tls_server_name.clone(),
+        username: auth.username.clone(),
+        password_file: auth.password_file.as_deref().map(|p| absolute(&crate::sys::credentials::credential_path(p))),
+    }
+}
+
+/// The flags a stored connection stands for.
+fn auth_of(c: &Connection) -> BrokerAuth {
+    BrokerAuth {
+        ca_file: c.ca_file.clone(),
+        client_cert: c.client_cert.clone(),
+        client_key: c.client_key.clone(),
+        tls_server_name: c.tls_server_name.clone(),
+        username: c.username.clone(),
+        password_file: c.password_file.clone(),
+    }
 }
 
 /// One log line on stdout: `<UTC time> rollout <id>: <text>`.
@@ -363,6 +410,7 @@ pub fn render_status(r: &Rollout) -> String {
         let _ = writeln!(s, "  halted: {reason}");
     }
     let _ = writeln!(s, "  halt when: {}", r.halt_when);
+    let _ = writeln!(s, "  broker: {}{}", r.broker, describe_connection(&r.connection));
     for d in &r.decisions {
         let _ = writeln!(s, "  {} {}", utc(d.at_ms), d.text);
     }
@@ -372,6 +420,25 @@ pub fn render_status(r: &Rollout) -> String {
         let _ = writeln!(s, "  unknown (unreadable reports): {}", unknown.join(", "));
     }
     s.trim_end().to_string()
+}
+
+/// The stored connection flags for `rollout status`: ` (--ca-file …, …)`,
+/// empty when none were given.
+fn describe_connection(c: &Connection) -> String {
+    let path = |flag: &str, p: &Option<PathBuf>| p.as_ref().map(|p| format!("{flag} {}", p.display()));
+    let text = |flag: &str, v: &Option<String>| v.as_ref().map(|v| format!("{flag} {v}"));
+    let parts: Vec<String> = [
+        path("--ca-file", &c.ca_file),
+        path("--client-cert", &c.client_cert),
+        path("--client-key", &c.client_key),
+        text("--tls-server-name", &c.tls_server_name),
+        text("--username", &c.username),
+        path("--password-file", &c.password_file),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if parts.is_empty() { String::new() } else { format!(" ({})", parts.join(", ")) }
 }
 
 /// A bundle read from disk with its chunks serialized once.
@@ -406,7 +473,6 @@ impl LoadedBundle {
 /// The rollout loop: asks the core for the next step, does it, persists.
 fn drive(
     mut r: Rollout,
-    auth: &BrokerAuth,
     store: &Store,
     bundle: LoadedBundle,
     rollback: Option<LoadedBundle>,
@@ -415,7 +481,10 @@ fn drive(
 ) -> Result<Ended, RunError> {
     let chunks = bundle.chunks(chunk_bytes);
     let rollback_chunks = rollback.as_ref().map(|b| b.chunks(chunk_bytes));
-    let mut s = Session::connect(&r.broker, auth, &r.prefix, &format!("spark-fleet-rollout-{}", r.id), false)?;
+    // The state file's settings (a `resume`'s flags already in them); they
+    // are saved below only once this connection is up.
+    let auth = auth_of(&r.connection);
+    let mut s = Session::connect(&r.broker, &auth, &r.prefix, &format!("spark-fleet-rollout-{}", r.id), false)?;
     s.wait_ready(Duration::from_secs(timeout_secs))?;
     // Reports queued for this session while no process ran it.
     s.take_reports(&mut r);
@@ -725,6 +794,28 @@ mod tests {
         assert_eq!(utc(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(utc(1_796_300_000_123), "2026-12-03T12:13:20.123Z");
         assert_eq!(utc(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn stored_connection_paths_are_absolute_and_stand_for_the_same_flags() {
+        let auth = BrokerAuth {
+            ca_file: Some("ca.pem".into()),
+            client_cert: Some("/etc/fleet/ops.pem".into()),
+            client_key: Some("/etc/fleet/ops.key".into()),
+            tls_server_name: Some("broker.example".into()),
+            username: Some("ops".into()),
+            password_file: Some("/etc/fleet/ops.pw".into()),
+        };
+        let c = connection_of(&auth);
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(c.ca_file.as_deref(), Some(cwd.join("ca.pem").as_path()));
+        assert_eq!(auth_of(&c), BrokerAuth { ca_file: Some(cwd.join("ca.pem")), ..auth });
+        assert_eq!(connection_of(&BrokerAuth::default()), Connection::default());
+        assert_eq!(describe_connection(&Connection::default()), "");
+        assert_eq!(
+            describe_connection(&Connection { username: Some("ops".into()), ..Connection::default() }),
+            " (--username ops)"
+        );
     }
 
     #[test]
