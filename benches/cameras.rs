@@ -143,7 +143,7 @@ fn run(
                         captured_at: Instant::now(),
                         captured_ms,
                         origin,
-                        image: image.clone(),
+                        pixels: image.clone().into(),
                     });
                     next += period;
                     if let Some(wait) = next.checked_duration_since(Instant::now()) {

@@ -22,7 +22,7 @@ use spark_edge::inference::model::{InputSpec, Model, Resize};
 use spark_edge::inference::vision::{Tensor, prepare};
 use spark_edge::sources::camera::convert;
 
-#[path = "common/yuv.rs"]
+#[path = "../tests/common/yuv.rs"]
 mod yuv;
 use yuv::{rgb_to_yuyv, yuyv_to_nv12};
 

@@ -19,7 +19,7 @@ use image::imageops::FilterType;
 use spark_edge::inference::engine::hailo::nchw_to_nhwc;
 use spark_edge::inference::model::InputSpec;
 
-#[path = "common/yuv.rs"]
+#[path = "../tests/common/yuv.rs"]
 mod frames;
 
 #[path = "../tests/hailo-double/double.rs"]

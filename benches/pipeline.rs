@@ -11,7 +11,8 @@
 //!   input, on-chip NMS output) and 640x640 frames; frames/s over the
 //!   double's capacity 1/T = 500 FPS, with the depth forced to 1 and at the
 //!   default depth (and 8).
-//! - `cpu`: ONNX Runtime on NanoDet-g 416 and a 640x480 photo; frames/s of
+//! - `cpu`: ONNX Runtime on NanoDet-g 416 and a 640x480 photo, as RGB and as
+//!   a camera's raw YUYV buffer (prepared straight from it); frames/s of
 //!   the loop at depth 2 (`OnnxEngine`: `session.run` on its worker thread)
 //!   and of the synchronous `pipeline::infer_frame`, over a bare sequential
 //!   `session.run` loop on a pre-made tensor, measured in the same run,
@@ -23,6 +24,8 @@
 
 #[path = "../tests/hailo-double/double.rs"]
 mod double;
+#[path = "../tests/common/yuv.rs"]
+mod yuv;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -38,7 +41,10 @@ use spark_edge::inference::engine::onnx::{OnnxEngine, load_runtime};
 use spark_edge::inference::engine::{Completed, Engine};
 use spark_edge::inference::model::{Decoder, InputSpec, Model, OutputSpec};
 use spark_edge::inference::pipeline::infer_frame;
-use spark_edge::inference::vision::{Tensor, prepare};
+use spark_edge::inference::prepare;
+use spark_edge::inference::vision::Tensor;
+use spark_edge::sources::camera::Pixels;
+use spark_edge::sources::camera::convert::{PixelFormat, RawYuv};
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -60,7 +66,7 @@ fn main() {
 /// Runs `n` frames through `engine` as the inference loop does; returns frames/s.
 fn run_loop(
     engine: &mut dyn Engine,
-    frames: &[Arc<RgbImage>],
+    frames: &[Arc<Pixels>],
     spec: &InputSpec,
     n: usize,
     mut decode: impl FnMut(&Completed),
@@ -97,11 +103,11 @@ fn hailo(quick: bool) {
     let spec = double::zoo_input("yolov8s/input_layer1", 640, 640);
     let out_spec = OutputSpec::new(Decoder::HailoNms, 0.3, 0.5);
     let labels: Vec<String> = (0..80).map(|i| format!("class{i}")).collect();
-    let frames: Vec<Arc<RgbImage>> = (0..8u8)
+    let frames: Vec<Arc<Pixels>> = (0..8u8)
         .map(|k| {
-            Arc::new(RgbImage::from_fn(640, 640, |x, y| {
+            Arc::new(Pixels::Rgb(RgbImage::from_fn(640, 640, |x, y| {
                 image::Rgb([k.wrapping_mul(29), (x % 256) as u8, (y % 256) as u8])
-            }))
+            })))
         })
         .collect();
     let lib = double::library();
@@ -135,10 +141,18 @@ fn cpu(quick: bool) {
     let lib = repo.join("deps/onnxruntime/libonnxruntime.so");
     let model = Model::load(&repo.join("models/nanodet.toml")).expect("manifest");
     let bytes = model.read_onnx().expect("model: run scripts/setup.sh");
-    let photo = Arc::new(image::open(repo.join("models/demo/motorcycle_left.png")).expect("photo").to_rgb8());
-    let frames = vec![Arc::clone(&photo)];
+    let rgb = image::open(repo.join("models/demo/motorcycle_left.png")).expect("photo").to_rgb8();
+    let rgb = image::imageops::resize(&rgb, 640, 480, image::imageops::FilterType::Triangle);
+    // The same picture as a UVC camera delivers it: kept raw, prepared
+    // straight from its planes (`vision_yuv`).
+    let yuyv = RawYuv::new(PixelFormat::Yuyv, yuv::rgb_to_yuyv(&rgb), 640, 480, 1280).expect("YUYV frame");
     let m = &model.manifest;
-    for threads in [1, 2] {
+    for (threads, (what, photo)) in [1, 2].into_iter().flat_map(|t| {
+        [("640x480 RGB photo", Pixels::Rgb(rgb.clone())), ("640x480 YUYV frame", Pixels::Yuv(yuyv.clone()))]
+            .map(|f| (t, f))
+    }) {
+        let photo = Arc::new(photo);
+        let frames = vec![Arc::clone(&photo)];
         let mut engine = OnnxEngine::new(&lib, &bytes, &m.input.name, threads).expect("engine");
         let (_, env) = load_runtime(&lib).expect("runtime");
         let mut bare = Session::builder(env)
@@ -152,7 +166,7 @@ fn cpu(quick: bool) {
             .commit_from_memory(&bytes)
             .expect("bare session");
         let mut input = Tensor::zeros(&[1]);
-        prepare(&photo, &m.input, &mut input);
+        prepare::tensor(&*photo, &m.input, &mut input);
         let bare_input = input.clone();
         let name = m.input.name.clone();
         let mut bare_loop = |n: usize| {
@@ -176,13 +190,13 @@ fn cpu(quick: bool) {
             piped.push(run_loop(&mut engine, &frames, &m.input, n, decode));
             let t = Instant::now();
             for _ in 0..n {
-                std::hint::black_box(infer_frame(&mut engine, &model, &photo, &mut input).expect("infer_frame"));
+                std::hint::black_box(infer_frame(&mut engine, &model, &*photo, &mut input).expect("infer_frame"));
             }
             sync.push(n as f64 / t.elapsed().as_secs_f64());
         }
         let (b, p, s) = (median(b), median(piped), median(sync));
         println!(
-            "| CPU {} {}x{}, 640x480 photo, {threads} intra-op thread(s) | bare session.run {b:.2} fps | depth 2 (prep+run+decode) {p:.2} fps, ratio {:.3} | synchronous {s:.2} fps, ratio {:.3} |",
+            "| CPU {} {}x{}, {what}, {threads} intra-op thread(s) | bare session.run {b:.2} fps | depth 2 (prep+run+decode) {p:.2} fps, ratio {:.3} | synchronous {s:.2} fps, ratio {:.3} |",
             m.name,
             m.input.width,
             m.input.height,

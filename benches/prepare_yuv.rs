@@ -20,7 +20,7 @@ use spark_edge::inference::vision::{Tensor, prepare, prepare_u8_nhwc};
 use spark_edge::inference::vision_yuv::{YuvFrame, prepare_yuv, prepare_yuv_u8_nhwc};
 use spark_edge::sources::camera::convert::{self, PixelFormat};
 
-#[path = "common/yuv.rs"]
+#[path = "../tests/common/yuv.rs"]
 mod yuv;
 
 #[path = "../tests/hailo-double/double.rs"]

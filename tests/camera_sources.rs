@@ -69,7 +69,7 @@ impl FrameSource for FastCamera {
             captured_at: Instant::now(),
             captured_ms: 0,
             origin: "fast".into(),
-            image: RgbImage::from_raw(640, 480, vec![(self.number % 251) as u8; 640 * 480 * 3]).unwrap(),
+            pixels: RgbImage::from_raw(640, 480, vec![(self.number % 251) as u8; 640 * 480 * 3]).unwrap().into(),
         })
     }
     fn close(&mut self) {}

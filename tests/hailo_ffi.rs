@@ -562,8 +562,9 @@ fn nms_by_class_boxes_come_out_as_frame_pixel_boxes() {
         // Frame after frame, and through the Engine trait.
         let mut t = Tensor::zeros(&[1]);
         let dyn_engine: &mut dyn Engine = &mut engine;
-        let (outputs, lb) =
-            dyn_engine.run_frame(&gradient(128, 96), &zoo_spec(64, 64), &mut t).unwrap_or_else(|e| panic!("{e}"));
+        let (outputs, lb) = dyn_engine
+            .run_frame((&gradient(128, 96)).into(), &zoo_spec(64, 64), &mut t)
+            .unwrap_or_else(|e| panic!("{e}"));
         let again = detect::decode(&OutputSpec::new(Decoder::HailoNms, 0.3, 0.5), &labels(3), &outputs, &lb);
         assert_eq!(again, Ok(d));
         drop(engine);
@@ -746,7 +747,7 @@ fn float32_hef_input_still_takes_the_normalised_tensor() {
         // Through the Engine trait the caller's tensor holds the prepared input, as on the CPU.
         let mut caller = Tensor::zeros(&[1]);
         let dyn_engine: &mut dyn Engine = &mut engine;
-        let (again, _) = dyn_engine.run_frame(&frame, &spec, &mut caller).unwrap_or_else(|e| panic!("{e}"));
+        let (again, _) = dyn_engine.run_frame((&frame).into(), &spec, &mut caller).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(caller, t);
         assert_eq!(again, outputs);
     });

@@ -18,7 +18,10 @@ use spark_edge::inference::engine::hailo::{HailoEngine, HailoError, HailoOptions
 use spark_edge::inference::engine::select::{Opener, Selector};
 use spark_edge::inference::engine::{Completed, Engine, EngineError, EngineKind, Output};
 use spark_edge::inference::model::{ColorOrder, InputSpec, Layout, Resize};
-use spark_edge::inference::vision::{self, Tensor};
+use spark_edge::inference::prepare;
+use spark_edge::inference::vision::Tensor;
+use spark_edge::sources::camera::Pixels;
+use spark_edge::sources::camera::convert::{PixelFormat, RawYuv};
 use spark_edge::state::Shared;
 
 const SCENARIO_ENV: &str = "HAILO_PIPELINE_SCENARIO";
@@ -46,17 +49,25 @@ fn spec() -> InputSpec {
 }
 
 /// A frame whose content depends on `tag`, so each has its own outputs.
-fn frame(tag: u64) -> Arc<RgbImage> {
-    Arc::new(RgbImage::from_fn(W, H, |x, y| {
+/// Odd tags arrive as a raw YUYV buffer (a UVC camera's), even ones as RGB,
+/// so both prepare paths run through the workers.
+fn frame(tag: u64) -> Arc<Pixels> {
+    if tag % 2 == 1 {
+        let data: Vec<u8> =
+            (0..W * H * 2).map(|i| ((tag as u32).wrapping_mul(37).wrapping_add(i * 7) % 256) as u8).collect();
+        let raw = RawYuv::new(PixelFormat::Yuyv, data, W, H, 2 * W as usize).expect("a well-formed YUYV frame");
+        return Arc::new(Pixels::Yuv(raw));
+    }
+    Arc::new(Pixels::Rgb(RgbImage::from_fn(W, H, |x, y| {
         let v = (tag as u32).wrapping_mul(37).wrapping_add(x * 3 + y * 5);
         image::Rgb([(v % 251) as u8, (v / 7 % 253) as u8, (tag % 256) as u8])
-    }))
+    })))
 }
 
 /// What the double (and the CPU stand-in below) returns for `frame`.
-fn expected(frame: &RgbImage) -> Vec<Vec<f32>> {
+fn expected(frame: &Pixels) -> Vec<Vec<f32>> {
     let mut t = Tensor::zeros(&[1]);
-    vision::prepare(frame, &spec(), &mut t);
+    prepare::tensor(frame, &spec(), &mut t);
     double::expected_outputs(&t.data, H as usize, W as usize)
 }
 
@@ -120,7 +131,7 @@ fn results_are_matched_to_their_frames_under_load() {
                 assert_matches(c.tag, outputs);
             }
             // The synchronous path still works between streams, on fresh frames.
-            let (outputs, _) = engine.infer_frame(&frame(7), &spec()).expect("a synchronous frame");
+            let (outputs, _) = engine.infer_frame(&*frame(7), &spec()).expect("a synchronous frame");
             assert_matches(7, &outputs);
         }
     });
@@ -131,9 +142,11 @@ fn results_are_matched_to_their_frames_under_load() {
 /// of the frames behind it, so with several workers those often finish
 /// first (how often depends on the cores free; the writer's reordering
 /// itself is pinned by `InOrder`'s unit test in the engine).
-fn uneven_frame(tag: u64) -> Arc<RgbImage> {
+fn uneven_frame(tag: u64) -> Arc<Pixels> {
     let (w, h) = if tag % 5 == 0 { (1280, 720) } else { (640, 640) };
-    Arc::new(RgbImage::from_fn(w, h, |x, y| image::Rgb([(tag % 256) as u8, (x % 256) as u8, (y % 256) as u8])))
+    Arc::new(Pixels::Rgb(RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([(tag % 256) as u8, (x % 256) as u8, (y % 256) as u8])
+    })))
 }
 
 #[test]
@@ -160,7 +173,7 @@ fn frames_prepared_out_of_order_by_several_workers_are_written_in_order() {
             for c in &done {
                 let (_, lb) = c.result.as_ref().unwrap_or_else(|e| panic!("frame {}: {e}", c.tag));
                 let f = uneven_frame(c.tag);
-                assert_eq!((lb.frame_width, lb.frame_height), (f.width(), f.height()), "frame {}", c.tag);
+                assert_eq!((lb.frame_width, lb.frame_height), f.dimensions(), "frame {}", c.tag);
             }
         }
     });
@@ -196,10 +209,10 @@ impl Engine for CpuDouble {
         let outs = double::expected_outputs(&input.data, H as usize, W as usize);
         Ok(outs.into_iter().map(|data| Output { name: "cpu".into(), shape: vec![data.len()], data }).collect())
     }
-    fn submit(&mut self, tag: u64, frame: Arc<RgbImage>, spec: &InputSpec) -> Result<Option<Completed>, EngineError> {
+    fn submit(&mut self, tag: u64, frame: Arc<Pixels>, spec: &InputSpec) -> Result<Option<Completed>, EngineError> {
         self.ran.lock().unwrap_or_else(|e| e.into_inner()).push(tag);
         let mut t = Tensor::zeros(&[1]);
-        let result = self.run_frame(&frame, spec, &mut t);
+        let result = self.run_frame(frame.view(), spec, &mut t);
         Ok(Some(Completed { tag, kind: EngineKind::OnnxCpu, result }))
     }
 }

@@ -9,17 +9,20 @@
 //! - CenterFace (the face model pack): faces only where there are faces.
 //! - The converter's ONNX against the reference numbers (scripts/nanodet/check.py).
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
+
+use common::repo;
+use common::yuv::{rgb_to_yuyv, yuyv_to_nv12};
 
 use spark_edge::inference::detect::{DecodeError, Detection};
 use spark_edge::inference::engine::onnx::OnnxEngine;
 use spark_edge::inference::model::Model;
 use spark_edge::inference::pipeline::{InferError, check_fit, infer_frame};
 use spark_edge::inference::vision::Tensor;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use spark_edge::sources::camera::Pixels;
+use spark_edge::sources::camera::convert::{PixelFormat, RawYuv};
 
 fn engine(model: &Model) -> OnnxEngine {
     let bytes = model.read_onnx().expect("model (run scripts/setup.sh)");
@@ -96,6 +99,46 @@ fn nanodet_finds_the_cat() {
     let d = objects("chelsea.png");
     // Chelsea's head fills the 451x300 photo; NanoDet also calls her a person (setup notes).
     found(&d, "cat", 150.0..=300.0, 100.0..=220.0);
+}
+
+/// A camera delivering YUYV or NV12 (kept raw, prepared straight from its
+/// planes) sees what the same picture as RGB shows: the same labels, boxes
+/// within a few pixels, scores within a few hundredths.
+#[test]
+fn photos_as_raw_yuyv_and_nv12_frames_give_the_rgb_frames_detections() {
+    let model = Model::load(&repo().join("models/nanodet.toml")).expect("manifest");
+    let mut engine = engine(&model);
+    for photo in ["astronaut.png", "chelsea.png", "motorcycle_left.png"] {
+        let rgb = image::open(repo().join("models/demo").join(photo)).expect("photo").to_rgb8();
+        let (w, h) = (rgb.width() & !1, rgb.height() & !1);
+        let even = image::imageops::crop_imm(&rgb, 0, 0, w, h).to_image();
+        let yuyv = rgb_to_yuyv(&even);
+        let nv12 = yuyv_to_nv12(&yuyv, w as usize, h as usize);
+        let want = infer_frame(&mut engine, &model, &even, &mut Tensor::zeros(&[1])).expect("RGB").detections;
+        assert!(!want.is_empty(), "{photo}: nothing found on the RGB frame");
+        for raw in [
+            RawYuv::new(PixelFormat::Yuyv, yuyv.clone(), w, h, 2 * w as usize).expect("YUYV frame"),
+            RawYuv::new(PixelFormat::Nv12, nv12, w, h, w as usize).expect("NV12 frame"),
+        ] {
+            let format = raw.format();
+            let got =
+                infer_frame(&mut engine, &model, &Pixels::Yuv(raw), &mut Tensor::zeros(&[1])).expect("YUV").detections;
+            for d in want.iter().filter(|d| d.score >= 0.5) {
+                let twin = got
+                    .iter()
+                    .filter(|g| g.label == d.label)
+                    .min_by(|a, b| box_gap(a.bbox, d.bbox).total_cmp(&box_gap(b.bbox, d.bbox)))
+                    .unwrap_or_else(|| panic!("{photo} as {format:?}: no {} in {got:?}", d.label));
+                assert!(box_gap(twin.bbox, d.bbox) <= 6.0, "{photo} as {format:?}: {twin:?} vs RGB {d:?}");
+                assert!((twin.score - d.score).abs() <= 0.05, "{photo} as {format:?}: {twin:?} vs RGB {d:?}");
+            }
+        }
+    }
+}
+
+/// The largest distance between corresponding box edges, in pixels.
+fn box_gap(a: [f32; 4], b: [f32; 4]) -> f32 {
+    a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 #[test]

@@ -9,10 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::repo;
+use common::yuv::{rgb_to_yuyv, yuyv_to_nv12};
 use spark_edge::inference::engine::Engine;
 use spark_edge::inference::engine::onnx::{DEPTH, OnnxEngine};
 use spark_edge::inference::model::Model;
 use spark_edge::inference::vision::Tensor;
+use spark_edge::sources::camera::Pixels;
+use spark_edge::sources::camera::convert::{PixelFormat, RawYuv};
 
 #[test]
 fn results_in_flight_match_their_frames_and_the_synchronous_path() {
@@ -24,14 +27,20 @@ fn results_in_flight_match_their_frames_and_the_synchronous_path() {
     assert_eq!(engine.depth(), DEPTH);
     // Distinct photos of distinct sizes: a result paired with the wrong frame
     // shows in its outputs or its letterbox.
-    let photos: Vec<Arc<image::RgbImage>> = ["astronaut.png", "chelsea.png", "coffee.png", "motorcycle_left.png"]
+    // One of them arrives as a raw YUYV buffer and one as NV12, as from a
+    // camera: those are prepared straight from their planes.
+    let photos: Vec<Arc<Pixels>> = ["astronaut.png", "chelsea.png", "coffee.png", "motorcycle_left.png"]
         .iter()
-        .map(|p| Arc::new(image::open(repo().join("models/demo").join(p)).expect("photo").to_rgb8()))
+        .enumerate()
+        .map(|(i, p)| {
+            let rgb = image::open(repo().join("models/demo").join(p)).expect("photo").to_rgb8();
+            Arc::new(camera_like(rgb, i))
+        })
         .collect();
     let mut want = Vec::new();
     let mut t = Tensor::zeros(&[1]);
     for p in &photos {
-        want.push(engine.run_frame(p, &m.input, &mut t).expect("synchronous run"));
+        want.push(engine.run_frame(p.view(), &m.input, &mut t).expect("synchronous run"));
     }
     let order: Vec<usize> = (0..12).map(|i| (i * 3 + i / 4) % photos.len()).collect();
     let (mut next, mut in_flight, mut got) = (0, 0, Vec::new());
@@ -62,8 +71,24 @@ fn results_in_flight_match_their_frames_and_the_synchronous_path() {
         assert_eq!(outputs, want_out, "frame {i}: another frame's outputs");
     }
     // The synchronous path after frames in flight: those are kept for collect.
-    let sync = engine.run_frame(&photos[1], &m.input, &mut t).expect("synchronous run").0;
+    let sync = engine.run_frame(photos[1].view(), &m.input, &mut t).expect("synchronous run").0;
     assert_eq!(sync, want[1].0);
     let tags: Vec<u64> = std::iter::from_fn(|| engine.collect(Duration::from_secs(60)).map(|c| c.tag)).collect();
     assert_eq!(tags, [100, 101]);
+}
+
+/// Photo `i` as RGB, or (i = 1, 2) as a camera's YUYV or NV12 buffer,
+/// cropped to even sizes as those formats need.
+fn camera_like(rgb: image::RgbImage, i: usize) -> Pixels {
+    let (w, h) = (rgb.width() & !1, rgb.height() & !1);
+    let even = image::imageops::crop_imm(&rgb, 0, 0, w, h).to_image();
+    let yuyv = rgb_to_yuyv(&even);
+    match i {
+        1 => Pixels::Yuv(RawYuv::new(PixelFormat::Yuyv, yuyv, w, h, 2 * w as usize).expect("YUYV frame")),
+        2 => {
+            let nv12 = yuyv_to_nv12(&yuyv, w as usize, h as usize);
+            Pixels::Yuv(RawYuv::new(PixelFormat::Nv12, nv12, w, h, w as usize).expect("NV12 frame"))
+        }
+        _ => Pixels::Rgb(rgb),
+    }
 }

@@ -352,7 +352,7 @@ impl EventStage {
                             r.body.pop();
                             r.body.push_str(&format!(",\"snapshot_id\":\"{id}\"}}"));
                         }
-                        let image = image.get_or_insert_with(|| Arc::new(frame.image.clone())).clone();
+                        let image = image.get_or_insert_with(|| Arc::new(frame.pixels.to_rgb().into_owned())).clone();
                         let meta = SnapshotMeta {
                             snapshot_id: id,
                             event_seq: 0,
@@ -394,7 +394,7 @@ impl FrameObserver for EventStage {
         let Some(c) = self.cameras.iter_mut().find(|c| c.camera == camera) else {
             return Observed { tags: Vec::new(), labels_changed: true };
         };
-        let size = frame.image.dimensions();
+        let size = frame.pixels.dimensions();
         let observed = c.frame(frame.number, frame.captured_ms, size, detections, &mut self.records);
         self.store(Some(frame));
         observed

@@ -1,6 +1,7 @@
 //! The inference stage: a frame's path from the camera queue to detections.
-//! `pipeline` runs the loop, `vision` prepares pixels (`vision_yuv` straight
-//! from raw YUV camera buffers, without an RGB copy), `engine` runs the
+//! `pipeline` runs the loop, `prepare` turns a frame into a model input
+//! (`vision` from RGB, `vision_yuv` straight from raw YUV camera buffers,
+//! without an RGB copy), `engine` runs the
 //! network (Hailo-8 or ONNX Runtime), `detect` decodes its outputs, `model`
 //! describes what is loaded, `snapshot` taps the model input for technicians,
 //! `observe` is the hook the tracking step plugs into, `shadow` compares a
@@ -12,6 +13,7 @@ pub mod engine;
 pub mod model;
 pub mod observe;
 pub mod pipeline;
+pub mod prepare;
 pub mod shadow;
 pub mod shadow_tap;
 pub mod snapshot;

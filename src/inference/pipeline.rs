@@ -16,10 +16,11 @@ use crate::inference::detect::{self, DecodeError, Detection};
 use crate::inference::engine::{Completed, Engine};
 use crate::inference::model::Model;
 use crate::inference::observe::{FrameObserver, Observed, TrackTag};
+use crate::inference::prepare;
 use crate::inference::vision::{self, Tensor};
 use crate::outbox::Appender;
 use crate::record::Stream;
-use crate::sources::camera::{CameraLane, CameraQueues, Frame};
+use crate::sources::camera::{CameraLane, CameraQueues, Frame, Pixels, PixelsRef};
 use crate::state::Shared;
 
 #[derive(Debug, Serialize)]
@@ -82,17 +83,17 @@ pub enum InferError {
 }
 
 /// Prepares, runs and decodes one frame; `input` is reused between calls.
-pub fn infer_frame(
+pub fn infer_frame<'a>(
     engine: &mut dyn Engine,
     model: &Model,
-    frame: &image::RgbImage,
+    frame: impl Into<PixelsRef<'a>>,
     input: &mut Tensor,
 ) -> Result<Inferred, InferError> {
     let t0 = Instant::now();
     let m = &model.manifest;
     // The engine prepares the input in the form it takes: float NCHW for
     // ONNX Runtime, uint8 NHWC straight from the resize for a UINT8 HEF.
-    let (outputs, lb) = engine.run_frame(frame, &m.input, input).map_err(InferError::Engine)?;
+    let (outputs, lb) = engine.run_frame(frame.into(), &m.input, input).map_err(InferError::Engine)?;
     let detections = detect::decode(&m.output, &m.labels, &outputs, &lb)?;
     Ok(Inferred { detections, engine: engine.kind(), latency: t0.elapsed() })
 }
@@ -139,6 +140,7 @@ fn body(
     decode_error: Option<&DecodeError>,
 ) -> String {
     let top = r.detections.iter().max_by(|a, b| a.score.total_cmp(&b.score));
+    let (width, height) = frame.pixels.dimensions();
     let body = InferenceBody {
         camera,
         engine: r.engine.as_str(),
@@ -154,13 +156,7 @@ fn body(
             .map(|(i, detection)| TaggedDetection { detection, track: tags.get(i).copied().flatten() })
             .collect(),
         latency_ms: r.latency.as_secs_f64() * 1000.0,
-        frame: FrameInfo {
-            origin: &frame.origin,
-            number: frame.number,
-            width: frame.image.width(),
-            height: frame.image.height(),
-            captured_ts: frame.captured_ms,
-        },
+        frame: FrameInfo { origin: &frame.origin, number: frame.number, width, height, captured_ts: frame.captured_ms },
         decode_errors: decode_error.map(|_| 1),
         decode_error: decode_error.map(|e| e.to_string()),
     };
@@ -173,16 +169,16 @@ fn body(
 fn model_view(model: &Model, camera: &str, frame: &Frame) -> crate::inference::snapshot::Reply {
     let spec = &model.manifest.input;
     let mut input = Tensor::zeros(&[1]);
-    vision::prepare(&frame.image, spec, &mut input);
+    prepare::tensor(&frame.pixels, spec, &mut input);
     let image = vision::tensor_to_rgb(&input, spec)
         .ok_or_else(|| crate::inference::snapshot::ViewError { shape: input.shape.clone() })?;
     Ok(crate::inference::snapshot::ModelView {
         camera: camera.to_string(),
         image,
-        content: vision::fitted_size(frame.image.dimensions(), spec),
+        content: vision::fitted_size(frame.pixels.dimensions(), spec),
         frame_origin: frame.origin.clone(),
         frame_number: frame.number,
-        frame_size: frame.image.dimensions(),
+        frame_size: frame.pixels.dimensions(),
         captured_ms: frame.captured_ms,
         model: format!("{} {}", model.manifest.name, model.manifest.version),
         resize: match spec.resize {
@@ -263,7 +259,7 @@ struct InFlight {
     tag: u64,
     lane: usize,
     frame: Frame,
-    image: Arc<image::RgbImage>,
+    pixels: Arc<Pixels>,
     popped_at: Instant,
     /// A synchronous engine's result, returned by `submit` itself.
     early: Option<Completed>,
@@ -323,13 +319,13 @@ pub fn run_with(
             let Some((lane, mut frame)) = cameras.pop(wait) else { break };
             let popped_at = Instant::now();
             next_tag += 1;
-            let image = Arc::new(std::mem::take(&mut frame.image));
-            let early = match engine.submit(next_tag, Arc::clone(&image), &model.manifest.input) {
+            let pixels = Arc::new(std::mem::take(&mut frame.pixels));
+            let early = match engine.submit(next_tag, Arc::clone(&pixels), &model.manifest.input) {
                 Ok(early) => early,
                 // Refused (more than its depth): this frame fails, in its turn.
                 Err(e) => Some(Completed { tag: next_tag, kind: engine.kind(), result: Err(e) }),
             };
-            in_flight.push_back(InFlight { tag: next_tag, lane, frame, image, popped_at, early });
+            in_flight.push_back(InFlight { tag: next_tag, lane, frame, pixels, popped_at, early });
         }
         if in_flight.is_empty() {
             if cameras.is_closed_and_empty() {
@@ -376,10 +372,10 @@ fn collect_one(
             None => return,
         },
     };
-    let Some(InFlight { tag, lane, mut frame, image, popped_at, .. }) = in_flight.pop_front() else { return };
+    let Some(InFlight { tag, lane, mut frame, pixels, popped_at, .. }) = in_flight.pop_front() else { return };
     debug_assert_eq!(done.tag, tag, "engine results come back in submission order");
     // The engine let go of the picture with the result: no copy.
-    frame.image = Arc::try_unwrap(image).unwrap_or_else(|shared| (*shared).clone());
+    frame.pixels = Arc::try_unwrap(pixels).unwrap_or_else(|shared| (*shared).clone());
     let m = &model.manifest;
     let inferred = done.result.map_err(InferError::Engine).and_then(|(outputs, lb)| {
         let detections = detect::decode(&m.output, &m.labels, &outputs, &lb)?;
@@ -406,7 +402,7 @@ impl Recorder {
         let stored = match &inferred {
             Ok(r) => {
                 if let Some(tap) = &self.after.shadow {
-                    tap.offer(&frame.image, &r.detections);
+                    tap.offer(&frame.pixels, &r.detections);
                 }
                 let observed = match self.after.observer.as_mut() {
                     Some(o) => o.observe(camera, frame, &r.detections),

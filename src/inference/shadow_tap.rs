@@ -24,6 +24,7 @@ use super::engine::Engine;
 use super::model::Model;
 use super::shadow::{Figures, Tally};
 use super::vision::Tensor;
+use crate::sources::camera::{Pixels, PixelsRef};
 
 /// Frames waiting for the shadow: one (the shadow samples; it does not catch up).
 pub const QUEUE: usize = 1;
@@ -53,7 +54,7 @@ fn lower_priority() {
 }
 
 struct Job {
-    image: image::RgbImage,
+    pixels: Pixels,
     live: Vec<Detection>,
 }
 
@@ -121,7 +122,7 @@ impl ShadowTap {
     }
 
     /// Called by the inference thread for each decoded live frame.
-    pub fn offer(&self, image: &image::RgbImage, live: &[Detection]) {
+    pub fn offer<'a>(&self, frame: impl Into<PixelsRef<'a>>, live: &[Detection]) {
         if !self.active.load(Ordering::Relaxed) {
             return;
         }
@@ -140,7 +141,7 @@ impl ShadowTap {
             self.dropped_busy.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        match r.feed.try_send(Job { image: image.clone(), live: live.to_vec() }) {
+        match r.feed.try_send(Job { pixels: frame.into().to_pixels(), live: live.to_vec() }) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 self.dropped_busy.fetch_add(1, Ordering::Relaxed);
@@ -180,7 +181,7 @@ impl ShadowTap {
                 let mut input = Tensor::zeros(&[1]);
                 for job in rx {
                     let t0 = Instant::now();
-                    let r = super::pipeline::infer_frame(engine.as_mut(), &model, &job.image, &mut input);
+                    let r = super::pipeline::infer_frame(engine.as_mut(), &model, &job.pixels, &mut input);
                     let took = t0.elapsed();
                     let Ok(mut g) = p.lock() else { return };
                     match r {

@@ -16,7 +16,7 @@
 
 use crate::inference::model::InputSpec;
 use crate::inference::vision::{Fit, Letterbox, Norm, Tensor, bilinear, pad_byte};
-use crate::sources::camera::convert::{self, ConvertError, PixelFormat, YuvLayout, bt601_to_rgb};
+use crate::sources::camera::convert::{self, ConvertError, PixelFormat, RawYuv, YuvLayout, bt601_to_rgb};
 use image::RgbImage;
 
 /// Fractional bits the interpolated samples keep into the conversion, so the
@@ -45,6 +45,11 @@ impl<'a> YuvFrame<'a> {
     ) -> Result<Self, ConvertError> {
         let layout = convert::yuv_layout(format, data.len(), width, height, stride)?;
         Ok(Self { format, data, layout })
+    }
+
+    /// A view of a buffer the camera already checked: cannot fail.
+    pub fn of(raw: &'a RawYuv) -> Self {
+        Self { format: raw.format(), data: raw.data(), layout: *raw.layout() }
     }
 
     pub fn format(&self) -> PixelFormat {

@@ -8,6 +8,7 @@ pub mod rabbitmq;
 pub mod tmux;
 pub mod walk;
 pub mod witness;
+pub mod yuv;
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;

@@ -56,11 +56,11 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 
 use hailo_sys as sys;
 
-use image::RgbImage;
-
 use super::{Completed, Engine, EngineError, EngineKind, Output};
 use crate::inference::model::InputSpec;
+use crate::inference::prepare;
 use crate::inference::vision::{self, Tensor};
+use crate::sources::camera::{Pixels, PixelsRef};
 
 /// HailoRT arrays are sized for this many streams per network group.
 const MAX_STREAMS: usize = sys::HAILO_MAX_STREAMS_COUNT as usize;
@@ -1440,13 +1440,13 @@ impl HailoEngine {
 
     /// Prepares `frame` as `spec` says, in the form the HEF input takes, and
     /// runs it. A UINT8 input gets uint8 NHWC straight from the resize
-    /// ([`vision::prepare_u8_nhwc`]: no float tensor, no transpose; the
+    /// ([`prepare::u8_nhwc`]: no float tensor, no transpose; the
     /// manifest's mean and std are the chip's business); a FLOAT32 input the
     /// normalised tensor. Returns the outputs and the letterbox to map boxes
     /// back to the frame.
-    pub fn infer_frame(
+    pub fn infer_frame<'a>(
         &mut self,
-        frame: &RgbImage,
+        frame: impl Into<PixelsRef<'a>>,
         spec: &InputSpec,
     ) -> Result<(Vec<Output>, vision::Letterbox), HailoError> {
         self.settle_in_flight();
@@ -1460,13 +1460,13 @@ impl HailoEngine {
         }
         match self.input_format {
             InputFormat::Uint8 => {
-                let lb = vision::prepare_u8_nhwc(frame, spec, &mut self.staging_u8);
+                let lb = prepare::u8_nhwc(frame, spec, &mut self.staging_u8);
                 let result = self.exchange_u8();
                 self.settle(result).map(|o| (o, lb))
             }
             InputFormat::Float32 => {
                 let mut t = std::mem::replace(&mut self.staging_tensor, Tensor::zeros(&[0]));
-                let lb = vision::prepare(frame, spec, &mut t);
+                let lb = prepare::tensor(frame, spec, &mut t);
                 let result = self.exchange_f32(&t);
                 self.staging_tensor = t;
                 self.settle(result).map(|o| (o, lb))
@@ -1606,7 +1606,7 @@ impl Prepared {
 struct PrepareJob {
     seq: u64,
     tag: u64,
-    frame: Arc<RgbImage>,
+    frame: Arc<Pixels>,
     spec: InputSpec,
     buffer: Result<Prepared, HailoError>,
 }
@@ -1780,16 +1780,17 @@ impl Drop for Io {
 fn prepare_loop(port: &Port, format: InputFormat, jobs: Receiver<PrepareJob>, prepared: Sender<(u64, Job)>) {
     let mut staging = Tensor::zeros(&[1]);
     for job in jobs {
+        let (frame_width, frame_height) = job.frame.dimensions();
         let mut lb = vision::Letterbox {
             scale_x: 1.0,
             scale_y: 1.0,
-            frame_width: job.frame.width(),
-            frame_height: job.frame.height(),
+            frame_width,
+            frame_height,
             input_width: job.spec.width,
             input_height: job.spec.height,
         };
         let input = job.buffer.map(|buf| {
-            let (p, l) = prepare_frame(port, format, buf, &job.frame, &job.spec, &mut staging);
+            let (p, l) = prepare_frame(port, format, buf, job.frame.view(), &job.spec, &mut staging);
             lb = l;
             p
         });
@@ -1804,7 +1805,7 @@ fn prepare_frame(
     port: &Port,
     format: InputFormat,
     buf: Prepared,
-    frame: &RgbImage,
+    frame: PixelsRef<'_>,
     spec: &InputSpec,
     staging: &mut Tensor,
 ) -> (Prepared, vision::Letterbox) {
@@ -1814,7 +1815,7 @@ fn prepare_frame(
                 Prepared::U8(b) => b,
                 Prepared::F32(_) => Vec::new(),
             };
-            let lb = vision::prepare_u8_nhwc(frame, spec, &mut b);
+            let lb = prepare::u8_nhwc(frame, spec, &mut b);
             (Prepared::U8(b), lb)
         }
         InputFormat::Float32 => {
@@ -1822,7 +1823,7 @@ fn prepare_frame(
                 Prepared::F32(f) => f,
                 Prepared::U8(_) => Vec::new(),
             };
-            let lb = vision::prepare(frame, spec, staging);
+            let lb = prepare::tensor(frame, spec, staging);
             match port.layout() {
                 Some(Layout::Nhwc) => nchw_to_nhwc(&staging.data, port.channels, port.height, port.width, &mut f),
                 _ => {
@@ -1955,14 +1956,14 @@ impl Engine for HailoEngine {
     /// `input` as on the CPU.
     fn run_frame(
         &mut self,
-        frame: &RgbImage,
+        frame: PixelsRef<'_>,
         spec: &InputSpec,
         input: &mut Tensor,
     ) -> Result<(Vec<Output>, vision::Letterbox), EngineError> {
         match self.input_format {
             InputFormat::Uint8 => self.infer_frame(frame, spec).map_err(EngineError::from),
             InputFormat::Float32 => {
-                let lb = vision::prepare(frame, spec, input);
+                let lb = prepare::tensor(frame, spec, input);
                 Ok((self.infer(input)?, lb))
             }
         }
@@ -1977,7 +1978,7 @@ impl Engine for HailoEngine {
     }
 
     /// Hands the frame to the prepare workers; the I/O threads write and read.
-    fn submit(&mut self, tag: u64, frame: Arc<RgbImage>, spec: &InputSpec) -> Result<Option<Completed>, EngineError> {
+    fn submit(&mut self, tag: u64, frame: Arc<Pixels>, spec: &InputSpec) -> Result<Option<Completed>, EngineError> {
         if self.io.in_flight() >= self.io.depth {
             return Err(EngineError::Overfull { depth: self.io.depth });
         }

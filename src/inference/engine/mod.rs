@@ -15,10 +15,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use image::RgbImage;
-
 use crate::inference::model::InputSpec;
-use crate::inference::vision::{self, Letterbox, Tensor};
+use crate::inference::prepare;
+use crate::inference::vision::{Letterbox, Tensor};
+use crate::sources::camera::{Pixels, PixelsRef};
 
 /// Which backend produced a result. Serialized into every inference record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -121,11 +121,11 @@ pub trait Engine: Send {
     /// ([`Engine::submit`]); engines that pipeline finish those first.
     fn run_frame(
         &mut self,
-        frame: &RgbImage,
+        frame: PixelsRef<'_>,
         spec: &InputSpec,
         input: &mut Tensor,
     ) -> Result<(Vec<Output>, Letterbox), EngineError> {
-        let lb = vision::prepare(frame, spec, input);
+        let lb = prepare::tensor(frame, spec, input);
         Ok((self.run(input)?, lb))
     }
 
@@ -147,9 +147,9 @@ pub trait Engine: Send {
     /// returns it (only ever with nothing else in flight). Errors: only
     /// [`EngineError::Overfull`] (more than [`Engine::depth`] in flight);
     /// a frame's own failure comes back in its [`Completed`].
-    fn submit(&mut self, tag: u64, frame: Arc<RgbImage>, spec: &InputSpec) -> Result<Option<Completed>, EngineError> {
+    fn submit(&mut self, tag: u64, frame: Arc<Pixels>, spec: &InputSpec) -> Result<Option<Completed>, EngineError> {
         let mut input = Tensor::zeros(&[1]);
-        let result = self.run_frame(&frame, spec, &mut input);
+        let result = self.run_frame(frame.view(), spec, &mut input);
         Ok(Some(Completed { tag, kind: self.kind(), result }))
     }
 

@@ -18,7 +18,6 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
-use image::RgbImage;
 
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
@@ -26,7 +25,9 @@ use ort::value::TensorRef;
 
 use super::{Completed, Engine, EngineError, EngineKind, FrameResult, Output};
 use crate::inference::model::InputSpec;
-use crate::inference::vision::{self, Letterbox, Tensor};
+use crate::inference::prepare;
+use crate::inference::vision::{Letterbox, Tensor};
+use crate::sources::camera::Pixels;
 
 /// Frames in flight on the CPU: one running while the next is prepared and
 /// the previous decoded on the inference thread (ARCHITECTURE.md decisions).
@@ -254,12 +255,12 @@ impl Engine for OnnxEngine {
         DEPTH
     }
 
-    fn submit(&mut self, tag: u64, frame: Arc<RgbImage>, spec: &InputSpec) -> Result<Option<Completed>, EngineError> {
+    fn submit(&mut self, tag: u64, frame: Arc<Pixels>, spec: &InputSpec) -> Result<Option<Completed>, EngineError> {
         if self.outstanding.len() + self.ready.len() >= DEPTH {
             return Err(EngineError::Overfull { depth: DEPTH });
         }
         let mut input = self.spare.pop().unwrap_or_else(|| Tensor::zeros(&[1]));
-        let lb = vision::prepare(&frame, spec, &mut input);
+        let lb = prepare::tensor(&*frame, spec, &mut input);
         // A worker that is gone fails this frame in its turn (`receive`).
         if let Some(jobs) = self.worker.jobs.as_ref() {
             let _ = jobs.send(input);

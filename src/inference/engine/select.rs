@@ -19,9 +19,9 @@ use super::hailo::{HailoError, HailoFailure, HefLayout};
 use super::{Completed, Engine, EngineError, EngineKind, Output};
 use crate::inference::model::InputSpec;
 use crate::inference::vision::{Letterbox, Tensor};
+use crate::sources::camera::{Pixels, PixelsRef};
 use crate::state::Shared;
 use crate::sys::backoff::Backoff;
-use image::RgbImage;
 
 /// Opens the accelerator engine; called at start and on every re-probe.
 pub type Opener = Box<dyn FnMut() -> Result<Box<dyn Engine>, EngineError> + Send>;
@@ -40,7 +40,7 @@ enum At {
 /// re-run on the CPU.
 struct Pending {
     tag: u64,
-    frame: Arc<RgbImage>,
+    frame: Arc<Pixels>,
     spec: InputSpec,
     at: At,
     submitted: Instant,
@@ -165,7 +165,7 @@ impl Engine for Selector {
     /// accelerator failure prepares the float tensor afresh.
     fn run_frame(
         &mut self,
-        frame: &RgbImage,
+        frame: PixelsRef<'_>,
         spec: &InputSpec,
         input: &mut Tensor,
     ) -> Result<(Vec<Output>, Letterbox), EngineError> {
@@ -185,7 +185,7 @@ impl Engine for Selector {
     }
 
     /// Always `Ok(None)`: results come from [`Engine::collect`] in order.
-    fn submit(&mut self, tag: u64, frame: Arc<RgbImage>, spec: &InputSpec) -> Result<Option<Completed>, EngineError> {
+    fn submit(&mut self, tag: u64, frame: Arc<Pixels>, spec: &InputSpec) -> Result<Option<Completed>, EngineError> {
         let depth = self.depth().max(self.cpu.depth());
         if self.pending.len() + self.finished.len() >= depth {
             return Err(EngineError::Overfull { depth });
@@ -383,6 +383,7 @@ mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
     use super::*;
+    use image::RgbImage;
 
     /// An engine that answers with its kind in the data, or fails on demand.
     struct Fake {
@@ -458,7 +459,7 @@ mod tests {
             std: [1.0; 3],
         };
         let mut t = Tensor::zeros(&[1]);
-        let (out, lb) = s.run_frame(&RgbImage::new(16, 12), &spec, &mut t).unwrap();
+        let (out, lb) = s.run_frame((&RgbImage::new(16, 12)).into(), &spec, &mut t).unwrap();
         assert_eq!((s.kind(), out[0].name.as_str()), (EngineKind::OnnxCpu, "onnx-cpu"));
         assert_eq!(t.shape, vec![1, 3, 6, 8], "the CPU got the float tensor");
         assert_eq!(lb.to_frame([0.0, 0.0, 8.0, 6.0]), [0.0, 0.0, 16.0, 12.0]);
@@ -492,12 +493,7 @@ mod tests {
         fn depth(&self) -> usize {
             self.depth
         }
-        fn submit(
-            &mut self,
-            tag: u64,
-            frame: Arc<RgbImage>,
-            spec: &InputSpec,
-        ) -> Result<Option<Completed>, EngineError> {
+        fn submit(&mut self, tag: u64, frame: Arc<Pixels>, spec: &InputSpec) -> Result<Option<Completed>, EngineError> {
             if self.queue.len() >= self.depth {
                 return Err(EngineError::Overfull { depth: self.depth });
             }
@@ -510,8 +506,8 @@ mod tests {
             } else {
                 self.ran.lock().unwrap().push((self.kind, tag));
                 let mut t = Tensor::zeros(&[1]);
-                let lb = crate::inference::vision::prepare(&frame, spec, &mut t);
-                let value = frame.get_pixel(0, 0)[0] as f32;
+                let lb = crate::inference::prepare::tensor(&*frame, spec, &mut t);
+                let value = frame.to_rgb().get_pixel(0, 0)[0] as f32;
                 Ok((vec![Output { name: self.kind.as_str().into(), shape: vec![1], data: vec![value] }], lb))
             };
             self.queue.push_back(Completed { tag, kind: self.kind, result });
@@ -544,7 +540,7 @@ mod tests {
         let mut in_flight = 0;
         while out.len() < n as usize {
             while next <= n && in_flight < s.depth() {
-                let frame = Arc::new(RgbImage::from_pixel(4, 4, image::Rgb([next as u8, 0, 0])));
+                let frame = Arc::new(Pixels::Rgb(RgbImage::from_pixel(4, 4, image::Rgb([next as u8, 0, 0]))));
                 assert!(s.submit(next, frame, &spec()).unwrap().is_none());
                 next += 1;
                 in_flight += 1;
@@ -632,9 +628,9 @@ mod tests {
     fn more_frames_than_the_depth_are_refused_not_queued_without_bound() {
         let (mut s, _, _) = piped_selector(HailoFailure::DeviceLost, u64::MAX, 2);
         for tag in 0..4 {
-            s.submit(tag, Arc::new(RgbImage::new(4, 4)), &spec()).unwrap();
+            s.submit(tag, Arc::new(Pixels::Rgb(RgbImage::new(4, 4))), &spec()).unwrap();
         }
-        let e = s.submit(4, Arc::new(RgbImage::new(4, 4)), &spec()).unwrap_err();
+        let e = s.submit(4, Arc::new(Pixels::Rgb(RgbImage::new(4, 4))), &spec()).unwrap_err();
         assert!(matches!(e, EngineError::Overfull { depth: 4 }), "{e}");
     }
 

@@ -488,6 +488,72 @@ const fn put_table(out: &mut [u8; 420], mut i: usize, class_id: u8, bits: &[u8; 
     i
 }
 
+/// A raw YUYV/NV12/YU12 camera buffer, owned and checked against its
+/// geometry when made ([`RawYuv::new`]), so inference can sample it
+/// straight into the model input without reading out of bounds and
+/// without an RGB copy of the whole frame.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RawYuv {
+    format: PixelFormat,
+    data: Vec<u8>,
+    layout: YuvLayout,
+}
+
+impl std::fmt::Debug for RawYuv {
+    // The buffer is megabytes of samples: name it, do not print it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawYuv")
+            .field("format", &self.format)
+            .field("size", &(self.layout.width, self.layout.height))
+            .field("stride", &self.layout.stride)
+            .field("bytes", &self.data.len())
+            .finish()
+    }
+}
+
+impl RawYuv {
+    /// `stride` is the byte length of one row of the first plane (V4L2
+    /// `bytesperline`). MJPEG, odd sizes, a stride under one row and a
+    /// short buffer are errors, as for the conversions.
+    pub fn new(
+        format: PixelFormat,
+        data: Vec<u8>,
+        width: u32,
+        height: u32,
+        stride: usize,
+    ) -> Result<Self, ConvertError> {
+        let layout = yuv_layout(format, data.len(), width, height, stride)?;
+        Ok(Self { format, data, layout })
+    }
+
+    pub fn format(&self) -> PixelFormat {
+        self.format
+    }
+
+    pub fn dimensions(&self) -> (u32, u32) {
+        (self.layout.width as u32, self.layout.height as u32)
+    }
+
+    pub fn stride(&self) -> usize {
+        self.layout.stride
+    }
+
+    pub fn data(&self) -> &[u8] {
+        &self.data
+    }
+
+    pub(crate) fn layout(&self) -> &YuvLayout {
+        &self.layout
+    }
+
+    /// The whole frame as RGB8, for consumers that need a picture.
+    pub fn to_rgb(&self) -> RgbImage {
+        let mut out = RgbImage::new(0, 0);
+        yuv_to_rgb_into(&self.data, &self.layout, &mut out);
+        out
+    }
+}
+
 /// Converts one captured buffer of `format` into RGB8. For MJPEG the
 /// image's own size wins over `width`/`height`.
 pub fn to_rgb(

@@ -269,7 +269,7 @@ mod tests {
                 captured_at: Instant::now(),
                 captured_ms: 0,
                 origin: "fake".into(),
-                image: RgbImage::new(2, 2),
+                pixels: RgbImage::new(2, 2).into(),
             }
         }
     }

@@ -171,7 +171,13 @@ impl FrameSource for MjpegFileSource {
             .map_err(|source: ConvertError| CaptureError::Frame { device: self.name(), source })?;
         self.number += 1;
         let origin = self.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        Ok(Frame { number: self.number, captured_at: Instant::now(), captured_ms: now_ms(), origin, image })
+        Ok(Frame {
+            number: self.number,
+            captured_at: Instant::now(),
+            captured_ms: now_ms(),
+            origin,
+            pixels: image.into(),
+        })
     }
 
     fn close(&mut self) {
@@ -279,7 +285,7 @@ mod tests {
         for n in 0..7 {
             let f = queue.pop(Duration::ZERO).unwrap();
             assert_eq!(f.origin, "clip.mjpeg");
-            let p = f.image.get_pixel(32, 24).0;
+            let p = f.pixels.to_rgb().get_pixel(32, 24).0;
             let want = colours[n % 3];
             // The strong channel of each frame, in file order, looped.
             let strongest = (0..3).max_by_key(|&c| p[c]).unwrap();

@@ -12,12 +12,15 @@ pub mod mjpeg_file;
 pub mod replay;
 pub mod v4l;
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use image::RgbImage;
+
+use self::convert::RawYuv;
 
 /// One captured frame.
 #[derive(Debug, Clone)]
@@ -28,7 +31,91 @@ pub struct Frame {
     pub captured_ms: u64,
     /// Where it came from (file name, device path).
     pub origin: String,
-    pub image: RgbImage,
+    pub pixels: Pixels,
+}
+
+/// A frame's pixels as its source delivered them. A raw YUV camera's buffer
+/// is kept as it is: inference samples it straight into the model input,
+/// and only consumers that need a picture (evidence snapshots, the shadow
+/// model's view) convert it, when they need it.
+#[derive(Debug, Clone)]
+pub enum Pixels {
+    Rgb(RgbImage),
+    Yuv(RawYuv),
+}
+
+impl Default for Pixels {
+    fn default() -> Self {
+        Self::Rgb(RgbImage::new(0, 0))
+    }
+}
+
+impl From<RgbImage> for Pixels {
+    fn from(image: RgbImage) -> Self {
+        Self::Rgb(image)
+    }
+}
+
+impl Pixels {
+    pub fn dimensions(&self) -> (u32, u32) {
+        self.view().dimensions()
+    }
+
+    pub fn view(&self) -> PixelsRef<'_> {
+        match self {
+            Self::Rgb(image) => PixelsRef::Rgb(image),
+            Self::Yuv(raw) => PixelsRef::Yuv(raw),
+        }
+    }
+
+    /// The frame as RGB8: borrowed when it is RGB already, converted once here when not.
+    pub fn to_rgb(&self) -> Cow<'_, RgbImage> {
+        self.view().to_rgb()
+    }
+}
+
+/// A borrowed [`Pixels`]; an `&RgbImage` converts into one, so callers
+/// holding a plain picture pass it as it is.
+#[derive(Debug, Clone, Copy)]
+pub enum PixelsRef<'a> {
+    Rgb(&'a RgbImage),
+    Yuv(&'a RawYuv),
+}
+
+impl<'a> From<&'a RgbImage> for PixelsRef<'a> {
+    fn from(image: &'a RgbImage) -> Self {
+        Self::Rgb(image)
+    }
+}
+
+impl<'a> From<&'a Pixels> for PixelsRef<'a> {
+    fn from(pixels: &'a Pixels) -> Self {
+        pixels.view()
+    }
+}
+
+impl<'a> PixelsRef<'a> {
+    pub fn dimensions(self) -> (u32, u32) {
+        match self {
+            Self::Rgb(image) => image.dimensions(),
+            Self::Yuv(raw) => raw.dimensions(),
+        }
+    }
+
+    pub fn to_rgb(self) -> Cow<'a, RgbImage> {
+        match self {
+            Self::Rgb(image) => Cow::Borrowed(image),
+            Self::Yuv(raw) => Cow::Owned(raw.to_rgb()),
+        }
+    }
+
+    /// An owned copy, in the form it has (a YUV buffer is not converted).
+    pub fn to_pixels(self) -> Pixels {
+        match self {
+            Self::Rgb(image) => Pixels::Rgb(image.clone()),
+            Self::Yuv(raw) => Pixels::Yuv(raw.clone()),
+        }
+    }
 }
 
 struct QueueState {
@@ -251,7 +338,7 @@ mod tests {
             captured_at: Instant::now(),
             captured_ms: 0,
             origin: String::new(),
-            image: RgbImage::new(1, 1),
+            pixels: RgbImage::new(1, 1).into(),
         }
     }
 

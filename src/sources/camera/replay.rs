@@ -64,7 +64,13 @@ pub fn run(files: Vec<PathBuf>, fps: f64, queue: Arc<FrameQueue>, stop: Arc<Atom
             decoded_any = true;
             number += 1;
             let origin = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            queue.push(Frame { number, captured_at: Instant::now(), captured_ms: now_ms(), origin, image });
+            queue.push(Frame {
+                number,
+                captured_at: Instant::now(),
+                captured_ms: now_ms(),
+                origin,
+                pixels: image.into(),
+            });
             next += period;
             let now = Instant::now();
             if next > now {

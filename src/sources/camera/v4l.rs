@@ -24,9 +24,9 @@ use v4l::io::traits::{CaptureStream, Stream as _};
 use v4l::video::Capture;
 use v4l::{Device, Format, FourCC};
 
-use super::convert::{self, PixelFormat};
+use super::convert::{self, PixelFormat, RawYuv};
 use super::live::{self, CaptureError, FrameSource, LiveOptions, Pacer};
-use super::{Frame, FrameQueue};
+use super::{Frame, FrameQueue, Pixels};
 use crate::config::CameraConfig;
 use crate::record::now_ms;
 use crate::state::Shared;
@@ -431,10 +431,15 @@ impl FrameSource for V4lSource {
             }
             let used = (meta.bytesused as usize).min(buf.len());
             let data = if used > 0 { &buf[..used] } else { buf };
-            let image = convert::to_rgb(n.format, data, n.width, n.height, n.stride)
-                .map_err(|source| CaptureError::Frame { device: device.clone(), source })?;
+            // Raw YUV stays as it came: inference samples it straight into
+            // the model input, with no RGB copy of the whole frame.
+            let pixels = match n.format {
+                PixelFormat::Mjpeg => convert::mjpeg_to_rgb(data).map(Pixels::Rgb),
+                yuv => RawYuv::new(yuv, data.to_vec(), n.width, n.height, n.stride).map(Pixels::Yuv),
+            }
+            .map_err(|source| CaptureError::Frame { device: device.clone(), source })?;
             self.number += 1;
-            return Ok(Frame { number: self.number, captured_at: now, captured_ms: now_ms(), origin: device, image });
+            return Ok(Frame { number: self.number, captured_at: now, captured_ms: now_ms(), origin: device, pixels });
         }
     }
 

@@ -1,7 +1,7 @@
-//! Bench frames: the six demo photos, and camera-like YUV frames made from
-//! RGB pictures, for the benches that feed the capture formats (`convert`,
-//! `prepare_yuv`, `hailo_prepare`). Included with `#[path]`; not a bench of
-//! its own.
+//! Camera-like frames for tests and benches: the six demo photos, and raw
+//! YUYV/NV12 buffers made from RGB pictures, for what feeds the capture
+//! formats (the `convert`, `prepare_yuv`, `hailo_prepare` benches, the YUV
+//! inference tests).
 
 #![allow(dead_code)] // each bench uses its own subset
 
