@@ -96,6 +96,7 @@ fn judge_in_process(n: usize) -> f64 {
         soak: SOAK,
         report_timeout: SOAK,
         halt_when: "rolled_back > 2% || fallback > 5% || offline > 5%".into(),
+        connection: Default::default(),
     };
     let mut base = Rollout::plan(plan, &rows, 1).expect("plan");
     let ids: Vec<String> = base.devices.iter().map(|d| d.id.clone()).collect();
