@@ -13,10 +13,12 @@
 //!   default depth (and 8).
 //! - `cpu`: ONNX Runtime on NanoDet-g 416 and a 640x480 photo, as RGB and as
 //!   a camera's raw YUYV buffer (prepared straight from it); frames/s of
-//!   the loop at depth 2 (`OnnxEngine`: `session.run` on its worker thread)
-//!   and of the synchronous `pipeline::infer_frame`, over a bare sequential
-//!   `session.run` loop on a pre-made tensor, measured in the same run,
-//!   interleaved, for 1 and 2 intra-op threads.
+//!   the daemon's loop (`OnnxEngine`: `session.run` on its worker threads,
+//!   2 frames in flight per session) and of the synchronous
+//!   `pipeline::infer_frame`, over a bare sequential `session.run` loop on
+//!   a pre-made tensor with the same thread budget, measured in the same
+//!   run, interleaved: 1 session × 1 thread, 1 × 2, and 2 sessions × 1
+//!   thread (`model.cpu_sessions = 2`).
 //!
 //! Run: `cargo bench --bench pipeline` (after scripts/setup.sh);
 //! `PIPELINE_BENCH=hailo` or `=cpu` for one half. Prints markdown rows for
@@ -136,7 +138,7 @@ fn hailo(quick: bool) {
 }
 
 fn cpu(quick: bool) {
-    let (rounds, n) = if quick { (1, 2) } else { (5, 16) };
+    let (rounds, n) = if quick { (1, 2) } else { (7, 24) };
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let lib = repo.join("deps/onnxruntime/libonnxruntime.so");
     let model = Model::load(&repo.join("models/nanodet.toml")).expect("manifest");
@@ -147,19 +149,23 @@ fn cpu(quick: bool) {
     // straight from its planes (`vision_yuv`).
     let yuyv = RawYuv::new(PixelFormat::Yuyv, yuv::rgb_to_yuyv(&rgb), 640, 480, 1280).expect("YUYV frame");
     let m = &model.manifest;
-    for (threads, (what, photo)) in [1, 2].into_iter().flat_map(|t| {
+    // (intra-op threads per session, sessions): the bare loop gets the same
+    // thread budget, threads × sessions, in one session.
+    let shapes = [(1, 1), (2, 1), (1, 2)];
+    for ((threads, sessions), (what, photo)) in shapes.into_iter().flat_map(|t| {
         [("640x480 RGB photo", Pixels::Rgb(rgb.clone())), ("640x480 YUYV frame", Pixels::Yuv(yuyv.clone()))]
             .map(|f| (t, f))
     }) {
         let photo = Arc::new(photo);
         let frames = vec![Arc::clone(&photo)];
-        let mut engine = OnnxEngine::new(&lib, &bytes, &m.input.name, threads).expect("engine");
+        let mut engine = OnnxEngine::with_sessions(&lib, &bytes, &m.input.name, threads, sessions).expect("engine");
+        let budget = threads * sessions;
         let (_, env) = load_runtime(&lib).expect("runtime");
         let mut bare = Session::builder(env)
             .expect("builder")
             .with_optimization_level(GraphOptimizationLevel::Level3)
             .expect("opt level")
-            .with_intra_threads(threads)
+            .with_intra_threads(budget)
             .expect("threads")
             .with_inter_threads(1)
             .expect("threads")
@@ -196,10 +202,11 @@ fn cpu(quick: bool) {
         }
         let (b, p, s) = (median(b), median(piped), median(sync));
         println!(
-            "| CPU {} {}x{}, {what}, {threads} intra-op thread(s) | bare session.run {b:.2} fps | depth 2 (prep+run+decode) {p:.2} fps, ratio {:.3} | synchronous {s:.2} fps, ratio {:.3} |",
+            "| CPU {} {}x{}, {what}, {sessions} session(s) × {threads} intra-op thread(s) | bare session.run ({budget} thread(s)) {b:.2} fps | daemon loop, depth {} (prep+run+decode) {p:.2} fps, ratio {:.3} | synchronous {s:.2} fps, ratio {:.3} |",
             m.name,
             m.input.width,
             m.input.height,
+            engine.depth(),
             p / b,
             s / b
         );

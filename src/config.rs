@@ -131,6 +131,9 @@ pub struct CameraConfig {
     pub mjpeg_file: PathBuf,
 }
 
+/// Most ONNX Runtime sessions the CPU engine runs side by side.
+pub const MAX_CPU_SESSIONS: usize = 8;
+
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
@@ -141,6 +144,9 @@ pub struct ModelConfig {
     pub onnxruntime_library: PathBuf,
     /// Threads ONNX Runtime may use for one inference.
     pub intra_threads: usize,
+    /// ONNX Runtime sessions running frames side by side on the CPU, each
+    /// with `intra_threads` threads (and its own copy of the model).
+    pub cpu_sessions: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -372,6 +378,7 @@ impl Default for ModelConfig {
             manifest: "/usr/share/sparkd/models/centerface.toml".into(),
             onnxruntime_library: PathBuf::new(),
             intra_threads: 2,
+            cpu_sessions: 1,
         }
     }
 }
@@ -531,6 +538,7 @@ impl Config {
             }
         };
         range("model.intra_threads", self.model.intra_threads as u64, 1, 64);
+        range("model.cpu_sessions", self.model.cpu_sessions as u64, 1, MAX_CPU_SESSIONS as u64);
         range("store.max_megabytes", self.store.max_megabytes, 4, MAX_STORE_MEGABYTES);
         range("store.commit_batch_max", self.store.commit_batch_max as u64, 1, 100_000);
         range("store.snapshots_max_megabytes", self.store.snapshots_max_megabytes, 1, MAX_STORE_MEGABYTES);

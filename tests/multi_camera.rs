@@ -24,6 +24,9 @@ fn two_replay_cameras_and_a_missing_v4l_one_each_keep_their_own_records() {
     let broker = Broker::start();
     let mut cfg = DaemonConfig::new(&broker.url());
     cfg.manifest = repo().join("models/nanodet.toml");
+    // Two CPU sessions: frames finish out of order inside the engine, and
+    // must still come back to their own camera, in order.
+    cfg.model_extra = "cpu_sessions = 2\n".into();
     let people = one_photo(cfg.dir.path(), "astronaut.png");
     let cats = one_photo(cfg.dir.path(), "chelsea.png");
     cfg.camera_tables = Some(format!(

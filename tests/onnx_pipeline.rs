@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::repo;
 use common::yuv::{rgb_to_yuyv, yuyv_to_nv12};
 use spark_edge::inference::engine::Engine;
-use spark_edge::inference::engine::onnx::{DEPTH, OnnxEngine};
+use spark_edge::inference::engine::onnx::{FRAMES_PER_SESSION, OnnxEngine};
 use spark_edge::inference::model::Model;
 use spark_edge::inference::vision::Tensor;
 use spark_edge::sources::camera::Pixels;
@@ -19,12 +19,24 @@ use spark_edge::sources::camera::convert::{PixelFormat, RawYuv};
 
 #[test]
 fn results_in_flight_match_their_frames_and_the_synchronous_path() {
+    in_flight_on(1);
+}
+
+/// Three sessions run frames side by side and finish out of order; results
+/// still come back in submission order, each with its own frame's outputs.
+#[test]
+fn several_sessions_side_by_side_give_each_frame_its_own_result_in_order() {
+    in_flight_on(3);
+}
+
+fn in_flight_on(sessions: usize) {
     let model = Model::load(&repo().join("models/nanodet.toml")).expect("manifest");
     let bytes = model.read_onnx().expect("model (scripts/setup.sh)");
     let lib = repo().join("deps/onnxruntime/libonnxruntime.so");
     let m = &model.manifest;
-    let mut engine = OnnxEngine::new(&lib, &bytes, &m.input.name, 1).expect("engine");
-    assert_eq!(engine.depth(), DEPTH);
+    let mut engine = OnnxEngine::with_sessions(&lib, &bytes, &m.input.name, 1, sessions).expect("engine");
+    let depth = FRAMES_PER_SESSION * sessions;
+    assert_eq!(engine.depth(), depth);
     // Distinct photos of distinct sizes: a result paired with the wrong frame
     // shows in its outputs or its letterbox.
     // One of them arrives as a raw YUYV buffer and one as NV12, as from a
@@ -58,8 +70,8 @@ fn results_in_flight_match_their_frames_and_the_synchronous_path() {
         got.push(c);
     }
     assert!(engine.collect(Duration::ZERO).is_none());
-    // A third frame while two are in flight is refused, not queued.
-    for tag in 0..DEPTH as u64 {
+    // One frame more than the depth is refused, not queued.
+    for tag in 0..depth as u64 {
         engine.submit(100 + tag, Arc::clone(&photos[0]), &m.input).expect("within the depth");
     }
     assert!(engine.submit(200, Arc::clone(&photos[0]), &m.input).is_err());
@@ -74,7 +86,7 @@ fn results_in_flight_match_their_frames_and_the_synchronous_path() {
     let sync = engine.run_frame(photos[1].view(), &m.input, &mut t).expect("synchronous run").0;
     assert_eq!(sync, want[1].0);
     let tags: Vec<u64> = std::iter::from_fn(|| engine.collect(Duration::from_secs(60)).map(|c| c.tag)).collect();
-    assert_eq!(tags, [100, 101]);
+    assert_eq!(tags, (100..100 + depth as u64).collect::<Vec<_>>());
 }
 
 /// Photo `i` as RGB, or (i = 1, 2) as a camera's YUYV or NV12 buffer,

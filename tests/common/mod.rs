@@ -316,6 +316,8 @@ pub struct DaemonConfig {
     pub extra: String,
     /// Extra keys inside `[mqtt]`.
     pub mqtt_extra: String,
+    /// Extra keys inside `[model]`.
+    pub model_extra: String,
     pub broker_url: String,
     pub fps: f64,
     pub telemetry_secs: f64,
@@ -333,6 +335,7 @@ impl DaemonConfig {
             dir: tempfile::tempdir().expect("tempdir"),
             extra: String::new(),
             mqtt_extra: String::new(),
+            model_extra: String::new(),
             broker_url: broker_url.to_string(),
             fps: 5.0,
             telemetry_secs: 0.5,
@@ -363,7 +366,7 @@ impl DaemonConfig {
         let text = format!(
             "device_id = \"test-dev\"\nstate_dir = \"{state}\"\nsocket_path = \"{sock}\"\n\
              {camera}\
-             [model]\nmanifest = \"{man}\"\nonnxruntime_library = \"{ort}\"\nintra_threads = 1\n\
+             [model]\nmanifest = \"{man}\"\nonnxruntime_library = \"{ort}\"\nintra_threads = 1\n{model_extra}\
              [telemetry]\ninterval_secs = {tel:.3}\n\
              [mqtt]\nurl = \"{url}\"\nreconnect_min_ms = 100\nreconnect_max_ms = 1000\nkeep_alive_secs = 5\n{mqtt_extra}{extra}",
             state = self.state_dir().display(),
@@ -373,6 +376,7 @@ impl DaemonConfig {
             tel = self.telemetry_secs,
             url = self.broker_url,
             mqtt_extra = self.mqtt_extra,
+            model_extra = self.model_extra,
             extra = self.extra,
         );
         let p = self.dir.path().join("sparkd.toml");

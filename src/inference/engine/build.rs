@@ -26,11 +26,12 @@ pub fn build_engine(
     bytes: Vec<u8>,
     shared: &Arc<Shared>,
 ) -> Result<Box<dyn Engine>, EngineError> {
-    let cpu = OnnxEngine::new(
+    let cpu = OnnxEngine::with_sessions(
         &config.model.onnxruntime_library,
         &bytes,
         &model.manifest.input.name,
         config.model.intra_threads,
+        config.model.cpu_sessions,
     )?;
     let opener = hailo_opener(config, model);
     if opener.is_none() && config.hailo.enabled {

@@ -29,9 +29,10 @@ use crate::inference::prepare;
 use crate::inference::vision::{Letterbox, Tensor};
 use crate::sources::camera::Pixels;
 
-/// Frames in flight on the CPU: one running while the next is prepared and
-/// the previous decoded on the inference thread (ARCHITECTURE.md decisions).
-pub const DEPTH: usize = 2;
+/// Frames in flight per session: one running while the next is prepared
+/// and the previous decoded on the inference thread (ARCHITECTURE.md
+/// decisions).
+pub const FRAMES_PER_SESSION: usize = 2;
 
 /// Places searched, in order, when neither the config nor `ORT_DYLIB_PATH`
 /// names the library.
@@ -109,7 +110,9 @@ struct Runner {
 
 type Ran = (Result<Vec<Output>, EngineError>, Tensor);
 
+/// One session on its own `onnx-run-N` thread, fed in order.
 struct Worker {
+    runner: Arc<Runner>,
     jobs: Option<Sender<Tensor>>,
     results: Option<Receiver<Ran>>,
     thread: Option<JoinHandle<()>>,
@@ -126,10 +129,12 @@ impl Drop for Worker {
 }
 
 pub struct OnnxEngine {
-    runner: Arc<Runner>,
-    worker: Worker,
-    /// Tags and letterboxes of the frames on the worker, oldest first.
-    outstanding: VecDeque<(u64, Letterbox)>,
+    /// One per session. Frames go to them in turn, so the oldest frame in
+    /// flight is always the next result of its worker.
+    workers: Vec<Worker>,
+    next_worker: usize,
+    /// Tags, letterboxes and workers of the frames in flight, oldest first.
+    outstanding: VecDeque<(u64, Letterbox, usize)>,
     /// Results received while finishing the frames in flight for a
     /// synchronous run, handed out by `collect` first.
     ready: VecDeque<Completed>,
@@ -138,13 +143,84 @@ pub struct OnnxEngine {
 }
 
 impl OnnxEngine {
-    /// Builds a session from model bytes already checked against the manifest.
+    /// Builds one session from model bytes already checked against the manifest.
     pub fn new(
         library: &Path,
         model_bytes: &[u8],
         input_name: &str,
         intra_threads: usize,
     ) -> Result<Self, EngineError> {
+        Self::with_sessions(library, model_bytes, input_name, intra_threads, 1)
+    }
+
+    /// Builds `sessions` sessions of the model (at most
+    /// [`MAX_CPU_SESSIONS`](crate::config::MAX_CPU_SESSIONS)),
+    /// each with `intra_threads` threads of its own, running frames side by
+    /// side: small detectors use several single-threaded runs better than
+    /// one run spread over threads. Each session holds its own weights and
+    /// activations.
+    pub fn with_sessions(
+        library: &Path,
+        model_bytes: &[u8],
+        input_name: &str,
+        intra_threads: usize,
+        sessions: usize,
+    ) -> Result<Self, EngineError> {
+        let mut workers = Vec::new();
+        for n in 0..sessions.clamp(1, crate::config::MAX_CPU_SESSIONS) {
+            let runner = Arc::new(Runner::new(library, model_bytes, input_name, intra_threads)?);
+            workers.push(Worker::start(runner, n)?);
+        }
+        Ok(Self { workers, next_worker: 0, outstanding: VecDeque::new(), ready: VecDeque::new(), spare: Vec::new() })
+    }
+
+    /// Frames in flight: [`FRAMES_PER_SESSION`] per session.
+    fn capacity(&self) -> usize {
+        FRAMES_PER_SESSION * self.workers.len()
+    }
+
+    /// The next result, the oldest frame's, waiting up to `timeout`.
+    fn receive(&mut self, timeout: Duration) -> Option<Completed> {
+        let (tag, lb, w) = *self.outstanding.front()?;
+        let got = match self.workers.get(w).and_then(|w| w.results.as_ref()) {
+            Some(r) => r.recv_timeout(timeout),
+            None => Err(RecvTimeoutError::Disconnected),
+        };
+        let result: FrameResult = match got {
+            Ok((out, tensor)) => {
+                self.spare.push(tensor);
+                out.map(|o| (o, lb))
+            }
+            Err(RecvTimeoutError::Timeout) => return None,
+            Err(RecvTimeoutError::Disconnected) => Err(EngineError::WorkerGone),
+        };
+        self.outstanding.pop_front();
+        Some(Completed { tag, kind: EngineKind::OnnxCpu, result })
+    }
+}
+
+impl Worker {
+    fn start(runner: Arc<Runner>, n: usize) -> Result<Self, EngineError> {
+        let (jobs_tx, jobs_rx) = bounded::<Tensor>(FRAMES_PER_SESSION);
+        let (results_tx, results_rx) = bounded::<Ran>(FRAMES_PER_SESSION);
+        let r = Arc::clone(&runner);
+        let thread = std::thread::Builder::new()
+            .name(if n == 0 { "onnx-run".into() } else { format!("onnx-run-{n}") })
+            .spawn(move || {
+                for input in jobs_rx {
+                    let out = r.run(&input);
+                    if results_tx.send((out, input)).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(|_| EngineError::WorkerGone)?;
+        Ok(Self { runner, jobs: Some(jobs_tx), results: Some(results_rx), thread: Some(thread) })
+    }
+}
+
+impl Runner {
+    fn new(library: &Path, model_bytes: &[u8], input_name: &str, intra_threads: usize) -> Result<Self, EngineError> {
         let (_, env) = load_runtime(library)?;
         let session = Session::builder(env)
             .map_err(ort_err("creating a session builder"))?
@@ -166,43 +242,7 @@ impl OnnxEngine {
             return Err(EngineError::ModelMismatch(format!("manifest input {input_name:?}, model inputs {inputs:?}")));
         }
         let output_names = session.outputs().iter().map(|o| o.name().to_string()).collect();
-        let runner =
-            Arc::new(Runner { session: Mutex::new(session), input_name: input_name.to_string(), output_names });
-        let (jobs_tx, jobs_rx) = bounded::<Tensor>(DEPTH);
-        let (results_tx, results_rx) = bounded::<Ran>(DEPTH);
-        let r = Arc::clone(&runner);
-        let thread = std::thread::Builder::new()
-            .name("onnx-run".into())
-            .spawn(move || {
-                for input in jobs_rx {
-                    let out = r.run(&input);
-                    if results_tx.send((out, input)).is_err() {
-                        return;
-                    }
-                }
-            })
-            .map_err(|_| EngineError::WorkerGone)?;
-        let worker = Worker { jobs: Some(jobs_tx), results: Some(results_rx), thread: Some(thread) };
-        Ok(Self { runner, worker, outstanding: VecDeque::new(), ready: VecDeque::new(), spare: Vec::new() })
-    }
-
-    /// The next result from the worker, waiting up to `timeout`.
-    fn receive(&mut self, timeout: Duration) -> Option<Completed> {
-        let (tag, lb) = *self.outstanding.front()?;
-        let got = match self.worker.results.as_ref() {
-            Some(r) => r.recv_timeout(timeout),
-            None => Err(RecvTimeoutError::Disconnected),
-        };
-        let result: FrameResult = match got {
-            Ok((out, tensor)) => {
-                self.spare.push(tensor);
-                out.map(|o| (o, lb))
-            }
-            Err(RecvTimeoutError::Timeout) => return None,
-            Err(RecvTimeoutError::Disconnected) => Err(EngineError::WorkerGone),
-        };
-        self.outstanding.pop_front();
-        Some(Completed { tag, kind: EngineKind::OnnxCpu, result })
+        Ok(Self { session: Mutex::new(session), input_name: input_name.to_string(), output_names })
     }
 }
 
@@ -248,24 +288,29 @@ impl Engine for OnnxEngine {
                 self.ready.push_back(done);
             }
         }
-        self.runner.run(input)
+        match self.workers.first() {
+            Some(w) => w.runner.run(input),
+            None => Err(EngineError::WorkerGone),
+        }
     }
 
     fn depth(&self) -> usize {
-        DEPTH
+        self.capacity()
     }
 
     fn submit(&mut self, tag: u64, frame: Arc<Pixels>, spec: &InputSpec) -> Result<Option<Completed>, EngineError> {
-        if self.outstanding.len() + self.ready.len() >= DEPTH {
-            return Err(EngineError::Overfull { depth: DEPTH });
+        if self.outstanding.len() + self.ready.len() >= self.capacity() {
+            return Err(EngineError::Overfull { depth: self.capacity() });
         }
         let mut input = self.spare.pop().unwrap_or_else(|| Tensor::zeros(&[1]));
         let lb = prepare::tensor(&*frame, spec, &mut input);
+        let w = self.next_worker;
+        self.next_worker = (w + 1) % self.workers.len().max(1);
         // A worker that is gone fails this frame in its turn (`receive`).
-        if let Some(jobs) = self.worker.jobs.as_ref() {
+        if let Some(jobs) = self.workers.get(w).and_then(|w| w.jobs.as_ref()) {
             let _ = jobs.send(input);
         }
-        self.outstanding.push_back((tag, lb));
+        self.outstanding.push_back((tag, lb, w));
         Ok(None)
     }
 
