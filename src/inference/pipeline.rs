@@ -381,7 +381,10 @@ fn collect_one(
         let detections = detect::decode(&m.output, &m.labels, &outputs, &lb)?;
         Ok(Inferred { detections, engine: done.kind, latency: popped_at.elapsed() })
     });
-    rec.record(model, &cameras.lanes()[lane], &frame, popped_at, done.kind, inferred);
+    let lane = &cameras.lanes()[lane];
+    rec.record(model, lane, &frame, popped_at, done.kind, inferred);
+    // Its buffer goes back to the camera for a later frame.
+    lane.queue.recycle(frame.pixels);
 }
 
 impl Recorder {

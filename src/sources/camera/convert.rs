@@ -546,6 +546,11 @@ impl RawYuv {
         &self.layout
     }
 
+    /// The buffer back, for the next frame to be copied into.
+    pub fn into_data(self) -> Vec<u8> {
+        self.data
+    }
+
     /// The whole frame as RGB8, for consumers that need a picture.
     pub fn to_rgb(&self) -> RgbImage {
         let mut out = RgbImage::new(0, 0);

@@ -118,6 +118,10 @@ impl<'a> PixelsRef<'a> {
     }
 }
 
+/// Recycled buffers kept beyond the queue's capacity: the frames in flight
+/// in the engine and the one being recorded.
+const SPARE_EXTRA: usize = 4;
+
 struct QueueState {
     frames: VecDeque<Frame>,
     closed: bool,
@@ -158,9 +162,14 @@ impl Doorbell {
 }
 
 /// Bounded single-consumer frame queue with a drop-oldest overflow policy.
+/// It also keeps the raw buffers of frames that are done with (dropped
+/// here, or recorded), so a YUV camera copies each frame into a buffer it
+/// had before instead of a new one.
 pub struct FrameQueue {
     capacity: usize,
     state: Mutex<QueueState>,
+    /// Buffers of finished frames, at most `capacity + SPARE_EXTRA`.
+    spares: Mutex<Vec<Vec<u8>>>,
     ready: Condvar,
     bell: Option<Arc<Doorbell>>,
     pub dropped: AtomicU64,
@@ -181,6 +190,7 @@ impl FrameQueue {
         Arc::new(Self {
             capacity: capacity.max(1),
             state: Mutex::new(QueueState { frames: VecDeque::with_capacity(capacity.max(1)), closed: false }),
+            spares: Mutex::new(Vec::new()),
             ready: Condvar::new(),
             bell,
             dropped: AtomicU64::new(0),
@@ -201,16 +211,40 @@ impl FrameQueue {
     pub fn push(&self, frame: Frame) {
         self.captured.fetch_add(1, Ordering::Relaxed);
         let mut s = self.lock();
-        if s.frames.len() >= self.capacity {
-            s.frames.pop_front();
+        let dropped = if s.frames.len() >= self.capacity {
             self.dropped.fetch_add(1, Ordering::Relaxed);
-        }
+            s.frames.pop_front()
+        } else {
+            None
+        };
         s.frames.push_back(frame);
         drop(s);
+        if let Some(old) = dropped {
+            self.recycle(old.pixels);
+        }
         self.ready.notify_one();
         if let Some(b) = &self.bell {
             b.ring();
         }
+    }
+
+    /// Keeps the buffer of a frame that is done with (a raw YUV one) for
+    /// [`FrameQueue::spare_buffer`]; beyond the bound it is freed.
+    pub fn recycle(&self, pixels: Pixels) {
+        if let Pixels::Yuv(raw) = pixels {
+            let mut spares = self.spares.lock().unwrap_or_else(|p| p.into_inner());
+            if spares.len() < self.capacity + SPARE_EXTRA {
+                spares.push(raw.into_data());
+            }
+        }
+    }
+
+    /// An empty buffer for the next frame: a recycled one (its allocation
+    /// kept), else a new one.
+    pub fn spare_buffer(&self) -> Vec<u8> {
+        let mut buf = self.spares.lock().unwrap_or_else(|p| p.into_inner()).pop().unwrap_or_default();
+        buf.clear();
+        buf
     }
 
     /// Waits up to `timeout` for a frame. `None` on timeout or once closed
@@ -340,6 +374,37 @@ mod tests {
             origin: String::new(),
             pixels: RgbImage::new(1, 1).into(),
         }
+    }
+
+    fn yuv_frame(n: u64, buf: Vec<u8>) -> Frame {
+        let mut data = buf;
+        data.resize(4 * 2 * 2, 128);
+        let raw = convert::RawYuv::new(convert::PixelFormat::Yuyv, data, 4, 2, 8).expect("valid YUYV");
+        Frame { pixels: Pixels::Yuv(raw), ..frame(n) }
+    }
+
+    #[test]
+    fn buffers_of_finished_and_dropped_frames_are_reused_up_to_a_bound() {
+        let q = FrameQueue::new(1);
+        assert_eq!(q.spare_buffer().capacity(), 0, "nothing recycled yet: a new buffer");
+        let first = q.spare_buffer();
+        q.push(yuv_frame(1, first));
+        // Dropped as the oldest: its buffer goes to the spares.
+        q.push(yuv_frame(2, q.spare_buffer()));
+        let reused = q.spare_buffer();
+        assert!(reused.is_empty() && reused.capacity() >= 16, "the dropped frame's allocation comes back");
+        // A recorded frame's buffer comes back through `recycle`; RGB frames have none.
+        let f = q.pop(Duration::ZERO).expect("frame 2");
+        q.recycle(f.pixels);
+        q.recycle(frame(3).pixels);
+        assert!(q.spare_buffer().capacity() >= 16);
+        assert_eq!(q.spare_buffer().capacity(), 0, "only the YUV buffer was kept");
+        // Bounded: beyond capacity + SPARE_EXTRA, buffers are freed.
+        for n in 0..20 {
+            q.recycle(yuv_frame(n, Vec::new()).pixels);
+        }
+        let kept = std::iter::from_fn(|| Some(q.spare_buffer())).take_while(|b| b.capacity() > 0).count();
+        assert_eq!(kept, 1 + SPARE_EXTRA);
     }
 
     #[test]

@@ -301,6 +301,9 @@ pub struct V4lSource {
     last_buffer: Instant,
     /// The daemon's stop flag: a blocked wait for a buffer gives up on it.
     stop: Option<Arc<AtomicBool>>,
+    /// Where finished frames' buffers come back: a raw frame is copied
+    /// into one of those rather than a new allocation.
+    spares: Option<Arc<FrameQueue>>,
 }
 
 impl V4lSource {
@@ -315,12 +318,14 @@ impl V4lSource {
             number: 0,
             last_buffer: Instant::now(),
             stop: None,
+            spares: None,
         }
     }
 
-    /// A source whose waits for a buffer end when `stop` is set.
-    pub fn with_stop(config: CameraConfig, stop: Arc<AtomicBool>) -> Self {
-        Self { stop: Some(stop), ..Self::new(config) }
+    /// A source whose waits for a buffer end when `stop` is set, copying
+    /// raw frames into the buffers `queue` recycles.
+    pub fn for_queue(config: CameraConfig, stop: Arc<AtomicBool>, queue: Arc<FrameQueue>) -> Self {
+        Self { stop: Some(stop), spares: Some(queue), ..Self::new(config) }
     }
 
     fn path(&self) -> String {
@@ -435,7 +440,11 @@ impl FrameSource for V4lSource {
             // the model input, with no RGB copy of the whole frame.
             let pixels = match n.format {
                 PixelFormat::Mjpeg => convert::mjpeg_to_rgb(data).map(Pixels::Rgb),
-                yuv => RawYuv::new(yuv, data.to_vec(), n.width, n.height, n.stride).map(Pixels::Yuv),
+                yuv => {
+                    let mut copy = self.spares.as_ref().map(|q| q.spare_buffer()).unwrap_or_default();
+                    copy.extend_from_slice(data);
+                    RawYuv::new(yuv, copy, n.width, n.height, n.stride).map(Pixels::Yuv)
+                }
             }
             .map_err(|source| CaptureError::Frame { device: device.clone(), source })?;
             self.number += 1;
@@ -474,7 +483,7 @@ pub fn run(config: CameraConfig, queue: Arc<FrameQueue>, shared: Arc<Shared>, st
             "camera device not present (yet); waiting for it"
         );
     }
-    let source = V4lSource::with_stop(config, stop.clone());
+    let source = V4lSource::for_queue(config, stop.clone(), Arc::clone(&queue));
     live::run(source, LiveOptions::default(), queue, shared, stop);
 }
 
