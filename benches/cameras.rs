@@ -13,7 +13,9 @@
 //! at the end of each run (4 cameras is the figure).
 //!
 //! Frames are 640×640 (prepare copies rows) and 1280×720 (prepare resizes;
-//! the prepare workers matter there), one photo-like pattern per camera.
+//! the prepare workers matter there), one photo-like pattern per camera;
+//! 1280×720 also as raw YUYV, as a UVC camera delivers it (copied into a
+//! recycled buffer as `V4lSource` does, prepared straight from its planes).
 //!
 //! Run: `cargo bench --bench cameras -- --bench`. Prints markdown rows for
 //! BENCHMARKS.md. Without `--bench` (as `cargo test --benches` runs it) a
@@ -22,6 +24,8 @@
 mod common;
 #[path = "../tests/hailo-double/double.rs"]
 mod double;
+#[path = "../tests/common/yuv.rs"]
+mod yuv;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -33,7 +37,8 @@ use spark_edge::inference::engine::hailo::{HailoEngine, HailoOptions, HefSource}
 use spark_edge::inference::model::{Decoder, Model, OutputSpec};
 use spark_edge::outbox::{Outbox, OutboxOptions, spawn_writer};
 use spark_edge::record::Stream;
-use spark_edge::sources::camera::{CameraQueues, Frame};
+use spark_edge::sources::camera::convert::{self, PixelFormat, RawYuv};
+use spark_edge::sources::camera::{CameraQueues, Frame, Pixels};
 use spark_edge::state::Shared;
 
 const T_US: u64 = 2000;
@@ -45,19 +50,40 @@ fn main() {
     let dir = tempfile::tempdir().expect("a temp dir");
     let hef = double::hef_variant(640, 640, &format!("input=u8 nms=80x100 box=0:0.1,0.2,0.3,0.4,0.9 {TIMING}"));
     let capacity = 1e6 / T_US as f64;
-    let cases: &[(u32, u32, usize, usize)] = if quick {
-        &[(640, 640, 2, 0)]
+    // (width, height, cameras, frames in flight (0: default), what the cameras deliver)
+    use Delivered::{Rgb, YuyvConverted, YuyvRaw};
+    let all: &[(u32, u32, usize, usize, Delivered)] = &[
+        (640, 640, 1, 0, Rgb),
+        (640, 640, 2, 0, Rgb),
+        (640, 640, 4, 0, Rgb),
+        (640, 640, 4, 1, Rgb),
+        (1280, 720, 1, 0, Rgb),
+        (1280, 720, 4, 0, Rgb),
+        (1280, 720, 1, 0, YuyvConverted),
+        (1280, 720, 1, 0, YuyvRaw),
+        (1280, 720, 4, 0, YuyvConverted),
+        (1280, 720, 4, 0, YuyvRaw),
+    ];
+    // `CAMERAS_BENCH=720` runs the 1280×720 cases only.
+    let only_720 = std::env::var("CAMERAS_BENCH").is_ok_and(|v| v == "720");
+    let cases: Vec<_> = if quick {
+        vec![(640, 640, 2, 0, Rgb), (1280, 720, 1, 0, YuyvRaw)]
     } else {
-        &[(640, 640, 1, 0), (640, 640, 2, 0), (640, 640, 4, 0), (640, 640, 4, 1), (1280, 720, 1, 0), (1280, 720, 4, 0)]
+        all.iter().copied().filter(|c| !only_720 || c.0 == 1280).collect()
     };
     let workers_sets: &[usize] = if quick { &[0] } else { &[1, 2] };
-    for &(w, h, cameras, depth) in cases {
+    for (w, h, cameras, depth, delivered) in cases {
         let workers_here: &[usize] = if w == 1280 { workers_sets } else { &[0] };
         for &workers in workers_here {
-            let r = run(&hef, dir.path(), w, h, cameras, depth, workers, window);
+            let r = run(&hef, dir.path(), (w, h, delivered), cameras, depth, workers, window);
             let depth_label = if depth == 0 { format!("default ({})", r.depth) } else { depth.to_string() };
+            let format = match delivered {
+                Rgb => "",
+                YuyvConverted => " YUYV, converted at capture (before)",
+                YuyvRaw => " YUYV, kept raw (now)",
+            };
             println!(
-                "| {cameras} | {w}×{h} | {depth_label} | {} | {:.1} | {:.3} | {} | {} MiB |",
+                "| {cameras} | {w}×{h}{format} | {depth_label} | {} | {:.1} | {:.3} | {} | {} MiB |",
                 r.workers,
                 r.fps,
                 r.fps / capacity,
@@ -66,6 +92,18 @@ fn main() {
             );
         }
     }
+}
+
+/// What a camera hands to its queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivered {
+    /// An RGB picture that cost nothing to make (a pattern).
+    Rgb,
+    /// A YUYV buffer converted to RGB on the camera thread, every frame:
+    /// the capture path before raw frames were kept.
+    YuyvConverted,
+    /// A YUYV buffer copied into a recycled one, as `V4lSource` does now.
+    YuyvRaw,
 }
 
 struct Figures {
@@ -90,8 +128,7 @@ fn yolo_model() -> Model {
 fn run(
     hef: &[u8],
     dir: &Path,
-    width: u32,
-    height: u32,
+    (width, height, delivered): (u32, u32, Delivered),
     cameras: usize,
     depth: usize,
     workers: usize,
@@ -131,6 +168,8 @@ fn run(
             let image = RgbImage::from_fn(width, height, |x, y| {
                 image::Rgb([(i as u8).wrapping_mul(61), (x % 251) as u8, ((x + y) % 241) as u8])
             });
+            let raw = (delivered != Delivered::Rgb).then(|| yuv::rgb_to_yuyv(&image));
+            let stride = 2 * width as usize;
             std::thread::spawn(move || {
                 let mut next = Instant::now();
                 let mut number = 0;
@@ -143,7 +182,18 @@ fn run(
                         captured_at: Instant::now(),
                         captured_ms,
                         origin,
-                        pixels: image.clone().into(),
+                        pixels: match (&raw, delivered) {
+                            (Some(bytes), Delivered::YuyvConverted) => {
+                                convert::yuyv_to_rgb(bytes, width, height, stride).expect("YUYV").into()
+                            }
+                            // As `V4lSource`: the driver's buffer copied into a recycled one.
+                            (Some(bytes), _) => {
+                                let mut copy = queue.spare_buffer();
+                                copy.extend_from_slice(bytes);
+                                Pixels::Yuv(RawYuv::new(PixelFormat::Yuyv, copy, width, height, stride).expect("YUYV"))
+                            }
+                            (None, _) => image.clone().into(),
+                        },
                     });
                     next += period;
                     if let Some(wait) = next.checked_duration_since(Instant::now()) {
