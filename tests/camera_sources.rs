@@ -117,60 +117,104 @@ fn rss_kib_self() -> u64 {
     rss_kib(std::process::id() as i32).1
 }
 
+/// One camera queue of `capacity` frames, served by `pipeline::run` over a
+/// [`SlowEngine`] into a fresh outbox; the camera is the test's own.
+struct Rig {
+    _dir: tempfile::TempDir,
+    outbox: Outbox,
+    shared: Arc<Shared>,
+    queue: Arc<FrameQueue>,
+    runs: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    camera: Option<std::thread::JoinHandle<live::LiveSummary>>,
+    inference: Option<std::thread::JoinHandle<()>>,
+    writer: Option<spark_edge::outbox::WriterHandle>,
+}
+
+impl Rig {
+    fn start(capacity: usize, delay: Duration) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(
+            &dir.path().join("outbox"),
+            OutboxOptions {
+                device_id: "t".into(),
+                max_bytes: 64 << 20,
+                drop_order: Stream::ALL.to_vec(),
+                snapshots_max_bytes: u64::MAX,
+                ttl_ms: [0; Stream::COUNT],
+            },
+        )
+        .unwrap();
+        let writer = spawn_writer(outbox.clone(), 256, Arc::new(|| {})).unwrap();
+        let model = Arc::new(Model::load(&repo().join("models/centerface.toml")).unwrap());
+        let shared = Arc::new(Shared::new("t".into()));
+        let queues = CameraQueues::new(&[("cam0", capacity)]);
+        let queue = queues.lanes()[0].queue.clone();
+        let runs = Arc::new(AtomicU64::new(0));
+        let engine = Box::new(SlowEngine { delay, runs: runs.clone() });
+        let inference = {
+            let (sh, app) = (shared.clone(), writer.appender.clone());
+            let abort = Arc::new(AtomicBool::new(false));
+            let (jobs_tx, jobs) = crossbeam_channel::bounded(1);
+            std::thread::spawn(move || {
+                let _keep = jobs_tx;
+                spark_edge::inference::pipeline::run(engine, model, queues, app, sh, abort, jobs)
+            })
+        };
+        Self {
+            _dir: dir,
+            outbox,
+            shared,
+            queue,
+            runs,
+            stop: Arc::new(AtomicBool::new(false)),
+            camera: None,
+            inference: Some(inference),
+            writer: Some(writer),
+        }
+    }
+
+    /// Runs `source` on its own thread, as the daemon's live loop does.
+    fn camera(&mut self, source: impl FrameSource + Send + 'static) {
+        let (q, sh, st) = (self.queue.clone(), self.shared.clone(), self.stop.clone());
+        self.camera = Some(std::thread::spawn(move || live::run(source, LiveOptions::default(), q, sh, st)));
+    }
+
+    /// Stops the camera (the closed queue ends inference), then the writer;
+    /// returns the camera's summary.
+    fn finish(&mut self) -> live::LiveSummary {
+        self.stop.store(true, Ordering::Relaxed);
+        let summary = self.camera.take().expect("a camera").join().unwrap();
+        self.inference.take().expect("inference").join().unwrap();
+        self.writer.take().expect("the writer").join();
+        summary
+    }
+
+    fn processed(&self) -> u64 {
+        self.runs.load(Ordering::Relaxed)
+    }
+}
+
 #[test]
 fn slow_engine_behind_a_fast_camera_drops_oldest_frames_with_bounded_memory() {
-    let dir = tempfile::tempdir().unwrap();
-    let outbox = Outbox::open(
-        &dir.path().join("outbox"),
-        OutboxOptions {
-            device_id: "t".into(),
-            max_bytes: 64 << 20,
-            drop_order: Stream::ALL.to_vec(),
-            snapshots_max_bytes: u64::MAX,
-            ttl_ms: [0; Stream::COUNT],
-        },
-    )
-    .unwrap();
-    let writer = spawn_writer(outbox.clone(), 256, Arc::new(|| {})).unwrap();
-    let model = Arc::new(Model::load(&repo().join("models/centerface.toml")).unwrap());
-    let shared = Arc::new(Shared::new("t".into()));
     let capacity = 2;
-    let queues = CameraQueues::new(&[("cam0", capacity)]);
-    let queue = queues.lanes()[0].queue.clone();
-    let (stop, abort) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
-    let runs = Arc::new(AtomicU64::new(0));
-    let engine = Box::new(SlowEngine { delay: Duration::from_millis(40), runs: runs.clone() });
+    let mut rig = Rig::start(capacity, Duration::from_millis(40));
     let rss_before = rss_kib_self();
-
-    let camera = {
-        let (q, sh, st) = (queue.clone(), shared.clone(), stop.clone());
-        std::thread::spawn(move || live::run(FastCamera { number: 0 }, LiveOptions::default(), q, sh, st))
-    };
-    let inference = {
-        let (q, a, sh, app) = (queues.clone(), abort.clone(), shared.clone(), writer.appender.clone());
-        let (_jobs_tx, jobs) = crossbeam_channel::bounded(1);
-        std::thread::spawn(move || {
-            let _keep = _jobs_tx;
-            spark_edge::inference::pipeline::run(engine, model, q, app, sh, a, jobs)
-        })
-    };
+    rig.camera(FastCamera { number: 0 });
     // Sample the queue and memory while the camera outruns the engine: the
     // run lasts 3 s on purpose, sampled every 5 ms.
     let (mut max_len, mut max_rss) = (0, 0);
     let end = Instant::now() + Duration::from_secs(3);
     while Instant::now() < end {
-        max_len = max_len.max(queue.len());
+        max_len = max_len.max(rig.queue.len());
         max_rss = max_rss.max(rss_kib_self());
         std::thread::sleep(Duration::from_millis(5));
     }
-    stop.store(true, Ordering::Relaxed);
-    let summary = camera.join().unwrap();
-    inference.join().unwrap();
-    writer.join();
+    let summary = rig.finish();
 
-    let captured = queue.captured.load(Ordering::Relaxed);
-    let dropped = queue.dropped.load(Ordering::Relaxed);
-    let processed = runs.load(Ordering::Relaxed);
+    let captured = rig.queue.captured.load(Ordering::Relaxed);
+    let dropped = rig.queue.dropped.load(Ordering::Relaxed);
+    let processed = rig.processed();
     eprintln!(
         "captured {captured}, processed {processed}, dropped {dropped}, max queue {max_len}, rss {rss_before} -> max {max_rss} KiB"
     );
@@ -179,12 +223,12 @@ fn slow_engine_behind_a_fast_camera_drops_oldest_frames_with_bounded_memory() {
     assert_eq!(captured, processed + dropped, "frames unaccounted for");
     assert!(dropped > 10 * processed, "the camera should outrun a 40 ms engine many times over");
     assert!(max_len <= capacity, "queue grew to {max_len}");
-    assert_eq!(Shared::count(&shared.inference_total), processed);
+    assert_eq!(Shared::count(&rig.shared.inference_total), processed);
     // Bounded memory: thousands of 0.9 MB frames passed through; only the
     // queue's few (plus the one in each thread's hands) are alive at once.
     assert!(captured > 1000, "{captured}");
     assert!(max_rss.saturating_sub(rss_before) < 100 * 1024, "RSS grew {} KiB", max_rss - rss_before);
-    assert_eq!(outbox.counters()[Stream::Inference as usize].pending, processed);
+    assert_eq!(rig.outbox.counters()[Stream::Inference as usize].pending, processed);
 }
 
 /// The buffers of frames dropped at the queue and of frames recorded come
@@ -192,47 +236,14 @@ fn slow_engine_behind_a_fast_camera_drops_oldest_frames_with_bounded_memory() {
 /// allocations.
 #[test]
 fn a_yuv_camera_reuses_the_buffers_of_dropped_and_recorded_frames() {
-    let dir = tempfile::tempdir().unwrap();
-    let outbox = Outbox::open(
-        &dir.path().join("outbox"),
-        OutboxOptions {
-            device_id: "t".into(),
-            max_bytes: 64 << 20,
-            drop_order: Stream::ALL.to_vec(),
-            snapshots_max_bytes: u64::MAX,
-            ttl_ms: [0; Stream::COUNT],
-        },
-    )
-    .unwrap();
-    let writer = spawn_writer(outbox.clone(), 256, Arc::new(|| {})).unwrap();
-    let model = Arc::new(Model::load(&repo().join("models/centerface.toml")).unwrap());
-    let shared = Arc::new(Shared::new("t".into()));
-    let queues = CameraQueues::new(&[("cam0", 2)]);
-    let queue = queues.lanes()[0].queue.clone();
-    let (stop, abort) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
-    let (runs, fresh) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let engine = Box::new(SlowEngine { delay: Duration::from_millis(10), runs: runs.clone() });
-    let camera = {
-        let (q, sh, st) = (queue.clone(), shared.clone(), stop.clone());
-        let cam = FastYuvCamera { number: 0, queue: queue.clone(), fresh: fresh.clone() };
-        std::thread::spawn(move || live::run(cam, LiveOptions::default(), q, sh, st))
-    };
-    let inference = {
-        let (q, a, sh, app) = (queues.clone(), abort.clone(), shared.clone(), writer.appender.clone());
-        let (_jobs_tx, jobs) = crossbeam_channel::bounded(1);
-        std::thread::spawn(move || {
-            let _keep = _jobs_tx;
-            spark_edge::inference::pipeline::run(engine, model, q, app, sh, a, jobs)
-        })
-    };
+    let mut rig = Rig::start(2, Duration::from_millis(10));
+    let fresh = Arc::new(AtomicU64::new(0));
+    rig.camera(FastYuvCamera { number: 0, queue: rig.queue.clone(), fresh: fresh.clone() });
     let enough = wait_for(Duration::from_secs(60), || {
-        (runs.load(Ordering::Relaxed) >= 30 && queue.captured.load(Ordering::Relaxed) >= 1000).then_some(())
+        (rig.processed() >= 30 && rig.queue.captured.load(Ordering::Relaxed) >= 1000).then_some(())
     });
-    stop.store(true, Ordering::Relaxed);
-    camera.join().unwrap();
-    inference.join().unwrap();
-    writer.join();
-    let (captured, processed) = (queue.captured.load(Ordering::Relaxed), runs.load(Ordering::Relaxed));
+    rig.finish();
+    let (captured, processed) = (rig.queue.captured.load(Ordering::Relaxed), rig.processed());
     assert!(enough.is_some(), "too few frames within 60 s: captured {captured}, processed {processed}");
     let fresh = fresh.load(Ordering::Relaxed);
     eprintln!("captured {captured}, processed {processed}, new buffers {fresh}");

@@ -17,7 +17,6 @@
 use crate::inference::model::InputSpec;
 use crate::inference::vision::{Fit, Letterbox, Norm, Tensor, bilinear, pad_byte};
 use crate::sources::camera::convert::{self, ConvertError, PixelFormat, RawYuv, YuvLayout, bt601_to_rgb};
-use image::RgbImage;
 
 /// Fractional bits the interpolated samples keep into the conversion, so the
 /// only rounding is the conversion's own.
@@ -27,7 +26,6 @@ const FRAC: u32 = 6;
 /// geometry: sampling it cannot read out of bounds.
 #[derive(Debug, Clone, Copy)]
 pub struct YuvFrame<'a> {
-    format: PixelFormat,
     data: &'a [u8],
     layout: YuvLayout,
 }
@@ -44,35 +42,18 @@ impl<'a> YuvFrame<'a> {
         stride: usize,
     ) -> Result<Self, ConvertError> {
         let layout = convert::yuv_layout(format, data.len(), width, height, stride)?;
-        Ok(Self { format, data, layout })
+        Ok(Self { data, layout })
     }
 
-    /// A view of a buffer the camera already checked: cannot fail.
+    /// A view of a buffer the camera already checked: cannot fail. (The
+    /// owned buffer, [`RawYuv`], is what frames carry and what converts to
+    /// RGB; this view is only what the kernels sample.)
     pub fn of(raw: &'a RawYuv) -> Self {
-        Self { format: raw.format(), data: raw.data(), layout: *raw.layout() }
-    }
-
-    pub fn format(&self) -> PixelFormat {
-        self.format
+        Self { data: raw.data(), layout: *raw.layout() }
     }
 
     pub fn dimensions(&self) -> (u32, u32) {
         (self.layout.width as u32, self.layout.height as u32)
-    }
-
-    pub fn stride(&self) -> usize {
-        self.layout.stride
-    }
-
-    pub fn data(&self) -> &'a [u8] {
-        self.data
-    }
-
-    /// The whole frame as RGB8, for consumers that need a picture.
-    pub fn to_rgb(&self) -> RgbImage {
-        let mut out = RgbImage::new(0, 0);
-        convert::yuv_to_rgb_into(self.data, &self.layout, &mut out);
-        out
     }
 }
 
@@ -209,6 +190,7 @@ pub fn prepare_yuv(frame: &YuvFrame, spec: &InputSpec, out: &mut Tensor) -> Lett
 #[cfg(test)]
 mod tests {
     use super::*;
+    use image::RgbImage;
     use crate::inference::model::{ColorOrder, Layout, Resize};
     use crate::inference::vision::{prepare, prepare_u8_nhwc};
 
@@ -318,7 +300,8 @@ mod tests {
             let yuv = YuvFrame::new(format, &data, frame.0, frame.1, stride).unwrap();
             let lb_got = prepare_yuv_u8_nhwc(&yuv, s, &mut got);
             assert_eq!(lb_got, lb_want, "{format} {frame:?}");
-            assert_eq!(yuv.to_rgb(), rgb, "{format} {frame:?}: to_rgb is convert's");
+            let raw = RawYuv::new(format, data.clone(), frame.0, frame.1, stride).unwrap();
+            assert_eq!(raw.to_rgb(), rgb, "{format} {frame:?}: RawYuv::to_rgb is convert's");
             let (max, mean) = diff(&got, &want);
             assert!(
                 max <= 3 && mean <= 1.0,
