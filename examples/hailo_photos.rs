@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use spark_edge::inference::detect::{self, Detection};
 use spark_edge::inference::engine::hailo::{HailoEngine, HailoOptions, HefSource};
 use spark_edge::inference::engine::onnx::OnnxEngine;
-use spark_edge::inference::model::{ColorOrder, Decoder, InputSpec, Layout, Model, OutputSpec, Resize};
+use spark_edge::inference::model::{Decoder, InputSpec, Model, OutputSpec};
 use spark_edge::inference::pipeline;
 use spark_edge::inference::vision::Tensor;
 
@@ -155,17 +155,7 @@ fn main() {
     } else {
         (0..classes).map(|c| format!("class {c}")).collect()
     };
-    let spec = InputSpec {
-        name: hailo.input_name().to_string(),
-        width: w as u32,
-        height: h as u32,
-        color: ColorOrder::Rgb,
-        layout: Layout::Nchw,
-        resize: Resize::Letterbox,
-        pad_value: 114.0,
-        mean: [0.0; 3],
-        std: [1.0; 3],
-    };
+    let spec = InputSpec::model_zoo(hailo.input_name(), w as u32, h as u32);
     let out_spec = OutputSpec::new(Decoder::HailoNms, a.threshold, 1.0);
     let mut run_hailo = |img: &image::RgbImage| -> Vec<Detection> {
         let (outputs, lb) = hailo.infer_frame(img, &spec).unwrap_or_else(|e| fail("Hailo-8 inference", &e));

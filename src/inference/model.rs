@@ -85,6 +85,25 @@ pub struct InputSpec {
     pub std: [f32; 3],
 }
 
+impl InputSpec {
+    /// The input of a Hailo Model Zoo detection network as a manifest
+    /// describes it: raw RGB bytes letterboxed with grey (114), the
+    /// normalisation left to the chip (mean 0, std 1).
+    pub fn model_zoo(name: &str, width: u32, height: u32) -> Self {
+        Self {
+            name: name.into(),
+            width,
+            height,
+            color: ColorOrder::Rgb,
+            layout: Layout::Nchw,
+            resize: Resize::Letterbox,
+            pad_value: 114.0,
+            mean: [0.0; 3],
+            std: [1.0; 3],
+        }
+    }
+}
+
 /// The output family of the network: which decoder in [`crate::inference::detect`]
 /// reads its tensors.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]

@@ -27,22 +27,11 @@ pub fn u8_nhwc<'a>(frame: impl Into<PixelsRef<'a>>, spec: &InputSpec, out: &mut 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inference::model::{ColorOrder, Layout, Resize};
     use crate::sources::camera::Pixels;
     use crate::sources::camera::convert::{PixelFormat, RawYuv};
 
     fn spec() -> InputSpec {
-        InputSpec {
-            name: "x".into(),
-            width: 16,
-            height: 16,
-            color: ColorOrder::Rgb,
-            layout: Layout::Nchw,
-            resize: Resize::Letterbox,
-            pad_value: 114.0,
-            mean: [0.0; 3],
-            std: [1.0; 3],
-        }
+        InputSpec::model_zoo("x", 16, 16)
     }
 
     /// A flat grey YUYV frame (Y = 126, U = V = 128: RGB 128 in limited range).

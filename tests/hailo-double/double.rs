@@ -21,18 +21,7 @@ fn manifest_dir() -> &'static Path {
 /// The input of a Hailo Model Zoo detection HEF as a manifest describes it:
 /// raw RGB bytes letterboxed with grey (114), the normalisation on the chip.
 pub fn zoo_input(name: &str, width: u32, height: u32) -> spark_edge::inference::model::InputSpec {
-    use spark_edge::inference::model::{ColorOrder, InputSpec, Layout, Resize};
-    InputSpec {
-        name: name.into(),
-        width,
-        height,
-        color: ColorOrder::Rgb,
-        layout: Layout::Nchw,
-        resize: Resize::Letterbox,
-        pad_value: 114.0,
-        mean: [0.0; 3],
-        std: [1.0; 3],
-    }
+    spark_edge::inference::model::InputSpec::model_zoo(name, width, height)
 }
 
 /// Path of the built double: `$HAILO_FFI_DOUBLE` when a parent already built
